@@ -1,0 +1,5 @@
+"""``python -m mqepi`` runs the CLI."""
+
+from mqepi.cli import main
+
+main()

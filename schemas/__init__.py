@@ -1,0 +1,84 @@
+"""Event schemas of the mqepi lake (installed as ``mqepi.schemas``).
+
+:data:`EVENT_TYPES` maps each event type name to its :class:`EventSpec`: the pandera model,
+the schema version, the hive partition keys of its folder in the lake, and whether the type
+is high-volume (sample streams, de-duplicated by batch name and by readers rather than by a
+lookup of existing ids on every append).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import polars as pl
+import pandera.polars as pa
+
+from . import events as _m
+
+#: Columns that form the lake path of an event, in path order, per level of binding.
+MODEL_KEYS = ("model",)
+CONFIG_KEYS = ("model", "config_id")
+RUN_KEYS = ("model", "config_id", "run_id")
+#: Columns every event has, in file order.
+COMMON_COLUMNS = tuple(_m.Event.to_schema().columns)
+#: Columns left out of the content hash: the id itself and the recording time.
+HASH_EXCLUDED = ("event_id", "recorded_at_ns")
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    name: str
+    schema_model: type[pa.DataFrameModel]
+    partition_by: tuple[str, ...]
+    version: int = _m.SCHEMA_VERSION
+    high_volume: bool = False
+
+    @cached_property
+    def schema(self) -> pa.DataFrameSchema:
+        return self.schema_model.to_schema()
+
+    @cached_property
+    def polars_schema(self) -> pl.Schema:
+        """Column -> polars dtype, common columns first, then the type's own in model order."""
+        cols = self.schema.columns
+        order = list(COMMON_COLUMNS) + [c for c in cols if c not in COMMON_COLUMNS]
+        return pl.Schema({c: cols[c].dtype.type for c in order})
+
+    @cached_property
+    def file_columns(self) -> tuple[str, ...]:
+        """Columns stored inside the Parquet files (partition columns live in the path)."""
+        return tuple(c for c in self.polars_schema if c not in self.partition_by)
+
+    @property
+    def doc(self) -> str:
+        return (self.schema_model.__doc__ or "").strip().splitlines()[0] if self.schema_model.__doc__ else ""
+
+
+EVENT_TYPES: dict[str, EventSpec] = {
+    spec.name: spec
+    for spec in (
+        EventSpec("quant_config", _m.QuantConfig, CONFIG_KEYS),
+        EventSpec("quantization", _m.Quantization, CONFIG_KEYS),
+        EventSpec("tensor_inventory", _m.TensorInventory, CONFIG_KEYS),
+        EventSpec("run", _m.Run, RUN_KEYS),
+        EventSpec("phase", _m.Phase, RUN_KEYS),
+        EventSpec("power_sample", _m.PowerSample, RUN_KEYS, high_volume=True),
+        EventSpec("thermal_sample", _m.ThermalSample, RUN_KEYS, high_volume=True),
+        EventSpec("benchmark_answer", _m.BenchmarkAnswer, RUN_KEYS),
+        EventSpec("perplexity", _m.Perplexity, RUN_KEYS),
+        EventSpec("kld", _m.Kld, RUN_KEYS),
+        EventSpec("throughput", _m.Throughput, RUN_KEYS),
+    )
+}
+
+
+def spec_for(event_type: str) -> EventSpec:
+    """The spec of ``event_type``; a clear error naming the known types otherwise."""
+    try:
+        return EVENT_TYPES[event_type]
+    except KeyError:
+        raise KeyError(f"unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}") from None
+
+
+__all__ = ["EVENT_TYPES", "EventSpec", "spec_for", "COMMON_COLUMNS", "HASH_EXCLUDED"]
