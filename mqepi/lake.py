@@ -148,6 +148,22 @@ class Lake:
         and :class:`LakeError` if the write fails.
         """
         spec, batch = events.validate(batch, source=source)
+        return self._write_batch(spec, batch)
+
+    def record(self, event_type: str, rows, *, origin: str = "lab", producer: str | None = None,
+               recorded_at_ns: int | None = None) -> AppendResult:
+        """Build events of ``event_type`` from ``rows`` (see :func:`mqepi.events.build`),
+        validate and append them. The ids were computed here, so they are not re-checked:
+        this is the path for mqepi's own producers; untrusted batches go through
+        :meth:`append`."""
+        kwargs = {"origin": origin, "recorded_at_ns": recorded_at_ns}
+        if producer is not None:
+            kwargs["producer"] = producer
+        batch = events.build(event_type, rows, **kwargs)
+        spec, batch = events.validate(batch, check_ids=False)
+        return self._write_batch(spec, batch)
+
+    def _write_batch(self, spec: EventSpec, batch: pl.DataFrame) -> AppendResult:
         result = AppendResult(spec.name, batch.height)
         if batch.height == 0:
             return result
@@ -257,6 +273,11 @@ class Lake:
         only that partition.
         """
         spec = spec_for(event_type)
+        unknown = [c for c in columns or () if c not in spec.polars_schema]
+        if unknown:
+            raise LakeError(f"{event_type} has no columns {unknown}")
+        # the columns asked for, plus what de-duplication needs, in schema order
+        wanted = [c for c in spec.polars_schema if not columns or c in columns or c in ("event_id", "recorded_at_ns")]
         arrow_schema = pl.DataFrame(schema=spec.polars_schema).to_arrow().schema
         files = self.files(event_type, **partition)
         if files:
@@ -271,12 +292,12 @@ class Lake:
                     ),
                     partition_base_dir=self.event_dir(event_type),
                 )
-                table = dataset.to_table()
+                table = dataset.to_table(columns=wanted)
             except (OSError, pa.ArrowException) as exc:
                 raise LakeError(f"cannot read {event_type} from {self.uri}: {exc}") from exc
-            df = pl.from_arrow(table).cast(spec.polars_schema).select(list(spec.polars_schema))
+            df = pl.from_arrow(table).cast({c: spec.polars_schema[c] for c in wanted}).select(wanted)
         else:
-            df = pl.DataFrame(schema=spec.polars_schema)
+            df = pl.DataFrame(schema={c: spec.polars_schema[c] for c in wanted})
         df = df.sort("recorded_at_ns", maintain_order=True).unique(subset="event_id", keep="first", maintain_order=True)
         return df.select(columns) if columns else df
 
