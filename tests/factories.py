@@ -69,7 +69,7 @@ def rows_for(event_type: str, n: int = 3, *, run_id: str = "run-a", model: str =
                 "kld_median": [0.005] * n, "kld_p99": [0.2] * n, "ppl_ratio": [1.01] * n,
                 "ppl_ratio_stderr": [0.002] * n, "same_top_p": [0.95] * n}
     if event_type == "throughput":
-        return {**run, "test": ["pp", "tg", "pg"] * (n // 3) + ["pp"] * (n % 3), "n_prompt": [512] * n,
+        return {**run, "test": [("pp", "tg", "pg")[i % 3] for i in idx], "n_prompt": [512] * n,
                 "n_gen": [128] * n, "repetitions": [5] * n, "n_threads": [2] * n,
                 "tokens_per_s": [100.0 + i for i in idx], "tokens_per_s_stddev": [1.5] * n, "rpc_nodes": [0] * n}
     raise KeyError(event_type)

@@ -1,0 +1,25 @@
+# The two quick-start commands: `make demo` (the embedded demo sweep) and `make test`.
+# Both create ./.venv and install mqepi into it on first use (pinned by constraints.txt).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mqepi-installed
+
+.PHONY: setup test demo bench
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/mqepi demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/lake_append.py

@@ -1,0 +1,101 @@
+"""The command line: every command documented, errors as one line, real lake underneath."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from factories import batch
+from mqepi.cli import app
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
+runner = CliRunner()
+
+
+def all_commands(group, prefix: str = "mqepi"):
+    for name, command in group.commands.items():
+        path = f"{prefix} {name}"
+        if hasattr(command, "commands"):
+            yield from all_commands(command, path)
+        else:
+            yield path, command
+
+
+COMMANDS = list(all_commands(typer.main.get_command(app)))
+
+
+def test_there_are_commands():
+    names = {p for p, _ in COMMANDS}
+    assert {"mqepi lake verify", "mqepi lake stats", "mqepi sql", "mqepi demo"} <= names
+
+
+@pytest.mark.parametrize("path,command", COMMANDS, ids=[p for p, _ in COMMANDS])
+def test_every_command_has_docstring_help_and_docs_entry(path, command):
+    assert command.callback.__doc__ and command.callback.__doc__.strip()
+    result = runner.invoke(app, path.split()[1:] + ["--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+    assert f"### `{path}`" in DOCS.read_text()
+
+
+def test_python_dash_m_works():
+    proc = subprocess.run([sys.executable, "-m", "mqepi", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "lake" in proc.stdout
+
+
+def test_sql_formats(lake, tmp_path):
+    lake.append(batch("perplexity", 3))
+    args = ["--lake", lake.root, "sql"]
+    result = runner.invoke(app, args + ["SELECT config_id, ppl FROM perplexity ORDER BY ppl", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert [r["ppl"] for r in json.loads(result.stdout)] == [22.0, 23.0, 24.0]
+    out = tmp_path / "p.parquet"
+    result = runner.invoke(app, args + ["SELECT * FROM perplexity", "-f", "parquet", "-o", str(out)])
+    assert result.exit_code == 0 and pl.read_parquet(out).height == 3
+    result = runner.invoke(app, args + ["SELECT ppl FROM perplexity", "-f", "csv"])
+    assert result.stdout.splitlines()[0] == "ppl"
+    result = runner.invoke(app, args + ["--views"])
+    assert "power_sample: event_id VARCHAR" in result.stdout
+    result = runner.invoke(app, args + ["SELECT * FROM nope"])
+    assert result.exit_code == 1 and "error:" in result.stderr and "nope" in result.stderr
+    result = runner.invoke(app, args + ["SELECT 1", "-f", "xml"])
+    assert result.exit_code == 1 and "xml" in result.stderr
+
+
+def test_lake_verify_exit_status(lake):
+    lake.append(batch("run", 2))
+    ok = runner.invoke(app, ["--lake", lake.root, "lake", "verify"])
+    assert ok.exit_code == 0 and "ok" in ok.stdout
+    Path(lake.root, "run", "junk.bin").write_bytes(b"x")
+    bad = runner.invoke(app, ["--lake", lake.root, "lake", "verify"])
+    assert bad.exit_code == 1 and "unexpected" in bad.stdout
+
+
+def test_lake_stats_counts_by_origin(lake):
+    lake.append(batch("phase", 2))
+    lake.append(batch("phase", 3, origin="community/alice", start=10))
+    stats = lake.stats().filter(pl.col("event_type") == "phase")
+    assert dict(stats.select("origin", "events").iter_rows()) == {"community/alice": 3, "lab": 2}
+    result = runner.invoke(app, ["--lake", lake.root, "lake", "stats"])
+    assert result.exit_code == 0 and "community/alice" in result.stdout
+
+
+def test_lake_env_var_is_honoured(lake, monkeypatch):
+    lake.append(batch("kld", 1))
+    monkeypatch.setenv("MQEPI_LAKE", lake.root)
+    result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM kld", "-f", "json"])
+    assert json.loads(result.stdout) == [{"n": 1}]
+
+
+def test_demo_runs_what_exists_and_names_what_is_missing(tmp_path):
+    root = tmp_path / "demo-lake"
+    result = runner.invoke(app, ["--lake", str(root), "demo"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "done" in result.stdout and "not built yet" in result.stdout and "issue 3" in result.stdout
+    assert (root / "run" / "model=_seed").is_dir()
