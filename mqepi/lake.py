@@ -347,8 +347,6 @@ class Lake:
             report.problems.append(Problem("unreadable", path, f"not a readable Parquet file: {exc}"))
             return
         df = pl.from_arrow(table)
-        if not isinstance(df, pl.DataFrame):  # pragma: no cover - a table always converts to a frame
-            df = df.to_frame()
         report.rows_checked += df.height
         if values == [SEED_VALUE] * len(values):
             expected_name = f"schema-v{spec.version}.parquet"

@@ -50,10 +50,6 @@ class EventSpec:
         """Columns stored inside the Parquet files (partition columns live in the path)."""
         return tuple(c for c in self.polars_schema if c not in self.partition_by)
 
-    @property
-    def doc(self) -> str:
-        return (self.schema_model.__doc__ or "").strip().splitlines()[0] if self.schema_model.__doc__ else ""
-
 
 EVENT_TYPES: dict[str, EventSpec] = {
     spec.name: spec
