@@ -75,3 +75,56 @@ def bytes_per_block(type_name: str) -> tuple[int, int]:
         raise KeyError(f"unknown ggml type {type_name!r}; known: {sorted(GGML_TYPE_NAMES)}") from None
     block_size, type_size = gguf.GGML_QUANT_SIZES[member]
     return block_size, type_size
+
+
+# ---------------------------------------------------------------------------
+# llama.cpp's per-tensor rules for the paper's file types (llama-quant.cpp, 2026-08 master;
+# see ../shared/notes/llama-cpp.md). A file type is a base tensor type plus bumps.
+# ---------------------------------------------------------------------------
+
+#: ftype -> the tensor type every quantizable tensor starts at.
+FTYPE_BASE: dict[str, str] = {
+    "Q2_K": "q2_K",
+    "Q3_K_S": "q3_K",
+    "Q3_K_M": "q3_K",
+    "Q3_K_L": "q3_K",
+    "Q4_K_S": "q4_K",
+    "Q4_K_M": "q4_K",
+    "Q5_K_S": "q5_K",
+    "Q5_K_M": "q5_K",
+    "Q6_K": "q6_K",
+    "Q8_0": "q8_0",
+    "Q4_0": "q4_0",
+    "Q4_1": "q4_1",
+    "Q5_0": "q5_0",
+    "Q5_1": "q5_1",
+    "F16": "f16",
+    "BF16": "bf16",
+    "F32": "f32",
+}
+
+#: K-quant -> what llama.cpp writes instead when a row (ne0) is not a multiple of 256
+#: (llama_tensor_get_type's "incompatible tensor" fallback). Anything still incompatible -> f16.
+SHAPE_FALLBACK: dict[str, str] = {
+    "q2_K": "q4_0",
+    "q3_K": "q4_0",
+    "q4_K": "q5_0",
+    "q5_K": "q5_1",
+    "q6_K": "q8_0",
+}
+
+#: ftypes whose attn_v / ffn_down get q6_K on the "more bits" layers.
+MORE_BITS_FTYPES = frozenset({"Q4_K_M", "Q5_K_M"})
+
+
+def use_more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's "more bits" layers: the first and last eighth, and every third between."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def tensor_bytes(type_name: str, n_elements: int) -> int:
+    """Bytes of a tensor of ``n_elements`` weights stored as ``type_name``."""
+    block, size = bytes_per_block(type_name)
+    if n_elements % block:
+        raise ValueError(f"{n_elements} weights do not fill whole {type_name} blocks of {block}")
+    return n_elements // block * size

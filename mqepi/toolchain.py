@@ -1,0 +1,186 @@
+"""The llama.cpp toolchain: built from source from a pinned registry package, cached.
+
+No Debian package or binary wheel ships the llama.cpp tools, and no code may fetch from a
+source hub, so the source comes from the ``llama-cpp-python`` sdist on PyPI, which vendors
+the whole llama.cpp CMake project. :func:`ensure` downloads it (pip, no dependencies),
+builds the tools mqepi needs statically, copies them to a cache folder keyed by the package
+version and build flags, and records the vendored llama.cpp commit. A second call finds the
+cache and returns at once.
+
+Cache: ``$MQEPI_CACHE`` (default ``~/.cache/mqepi``) ``/llama.cpp/<version>-<flags hash>/``
+holding ``bin/`` and ``toolchain.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mqepi.errors import MqepiError
+
+#: The registry package whose sdist vendors llama.cpp, and its version.
+PACKAGE = "llama-cpp-python"
+VERSION = "0.3.36"
+#: Tools built, by CMake target name (the RPC server is ggml-rpc-server in 2026 builds).
+TARGETS = ("llama-quantize", "llama-perplexity", "llama-bench", "ggml-rpc-server")
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DGGML_RPC=ON",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+)
+CACHE_ENV = "MQEPI_CACHE"
+MANIFEST = "toolchain.json"
+
+
+class ToolchainError(MqepiError):
+    """The toolchain could not be obtained or built."""
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """A built llama.cpp toolchain."""
+
+    bin_dir: str
+    package: str
+    version: str
+    llama_cpp_commit: str
+    sdist_sha256: str
+    cmake_flags: list[str]
+    targets: list[str]
+    built_at_ns: int
+    build_s: float
+
+    def tool(self, name: str) -> Path:
+        """Path of one built tool; a clear error if it is not part of this toolchain."""
+        path = Path(self.bin_dir) / name
+        if not path.is_file():
+            raise ToolchainError(f"{name} is not in the toolchain at {self.bin_dir} (built: {', '.join(self.targets)})")
+        return path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mqepi")
+
+
+def toolchain_dir() -> Path:
+    key = hashlib.sha256(" ".join(CMAKE_FLAGS + TARGETS).encode()).hexdigest()[:10]
+    return cache_root() / "llama.cpp" / f"{VERSION}-{key}"
+
+
+def cached() -> Toolchain | None:
+    """The cached toolchain, if complete."""
+    manifest = toolchain_dir() / MANIFEST
+    if not manifest.is_file():
+        return None
+    toolchain = Toolchain(**json.loads(manifest.read_text()))
+    if all((Path(toolchain.bin_dir) / t).is_file() for t in TARGETS):
+        return toolchain
+    return None
+
+
+def ensure(progress: Callable[[str], None] = lambda line: None, jobs: int | None = None) -> Toolchain:
+    """Return the cached toolchain, building it first if needed (minutes on 2 cores)."""
+    found = cached()
+    if found is not None:
+        return found
+    start = time.perf_counter()
+    target_dir = toolchain_dir()
+    downloads = cache_root() / "downloads"
+    sdist = _download(downloads, progress)
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="mqepi-llama-build-") as tmp:
+        progress(f"extracting {sdist.name}")
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        (root,) = Path(tmp).iterdir()
+        source = root / "vendor" / "llama.cpp"
+        commit = vendored_commit(root / "CHANGELOG.md", VERSION)
+        build = Path(tmp) / "build"
+        _run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS], progress, "cmake configure")
+        _run(
+            ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs or os.cpu_count() or 2),
+             "--target", *TARGETS],
+            progress,
+            "cmake build",
+        )
+        staging = target_dir.with_name(target_dir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "bin").mkdir(parents=True)
+        for target in TARGETS:
+            built = next((p for p in build.rglob(target) if p.is_file() and os.access(p, os.X_OK)), None)
+            if built is None:
+                raise ToolchainError(f"the build finished but {target} was not produced (see the cmake output above)")
+            shutil.copy2(built, staging / "bin" / target)
+        toolchain = Toolchain(
+            bin_dir=str(target_dir / "bin"),
+            package=PACKAGE,
+            version=VERSION,
+            llama_cpp_commit=commit,
+            sdist_sha256=digest,
+            cmake_flags=list(CMAKE_FLAGS),
+            targets=list(TARGETS),
+            built_at_ns=time.time_ns(),
+            build_s=round(time.perf_counter() - start, 1),
+        )
+        (staging / MANIFEST).write_text(json.dumps(asdict(toolchain), indent=2))
+        shutil.rmtree(target_dir, ignore_errors=True)
+        staging.rename(target_dir)
+    progress(f"toolchain ready in {toolchain.bin_dir}")
+    return toolchain
+
+
+def vendored_commit(changelog: Path, version: str) -> str:
+    """The llama.cpp commit the package's changelog names for ``version``."""
+    text = changelog.read_text(errors="replace")
+    section = re.search(rf"^## \[{re.escape(version)}\](.*?)(?=^## \[)", text, re.S | re.M)
+    match = re.search(r"llama\.cpp@([0-9a-f]{7,40})", section.group(1)) if section else None
+    if not match:
+        raise ToolchainError(f"{changelog} names no llama.cpp commit for {PACKAGE} {version}")
+    return match.group(1)
+
+
+def _download(downloads: Path, progress: Callable[[str], None]) -> Path:
+    downloads.mkdir(parents=True, exist_ok=True)
+    name = f"{PACKAGE.replace('-', '_')}-{VERSION}.tar.gz"
+    sdist = downloads / name
+    if sdist.is_file():
+        return sdist
+    progress(f"downloading {PACKAGE}=={VERSION} source distribution from the package registry")
+    _run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
+         f"{PACKAGE}=={VERSION}", "-d", str(downloads)],
+        progress,
+        "pip download",
+    )
+    if not sdist.is_file():
+        raise ToolchainError(f"pip download did not produce {sdist}")
+    return sdist
+
+
+def _run(cmd: list[str], progress: Callable[[str], None], what: str) -> None:
+    if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
+        raise ToolchainError(f"{what} needs {cmd[0]!r}, which is not installed (apt-get install cmake g++)")
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-30:]
+            progress(line)
+    if proc.returncode != 0:
+        raise ToolchainError(f"{what} failed (exit {proc.returncode}); last output:\n" + "\n".join(tail))
