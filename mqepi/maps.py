@@ -137,7 +137,7 @@ class ModelProfile:
 def load_profile(name_or_path: str | Path) -> ModelProfile:
     """A profile by id (``quant_maps/models/<id>.json``) or by path."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if path.suffix != ".json" and not path.is_file():
         path = PROFILES_DIR / f"{name_or_path}.json"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
