@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mqepi-installed
 
-.PHONY: setup test demo bench
+.PHONY: setup assets test demo bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# The llama.cpp tools and the embedded model, built once into ~/.cache/mqepi (or $$MQEPI_CACHE).
+assets: $(STAMP)
+	$(BIN)/mqepi toolchain build
+	$(BIN)/mqepi assets
+
+test: assets
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)

@@ -6,6 +6,7 @@ built yet and says which issue brings it; the demo never pretends a missing stag
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +22,11 @@ from mqepi.schemas import EVENT_TYPES
 @dataclass
 class Stage:
     name: str
-    run: Callable[[Lake], str] | None  # returns a one-line summary; None: not built yet
+    run: Callable[[Lake, Callable[[str], None]], str] | None  # (lake, progress) -> summary; None: not built
     missing: str = ""
 
 
-def _lake_ready(lake: Lake) -> str:
+def _lake_ready(lake: Lake, progress: Callable[[str], None]) -> str:
     seeds = lake.init()
     report = lake.verify()
     if not report.ok:
@@ -34,19 +35,68 @@ def _lake_ready(lake: Lake) -> str:
     return f"{lake.uri}: {report.files_checked} files verified, {len(seeds)} seed files written"
 
 
-def _views_loaded(lake: Lake) -> str:
+def _views_loaded(lake: Lake, progress: Callable[[str], None]) -> str:
     con = sql.connect(lake)
     counts = {name: con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0] for name in EVENT_TYPES}
     total = sum(counts.values())
     return f"{len(counts)} event views loaded, {total} events in the lake"
 
 
+def _toolchain(lake: Lake, progress: Callable[[str], None]) -> str:
+    from mqepi import toolchain
+
+    tc = toolchain.ensure(progress=_milestones(progress))
+    return f"llama.cpp {tc.llama_cpp_commit} from {tc.package} {tc.version} ({', '.join(tc.targets)})"
+
+
+def _base_model(lake: Lake, progress: Callable[[str], None]) -> str:
+    from mqepi.assets import ensure_base_model
+
+    base = ensure_base_model(progress)
+    return f"{base.path} ({base.size_bytes:,d} bytes; F16 up-cast of the {base.source_type} in {base.package} {base.package_version})"
+
+
+def _quantize_all(lake: Lake, progress: Callable[[str], None]) -> str:
+    from mqepi.quantize import quantize_embedded
+
+    results = []
+    for q in quantize_embedded(None, "smollm2-135m", lake, progress=_milestones(progress)):
+        results.append(q)
+        progress(f"{q.config_id}: {q.file_size_bytes:,d} bytes, {q.bits_per_weight:.3f} bits/weight"
+                 f"{' (cached file)' if q.reused else f' in {q.duration_s:.1f} s'}")
+    exact = sum(q.actual_data_bytes == q.predicted_data_bytes for q in results)
+    made = sum(not q.reused for q in results)
+    groups: dict[str, list[str]] = {}
+    for q in results:
+        groups.setdefault(q.effective_map_sha256, []).append(q.config_id)
+    same = [ids for ids in groups.values() if len(ids) > 1]
+    note = "; identical tensors: " + "; ".join(" = ".join(ids) for ids in same) if same else ""
+    return (f"{len(results)} configs ({made} quantized, {len(results) - made} reused), predicted sizes exact for "
+            f"{exact}/{len(results)}, {len(groups)} distinct effective maps{note}")
+
+
+def _milestones(progress: Callable[[str], None]) -> Callable[[str], None]:
+    """Pass on tool output sparingly: build percentages in steps of 10, and mqepi's own lines."""
+    last = [-10]
+
+    def filtered(line: str) -> None:
+        m = re.match(r"^\[\s*(\d+)%\]", line)
+        if m:
+            if int(m.group(1)) >= last[0] + 10:
+                last[0] = int(m.group(1))
+                progress(f"llama.cpp build {m.group(1)}%")
+        elif line.startswith(("[", "downloading", "dequantizing", "base model", "toolchain", "extracting")) and "%]" not in line:
+            progress(line)
+
+    return filtered
+
+
 STAGES: list[Stage] = [
     Stage("event lake (init + verify)", _lake_ready),
+    Stage("llama.cpp toolchain", _toolchain),
+    Stage("embedded base model (SmolLM2-135M F16)", _base_model),
+    Stage("24 quant maps -> quantization, checked per tensor", _quantize_all),
     Stage("SQL views", _views_loaded),
-    Stage("llama.cpp toolchain", None, "issue 3: mqepi toolchain build"),
-    Stage("embedded base model (SmolLM2-135M F16)", None, "issue 3: mqepi assets"),
-    Stage("24 quant maps + quantization", None, "issue 3: mqepi maps generate / quantize"),
     Stage("loopback cluster (sshd + llama.cpp RPC)", None, "issue 6: mqepi cluster local"),
     Stage("simulated epi-meter (labelled simulated)", None, "issue 5: mqepi meter simulate"),
     Stage("benchmarks, perplexity, KLD, throughput", None, "issue 4"),
@@ -71,7 +121,7 @@ def run_demo(lake: Lake, console: Console) -> bool:
         console.print(f"[bold]>[/] {stage.name} ...")
         start = time.perf_counter()
         try:
-            detail = stage.run(lake)
+            detail = stage.run(lake, lambda message: console.print(f"  {message}", highlight=False))
             table.add_row(stage.name, "[green]done[/]", detail, f"{time.perf_counter() - start:.1f}")
         except Exception as exc:  # reported as the stage's failure, and the demo fails
             ok = False
