@@ -346,8 +346,8 @@ def quantize_command(
     rows = []
     for q in quantize.quantize_embedded(configs, model, lake, out_dir=out_dir, threads=threads,
                                         progress=lambda line: err.print(line, highlight=False)):
-        rows.append({"config_id": q.config_id, "predicted_bytes": q.predicted_data_bytes, "actual_bytes": q.actual_data_bytes,
-                     "file_bytes": q.file_size_bytes, "bits_per_weight": round(q.bits_per_weight, 4),
+        rows.append({"config_id": q.config_id, "predicted_file_bytes": q.predicted_file_bytes, "file_bytes": q.file_size_bytes,
+                     "predicted_data_bytes": q.predicted_data_bytes, "data_bytes": q.actual_data_bytes, "bits_per_weight": round(q.bits_per_weight, 4),
                      "fallbacks": q.fallbacks, "seconds": q.duration_s, "reused": q.reused})
     print_frame(pl.DataFrame(rows), title=f"{len(rows)} quantizations of {model} (events in {lake.uri})")
 

@@ -61,6 +61,7 @@ class Quantized:
     file_sha256: str
     file_size_bytes: int
     predicted_data_bytes: int
+    predicted_file_bytes: int  # base file's header + each predicted tensor padded to the GGUF alignment
     actual_data_bytes: int
     bits_per_weight: float
     fallbacks: int
@@ -123,7 +124,8 @@ def quantize(
     data_bytes = sum(n for _, n in actual.values())
     result = Quantized(
         config_id=qmap.config_id, model=qmap.model, path=str(target), file_sha256=sha256_file(target),
-        file_size_bytes=target.stat().st_size, predicted_data_bytes=exp.data_bytes, actual_data_bytes=data_bytes,
+        file_size_bytes=target.stat().st_size, predicted_data_bytes=exp.data_bytes,
+        predicted_file_bytes=predicted_file_size(exp, base_path), actual_data_bytes=data_bytes,
         bits_per_weight=8 * data_bytes / exp.n_elements, fallbacks=fallbacks, duration_s=round(duration, 3),
         reused=reused, effective_map_sha256=exp.effective_sha256,
     )
@@ -132,6 +134,17 @@ def quantize(
     if lake is not None:
         record(lake, exp, result, actual, base_sha256, llama_cpp_commit, host)
     return result
+
+
+def predicted_file_size(exp: Expansion, base_path: str | Path) -> int:
+    """The output's size before quantizing: the base's header (metadata and tensor infos do
+    not change size with the types) plus every tensor padded to the file's alignment."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(base_path))
+    field = reader.get_field("general.alignment")
+    alignment = int(field.contents()) if field is not None else gguf.GGUF_DEFAULT_ALIGNMENT
+    return reader.data_offset + sum(-(-t.n_bytes // alignment) * alignment for t in exp.tensors)
 
 
 def read_types(path: Path) -> dict[str, tuple[str, int]]:

@@ -83,6 +83,7 @@ def test_all_24_smollm2_configs_predicted_to_the_byte(tools, smollm2, tmp_path):
         q = quantize.quantize(qmap, profile, smollm2.path, smollm2.sha256, tools.tool("llama-quantize"),
                               tools.llama_cpp_commit, tmp_path / "gguf", lake=lake)
         assert q.actual_data_bytes == q.predicted_data_bytes, qmap.config_id
+        assert q.file_size_bytes == q.predicted_file_bytes, qmap.config_id
         results[qmap.config_id] = q
     # every file is its tensor data plus one and the same header (the tokenizer and metadata)
     headers = {q.file_size_bytes - q.actual_data_bytes for q in results.values()}
