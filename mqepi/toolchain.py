@@ -33,7 +33,7 @@ from mqepi.errors import MqepiError
 PACKAGE = "llama-cpp-python"
 VERSION = "0.3.36"
 #: Tools built, by CMake target name (the RPC server is ggml-rpc-server in 2026 builds).
-TARGETS = ("llama-quantize", "llama-perplexity", "llama-bench", "ggml-rpc-server")
+TARGETS = ("llama-quantize", "llama-perplexity", "llama-bench", "llama-tokenize", "ggml-rpc-server")
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=OFF",

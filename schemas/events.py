@@ -30,6 +30,8 @@ SHA256 = r"^[0-9a-f]{64}$"
 #: Where a power reading came from. Anything but ``epi-meter``/``nvml`` is not a measurement.
 POWER_SOURCES = ("epi-meter", "atm90e26", "nvml", "simulated", "replay")
 RUN_STATUSES = ("started", "finished", "failed")
+#: A run may measure no power at all (a quality-only evaluation): "none".
+RUN_POWER_SOURCES = (*POWER_SOURCES, "none")
 BENCHMARKS = ("mmlu", "arc_challenge", "hellaswag")
 THROUGHPUT_TESTS = ("pp", "tg", "pg")
 
@@ -134,7 +136,7 @@ class Run(RunBound):
     status: pl.Utf8 = pa.Field(isin=list(RUN_STATUSES))
     repeat: pl.Int32 = pa.Field(ge=0)
     file_sha256: pl.Utf8 = pa.Field(nullable=True, str_matches=SHA256)
-    power_source: pl.Utf8 = pa.Field(isin=list(POWER_SOURCES))
+    power_source: pl.Utf8 = pa.Field(isin=list(RUN_POWER_SOURCES))
     host: pl.Utf8 = pa.Field(str_length={"min_value": 1})
     provenance_json: pl.Utf8 = pa.Field(description="versions, hashes, settings as JSON")
     message: pl.Utf8 = pa.Field(nullable=True, description="why a run failed")
@@ -204,7 +206,7 @@ class BenchmarkAnswer(RunBound):
     subject: pl.Utf8 = pa.Field(nullable=True)
     shots: pl.Int32 = pa.Field(ge=0, le=64)
     prompt_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
-    predicted: pl.Int32 = pa.Field(ge=0, le=63)
+    predicted: pl.Int32 = pa.Field(nullable=True, ge=0, le=63, description="chosen answer; null where the engine only says it was wrong")
     gold: pl.Int32 = pa.Field(ge=0, le=63)
     correct: pl.Boolean = pa.Field()
     choice_scores: pl.List(pl.Float64) = pa.Field(nullable=True, description="log-likelihood per choice")
@@ -217,7 +219,10 @@ class BenchmarkAnswer(RunBound):
 
     @pa.dataframe_check
     def correct_is_predicted_eq_gold(cls, data) -> pl.LazyFrame:
-        return data.lazyframe.select((pl.col("correct") == (pl.col("predicted") == pl.col("gold"))).alias("ok"))
+        known = pl.col("correct") == (pl.col("predicted") == pl.col("gold"))
+        return data.lazyframe.select(
+            pl.when(pl.col("predicted").is_not_null()).then(known).otherwise(~pl.col("correct")).alias("ok")
+        )
 
 
 class Perplexity(RunBound):

@@ -140,3 +140,13 @@ def test_combined_checks_agree_with_pandera_on_valid_and_invalid_batches(event_t
     spec.schema.validate(good)
     for mutate, *_ in [(m, c) for t, m, c, *_ in BAD if t == event_type]:
         assert not passes_all_checks(spec, mutate(batch(event_type, 3)))
+
+
+def test_unknown_prediction_must_be_wrong():
+    df = batch("benchmark_answer", 3)
+    ok = df.with_columns(pl.Series("predicted", [None, 1, None], dtype=pl.Int32),
+                         pl.Series("correct", [False, True, False]))
+    events.validate(ok, check_ids=False)
+    bad = ok.with_columns(pl.Series("correct", [True, True, False]))
+    with pytest.raises(EventValidationError, match="correct_is_predicted_eq_gold"):
+        events.validate(bad, check_ids=False)

