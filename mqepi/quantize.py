@@ -11,6 +11,7 @@ layer supplies one that runs them on the quantization host over SSH.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -115,22 +116,27 @@ def quantize(
     duration = time.perf_counter() - start
     sidecar = target.with_suffix(".quantization.json")
     host = runner.host
-    if reused and sidecar.is_file():
-        # the events describe the quantization that made the file, not this lookup
-        made = json.loads(sidecar.read_text())
+    file_sha = sha256_file(target)
+    made = json.loads(sidecar.read_text()) if reused and sidecar.is_file() else None
+    if made is not None and made.get("file_sha256") == file_sha and "types" in made:
+        # the events describe the quantization that made the file, not this lookup; the
+        # types were read back and checked when it was made, and the hash says it is that file
         duration, host = made["duration_s"], made["host"]
-    actual = read_types(target)
+        actual = {name: tuple(v) for name, v in made["types"].items()}
+    else:
+        actual = read_types(target)
     fallbacks = check_types(exp, actual, target)
     data_bytes = sum(n for _, n in actual.values())
     result = Quantized(
-        config_id=qmap.config_id, model=qmap.model, path=str(target), file_sha256=sha256_file(target),
+        config_id=qmap.config_id, model=qmap.model, path=str(target), file_sha256=file_sha,
         file_size_bytes=target.stat().st_size, predicted_data_bytes=exp.data_bytes,
         predicted_file_bytes=predicted_file_size(exp, base_path), actual_data_bytes=data_bytes,
         bits_per_weight=8 * data_bytes / exp.n_elements, fallbacks=fallbacks, duration_s=round(duration, 3),
         reused=reused, effective_map_sha256=exp.effective_sha256,
     )
-    if not reused or not sidecar.is_file():
-        sidecar.write_text(json.dumps({"duration_s": result.duration_s, "host": host, "file_sha256": result.file_sha256}))
+    if made is None or made.get("file_sha256") != file_sha or "types" not in made:
+        sidecar.write_text(json.dumps({"duration_s": result.duration_s, "host": host, "file_sha256": file_sha,
+                                       "types": actual}))
     if lake is not None:
         record(lake, exp, result, actual, base_sha256, llama_cpp_commit, host)
     return result
@@ -139,12 +145,20 @@ def quantize(
 def predicted_file_size(exp: Expansion, base_path: str | Path) -> int:
     """The output's size before quantizing: the base's header (metadata and tensor infos do
     not change size with the types) plus every tensor padded to the file's alignment."""
+    path = Path(base_path)
+    stat = path.stat()
+    data_offset, alignment = _header_layout(str(path), stat.st_size, stat.st_mtime_ns)
+    return data_offset + sum(-(-t.n_bytes // alignment) * alignment for t in exp.tensors)
+
+
+@functools.lru_cache(maxsize=8)
+def _header_layout(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
+    """(data offset, alignment) of a GGUF file; parsing a tokenizer-sized header takes seconds."""
     import gguf
 
-    reader = gguf.GGUFReader(str(base_path))
+    reader = gguf.GGUFReader(path)
     field = reader.get_field("general.alignment")
-    alignment = int(field.contents()) if field is not None else gguf.GGUF_DEFAULT_ALIGNMENT
-    return reader.data_offset + sum(-(-t.n_bytes // alignment) * alignment for t in exp.tensors)
+    return reader.data_offset, int(field.contents()) if field is not None else gguf.GGUF_DEFAULT_ALIGNMENT
 
 
 def read_types(path: Path) -> dict[str, tuple[str, int]]:
