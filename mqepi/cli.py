@@ -419,6 +419,15 @@ def demo() -> None:
         raise typer.Exit(1)
 
 
+def _register_subapps() -> None:
+    from mqepi.cli_meter import meter_app
+
+    app.add_typer(meter_app, name="meter")
+
+
+_register_subapps()
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -112,13 +112,24 @@ def _quality(lake: Lake, progress: Callable[[str], None]) -> str:
     return "; ".join(parts)
 
 
+def _simulated_meter(lake: Lake, progress: Callable[[str], None]) -> str:
+    from mqepi.meter.core import RunKey
+    from mqepi.meter.session import simulated_run
+
+    run = RunKey("smollm2-135m", "meter-check", f"meter-check-{time.time_ns():x}")
+    windows = simulated_run(lake, run, idle_s=3.0, busy_s=3.0, progress=progress)
+    parts = [f"{w.name}: {w.avg_power_w:.2f} W avg, {w.energy_j:.1f} J, {'valid' if w.valid else 'INVALID'}"
+             for w in windows if w.energy_j is not None]
+    return "SIMULATED power (not measured): " + "; ".join(parts)
+
+
 STAGES: list[Stage] = [
     Stage("event lake (init + verify)", _lake_ready),
     Stage("llama.cpp toolchain", _toolchain),
     Stage("embedded base model (SmolLM2-135M F16)", _base_model),
     Stage("24 quant maps -> quantization, checked per tensor", _quantize_all),
     Stage("loopback cluster (sshd + llama.cpp RPC)", None, "issue 6: mqepi cluster local"),
-    Stage("simulated epi-meter (labelled simulated)", None, "issue 5: mqepi meter simulate"),
+    Stage("simulated epi-meter over a pty -> reader -> windows", _simulated_meter),
     Stage("quality: MMLU-5, perplexity, KLD, throughput (2 configs)", _quality),
     Stage("SQL views", _views_loaded),
     Stage("sweep over 24 configurations", None, "issue 7: sweep flow"),

@@ -19,19 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqepi import PRODUCER
+from mqepi.meter.core import RunKey  # the one partition key of every run-bound producer
 from mqepi.quality.mc import QuestionSet, ScoringError, parse_results, task_file_bytes
-
-
-@dataclass(frozen=True)
-class RunKey:
-    """Partition keys of a run's events."""
-
-    model: str
-    config_id: str
-    run_id: str
-
-    def columns(self, n: int) -> dict[str, list]:
-        return {"model": [self.model] * n, "config_id": [self.config_id] * n, "run_id": [self.run_id] * n}
 
 
 @dataclass
