@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from mqepi.schemas import COMMON_COLUMNS, EVENT_TYPES
+
 from mqepi.errors import MqepiError
 
 #: The lake's slug rule for model, config and run ids (see schemas/events.py).
@@ -79,22 +81,12 @@ class LakeSink:
 
 # --------------------------------------------------------------------------- stream plumbing
 
-#: The columns a source produces: power_sample's own columns, in schema order.
+#: The columns a source produces: power_sample's own columns, in schema order (derived from
+#: the event schema, so the two cannot drift apart).
 SAMPLE_COLUMNS = {
-    "power_source": pl.Utf8,
-    "meter_id": pl.Utf8,
-    "channel": pl.Int32,
-    "node": pl.Utf8,
-    "seq": pl.Int64,
-    "meter_time_ns": pl.Int64,
-    "host_time_ns": pl.Int64,
-    "host_monotonic_ns": pl.Int64,
-    "power_w": pl.Float64,
-    "voltage_v": pl.Float64,
-    "current_a": pl.Float64,
-    "power_factor": pl.Float64,
-    "frequency_hz": pl.Float64,
-    "energy_counter_j": pl.Float64,
+    name: dtype
+    for name, dtype in EVENT_TYPES["power_sample"].polars_schema.items()
+    if name not in COMMON_COLUMNS and name not in ("model", "config_id")
 }
 
 
