@@ -32,6 +32,8 @@ maps_app = typer.Typer(help="Model profiles and per-layer quant maps.", no_args_
 app.add_typer(maps_app, name="maps")
 toolchain_app = typer.Typer(help="The llama.cpp toolchain, built from a pinned registry package.", no_args_is_help=True)
 app.add_typer(toolchain_app, name="toolchain")
+cluster_app = typer.Typer(help="The Pi cluster: check it, or run a loopback one on this machine.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
 
 out = Console()
 err = Console(stderr=True)
@@ -413,6 +415,50 @@ def evaluate_command(
                   f"p99 {result.kld['kld_p99']:.6f}, same top p {result.kld['same_top_p']:.4f}")
     for t in result.throughput:
         out.print(f"  {t['test']}: {t['tokens_per_s']:.1f} +/- {t['tokens_per_s_stddev']:.1f} tokens/s")
+
+
+# ------------------------------------------------------------------ cluster
+
+
+@cluster_app.command("check")
+@edge
+def cluster_check(config: Path = typer.Argument(..., help="Cluster config (TOML).")) -> None:
+    """Connect to every node: reachability, llama.cpp commit, binaries, disk, memory, temperature."""
+    import polars as pl
+
+    from mqepi.cluster import config as cfg
+    from mqepi.cluster import ops
+
+    reports = ops.check(cfg.load(config))
+    print_frame(pl.DataFrame([{"node": r.name, "role": r.role, "reachable": r.reachable, "llama.cpp": r.llama_cpp_commit,
+                               "free_disk_mb": r.free_disk_mb, "mem_available_mb": r.memory_available_mb,
+                               "temp_c": r.temperature_c, "problems": "; ".join(r.problems)} for r in reports]),
+                title=f"cluster {config}")
+    if any(r.problems for r in reports):
+        raise MqepiError(f"{sum(bool(r.problems) for r in reports)} of {len(reports)} hosts are not ready")
+
+
+@cluster_app.command("local")
+@edge
+def cluster_local(
+    nodes: int = typer.Option(3, "--nodes", "-n", help="Nodes (the first is the head, the rest RPC workers)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder for keys, config and node folders [default: temporary]."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds [default: Ctrl-C]."),
+) -> None:
+    """Start a loopback cluster (SSH servers on 127.0.0.1 with generated keys) and write its config."""
+    import time
+
+    from mqepi import toolchain
+    from mqepi.cluster.local import LoopbackCluster
+
+    tc = toolchain.ensure()
+    with LoopbackCluster(nodes, tc.bin_dir, root) as lc:
+        out.print(f"loopback cluster of {nodes} nodes + a quant host; config: {lc.config_path}")
+        out.print(f"try: mqepi cluster check {lc.config_path}   (Ctrl-C stops and tears everything down)")
+        try:
+            time.sleep(duration) if duration is not None else time.sleep(10**9)
+        except KeyboardInterrupt:
+            pass
 
 
 # ------------------------------------------------------------------ demo

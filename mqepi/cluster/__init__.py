@@ -1,0 +1,1 @@
+"""The cluster runner: config, SSH layer, loopback cluster, check / deploy / RPC workers."""

@@ -1,0 +1,159 @@
+"""A loopback cluster: N SSH servers on 127.0.0.1, each a "node" with its own folder.
+
+Each node is a real SSH server (asyncssh's server, the same protocol a Pi's OpenSSH speaks)
+on its own loopback port with a generated ed25519 host key; clients authenticate with a
+generated user key, and the written ``known_hosts`` pins every host key, so host-key
+verification is exercised for real. Commands run as local shell processes in the node's
+folder; SFTP serves files. Workers get distinct loopback RPC ports. Everything is torn down
+on exit. This is how the tests and the demo exercise the cluster path on one machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from mqepi.cluster import config as cfg
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _handle(process: asyncssh.SSHServerProcess, work_dir: str) -> None:
+    """Run the requested command in the node's folder; copy its output until it ends."""
+    command = process.command or "true"
+    local = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, cwd=work_dir, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+
+    async def pump(source, sink) -> None:
+        while chunk := await source.read(65536):
+            sink.write(chunk)
+
+    await asyncio.gather(pump(local.stdout, process.stdout), pump(local.stderr, process.stderr))
+    process.exit(await local.wait())
+
+
+@dataclass
+class LocalNode:
+    name: str
+    port: int
+    work_dir: Path
+    rpc_port: int
+    server: asyncssh.SSHAcceptor | None = None
+
+
+class LoopbackCluster:
+    """``with LoopbackCluster(3, bin_dir) as lc: lc.config_path`` -> a matching cluster TOML."""
+
+    def __init__(self, nodes: int, bin_dir: str | Path, root: str | Path | None = None, *, quant_host: bool = True):
+        if nodes < 1:
+            raise cfg.ClusterConfigError(f"a loopback cluster needs at least one node, not {nodes}")
+        self.n = nodes
+        self.bin_dir = str(bin_dir)
+        self._own_root = root is None
+        self.root = Path(root or tempfile.mkdtemp(prefix="mqepi-cluster-"))
+        self.with_quant_host = quant_host
+        self.nodes: list[LocalNode] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mqepi-loopback-sshd", daemon=True)
+        self.config_path = self.root / "cluster.toml"
+
+    def __enter__(self) -> "LoopbackCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def start(self) -> "LoopbackCluster":
+        self._thread.start()
+        keys = self.root / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        user_key = asyncssh.generate_private_key("ssh-ed25519")
+        user_key.write_private_key(str(keys / "id_ed25519"))
+        os.chmod(keys / "id_ed25519", 0o600)
+        authorized = asyncssh.import_authorized_keys(user_key.export_public_key().decode())
+        known_lines = []
+        names = ["quant"] * self.with_quant_host + [f"node{i}" for i in range(self.n)]
+        for name in names:
+            host_key = asyncssh.generate_private_key("ssh-ed25519")
+            host_key.write_private_key(str(keys / f"{name}_host_key"))
+            work = self.root / name
+            work.mkdir(exist_ok=True)
+            node = LocalNode(name, _free_port(), work, _free_port())
+
+            async def serve(node=node, host_key=host_key):
+                return await asyncssh.create_server(
+                    asyncssh.SSHServer, "127.0.0.1", node.port, server_host_keys=[host_key],
+                    authorized_client_keys=authorized, sftp_factory=True, allow_scp=False, encoding=None,
+                    process_factory=lambda p, w=str(node.work_dir): _handle(p, w))
+
+            node.server = self._call(serve())
+            known_lines.append(f"[127.0.0.1]:{node.port} {host_key.export_public_key().decode().strip()}")
+            self.nodes.append(node)
+        (keys / "known_hosts").write_text("\n".join(known_lines) + "\n")
+        self.config_path.write_text(self._toml(keys))
+        return self
+
+    def _toml(self, keys: Path) -> str:
+        lines = [f'known_hosts = "{keys / "known_hosts"}"', ""]
+        key = keys / "id_ed25519"
+        user = os.environ.get("USER", "mqepi")
+        for node in self.nodes:
+            if node.name == "quant":
+                lines += ["[quant_host]", f'host = "127.0.0.1"', f"port = {node.port}", f'user = "{user}"',
+                          f'key = "{key}"', f'bin_dir = "{self.bin_dir}"', f'work_dir = "{node.work_dir}"', ""]
+        for i, node in enumerate(n for n in self.nodes if n.name != "quant"):
+            role = "head" if i == 0 else "worker"
+            lines += ["[[nodes]]", f'name = "{node.name}"', f'role = "{role}"', 'host = "127.0.0.1"',
+                      f"port = {node.port}", f'user = "{user}"', f'key = "{key}"', f'bin_dir = "{self.bin_dir}"',
+                      f'work_dir = "{node.work_dir}"', 'rpc_address = "127.0.0.1"', f"rpc_port = {node.rpc_port}",
+                      f"meter_channel = {i}", ""]
+        return "\n".join(lines)
+
+    def kill_connections(self, name: str) -> None:
+        """Close a node's server side (a dropped SSH link), then listen again on the same port."""
+        node = next(n for n in self.nodes if n.name == name)
+
+        async def bounce():
+            node.server.close()
+            await node.server.wait_closed()
+
+        self._call(bounce())
+
+    def stop(self) -> None:
+        async def close_all():
+            for node in self.nodes:
+                if node.server is not None:
+                    node.server.close()
+                    await node.server.wait_closed()
+
+        if self._thread.is_alive():
+            self._call(close_all())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        # processes a node started (RPC servers) die with their sessions' process groups below
+        for node in self.nodes:
+            pid_files = list(node.work_dir.glob("**/*.pid"))
+            for pid_file in pid_files:
+                try:
+                    os.kill(int(pid_file.read_text().strip()), 9)
+                except (ValueError, ProcessLookupError, PermissionError):
+                    pass  # already gone
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)

