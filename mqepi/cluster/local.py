@@ -11,12 +11,14 @@ on exit. This is how the tests and the demo exercise the cluster path on one mac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import shutil
 import socket
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -41,8 +43,14 @@ async def _handle(process: asyncssh.SSHServerProcess, work_dir: str) -> None:
         while chunk := await source.read(65536):
             sink.write(chunk)
 
-    await asyncio.gather(pump(local.stdout, process.stdout), pump(local.stderr, process.stderr))
-    process.exit(await local.wait())
+    try:
+        await asyncio.gather(pump(local.stdout, process.stdout), pump(local.stderr, process.stderr))
+        process.exit(await local.wait())
+    finally:
+        if local.returncode is None:  # the client went away: stop what it started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(local.pid, signal.SIGKILL)
+            await local.wait()
 
 
 @dataclass
@@ -51,7 +59,10 @@ class LocalNode:
     port: int
     work_dir: Path
     rpc_port: int
+    host_key: asyncssh.SSHKey | None = None
+    authorized: object = None
     server: asyncssh.SSHAcceptor | None = None
+    connections: set = field(default_factory=set)
 
 
 class LoopbackCluster:
@@ -95,20 +106,28 @@ class LoopbackCluster:
             host_key.write_private_key(str(keys / f"{name}_host_key"))
             work = self.root / name
             work.mkdir(exist_ok=True)
-            node = LocalNode(name, _free_port(), work, _free_port())
-
-            async def serve(node=node, host_key=host_key):
-                return await asyncssh.create_server(
-                    asyncssh.SSHServer, "127.0.0.1", node.port, server_host_keys=[host_key],
-                    authorized_client_keys=authorized, sftp_factory=True, allow_scp=False, encoding=None,
-                    process_factory=lambda p, w=str(node.work_dir): _handle(p, w))
-
-            node.server = self._call(serve())
+            node = LocalNode(name, _free_port(), work, _free_port(), host_key=host_key, authorized=authorized)
+            node.server = self._call(self._serve(node))
             known_lines.append(f"[127.0.0.1]:{node.port} {host_key.export_public_key().decode().strip()}")
             self.nodes.append(node)
         (keys / "known_hosts").write_text("\n".join(known_lines) + "\n")
         self.config_path.write_text(self._toml(keys))
         return self
+
+    @staticmethod
+    async def _serve(node: "LocalNode"):
+        class Server(asyncssh.SSHServer):
+            def connection_made(self, conn) -> None:
+                self.conn = conn
+                node.connections.add(conn)
+
+            def connection_lost(self, exc) -> None:
+                node.connections.discard(self.conn)
+
+        return await asyncssh.create_server(
+            Server, "127.0.0.1", node.port, server_host_keys=[node.host_key],
+            authorized_client_keys=node.authorized, sftp_factory=True, allow_scp=False, encoding=None,
+            process_factory=lambda p, w=str(node.work_dir): _handle(p, w))
 
     def _toml(self, keys: Path) -> str:
         lines = [f'known_hosts = "{keys / "known_hosts"}"', ""]
@@ -127,12 +146,14 @@ class LoopbackCluster:
         return "\n".join(lines)
 
     def kill_connections(self, name: str) -> None:
-        """Close a node's server side (a dropped SSH link), then listen again on the same port."""
+        """Drop every open SSH connection of a node from the server side (a cut link); the
+        node keeps listening, so a retry can connect again."""
         node = next(n for n in self.nodes if n.name == name)
 
         async def bounce():
-            node.server.close()
-            await node.server.wait_closed()
+            for conn in list(node.connections):
+                conn.abort()  # drop the TCP connection, as a cut link would
+            node.connections.clear()
 
         self._call(bounce())
 

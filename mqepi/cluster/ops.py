@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqepi.cluster.config import ClusterConfig, Host
-from mqepi.cluster.ssh import Remote, RemoteError
+from mqepi.cluster.ssh import ConnectionDropped, Remote, RemoteError
 from mqepi.errors import MqepiError
 
 MANIFEST = "toolchain.json"  # written beside bin/ by mqepi toolchain build
@@ -184,3 +184,19 @@ def rpc_workers(config: ClusterConfig, *, wait_s: float = 15.0):
 def rpc_args(endpoints: list[str]) -> list[str]:
     """Arguments that make a llama.cpp tool offload every layer to the RPC workers."""
     return ["--rpc", ",".join(endpoints), "-ngl", "99"] if endpoints else []
+
+
+def retrying(stage, *, attempts: int = 3, wait_s: float = 1.0, on_retry=None):
+    """Run ``stage()``; after a dropped SSH connection (transient) run it again, up to
+    ``attempts`` times. Anything else (a refused host key, a validation error) is final.
+    Stages append their events only when complete, and the lake drops events it already has,
+    so a retried stage never duplicates an event."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return stage()
+        except ConnectionDropped as exc:
+            if attempt == attempts:
+                raise
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            time.sleep(wait_s)

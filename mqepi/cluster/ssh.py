@@ -34,6 +34,10 @@ class RemoteError(MqepiError):
     """A remote command or copy failed (transient ones may be retried by the caller)."""
 
 
+class ConnectionDropped(RemoteError):
+    """The SSH connection ended mid-command: transient, the stage may be retried."""
+
+
 class HostKeyError(RemoteError):
     """The remote host key is not the one in known_hosts. Never retried."""
 
@@ -110,12 +114,16 @@ class Remote:
                         if on_line:
                             on_line(line.rstrip("\n"))
                     completed = await proc.wait()
-                return Result(completed.exit_status if completed.exit_status is not None else -1, lines)
+                if completed.exit_status is None:
+                    raise ConnectionDropped(f"{self.host.name}: the connection ended before {command[:80]!r} exited")
+                return Result(completed.exit_status, lines)
 
         try:
             result = _Loop.run(asyncio.wait_for(go(), timeout))
         except (TimeoutError, asyncio.TimeoutError):
             raise RemoteError(f"{self.host.name}: {command!r} did not finish within {timeout} s") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionDropped(f"{self.host.name}: the connection dropped during {command[:80]!r}: {exc}") from None
         if check and result.returncode != 0:
             tail = "".join(line for _, line in result.lines[-8:]).strip()
             raise RemoteError(f"{self.host.name}: {command!r} exited {result.returncode}: {tail}")
@@ -146,6 +154,24 @@ class Remote:
             self.run(f"rm -f {shlex.quote(temp)}", timeout=60)
             raise RemoteError(f"{self.host.name}: the copy of {local} at {temp} has sha256 {copied}, expected {sha256}")
         self.run(f"mv -f {shlex.quote(temp)} {shlex.quote(remote)}", timeout=60, check=True)
+
+    def stage_file(self, name: str, data: bytes) -> str:
+        """Put ``data`` into ``work_dir/staging/name`` on this host (verified); return the path."""
+        import hashlib
+        import tempfile
+
+        remote = f"{self.host.work_dir.rstrip('/')}/staging/{name}"
+        with tempfile.NamedTemporaryFile(delete=False) as fh:
+            fh.write(data)
+        try:
+            self.put(fh.name, remote, hashlib.sha256(data).hexdigest())
+        finally:
+            Path(fh.name).unlink(missing_ok=True)
+        return remote
+
+    def stream(self, cmd: list[str], progress: Callable[[str], None] = lambda line: None, timeout: float | None = 3600):
+        """Run an argument list on this host, stamped per line (the quality engine's executor)."""
+        return self.run(shlex.join(cmd), timeout=timeout, on_line=progress)
 
     def start_background(self, command: str, log: str) -> int:
         """Start ``command`` detached (its output to ``log``); return its pid."""

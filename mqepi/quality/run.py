@@ -125,14 +125,27 @@ class BenchmarkResult:
 
 def run_multiple_choice(qset: QuestionSet, perplexity_tool, model_path, *, counts: list[tuple[int, int]],
                         threads: int | None = None, extra_args: list[str] = (), lake=None, key: RunKey | None = None,
-                        progress: Callable[[str], None] = lambda line: None) -> BenchmarkResult:
-    """Score ``qset`` with llama-perplexity --multiple-choice; append answers and the window."""
-    with tempfile.TemporaryDirectory(prefix="mqepi-mc-") as tmp:
-        task_file = Path(tmp) / f"{qset.benchmark}.bin"
-        task_file.write_bytes(task_file_bytes(qset.items))
-        cmd = [str(perplexity_tool), "-m", str(model_path), "-bf", str(task_file), "--multiple-choice",
-               "-c", str(qset.task.context), *(["-t", str(threads)] if threads else []), *extra_args]
-        result = run_stamped(cmd, progress)
+                        progress: Callable[[str], None] = lambda line: None, executor=None) -> BenchmarkResult:
+    """Score ``qset`` with llama-perplexity --multiple-choice; append answers and the window.
+
+    ``executor`` runs the tool elsewhere (a head node: ``mqepi.cluster.ssh.Remote``, with
+    ``stage_file`` and ``stream``); paths are then the head's. Answers are appended only after
+    the whole output is read, so a run cut short adds nothing and a retry adds each answer once.
+    """
+    data = task_file_bytes(qset.items)
+
+    def command(task_file: str) -> list[str]:
+        return [str(perplexity_tool), "-m", str(model_path), "-bf", task_file, "--multiple-choice",
+                "-c", str(qset.task.context), *(["-t", str(threads)] if threads else []), *extra_args]
+
+    if executor is not None:
+        task_file = executor.stage_file(f"{qset.benchmark}-{qset.sha256[:16]}.bin", data)
+        result = executor.stream(command(task_file), progress)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mqepi-mc-") as tmp:
+            task_file = Path(tmp) / f"{qset.benchmark}.bin"
+            task_file.write_bytes(data)
+            result = run_stamped(command(str(task_file)), progress)
     if result.returncode != 0:
         raise _fail("llama-perplexity --multiple-choice", result)
     correct, acc, err, start, end = parse_results(result.lines, len(qset.items))
