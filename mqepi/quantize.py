@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -94,28 +95,22 @@ def quantize(
 ) -> Quantized:
     """Quantize ``base_path`` by ``qmap``; check the output; append events to ``lake``."""
     runner = runner or LocalRunner()
+    where = runner.host if isinstance(runner.host, str) else f"{runner.host.name}:{runner.host.host}"
     exp = expand(qmap, profile)
     target = output_path(Path(out_dir), qmap, base_sha256, llama_cpp_commit)
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     reused = target.is_file()
     if not reused:
-        recipe = target.with_suffix(".recipe.txt")
-        recipe.write_text(exp.recipe())
-        partial = target.with_name(target.name + ".partial")
-        cmd = [str(llama_quantize), "--tensor-type-file", str(recipe), str(base_path), str(partial), exp.base_ftype]
-        if threads:
-            cmd.append(str(threads))
-        progress(f"{qmap.config_id}: llama-quantize {exp.base_ftype} with {exp.recipe().count(chr(10))} tensor rules")
-        status, output = runner.run(cmd, progress)
-        if status != 0:
-            partial.unlink(missing_ok=True)
-            tail = "\n".join(output.strip().splitlines()[-8:])
-            raise QuantizeError(f"{qmap.config_id}: llama-quantize exited {status}:\n{tail}")
-        os.replace(partial, target)
+        progress(f"{qmap.config_id}: llama-quantize {exp.base_ftype} with {exp.recipe().count(chr(10))} tensor rules "
+                 f"on {where}")
+        if isinstance(runner, LocalRunner):
+            _quantize_here(exp, target, base_path, llama_quantize, threads, runner, progress)
+        else:
+            _quantize_remote(exp, target, base_path, llama_quantize, threads, runner, progress)
     duration = time.perf_counter() - start
     sidecar = target.with_suffix(".quantization.json")
-    host = runner.host
+    host = where
     file_sha = sha256_file(target)
     made = json.loads(sidecar.read_text()) if reused and sidecar.is_file() else None
     if made is not None and made.get("file_sha256") == file_sha and "types" in made:
@@ -140,6 +135,43 @@ def quantize(
     if lake is not None:
         record(lake, exp, result, actual, base_sha256, llama_cpp_commit, host)
     return result
+
+
+def _quantize_here(exp: Expansion, target: Path, base_path, llama_quantize, threads, runner, progress) -> None:
+    recipe = target.with_suffix(".recipe.txt")
+    recipe.write_text(exp.recipe())
+    partial = target.with_name(target.name + ".partial")
+    cmd = [str(llama_quantize), "--tensor-type-file", str(recipe), str(base_path), str(partial), exp.base_ftype]
+    if threads:
+        cmd.append(str(threads))
+    status, output = runner.run(cmd, progress)
+    if status != 0:
+        partial.unlink(missing_ok=True)
+        tail = "\n".join(output.strip().splitlines()[-8:])
+        raise QuantizeError(f"{exp.qmap.config_id}: llama-quantize exited {status}:\n{tail}")
+    os.replace(partial, target)
+
+
+def _quantize_remote(exp: Expansion, target: Path, base_path, llama_quantize, threads, remote, progress) -> None:
+    """On a quant host over SSH (``mqepi.cluster.ssh.Remote``): upload the recipe, quantize
+    into its work folder, then fetch the file here (sha256-checked) for the read-back and
+    the deployment. ``base_path`` and ``llama_quantize`` are paths on that host."""
+    recipe = remote.stage_file(target.with_suffix(".recipe.txt").name, exp.recipe().encode())
+    out = f"{remote.host.work_dir.rstrip('/')}/gguf/{target.name}"
+    remote.run(f"mkdir -p {shlex.quote(str(Path(out).parent))}", timeout=60, check=True)
+    cmd = [str(llama_quantize), "--tensor-type-file", recipe, str(base_path), out + ".partial", exp.base_ftype]
+    if threads:
+        cmd.append(str(threads))
+    result = remote.stream(cmd, progress)
+    if result.returncode != 0:
+        remote.run(f"rm -f {shlex.quote(out + '.partial')}", timeout=60)
+        tail = "".join(line for _, line in result.lines[-8:]).strip()
+        raise QuantizeError(f"{exp.qmap.config_id}: llama-quantize on {remote.host.name} exited {result.returncode}:\n{tail}")
+    remote.run(f"mv -f {shlex.quote(out + '.partial')} {shlex.quote(out)}", timeout=60, check=True)
+    remote_sha = remote.sha256(out)
+    if remote_sha is None:
+        raise QuantizeError(f"{exp.qmap.config_id}: {out} is missing on {remote.host.name} after quantizing")
+    remote.get(out, target, remote_sha)
 
 
 def predicted_file_size(exp: Expansion, base_path: str | Path) -> int:

