@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mqepi import __version__
@@ -55,7 +56,7 @@ def edge(func):
         try:
             return func(*args, **kwargs)
         except MqepiError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -476,9 +477,12 @@ def demo() -> None:
 
 
 def _register_subapps() -> None:
+    from mqepi.cli_community import ingest_command, submit_command
     from mqepi.cli_meter import meter_app
 
     app.add_typer(meter_app, name="meter")
+    app.command("submit")(edge(submit_command))
+    app.command("ingest")(edge(ingest_command))
 
 
 _register_subapps()
