@@ -104,6 +104,17 @@ _UNPLUG_EVERY = typer.Option(None, "--unplug-every", help="Fault: unplug the met
 _UNPLUG_FOR = typer.Option(0.5, "--unplug-for", help="Fault: stay unplugged this many seconds.")
 
 
+
+def _run_for(stream, duration: float | None) -> None:
+    """Start a reading thread, let it run for ``duration`` seconds (or until Ctrl-C), stop it."""
+    stream.start()
+    try:
+        stream.join(duration) if duration is not None else stream.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stream.stop()
+
 @meter_app.command("simulate")
 @edge
 def simulate(
@@ -186,13 +197,7 @@ def record(
     if incidents is not None:
         reader.log_incidents_to(incidents)
     err.print(f"reading {port} into {lake.uri} run {run_id}; Ctrl-C to stop", highlight=False)
-    reader.start()
-    try:
-        reader.join(duration) if duration is not None else reader.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        reader.stop()
+    _run_for(reader, duration)
     summary = reader.summary()
     out.print(" ".join(f"{k}={v}" for k, v in summary.items()), highlight=False, soft_wrap=True)
     simulated = _query("SELECT count(*) AS n FROM power_sample WHERE run_id = ? AND power_source = 'simulated'", [run_id])
@@ -223,13 +228,7 @@ def atm90e26(
     lake.init()
     source = Atm90e26Source(port, LakeSink(lake, _run_key(model, config_id, run_id)), channel=channel, node=node,
                             meter_id=meter_id, rate_hz=rate, baudrate=baud, imp_per_kwh=imp_per_kwh)
-    source.start()
-    try:
-        source.join(duration) if duration is not None else source.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        source.stop()
+    _run_for(source, duration)
     out.print(f"{source.rows_flushed} samples, {source.failed_polls} failed polls, energy register total "
               f"{source.energy_j:.0f} J (coarse: 360 J steps)", highlight=False)
 
