@@ -25,6 +25,7 @@ from typing import Protocol
 
 from mqepi import PRODUCER
 from mqepi.assets import sha256_file
+from mqepi.executor import run_stamped
 from mqepi.errors import MqepiError
 from mqepi.maps import Expansion, ModelProfile, QuantMap, effective_type, expand
 
@@ -45,12 +46,8 @@ class LocalRunner:
         self.host = socket.gethostname()
 
     def run(self, cmd: list[str], progress: Callable[[str], None]) -> tuple[int, str]:
-        lines = []
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
-            for line in proc.stdout:
-                lines.append(line)
-                progress(line.rstrip())
-        return proc.returncode, "".join(lines)
+        result = run_stamped(cmd, progress)
+        return result.returncode, result.text
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from mqepi.analysis import VIEWS_SQL
+from mqepi.analysis import SQL_FILES
 from mqepi.errors import LakeError, QueryError
 from mqepi.lake import Lake
 
@@ -27,7 +27,7 @@ class ViewInfo:
     columns: list[tuple[str, str]]  # (column, DuckDB type)
 
 
-def connect(lake: Lake, views: Path = VIEWS_SQL) -> duckdb.DuckDBPyConnection:
+def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with every view of ``views`` over ``lake``.
 
     The lake must exist; its seed files are written if missing (zero-row files that give
@@ -38,10 +38,14 @@ def connect(lake: Lake, views: Path = VIEWS_SQL) -> duckdb.DuckDBPyConnection:
     lake.init()
     con = duckdb.connect()
     con.execute("SET VARIABLE mqepi_lake = ?", [lake.uri])
-    try:
-        con.execute(views.read_text())
-    except duckdb.Error as exc:
-        raise QueryError(f"{views}: {exc}") from exc
+    files = SQL_FILES if views is None else [views] if isinstance(views, Path) else list(views)
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            con.execute(path.read_text())
+        except duckdb.Error as exc:
+            raise QueryError(f"{path}: {exc}") from exc
     return con
 
 

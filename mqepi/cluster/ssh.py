@@ -195,6 +195,14 @@ class Remote:
             Path(fh.name).unlink(missing_ok=True)
         return remote
 
+    def provide(self, local: str | Path, sha256: str, subdir: str = "inputs") -> str:
+        """Make a local file available on this host under ``work_dir/subdir`` (copied only
+        when missing or different, sha256-checked); return its path there."""
+        remote = f"{self.host.work_dir.rstrip('/')}/{subdir}/{Path(local).name}"
+        if self.sha256(remote) != sha256:
+            self.put(local, remote, sha256)
+        return remote
+
     def stream(self, cmd: list[str], progress: Callable[[str], None] = lambda line: None, timeout: float | None = 3600):
         """Run an argument list on this host, stamped per line (the quality engine's executor)."""
         return self.run(shlex.join(cmd), timeout=timeout, on_line=progress)

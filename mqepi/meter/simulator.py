@@ -146,21 +146,35 @@ def descendants(pid: int) -> list[int]:
 
 
 class CpuLoad:
-    """Busy cores of a set of processes (and their descendants) over a trailing window."""
+    """Busy cores of a set of processes (and their descendants) over a trailing window.
 
-    def __init__(self, pids=(), window_s: float = 0.25, monotonic=time.monotonic):
-        self.pids: tuple[int, ...] = tuple(pids)
+    The set is a fixed list of pids, or a callable returning the current list (a node
+    whose processes come and go); a callable is asked at most every ``refresh_s``."""
+
+    def __init__(self, pids=(), window_s: float = 0.25, monotonic=time.monotonic, refresh_s: float = 0.5):
         self.window_s = window_s
+        self.refresh_s = refresh_s
         self._monotonic = monotonic
         self._snapshots: deque[tuple[float, dict[int, float]]] = deque()
+        self.assign(pids)
 
     def assign(self, pids) -> None:
-        self.pids = tuple(int(p) for p in pids)
+        if callable(pids):
+            self._provider, self.pids, self._asked = pids, (), None
+        else:
+            self._provider, self.pids = None, tuple(int(p) for p in pids)
         self._snapshots.clear()
+
+    def _roots(self) -> tuple[int, ...]:
+        if self._provider is not None:
+            now = self._monotonic()
+            if self._asked is None or now - self._asked >= self.refresh_s:
+                self.pids, self._asked = tuple(int(p) for p in self._provider()), now
+        return self.pids
 
     def snapshot(self) -> dict[int, float]:
         seconds = {}
-        for root in self.pids:
+        for root in self._roots():
             for pid in [root, *descendants(root)]:
                 cpu = process_cpu_seconds(pid)
                 if cpu is not None:
@@ -169,7 +183,7 @@ class CpuLoad:
 
     def busy_cores(self) -> float:
         now = self._monotonic()
-        current = self.snapshot() if self.pids else {}
+        current = self.snapshot() if (self.pids or self._provider is not None) else {}
         self._snapshots.append((now, current))
         while len(self._snapshots) > 2 and now - self._snapshots[1][0] >= self.window_s:
             self._snapshots.popleft()
@@ -233,7 +247,8 @@ class SimulatedMeter:
 
     # -- control
     def assign(self, channel: int, pids) -> None:
-        """Drive ``channel``'s power by the CPU time of ``pids`` (and their children)."""
+        """Drive ``channel``'s power by the CPU time of ``pids`` (and their children); ``pids``
+        may be a callable returning the node's current processes."""
         if channel not in self.loads:
             raise MeterError(f"channel {channel} is not one of {sorted(self.loads)}")
         with self._lock:

@@ -2,9 +2,9 @@
 
 Each measurement is a named window: the tool's output lines are stamped on arrival and the
 window brackets the evaluation itself (model loading and tokenizing excluded). Commands go
-through a runner (``mqepi.quantize.LocalRunner`` here; the cluster layer runs them on a head
-node with ``--rpc`` workers by passing ``extra_args``), so the same code measures locally
-and on a cluster.
+through an executor (:mod:`mqepi.executor`: this machine, or a head node over SSH, with
+``--rpc`` workers passed as ``extra_args``), so the same code measures locally and on a
+cluster.
 """
 
 from __future__ import annotations
@@ -19,32 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqepi import PRODUCER
+from mqepi.executor import LocalExecutor, Stamped, run_stamped  # noqa: F401 - run_stamped re-exported
 from mqepi.meter.core import RunKey  # the one partition key of every run-bound producer
 from mqepi.quality.mc import QuestionSet, ScoringError, parse_results, task_file_bytes
-
-
-@dataclass
-class Stamped:
-    returncode: int
-    lines: list[tuple[int, str]]
-
-    @property
-    def text(self) -> str:
-        return "".join(line for _, line in self.lines)
-
-
-def run_stamped(cmd: list[str], progress: Callable[[str], None] = lambda line: None, stdin: bytes | None = None) -> Stamped:
-    """Run ``cmd`` locally, stamping every output line (stdout and stderr merged) with UTC ns."""
-    lines: list[tuple[int, str]] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE if stdin else None,
-                          text=True, errors="replace") as proc:
-        if stdin:
-            proc.stdin.write(stdin.decode())
-            proc.stdin.close()
-        for line in proc.stdout:
-            lines.append((time.time_ns(), line))
-            progress(line.rstrip())
-    return Stamped(proc.returncode, lines)
 
 
 def _fail(what: str, result: Stamped) -> ScoringError:
@@ -138,14 +115,9 @@ def run_multiple_choice(qset: QuestionSet, perplexity_tool, model_path, *, count
         return [str(perplexity_tool), "-m", str(model_path), "-bf", task_file, "--multiple-choice",
                 "-c", str(qset.task.context), *(["-t", str(threads)] if threads else []), *extra_args]
 
-    if executor is not None:
-        task_file = executor.stage_file(f"{qset.benchmark}-{qset.sha256[:16]}.bin", data)
-        result = executor.stream(command(task_file), progress)
-    else:
-        with tempfile.TemporaryDirectory(prefix="mqepi-mc-") as tmp:
-            task_file = Path(tmp) / f"{qset.benchmark}.bin"
-            task_file.write_bytes(data)
-            result = run_stamped(command(str(task_file)), progress)
+    executor = executor or LocalExecutor()
+    task_file = executor.stage_file(f"{qset.benchmark}-{qset.sha256[:16]}.bin", data)
+    result = executor.stream(command(task_file), progress)
     if result.returncode != 0:
         raise _fail("llama-perplexity --multiple-choice", result)
     correct, acc, err, start, end = parse_results(result.lines, len(qset.items))
@@ -251,10 +223,13 @@ def base_logits(perplexity_tool, base_path, text_path, context: int, chunks: int
 def run_perplexity(perplexity_tool, model_path, text_path, *, context: int, chunks: int, text_sha256: str,
                    base_logits_path: Path | None = None, base_sha256: str | None = None, threads: int | None = None,
                    extra_args: list[str] = (), lake=None, key: RunKey | None = None,
-                   progress: Callable[[str], None] = lambda line: None) -> tuple[PerplexityResult, dict | None]:
-    """Perplexity on a held-out text, and KLD against the base's cached logits when given."""
+                   progress: Callable[[str], None] = lambda line: None, executor=None) -> tuple[PerplexityResult, dict | None]:
+    """Perplexity on a held-out text, and KLD against the base's cached logits when given.
+
+    With an ``executor`` (a head node) the paths are that host's: see :mod:`mqepi.executor`."""
+    executor = executor or LocalExecutor()
     common = ["-c", str(context), "--chunks", str(chunks), *(["-t", str(threads)] if threads else []), *extra_args]
-    result = run_stamped([str(perplexity_tool), "-m", str(model_path), "-f", str(text_path), *common], progress)
+    result = executor.stream([str(perplexity_tool), "-m", str(model_path), "-f", str(text_path), *common], progress)
     if result.returncode != 0:
         raise _fail("llama-perplexity", result)
     ppl, err, start, end = parse_perplexity(result.lines)
@@ -262,7 +237,7 @@ def run_perplexity(perplexity_tool, model_path, text_path, *, context: int, chun
     out = PerplexityResult(ppl, err, tokens, start, end)
     kld = None
     if base_logits_path is not None:
-        k = run_stamped([str(perplexity_tool), "-m", str(model_path), "--kl-divergence-base", str(base_logits_path),
+        k = executor.stream([str(perplexity_tool), "-m", str(model_path), "--kl-divergence-base", str(base_logits_path),
                          "--kl-divergence", *common], progress)
         if k.returncode != 0:
             raise _fail("llama-perplexity --kl-divergence", k)
@@ -288,7 +263,7 @@ def run_perplexity(perplexity_tool, model_path, text_path, *, context: int, chun
 
 def run_throughput(bench_tool, model_path, *, n_prompt: int = 128, n_gen: int = 32, repetitions: int = 3,
                    threads: int | None = None, rpc_nodes: int = 0, extra_args: list[str] = (), lake=None,
-                   key: RunKey | None = None) -> list[dict]:
+                   key: RunKey | None = None, executor=None) -> list[dict]:
     """llama-bench prompt processing (pp) and generation (tg), each its own window.
 
     The two tests run as separate invocations so each has a window of its own (prefill and
@@ -298,7 +273,7 @@ def run_throughput(bench_tool, model_path, *, n_prompt: int = 128, n_gen: int = 
         cmd = [str(bench_tool), "-m", str(model_path), *args, "-r", str(repetitions), "-o", "jsonl",
                *(["-t", str(threads)] if threads else []), *extra_args]
         start = time.time_ns()
-        result = run_stamped(cmd)
+        result = (executor or LocalExecutor()).stream(cmd)
         end = time.time_ns()
         if result.returncode != 0:
             raise _fail("llama-bench", result)
