@@ -16,6 +16,12 @@
 -- exists with its full column set even before the first event of its type.
 -- Derived views (energy, accuracy, EPI, frontier) follow the base views.
 
+-- DuckDB 2.0.1 can drop rows when a join's filter is pushed into these de-duplicating hive
+-- scans (seen as a lost run when joining two base views on model/config_id/run_id; cf.
+-- duckdb/duckdb#26044). Every mqepi query runs with that optimizer off; tests/test_sql.py
+-- compares joins with an independent read.
+SET disabled_optimizers = 'join_filter_pushdown';
+
 -- ---------------------------------------------------------------- configs (model/config_id)
 
 CREATE OR REPLACE VIEW quant_config AS

@@ -465,17 +465,6 @@ def cluster_local(
 # ------------------------------------------------------------------ demo
 
 
-@app.command()
-@edge
-def demo() -> None:
-    """Run the embedded demo sweep end to end (what exists of it) and say what is missing."""
-    from mqepi.demo import run_demo
-
-    ok = run_demo(_lake(), out)
-    if not ok:
-        raise typer.Exit(1)
-
-
 def _register_subapps() -> None:
     from mqepi.cli_community import ingest_command, submit_command
     from mqepi.cli_meter import meter_app
@@ -483,6 +472,16 @@ def _register_subapps() -> None:
     app.add_typer(meter_app, name="meter")
     app.command("submit")(edge(submit_command))
     app.command("ingest")(edge(ingest_command))
+    from mqepi.cli_flows import demo_command, plan_command, recompute_command, serve_command, sweep_command
+
+    app.command("demo")(edge(demo_command))
+    app.command("sweep")(edge(sweep_command))
+    app.command("plan")(edge(plan_command))
+    app.command("recompute")(edge(recompute_command))
+    app.command("serve")(edge(serve_command))
+    from mqepi.cli_report import report_command
+
+    app.command("report")(edge(report_command))
 
 
 _register_subapps()

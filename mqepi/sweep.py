@@ -47,8 +47,8 @@ METERS = ("simulated", "none")  # plus "epi-meter:<serial port>"
 
 @dataclass
 class SweepSpec:
-    """What to measure. The measurement settings (everything but ``name``, ``lake`` and the
-    progress switches) define the sweep's identity: the same spec resumes the same sweep."""
+    """What to measure. The measurement settings (everything but ``name`` and ``configs``)
+    define the sweep's identity: the same settings resume the same sweep."""
 
     model: str = "smollm2-135m"
     configs: list[str] | None = None  # None: every committed map of the model
@@ -92,7 +92,9 @@ class SweepSpec:
         return {"simulated": "simulated", "none": "none"}.get(self.meter, "epi-meter")
 
     def identity(self) -> dict:
-        skip = {"name"}
+        # which configurations to do now is not part of what is measured: a sweep over a
+        # subset and the full one share an id, so each resumes the other
+        skip = {"name", "configs"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     @property

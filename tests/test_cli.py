@@ -94,13 +94,23 @@ def test_lake_env_var_is_honoured(lake, monkeypatch):
 
 
 @pytest.mark.slow
-def test_demo_runs_what_exists_and_names_what_is_missing(tmp_path):
-    root = tmp_path / "demo-lake"
-    result = runner.invoke(app, ["--lake", str(root), "demo"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    assert "done" in result.stdout and "not built yet" in result.stdout and "SIMULATED" in result.stdout and "RPC" in result.stdout
-    assert "failed" not in result.stdout
-    assert (root / "run" / "model=_seed").is_dir()
+def test_demo_runs_every_stage_on_a_subset(tmp_path):
+    """The demo's stages end to end on three configurations (the README's main command runs
+    all 24 the same way): loopback cluster, calibration, planner, sweep, frontier, report."""
     from mqepi.lake import Lake
 
-    assert Lake(root).read("quantization")["config_id"].n_unique() == 24
+    root = tmp_path / "demo-lake"
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["--lake", str(root), "demo", "--configs", "uniform_q8,uniform_q4km,mix_q4_q5",
+                                 "--questions", "2", "--no-prefect", "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "failed" not in result.stdout and "skipped" not in result.stdout
+    assert "SIMULATED" in result.stdout and "forecast" in result.stdout and "Pareto frontier" in result.stdout
+    lake = Lake(root)
+    assert lake.read("quantization")["config_id"].n_unique() == 24
+    runs = lake.read("run")
+    assert sorted(runs.filter(runs["status"] == "finished")["config_id"]) == ["mix_q4_q5", "uniform_q4km", "uniform_q8"]
+    assert set(runs["power_source"]) == {"simulated"}
+    html = (out / "report.html").read_text()
+    assert "simulated power" in html.lower() and "mix_q4_q5" in html
+    assert list((root.parent / "derived" / "snapshots").iterdir())

@@ -1,0 +1,367 @@
+-- mqepi SQL layer, part 2: per-run results (issue 8). Load after views.sql:
+--     SET VARIABLE mqepi_lake = '/path/to/lake';
+--     .read analysis/views.sql
+--     .read analysis/runs.sql
+--
+-- Views: run_energy (run x phase window), run_accuracy (run x benchmark, plus 'composite'),
+-- run_metrics (finished run), config_summary (model x config x origin x power source).
+-- docs/analysis.md explains every column; analysis/twin_runs.py computes the same in Polars
+-- (tests compare both).
+--
+-- Common rules:
+--   * A run's status: 'failed' if it has a failed event, else 'finished' if it has a finished
+--     event, else 'started' (unfinished). Its origin, repeat, power_source and file_sha256 come
+--     from its started event (the earliest recorded; without one, its earliest run event).
+--   * Every view carries origin ('lab' or 'community/<slug>'); every group-by over runs
+--     includes it: lab and community results are never pooled.
+--   * simulated: the run's power_source is 'simulated', or a window's samples say simulated.
+--     Simulated numbers are not measurements.
+--   * Benchmarks: windows named mmlu, arc_challenge, hellaswag. Idle: idle_baseline.
+--     pp = prefill, tg = decode.
+--   * Sums and means of DOUBLEs here are ordered aggregates (sum(x ORDER BY ...)): a parallel
+--     sum adds in a varying order and varies in the last bit from query to query.
+--
+-- Tunables (DuckDB variables, SET VARIABLE name = value; defaults in brackets):
+--   mqepi_z          [1.96]  z of the Wilson intervals in run_accuracy
+--   mqepi_seed       [1234]  seed of the bootstrap in config_summary (0 .. 2147483647)
+--   mqepi_bootstrap  [1000]  bootstrap resamples in config_summary (>= 1)
+--
+-- Joins between results of the base views use one composite key (run_key =
+-- 'model/config_id/run_id', config_key = 'model/config_id'), never the bare partition
+-- columns: DuckDB 2.0 pushes a join's keys as runtime filters into the Parquet scans of the
+-- base views, which prunes their hive partitions and renumbers file_index under the
+-- one-row-per-event_id de-duplication (duckdb/duckdb#26044), silently losing events (seen:
+-- the first run of a lake dropped from a join on (model, config_id, run_id)). A key computed
+-- by an expression is not pushed into the scans; filters in a query's WHERE still are.
+
+-- ---------------------------------------------------------------- run_energy
+-- One row per run and phase window (every window of window_energy_total, none dropped).
+--   model, config_id, run_id, origin     the run (origin from its run events, else the phase's)
+--   repeat                              repeat number of the run (INTEGER)
+--   run_status                          'started' | 'finished' | 'failed' (NULL: no run event)
+--   power_source                        run.power_source of the started event
+--   simulated                           power_source = 'simulated' or samples simulated
+--   phase, node                         the window's name and node (NULL = the whole cluster)
+--   window_kind                         'idle' | 'benchmark' | 'perplexity' | 'kld' | 'prefill'
+--                                       | 'decode' | 'other'
+--   start_ns, end_ns                    window, host UTC ns
+--   elapsed_s                           s
+--   energy_j                            gross energy of the window's channels, J
+--   net_energy_j                        gross - idle_power_w x elapsed_s, J (NULL: no idle)
+--   idle_power_w                        idle power subtracted for the net, W (sum over channels)
+--   avg_power_w                         energy_j / elapsed_s, W
+--   energy_uncertainty_j                one standard uncertainty of energy_j, J
+--   tokens                              tokens of the window (window_energy_total.tokens)
+--   j_per_token, net_j_per_token        J/token
+--   coverage                            share of the window with samples (worst channel), 0..1
+--   valid, invalid_reasons              the window's validity gates (docs/meter.md)
+-- The bootstrap draws: macro mqepi_bootstrap_index in macros.sql.
+
+CREATE OR REPLACE VIEW run_energy AS
+WITH runs AS (
+    SELECT concat_ws('/', model, config_id, run_id) AS run_key,
+        first(origin ORDER BY status <> 'started', recorded_at_ns, event_id) AS origin,
+        first("repeat" ORDER BY status <> 'started', recorded_at_ns, event_id) AS "repeat",
+        first(power_source ORDER BY status <> 'started', recorded_at_ns, event_id) AS power_source,
+        CASE WHEN bool_or(status = 'failed') THEN 'failed'
+             WHEN bool_or(status = 'finished') THEN 'finished' ELSE 'started' END AS run_status
+    FROM run GROUP BY model, config_id, run_id
+), phase_origin AS (  -- for windows of a run without run events
+    SELECT concat_ws('/', model, config_id, run_id) AS run_key, first(origin ORDER BY recorded_at_ns, event_id) AS origin
+    FROM phase GROUP BY model, config_id, run_id
+), windows AS (
+    SELECT *, concat_ws('/', model, config_id, run_id) AS run_key FROM window_energy_total
+)
+SELECT w.model, w.config_id, w.run_id, coalesce(r.origin, p.origin) AS origin, r."repeat", r.run_status,
+    r.power_source, coalesce(r.power_source = 'simulated', false) OR w.simulated AS simulated,
+    w.phase,
+    CASE WHEN w.phase = 'idle_baseline' THEN 'idle'
+         WHEN w.phase IN ('mmlu', 'arc_challenge', 'hellaswag') THEN 'benchmark'
+         WHEN w.phase = 'perplexity' THEN 'perplexity'
+         WHEN w.phase = 'kld' THEN 'kld'
+         WHEN w.phase = 'pp' THEN 'prefill'
+         WHEN w.phase = 'tg' THEN 'decode'
+         ELSE 'other' END AS window_kind,
+    w.node, w.start_ns, w.end_ns, w.elapsed_s, w.energy_j, w.net_energy_j,
+    (w.energy_j - w.net_energy_j) / nullif(w.elapsed_s, 0) AS idle_power_w,
+    w.avg_power_w, w.energy_uncertainty_j, w.tokens, w.j_per_token, w.net_j_per_token, w.coverage,
+    w.valid, w.invalid_reasons
+FROM windows w
+LEFT JOIN phase_origin p ON p.run_key = w.run_key
+LEFT JOIN runs r ON r.run_key = w.run_key;
+
+-- ---------------------------------------------------------------- run_accuracy
+-- One row per run and benchmark answered, plus one row benchmark = 'composite' per run.
+--   model, config_id, run_id, origin, repeat   the run (origin from its run events, else the answers')
+--   benchmark                  'mmlu' | 'arc_challenge' | 'hellaswag' | 'composite'
+--   question_set_sha256        the question set (several: sorted, comma-separated; composite: NULL)
+--   n_questions, n_correct     answers and correct answers (composite: sums over its benchmarks)
+--   accuracy                   n_correct / n_questions; composite: the mean of the run's
+--                              benchmark accuracies (each benchmark weighs the same)
+--   accuracy_ci_low/high       Wilson score interval with z = mqepi_z (default 1.96, 95 %);
+--                              composite: the mean of the benchmarks' Wilson bounds (the interval
+--                              if the benchmarks' errors were fully correlated: conservative)
+CREATE OR REPLACE VIEW run_accuracy AS
+WITH runs AS (
+    SELECT concat_ws('/', model, config_id, run_id) AS run_key,
+        first(origin ORDER BY status <> 'started', recorded_at_ns, event_id) AS origin,
+        first("repeat" ORDER BY status <> 'started', recorded_at_ns, event_id) AS "repeat"
+    FROM run GROUP BY model, config_id, run_id
+), z AS (
+    SELECT CAST(coalesce(getvariable('mqepi_z'), 1.96) AS DOUBLE) AS z
+), per_benchmark AS (
+    SELECT model, config_id, run_id, benchmark, first(origin ORDER BY recorded_at_ns, event_id) AS answer_origin,
+        string_agg(DISTINCT question_set_sha256, ',' ORDER BY question_set_sha256) AS question_set_sha256,
+        count(*) AS n_questions, count(*) FILTER (WHERE correct) AS n_correct
+    FROM benchmark_answer GROUP BY model, config_id, run_id, benchmark
+), wilson AS (
+    SELECT b.*, b.n_correct / b.n_questions AS accuracy,
+        greatest(0.0, (b.n_correct / b.n_questions + z.z * z.z / (2 * b.n_questions)) / (1 + z.z * z.z / b.n_questions)
+            - z.z * sqrt((b.n_correct / b.n_questions) * (1 - b.n_correct / b.n_questions) / b.n_questions
+                         + z.z * z.z / (4.0 * b.n_questions * b.n_questions)) / (1 + z.z * z.z / b.n_questions)) AS accuracy_ci_low,
+        least(1.0, (b.n_correct / b.n_questions + z.z * z.z / (2 * b.n_questions)) / (1 + z.z * z.z / b.n_questions)
+            + z.z * sqrt((b.n_correct / b.n_questions) * (1 - b.n_correct / b.n_questions) / b.n_questions
+                         + z.z * z.z / (4.0 * b.n_questions * b.n_questions)) / (1 + z.z * z.z / b.n_questions)) AS accuracy_ci_high
+    FROM per_benchmark b, z
+), rows AS (
+    SELECT model, config_id, run_id, answer_origin, benchmark, question_set_sha256, n_questions, n_correct,
+        accuracy, accuracy_ci_low, accuracy_ci_high
+    FROM wilson
+    UNION ALL
+    SELECT model, config_id, run_id, first(answer_origin ORDER BY benchmark), 'composite', NULL,
+        sum(n_questions), sum(n_correct), avg(accuracy ORDER BY benchmark), avg(accuracy_ci_low ORDER BY benchmark),
+        avg(accuracy_ci_high ORDER BY benchmark)
+    FROM wilson GROUP BY model, config_id, run_id
+)
+SELECT a.model, a.config_id, a.run_id, coalesce(r.origin, a.answer_origin) AS origin, r."repeat", a.benchmark,
+    a.question_set_sha256, CAST(a.n_questions AS BIGINT) AS n_questions, CAST(a.n_correct AS BIGINT) AS n_correct,
+    a.accuracy, a.accuracy_ci_low, a.accuracy_ci_high
+FROM rows a
+LEFT JOIN runs r ON r.run_key = concat_ws('/', a.model, a.config_id, a.run_id);
+
+-- ---------------------------------------------------------------- run_metrics
+-- One row per FINISHED run (a finished event and no failed event).
+--   model, config_id, run_id, origin, repeat, power_source, simulated   the run
+--   valid                  every benchmark window valid, and at least one
+--   n_benchmarks           benchmarks in the composite accuracy (answered)
+--   benchmark_energy_j     sum of energy_j over the benchmark windows, J (NULL if one lacks energy)
+--   benchmark_tokens       sum of their tokens (NULL if one lacks tokens)
+--   j_per_token            benchmark_energy_j / benchmark_tokens, J/token
+--   net_j_per_token        the same with net energy, J/token
+--   prefill_j_per_token    energy / tokens of the pp windows, J/token
+--   decode_j_per_token     energy / tokens of the tg windows, J/token
+--   accuracy               composite accuracy (run_accuracy), 0..1
+--   epi                    j_per_token / accuracy, J/token per unit accuracy (NULL if accuracy = 0)
+--   epi_mmlu, epi_arc_challenge, epi_hellaswag
+--                          that benchmark's windows' J/token / that benchmark's accuracy
+--   ppl, ppl_stderr        the run's perplexity event (the latest recorded)
+--   kld_mean, same_top_p   the run's kld event (the latest recorded)
+--   file_size_bytes, bits_per_weight
+--                          the quantization of the run's file (file_sha256; without one, the
+--                          config's latest quantization, of the run's origin first)
+--   prefill_tokens_per_s, decode_tokens_per_s
+--                          throughput pp / tg (the latest recorded of each), tokens/s
+--   avg_power_w            benchmark_energy_j / elapsed s of the benchmark windows, W
+--   idle_power_w           idle power subtracted from the benchmark windows, time-weighted, W
+--   invalid_reasons        '<phase>: <reasons>' of each invalid benchmark window; NULL if valid
+CREATE OR REPLACE VIEW run_metrics AS
+WITH runs AS (
+    SELECT model, config_id, run_id, concat_ws('/', model, config_id, run_id) AS run_key,
+        concat_ws('/', model, config_id) AS config_key,
+        first(origin ORDER BY status <> 'started', recorded_at_ns, event_id) AS origin,
+        first("repeat" ORDER BY status <> 'started', recorded_at_ns, event_id) AS "repeat",
+        first(power_source ORDER BY status <> 'started', recorded_at_ns, event_id) AS power_source,
+        first(file_sha256 ORDER BY status <> 'started', recorded_at_ns, event_id) AS file_sha256
+    FROM run GROUP BY model, config_id, run_id
+    HAVING bool_or(status = 'finished') AND NOT bool_or(status = 'failed')
+), windows AS (
+    SELECT concat_ws('/', model, config_id, run_id) AS run_key,
+        count(*) FILTER (WHERE window_kind = 'benchmark') AS n_windows,
+        coalesce(bool_and(valid) FILTER (WHERE window_kind = 'benchmark'), false) AS all_valid,
+        coalesce(bool_or(simulated) FILTER (WHERE window_kind = 'benchmark'), false) AS simulated,
+        CASE WHEN count(energy_j) FILTER (WHERE window_kind = 'benchmark') = count(*) FILTER (WHERE window_kind = 'benchmark')
+             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'benchmark') END AS energy_j,
+        CASE WHEN count(net_energy_j) FILTER (WHERE window_kind = 'benchmark') = count(*) FILTER (WHERE window_kind = 'benchmark')
+             THEN sum(net_energy_j ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'benchmark') END AS net_energy_j,
+        CASE WHEN count(tokens) FILTER (WHERE window_kind = 'benchmark') = count(*) FILTER (WHERE window_kind = 'benchmark')
+             THEN sum(tokens) FILTER (WHERE window_kind = 'benchmark') END AS tokens,
+        sum(elapsed_s ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'benchmark') AS elapsed_s,
+        -- per benchmark, prefill and decode: energy / tokens over the windows of that name
+        CASE WHEN count(energy_j) FILTER (WHERE phase = 'mmlu') = count(*) FILTER (WHERE phase = 'mmlu')
+              AND count(tokens) FILTER (WHERE phase = 'mmlu') = count(*) FILTER (WHERE phase = 'mmlu')
+             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE phase = 'mmlu') / nullif(sum(tokens) FILTER (WHERE phase = 'mmlu'), 0) END AS jpt_mmlu,
+        CASE WHEN count(energy_j) FILTER (WHERE phase = 'arc_challenge') = count(*) FILTER (WHERE phase = 'arc_challenge')
+              AND count(tokens) FILTER (WHERE phase = 'arc_challenge') = count(*) FILTER (WHERE phase = 'arc_challenge')
+             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE phase = 'arc_challenge') / nullif(sum(tokens) FILTER (WHERE phase = 'arc_challenge'), 0) END AS jpt_arc_challenge,
+        CASE WHEN count(energy_j) FILTER (WHERE phase = 'hellaswag') = count(*) FILTER (WHERE phase = 'hellaswag')
+              AND count(tokens) FILTER (WHERE phase = 'hellaswag') = count(*) FILTER (WHERE phase = 'hellaswag')
+             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE phase = 'hellaswag') / nullif(sum(tokens) FILTER (WHERE phase = 'hellaswag'), 0) END AS jpt_hellaswag,
+        CASE WHEN count(energy_j) FILTER (WHERE window_kind = 'prefill') = count(*) FILTER (WHERE window_kind = 'prefill')
+              AND count(tokens) FILTER (WHERE window_kind = 'prefill') = count(*) FILTER (WHERE window_kind = 'prefill')
+             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'prefill') / nullif(sum(tokens) FILTER (WHERE window_kind = 'prefill'), 0) END AS prefill_j_per_token,
+        CASE WHEN count(energy_j) FILTER (WHERE window_kind = 'decode') = count(*) FILTER (WHERE window_kind = 'decode')
+              AND count(tokens) FILTER (WHERE window_kind = 'decode') = count(*) FILTER (WHERE window_kind = 'decode')
+             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'decode') / nullif(sum(tokens) FILTER (WHERE window_kind = 'decode'), 0) END AS decode_j_per_token,
+        string_agg(phase || ': ' || coalesce(invalid_reasons, 'invalid'), '; ' ORDER BY start_ns, phase, node)
+            FILTER (WHERE window_kind = 'benchmark' AND NOT valid) AS window_reasons
+    FROM run_energy GROUP BY model, config_id, run_id
+), accuracy AS (
+    SELECT concat_ws('/', model, config_id, run_id) AS run_key,
+        count(*) FILTER (WHERE benchmark <> 'composite') AS n_benchmarks,
+        any_value(accuracy) FILTER (WHERE benchmark = 'composite') AS accuracy,
+        any_value(accuracy) FILTER (WHERE benchmark = 'mmlu') AS acc_mmlu,
+        any_value(accuracy) FILTER (WHERE benchmark = 'arc_challenge') AS acc_arc_challenge,
+        any_value(accuracy) FILTER (WHERE benchmark = 'hellaswag') AS acc_hellaswag
+    FROM run_accuracy GROUP BY model, config_id, run_id
+), ppl AS (  -- the latest recorded event of each kind (then the greatest event_id)
+    SELECT concat_ws('/', model, config_id, run_id) AS run_key,
+        arg_max({'ppl': ppl, 'ppl_stderr': ppl_stderr}, {'t': recorded_at_ns, 'e': event_id}) AS v
+    FROM perplexity GROUP BY model, config_id, run_id
+), kl AS (
+    SELECT concat_ws('/', model, config_id, run_id) AS run_key,
+        arg_max({'kld_mean': kld_mean, 'same_top_p': same_top_p}, {'t': recorded_at_ns, 'e': event_id}) AS v
+    FROM kld GROUP BY model, config_id, run_id
+), tput AS (
+    SELECT concat_ws('/', model, config_id, run_id) AS run_key,
+        arg_max(tokens_per_s, {'t': recorded_at_ns, 'e': event_id}) FILTER (WHERE test = 'pp') AS prefill_tokens_per_s,
+        arg_max(tokens_per_s, {'t': recorded_at_ns, 'e': event_id}) FILTER (WHERE test = 'tg') AS decode_tokens_per_s
+    FROM throughput GROUP BY model, config_id, run_id
+), quantizations AS (
+    SELECT concat_ws('/', model, config_id) AS config_key, file_sha256, origin, recorded_at_ns, event_id,
+        file_size_bytes, bits_per_weight
+    FROM quantization
+), quant AS (
+    SELECT r.run_key,
+        arg_max({'file_size_bytes': q.file_size_bytes, 'bits_per_weight': q.bits_per_weight},
+                {'o': q.origin = r.origin, 't': q.recorded_at_ns, 'e': q.event_id}) AS v
+    FROM runs r JOIN quantizations q ON q.config_key = r.config_key
+        AND (r.file_sha256 IS NULL OR q.file_sha256 = r.file_sha256)
+    GROUP BY r.run_key
+)
+SELECT r.model, r.config_id, r.run_id, r.origin, r."repeat", r.power_source,
+    r.power_source = 'simulated' OR coalesce(w.simulated, false) AS simulated,
+    coalesce(w.n_windows > 0 AND w.all_valid, false) AS valid,
+    CAST(coalesce(a.n_benchmarks, 0) AS BIGINT) AS n_benchmarks,
+    w.energy_j AS benchmark_energy_j, CAST(w.tokens AS BIGINT) AS benchmark_tokens,
+    w.energy_j / nullif(w.tokens, 0) AS j_per_token,
+    w.net_energy_j / nullif(w.tokens, 0) AS net_j_per_token,
+    w.prefill_j_per_token, w.decode_j_per_token,
+    a.accuracy,
+    w.energy_j / nullif(w.tokens, 0) / nullif(a.accuracy, 0) AS epi,
+    w.jpt_mmlu / nullif(a.acc_mmlu, 0) AS epi_mmlu,
+    w.jpt_arc_challenge / nullif(a.acc_arc_challenge, 0) AS epi_arc_challenge,
+    w.jpt_hellaswag / nullif(a.acc_hellaswag, 0) AS epi_hellaswag,
+    p.v.ppl, p.v.ppl_stderr, k.v.kld_mean, k.v.same_top_p, q.v.file_size_bytes, q.v.bits_per_weight,
+    t.prefill_tokens_per_s, t.decode_tokens_per_s,
+    w.energy_j / nullif(w.elapsed_s, 0) AS avg_power_w,
+    (w.energy_j - w.net_energy_j) / nullif(w.elapsed_s, 0) AS idle_power_w,
+    CASE WHEN coalesce(w.n_windows, 0) = 0 THEN 'no benchmark window' ELSE w.window_reasons END AS invalid_reasons
+FROM runs r
+LEFT JOIN windows w ON w.run_key = r.run_key
+LEFT JOIN accuracy a ON a.run_key = r.run_key
+LEFT JOIN ppl p ON p.run_key = r.run_key
+LEFT JOIN kl k ON k.run_key = r.run_key
+LEFT JOIN tput t ON t.run_key = r.run_key
+LEFT JOIN quant q ON q.run_key = r.run_key;
+
+-- ---------------------------------------------------------------- config_summary
+-- One row per (model, config_id, origin, power_source) with at least one finished run.
+-- Medians over the group's valid runs (run_metrics.valid); NULL values are left out.
+--   model, config_id, origin, power_source    the group (lab and community never pooled)
+--   simulated              any of its finished runs simulated
+--   kind                   'uniform' | 'mixed' (quant_config of the config, of the group's origin first)
+--   early_type, middle_type, late_type
+--                          quant type of the map's groups named early / middle / late
+--                          (quant_config.map_json layer_groups[].name / .quant; NULL if absent)
+--   n_repeats              valid runs used
+--   n_excluded             finished runs not valid (failed and unfinished runs are not counted)
+--   j_per_token, accuracy, epi (+ _ci_low, _ci_high)
+--                          medians of the runs' values; 95 % percentile bootstrap interval of
+--                          the median: mqepi_bootstrap resamples of the valid runs, seeded by
+--                          mqepi_seed (scheme below, identical in analysis/twin_runs.py);
+--                          epi is the median of the runs' EPI, not a ratio of medians
+--   ppl, ppl_stderr, kld_mean, file_size_bytes, bits_per_weight, decode_tokens_per_s,
+--   prefill_j_per_token, decode_j_per_token, avg_power_w
+--                          medians over the valid runs (units as run_metrics)
+-- Bootstrap: the valid runs of a group, ordered by (repeat, run_id), are items i = 0..n-1.
+-- Resample b = 1..B draws n items; draw j = 0..n-1 takes item
+--     x = (seed * 1000003 + b * 10007 + j * 101) % 2147483647
+--     twice: x = (x * 48271) % 2147483647;  x = x XOR (x >> 13)
+--     i = x % n   (BIGINT; the xor-shift breaks the linear pattern of the bare MINSTD steps)
+-- Each resample gives the median of its non-NULL values; the interval is quantile_cont
+-- 0.025 / 0.975 over the B medians. n = 1 gives [value, value].
+CREATE OR REPLACE VIEW config_summary AS
+WITH params AS (
+    SELECT
+        CASE WHEN s.seed < 0 OR s.seed > 2147483647
+             THEN error('mqepi_seed must be in 0 .. 2147483647, got ' || s.seed) ELSE s.seed END AS seed,
+        CASE WHEN s.n_boot < 1
+             THEN error('mqepi_bootstrap must be >= 1, got ' || s.n_boot) ELSE s.n_boot END AS n_boot
+    FROM (SELECT CAST(coalesce(getvariable('mqepi_seed'), 1234) AS BIGINT) AS seed,
+                 CAST(coalesce(getvariable('mqepi_bootstrap'), 1000) AS BIGINT) AS n_boot) s
+), rm AS MATERIALIZED (
+    SELECT *, dense_rank() OVER (ORDER BY model, config_id, origin, power_source) AS g FROM run_metrics
+), summary AS (
+    SELECT g, model, config_id, origin, power_source, bool_or(simulated) AS simulated,
+        count(*) FILTER (WHERE valid) AS n_repeats, count(*) FILTER (WHERE NOT valid) AS n_excluded,
+        median(j_per_token) FILTER (WHERE valid) AS j_per_token,
+        median(accuracy) FILTER (WHERE valid) AS accuracy,
+        median(epi) FILTER (WHERE valid) AS epi,
+        median(ppl) FILTER (WHERE valid) AS ppl,
+        median(ppl_stderr) FILTER (WHERE valid) AS ppl_stderr,
+        median(kld_mean) FILTER (WHERE valid) AS kld_mean,
+        median(file_size_bytes::DOUBLE) FILTER (WHERE valid) AS file_size_bytes,
+        median(bits_per_weight) FILTER (WHERE valid) AS bits_per_weight,
+        median(decode_tokens_per_s) FILTER (WHERE valid) AS decode_tokens_per_s,
+        median(prefill_j_per_token) FILTER (WHERE valid) AS prefill_j_per_token,
+        median(decode_j_per_token) FILTER (WHERE valid) AS decode_j_per_token,
+        median(avg_power_w) FILTER (WHERE valid) AS avg_power_w
+    FROM rm GROUP BY g, model, config_id, origin, power_source
+), items AS (  -- the valid runs of each group as lists, in bootstrap item order
+    SELECT g, count(*) AS n,
+        list(j_per_token ORDER BY "repeat", run_id) AS j_per_token,
+        list(accuracy ORDER BY "repeat", run_id) AS accuracy,
+        list(epi ORDER BY "repeat", run_id) AS epi
+    FROM rm WHERE valid GROUP BY g
+), draws AS (  -- resample b of group g: the 1-based positions of its n draws
+    SELECT it.g, b.b,
+        list_transform(range(it.n), lambda j:
+            mqepi_bootstrap_index(p.seed, b.b, j, it.n) + 1) AS pick
+    FROM items it CROSS JOIN params p CROSS JOIN generate_series(1, p.n_boot) b(b)
+), resampled AS (
+    SELECT d.g, d.b,
+        list_median(list_select(it.j_per_token, d.pick)) AS j_per_token,
+        list_median(list_select(it.accuracy, d.pick)) AS accuracy,
+        list_median(list_select(it.epi, d.pick)) AS epi
+    FROM draws d JOIN items it ON it.g = d.g
+), intervals AS (
+    SELECT g,
+        quantile_cont(j_per_token, 0.025) AS j_per_token_ci_low, quantile_cont(j_per_token, 0.975) AS j_per_token_ci_high,
+        quantile_cont(accuracy, 0.025) AS accuracy_ci_low, quantile_cont(accuracy, 0.975) AS accuracy_ci_high,
+        quantile_cont(epi, 0.025) AS epi_ci_low, quantile_cont(epi, 0.975) AS epi_ci_high
+    FROM resampled GROUP BY g
+), configs AS (  -- the config's quant_config: of the group's origin first, then the latest
+    SELECT s.g, arg_max({'kind': c.kind, 'map_json': c.map_json},
+                        {'o': c.origin = s.origin, 't': c.recorded_at_ns, 'e': c.event_id}) AS v
+    FROM summary s
+    JOIN (SELECT *, concat_ws('/', model, config_id) AS config_key FROM quant_config) c
+        ON c.config_key = concat_ws('/', s.model, s.config_id)
+    GROUP BY s.g
+), groups AS (
+    SELECT g, try(from_json(json_extract(v.map_json, '$.layer_groups'), '[{"name": "VARCHAR", "quant": "VARCHAR"}]')) AS layer_groups
+    FROM configs WHERE json_valid(v.map_json)
+)
+SELECT s.model, s.config_id, s.origin, s.power_source, s.simulated, c.v.kind AS kind,
+    list_filter(m.layer_groups, lambda x: x.name = 'early')[1].quant AS early_type,
+    list_filter(m.layer_groups, lambda x: x.name = 'middle')[1].quant AS middle_type,
+    list_filter(m.layer_groups, lambda x: x.name = 'late')[1].quant AS late_type,
+    CAST(s.n_repeats AS BIGINT) AS n_repeats, CAST(s.n_excluded AS BIGINT) AS n_excluded,
+    s.j_per_token, ci.j_per_token_ci_low, ci.j_per_token_ci_high,
+    s.accuracy, ci.accuracy_ci_low, ci.accuracy_ci_high,
+    s.epi, ci.epi_ci_low, ci.epi_ci_high,
+    s.ppl, s.ppl_stderr, s.kld_mean, s.file_size_bytes, s.bits_per_weight, s.decode_tokens_per_s,
+    s.prefill_j_per_token, s.decode_j_per_token, s.avg_power_w
+FROM summary s
+LEFT JOIN intervals ci ON ci.g = s.g
+LEFT JOIN configs c ON c.g = s.g
+LEFT JOIN groups m ON m.g = s.g;

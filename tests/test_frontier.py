@@ -1,0 +1,601 @@
+"""matched_pairs and pareto_frontier (analysis/frontier.sql) against the Polars twin
+(analysis/twin_frontier.py), a brute-force frontier and hand-computed values.
+
+Most tests run the SQL on hand-made DuckDB TABLES named run_metrics, config_summary and
+benchmark_answer (the views frontier.sql reads bind at query time), so they do not depend
+on runs.sql; the end-to-end test runs every SQL file over a real lake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from itertools import product
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from mqepi.analysis import SQL_FILES
+from mqepi.analysis import twin_frontier as twin
+
+FRONTIER_SQL = SQL_FILES[-1]
+RUNS_SQL = SQL_FILES[2]
+MACROS_SQL = SQL_FILES[0]
+
+MATCHED_PAIRS_COLUMNS = [
+    "model", "origin", "power_source", "simulated", "config_a", "config_b", "ppl_a", "ppl_b", "ppl_stderr_a",
+    "ppl_stderr_b", "ppl_diff", "match_rule", "j_per_token_a", "j_per_token_b", "j_per_token_diff",
+    "j_per_token_diff_ci_low", "j_per_token_diff_ci_high", "epi_a", "epi_b", "epi_diff", "epi_diff_ci_low",
+    "epi_diff_ci_high", "n_paired_repeats", "n_questions_paired", "mcnemar_b", "mcnemar_c", "mcnemar_p",
+]
+PARETO_FRONTIER_COLUMNS = [
+    "model", "origin", "power_source", "simulated", "config_id", "kind", "accuracy", "j_per_token", "epi",
+    "accuracy_ci_low", "accuracy_ci_high", "j_per_token_ci_low", "j_per_token_ci_high", "on_frontier",
+    "frontier_probability", "uniform_dominated", "mixed_unmatched",
+]
+
+RM_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "run_id": pl.Utf8, "origin": pl.Utf8, "repeat": pl.Int32,
+             "power_source": pl.Utf8, "simulated": pl.Boolean, "valid": pl.Boolean, "accuracy": pl.Float64,
+             "j_per_token": pl.Float64, "epi": pl.Float64}
+CS_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "origin": pl.Utf8, "power_source": pl.Utf8,
+             "simulated": pl.Boolean, "kind": pl.Utf8, "n_repeats": pl.Int64,
+             "j_per_token": pl.Float64, "j_per_token_ci_low": pl.Float64, "j_per_token_ci_high": pl.Float64,
+             "accuracy": pl.Float64, "accuracy_ci_low": pl.Float64, "accuracy_ci_high": pl.Float64,
+             "epi": pl.Float64, "ppl": pl.Float64, "ppl_stderr": pl.Float64}
+BA_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "run_id": pl.Utf8, "origin": pl.Utf8,
+             "question_set_sha256": pl.Utf8, "question_id": pl.Utf8, "correct": pl.Boolean}
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def summarise(run_metrics: pl.DataFrame, configs: list[dict]) -> pl.DataFrame:
+    """A config_summary-shaped frame: medians over valid repeats (what runs.sql provides)."""
+    rows = []
+    for cfg in configs:
+        key = {k: cfg[k] for k in ("model", "config_id", "origin", "power_source")}
+        runs = run_metrics.filter(pl.col("valid"), *[pl.col(k) == v for k, v in key.items()])
+
+        def med(col):
+            v = runs[col].drop_nulls().to_numpy()
+            return float(np.median(v)) if v.size else None
+
+        acc, jpt, epi = med("accuracy"), med("j_per_token"), med("epi")
+        rows.append({**key, "simulated": cfg["power_source"] == "simulated", "kind": cfg["kind"],
+                     "n_repeats": runs.height, "j_per_token": jpt,
+                     "j_per_token_ci_low": None if jpt is None else jpt * 0.9,
+                     "j_per_token_ci_high": None if jpt is None else jpt * 1.1,
+                     "accuracy": acc, "accuracy_ci_low": None if acc is None else acc - 0.05,
+                     "accuracy_ci_high": None if acc is None else acc + 0.05, "epi": epi,
+                     "ppl": cfg.get("ppl") if runs.height else None,
+                     "ppl_stderr": cfg.get("ppl_stderr") if runs.height else None})
+    return pl.DataFrame(rows, schema=CS_SCHEMA)
+
+
+def synthetic(seed: int, *, models=("m1",), origins=("lab", "community/alice"), sources=("simulated",),
+              n_configs=6, n_repeats=3, n_questions=16):
+    """Random run_metrics / config_summary / benchmark_answer frames with the awkward cases:
+    invalid runs, a repeat measured twice, missing repeats, accuracy 0 (EPI NULL), a config
+    without any valid run, one without perplexity, one without kind (n_configs > 6),
+    accuracies on a grid (ties)."""
+    rng = np.random.default_rng(seed)
+    runs, answers, configs = [], [], []
+    qsets = [sha("mmlu"), sha("arc")]
+    for model, origin, source in product(models, origins, sources):
+        for c in range(n_configs):
+            config_id = f"cfg{c:02d}"
+            skill = 0.0 if c == 3 and seed % 2 else rng.uniform(0.25, 0.8)
+            cost = rng.uniform(0.5, 2.0)
+            cfg = {"model": model, "config_id": config_id, "origin": origin, "power_source": source,
+                   "kind": None if c == 6 else "uniform" if c % 2 == 0 else "mixed",
+                   "ppl": None if c == 5 else 10.0 + 0.4 * c + rng.normal(0, 0.2), "ppl_stderr": 0.35}
+            configs.append(cfg)
+            repeats = [r for r in range(n_repeats + 1) if rng.random() > 0.2] or [0]
+            if rng.random() < 0.3:
+                repeats.append(repeats[0])  # the same repeat number measured twice
+            for k, rep in enumerate(repeats):
+                run_id = f"{model}-{origin.replace('/', '-')}-{config_id}-{rep}-{k}"
+                right = rng.random(n_questions) < skill
+                acc = float(right.mean())
+                jpt = round(cost * rng.uniform(0.8, 1.2), 2)  # rounding gives ties
+                valid = not (c == 4 and seed % 3 == 0) and rng.random() > 0.15
+                runs.append({"model": model, "config_id": config_id, "run_id": run_id, "origin": origin,
+                             "repeat": rep, "power_source": source, "simulated": source == "simulated",
+                             "valid": valid, "accuracy": acc, "j_per_token": jpt,
+                             "epi": jpt / acc if acc > 0 else None})
+                for q in range(n_questions):
+                    if rng.random() < 0.1:
+                        continue  # not every question answered by every run
+                    answers.append({"model": model, "config_id": config_id, "run_id": run_id, "origin": origin,
+                                    "question_set_sha256": qsets[q % 2], "question_id": f"q{q // 2}",
+                                    "correct": bool(right[q])})
+    rm = pl.DataFrame(runs, schema=RM_SCHEMA)
+    return rm, summarise(rm, configs), pl.DataFrame(answers, schema=BA_SCHEMA)
+
+
+def connect_tables(run_metrics, config_summary, benchmark_answer=None, *, seed=None, n_boot=None, tol=None):
+    """A DuckDB connection with the three inputs as TABLES and frontier.sql loaded on top."""
+    con = duckdb.connect()
+    if benchmark_answer is None:
+        benchmark_answer = pl.DataFrame(schema=BA_SCHEMA)
+    for name, frame in (("run_metrics", run_metrics), ("config_summary", config_summary),
+                        ("benchmark_answer", benchmark_answer)):
+        con.register("frame", frame)
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
+        con.unregister("frame")
+    for var, value in (("mqepi_seed", seed), ("mqepi_bootstrap", n_boot), ("mqepi_ppl_tolerance", tol)):
+        if value is not None:
+            con.execute(f"SET VARIABLE {var} = {value!r}")
+    con.execute(MACROS_SQL.read_text())
+    con.execute(FRONTIER_SQL.read_text())
+    return con
+
+
+def view(con, name: str) -> pl.DataFrame:
+    return con.sql(f"SELECT * FROM {name}").pl()
+
+
+def cloud(rng, n: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Random points: continuous, on a coarse grid (many ties), or with exact duplicates."""
+    if kind == "continuous":
+        return rng.random(n), rng.random(n)
+    if kind == "grid":
+        return rng.integers(0, 5, n) / 4, rng.integers(0, 5, n) / 2
+    acc, jpt = rng.random(n), rng.random(n)
+    dup = rng.integers(0, n, n // 2)
+    acc[: n // 2], jpt[: n // 2] = acc[dup], jpt[dup]
+    return acc, jpt
+
+
+# --------------------------------------------------------------------------- frontier rules
+
+
+@pytest.mark.parametrize("kind", ["continuous", "grid", "duplicates"])
+@pytest.mark.parametrize("seed", range(12))
+def test_pareto_mask_equals_brute_force_on_random_clouds(seed, kind):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    acc, jpt = cloud(rng, n, kind)
+    if seed % 4 == 0:  # missing coordinates are no point
+        acc[rng.integers(0, n)] = np.nan
+    assert np.array_equal(twin.pareto_mask(acc, jpt), twin.pareto_bruteforce(acc, jpt))
+
+
+def test_pareto_hand_built_cases():
+    # a duplicate pair does not dominate itself: both stay on the frontier
+    assert twin.pareto_mask([0.5, 0.5], [1.0, 1.0]).tolist() == [True, True]
+    # equal accuracy, lower J/token dominates; equal J/token, higher accuracy dominates
+    assert twin.pareto_mask([0.5, 0.5, 0.6], [1.0, 2.0, 3.0]).tolist() == [True, False, True]
+    assert twin.pareto_mask([0.5, 0.6], [1.0, 1.0]).tolist() == [False, True]
+    # a duplicate pair is dominated together by a strictly better point
+    assert twin.pareto_mask([0.5, 0.5, 0.6], [1.0, 1.0, 1.0]).tolist() == [False, False, True]
+    # a staircase: all on the frontier; a point inside it is not
+    acc, jpt = [0.3, 0.5, 0.7, 0.4], [1.0, 2.0, 3.0, 2.5]
+    assert twin.pareto_mask(acc, jpt).tolist() == [True, True, True, False]
+    assert twin.pareto_mask([np.nan, 0.2], [1.0, 5.0]).tolist() == [False, True]
+    assert twin.pareto_mask([], []).tolist() == []
+
+
+@pytest.mark.parametrize("kind", ["continuous", "grid", "duplicates"])
+def test_sql_frontier_equals_brute_force(kind):
+    rng = np.random.default_rng(7)
+    rows = []
+    for g in range(8):
+        n = int(rng.integers(1, 30))
+        acc, jpt = cloud(rng, n, kind)
+        for i in range(n):
+            missing = g == 0 and i == 0
+            rows.append({"model": f"m{g % 2}", "config_id": f"c{i:03d}", "origin": "lab" if g < 4 else "community/bob",
+                         "power_source": "simulated" if g % 4 < 2 else "epi-meter",
+                         "simulated": g % 4 < 2, "kind": "uniform" if i % 3 == 0 else "mixed",
+                         "accuracy": None if missing else float(acc[i]), "j_per_token": float(jpt[i])})
+    cs = pl.DataFrame(rows, schema={k: CS_SCHEMA[k] for k in rows[0]}).with_columns(
+        *[pl.lit(None, CS_SCHEMA[k]).alias(k) for k in CS_SCHEMA if k not in rows[0]])
+    con = connect_tables(pl.DataFrame(schema=RM_SCHEMA), cs, n_boot=10)
+    got = view(con, "pareto_frontier")
+    assert got.columns == PARETO_FRONTIER_COLUMNS
+    assert got.height == cs.height
+    for _, group in got.group_by(["model", "origin", "power_source"]):
+        expected = twin.pareto_bruteforce(group["accuracy"].fill_null(np.nan).to_numpy(),
+                                          group["j_per_token"].to_numpy())
+        assert group["on_frontier"].to_list() == expected.tolist()
+    # no valid repeat: no bootstrap, no probability
+    assert got["frontier_probability"].null_count() == got.height
+
+
+def test_uniform_dominated_and_mixed_unmatched_hand_built():
+    pts = [  # config, kind, accuracy, J/token
+        ("u1", "uniform", 0.50, 1.0),
+        ("u2", "uniform", 0.60, 2.0),
+        ("m1", "mixed", 0.55, 1.0),   # beats u1 on accuracy, same J/token: on the frontier, unmatched
+        ("m2", "mixed", 0.60, 2.0),   # equals u2 exactly: on the frontier, but matched by u2
+        ("m3", "mixed", 0.40, 3.0),   # dominated by u1 and u2
+        ("m4", "mixed", 0.52, 1.5),   # dominated by m1 only, not by a uniform one
+    ]
+    cs = pl.DataFrame([{"model": "m", "config_id": c, "origin": "lab", "power_source": "epi-meter",
+                        "simulated": False, "kind": k, "accuracy": a, "j_per_token": j} for c, k, a, j in pts])
+    cs = cs.with_columns(*[pl.lit(None, CS_SCHEMA[k]).alias(k) for k in CS_SCHEMA if k not in cs.columns])
+    got = view(connect_tables(pl.DataFrame(schema=RM_SCHEMA), cs), "pareto_frontier")
+    flags = {r["config_id"]: (r["on_frontier"], r["uniform_dominated"], r["mixed_unmatched"])
+             for r in got.iter_rows(named=True)}
+    assert flags == {
+        "u1": (False, False, False), "u2": (True, False, False), "m1": (True, False, True),
+        "m2": (True, False, False), "m3": (False, True, False), "m4": (False, False, False),
+    }
+    twin_flags = twin.pareto_frontier(pl.DataFrame(schema=RM_SCHEMA), cs)
+    assert_frame_equal(got, twin_flags)
+
+
+# --------------------------------------------------------------------------- McNemar
+
+
+@pytest.mark.parametrize("b, c, p", [
+    (5, 0, 0.0625), (0, 5, 0.0625), (3, 3, 1.0), (0, 0, 1.0), (1, 0, 1.0),
+    (6, 1, 16 / 128),             # 2 * (1 + 7) / 2^7
+    (10, 2, 2 * 79 / 4096),       # 2 * (1 + 12 + 66) / 2^12
+    (9, 1, 2 * 11 / 1024),        # 2 * (1 + 10) / 2^10
+])
+def test_mcnemar_p_hand_computed(b, c, p):
+    assert twin.mcnemar_p(b, c) == p
+    con = duckdb.connect()
+    con.execute(MACROS_SQL.read_text())
+    con.execute(FRONTIER_SQL.read_text().split("-- ----")[0])  # the macros only
+    assert con.execute("SELECT frontier_mcnemar_p(?::BIGINT, ?::BIGINT)", [b, c]).fetchall()[0][0] == pytest.approx(
+        p, rel=1e-12)
+
+
+def test_mcnemar_p_large_counts_sql_equals_exact():
+    con = duckdb.connect()
+    con.execute(MACROS_SQL.read_text())
+    con.execute(FRONTIER_SQL.read_text().split("-- ----")[0])
+    for b, c in [(4000, 4300), (120, 75), (2500, 2500), (30000, 1)]:
+        got = con.execute("SELECT frontier_mcnemar_p(?::BIGINT, ?::BIGINT)", [b, c]).fetchall()[0][0]
+        assert got == pytest.approx(twin.mcnemar_p(b, c), rel=1e-9, abs=1e-300)
+
+
+def test_mcnemar_pairs_answers_by_question_set_question_and_repeat():
+    """Config a right on q0..q4 where b is wrong: b=5, c=0, p=0.0625; answers that do not pair up
+    (other question set, question answered by one side, another repeat) are not counted."""
+    rm = pl.DataFrame([
+        {"model": "m", "config_id": c, "run_id": f"{c}-r{r}", "origin": "lab", "repeat": r, "power_source": "epi-meter",
+         "simulated": False, "valid": True, "accuracy": 0.5, "j_per_token": 1.0, "epi": 2.0}
+        for c, r in (("a", 0), ("b", 0), ("a", 1), ("b", 2))], schema=RM_SCHEMA)
+    cfgs = [{"model": "m", "config_id": c, "origin": "lab", "power_source": "epi-meter", "kind": "uniform",
+             "ppl": 10.0, "ppl_stderr": 0.1} for c in ("a", "b")]
+    cs = summarise(rm, cfgs)
+    qs, other = sha("mmlu"), sha("arc")
+    ans = [("a", qs, f"q{i}", True) for i in range(5)] + [("b", qs, f"q{i}", False) for i in range(5)]
+    ans += [("a", qs, "q5", False), ("b", qs, "q5", False)]  # concordant
+    ans += [("a", qs, "q6", True), ("b", other, "q6", False)]  # different question sets
+    ans += [("a", qs, "q7", True)]  # only a answered
+    ans = [(c, 0, s, q, ok) for c, s, q, ok in ans]
+    ans += [("a", 1, qs, f"q{i}", True) for i in range(8)]  # repeats 1 (a) and 2 (b) do not pair
+    ans += [("b", 2, qs, f"q{i}", False) for i in range(8)]
+    ba = pl.DataFrame([{"model": "m", "config_id": c, "run_id": f"{c}-r{r}", "origin": "lab",
+                        "question_set_sha256": s, "question_id": q, "correct": ok} for c, r, s, q, ok in ans],
+                      schema=BA_SCHEMA)
+    got = view(connect_tables(rm, cs, ba), "matched_pairs")
+    assert got.select("n_paired_repeats", "n_questions_paired", "mcnemar_b", "mcnemar_c", "mcnemar_p").row(0) == (
+        1, 6, 5, 0, 0.0625)
+    assert_frame_equal(got, twin.matched_pairs(rm, cs, ba))
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_indices_follow_the_contract_in_sql_and_polars():
+    def by_hand(seed, b, j, n):
+        x = (seed * 1000003 + b * 10007 + j * 101) % 2147483647
+        x = (x * 48271) % 2147483647
+        x ^= x >> 13
+        x = (x * 48271) % 2147483647
+        x ^= x >> 13
+        return x % n
+
+    con = duckdb.connect()
+    con.execute(MACROS_SQL.read_text())
+    con.execute(FRONTIER_SQL.read_text().split("-- ----")[0])
+    for seed, n in [(1234, 1), (1234, 3), (7, 10), (2**31 - 1, 17)]:
+        idx = twin.bootstrap_indices(seed, 50, n)
+        assert idx.shape == (50, n)
+        assert all(idx[b - 1, j] == by_hand(seed, b, j, n) for b in range(1, 51) for j in range(n))
+        sql_idx = con.execute("SELECT b, j, frontier_bootstrap_index(?, b, j, ?) FROM range(1, 51) t(b), range(?) u(j)",
+                              [seed, n, n]).fetchall()
+        assert all(idx[b - 1, j] == i for b, j, i in sql_idx)
+
+
+def test_paired_bootstrap_pairs_repeats_by_number_hand_built():
+    """a has repeats 0, 1, 2 (1 invalid), b has 1, 2, 3: only repeat 2 pairs; one item: the
+    interval is the value itself. c has no repeat in common with a: NULL differences."""
+    def run(config, rep, jpt, acc=0.5, valid=True):
+        return {"model": "m", "config_id": config, "run_id": f"{config}-{rep}", "origin": "lab", "repeat": rep,
+                "power_source": "epi-meter", "simulated": False, "valid": valid, "accuracy": acc,
+                "j_per_token": jpt, "epi": jpt / acc}
+    rm = pl.DataFrame([run("a", 0, 1.0), run("a", 1, 1.1, valid=False), run("a", 2, 1.2),
+                       run("b", 1, 2.0), run("b", 2, 2.5), run("b", 3, 2.25), run("c", 5, 3.0)], schema=RM_SCHEMA)
+    cfgs = [{"model": "m", "config_id": c, "origin": "lab", "power_source": "epi-meter", "kind": "mixed",
+             "ppl": 10.0, "ppl_stderr": 0.5} for c in "abc"]
+    cs = summarise(rm, cfgs)
+    got = view(connect_tables(rm, cs, n_boot=50), "matched_pairs")
+    ab = got.filter(pl.col("config_a") == "a", pl.col("config_b") == "b").row(0, named=True)
+    assert ab["n_paired_repeats"] == 1
+    assert ab["j_per_token_diff"] == ab["j_per_token_diff_ci_low"] == ab["j_per_token_diff_ci_high"] == 2.5 - 1.2
+    assert ab["epi_diff"] == pytest.approx(5.0 - 2.4)
+    assert ab["j_per_token_b"] == 2.25 and ab["j_per_token_a"] == 1.1  # config medians, not the paired ones
+    ac = got.filter(pl.col("config_a") == "a", pl.col("config_b") == "c").row(0, named=True)
+    assert ac["n_paired_repeats"] == 0 and ac["j_per_token_diff"] is None and ac["epi_diff_ci_low"] is None
+    assert ac["n_questions_paired"] == 0 and ac["mcnemar_p"] is None
+    assert_frame_equal(got, twin.matched_pairs(rm, cs, pl.DataFrame(schema=BA_SCHEMA), n_boot=50))
+
+
+def test_bootstrap_is_identical_for_the_same_seed_and_moves_with_it():
+    rm, cs, ba = synthetic(11, n_repeats=25)
+    first = connect_tables(rm, cs, ba, seed=99, n_boot=200)
+    again = connect_tables(rm, cs, ba, seed=99, n_boot=200)
+    other = connect_tables(rm, cs, ba, seed=100, n_boot=200)
+    for name in ("matched_pairs", "pareto_frontier"):
+        assert view(first, name).equals(view(again, name))
+        assert view(first, name).equals(view(first, name))
+    assert not view(first, "matched_pairs").equals(view(other, "matched_pairs"))
+    assert not view(first, "pareto_frontier").equals(view(other, "pareto_frontier"))
+    t1 = twin.pareto_frontier(rm, cs, seed=99, n_boot=200)
+    assert t1.equals(twin.pareto_frontier(rm, cs, seed=99, n_boot=200))
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("mqepi_seed", -1, "mqepi_seed must be in 0 .. 2147483647"),
+    ("mqepi_bootstrap", 0, "mqepi_bootstrap must be >= 1"),
+    ("mqepi_ppl_tolerance", -0.1, "mqepi_ppl_tolerance must be >= 0"),
+])
+def test_tunables_out_of_range_fail_with_their_name(variable, value, message):
+    rm, cs, ba = synthetic(4)
+    con = connect_tables(rm, cs, ba)
+    con.execute(f"SET VARIABLE {variable} = {value}")
+    views = ["matched_pairs"] if variable == "mqepi_ppl_tolerance" else ["matched_pairs", "pareto_frontier"]
+    for name in views:
+        with pytest.raises(duckdb.Error, match=message):
+            view(con, name)
+    kwargs = {"seed": value} if variable == "mqepi_seed" else {"n_boot": value} if variable == "mqepi_bootstrap" \
+        else {"ppl_tolerance": value}
+    with pytest.raises(ValueError, match=message):
+        twin.matched_pairs(rm, cs, ba, **kwargs)
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def test_perplexity_match_rules_and_origins_never_pooled():
+    ppl = {"a": 10.0, "b": 10.6, "c": 11.0}  # stderr 0.5 each: sqrt(0.5) = 0.707
+    cfgs = [{"model": "m", "config_id": c, "origin": o, "power_source": "epi-meter", "kind": "uniform",
+             "ppl": p, "ppl_stderr": 0.5} for (c, p), o in product(ppl.items(), ("lab", "community/eve"))]
+    cfgs.append({"model": "m", "config_id": "d", "origin": "lab", "power_source": "epi-meter", "kind": "mixed",
+                 "ppl": None, "ppl_stderr": None})
+    rm = pl.DataFrame([{"model": "m", "config_id": c["config_id"], "run_id": f"{c['config_id']}-{c['origin'][:3]}",
+                        "origin": c["origin"], "repeat": 0, "power_source": "epi-meter", "simulated": False,
+                        "valid": True, "accuracy": 0.5, "j_per_token": 1.0, "epi": 2.0} for c in cfgs],
+                      schema=RM_SCHEMA)
+    cs = summarise(rm, cfgs)
+
+    def pairs(tol):
+        got = view(connect_tables(rm, cs, tol=tol), "matched_pairs")
+        assert_frame_equal(got, twin.matched_pairs(rm, cs, pl.DataFrame(schema=BA_SCHEMA), ppl_tolerance=tol))
+        return {(r["origin"], r["config_a"], r["config_b"], r["match_rule"]) for r in got.iter_rows(named=True)}
+
+    within = "within uncertainty"
+    assert pairs(None) == {(o, x, y, within) for o in ("lab", "community/eve") for x, y in [("a", "b"), ("b", "c")]}
+    # 5 %: |10 - 10.6| = 0.6 > 0.5; |10.6 - 11| = 0.4 <= 0.53; |10 - 11| = 1 > 0.5
+    assert pairs(0.05) == {(o, "b", "c", "within 5%") for o in ("lab", "community/eve")}
+    assert pairs(0.1) == {(o, x, y, "within 10%") for o in ("lab", "community/eve")
+                          for x, y in [("a", "b"), ("a", "c"), ("b", "c")]}
+
+
+# --------------------------------------------------------------------------- SQL == Polars
+
+
+@pytest.mark.parametrize("seed, tol", [(1, None), (2, 0.03), (3, None), (6, 0.1)])
+def test_sql_equals_polars_twin(seed, tol):
+    rm, cs, ba = synthetic(seed, models=("m1", "m2"), sources=("simulated", "epi-meter"), n_configs=7,
+                           n_repeats=4)
+    con = connect_tables(rm, cs, ba, seed=seed * 17, n_boot=150, tol=tol)
+    pairs = view(con, "matched_pairs")
+    frontier = view(con, "pareto_frontier")
+    assert pairs.columns == MATCHED_PAIRS_COLUMNS
+    assert frontier.columns == PARETO_FRONTIER_COLUMNS
+    assert pairs.height > 5 and pairs["n_questions_paired"].sum() > 0 and pairs["mcnemar_p"].null_count() < pairs.height
+    assert frontier["on_frontier"].any() and frontier["frontier_probability"].drop_nulls().len() > 0
+    twin_pairs = twin.matched_pairs(rm, cs, ba, seed=seed * 17, n_boot=150, ppl_tolerance=tol)
+    twin_frontier = twin.pareto_frontier(rm, cs, seed=seed * 17, n_boot=150)
+    # medians, counts, flags and probabilities exactly; interpolated quantiles to rounding
+    ci = [c for c in MATCHED_PAIRS_COLUMNS if "_ci_" in c]
+    assert_frame_equal(pairs.drop(ci), twin_pairs.drop(ci))
+    assert_frame_equal(pairs.select(ci), twin_pairs.select(ci), check_exact=False, rel_tol=1e-12, abs_tol=1e-12)
+    assert_frame_equal(frontier, twin_frontier)
+
+
+def test_frontier_probability_is_one_for_a_clear_winner():
+    rows = []
+    for c, (acc, jpt) in {"best": (0.8, 1.0), "worse": (0.5, 2.0)}.items():
+        for r in range(3):
+            rows.append({"model": "m", "config_id": c, "run_id": f"{c}{r}", "origin": "lab", "repeat": r,
+                         "power_source": "nvml", "simulated": False, "valid": True, "accuracy": acc + r / 100,
+                         "j_per_token": jpt + r / 100, "epi": None})
+    rm = pl.DataFrame(rows, schema=RM_SCHEMA)
+    cs = summarise(rm, [{"model": "m", "config_id": c, "origin": "lab", "power_source": "nvml", "kind": "mixed"}
+                        for c in ("best", "worse")])
+    got = view(connect_tables(rm, cs, n_boot=100), "pareto_frontier")
+    assert got["frontier_probability"].to_list() == [1.0, 0.0]
+    assert got["on_frontier"].to_list() == [True, False]
+
+
+@pytest.mark.slow
+def test_ten_thousand_runs_stay_fast_and_agree_with_polars():
+    """10^4 runs (200 configs x 25 repeats in one group, 1666 configs x 3 repeats in another)
+    with the default 1000 resamples; the pairwise work stays inside groups."""
+    rng = np.random.default_rng(5)
+    runs = []
+    for model, n_configs, n_rep in (("big", 200, 25), ("wide", 1666, 3)):
+        for c in range(n_configs):
+            for r in range(n_rep):
+                acc, jpt = rng.uniform(0.3, 0.7), rng.uniform(0.5, 2.0)
+                runs.append({"model": model, "config_id": f"c{c:04d}", "run_id": f"{model}{c}-{r}", "origin": "lab",
+                             "repeat": r, "power_source": "epi-meter", "simulated": False, "valid": True,
+                             "accuracy": acc, "j_per_token": jpt, "epi": jpt / acc})
+    rm = pl.DataFrame(runs, schema=RM_SCHEMA)
+    assert rm.height == 200 * 25 + 1666 * 3 == 9998
+    # config_summary by SQL here (summarise() is O(configs x runs)); perplexity in steps of
+    # 0.02 with stderr 0.03: each config matches its two nearest neighbours on either side
+    cs = duckdb.sql("SELECT model, config_id, origin, power_source, power_source = 'simulated' AS simulated, "
+                    "CASE WHEN config_id[-1:] IN ('0', '5') THEN 'uniform' ELSE 'mixed' END AS kind, "
+                    "median(accuracy) AS accuracy, median(j_per_token) AS j_per_token, median(epi) AS epi, "
+                    "NULL::DOUBLE AS accuracy_ci_low, NULL::DOUBLE AS accuracy_ci_high, "
+                    "NULL::DOUBLE AS j_per_token_ci_low, NULL::DOUBLE AS j_per_token_ci_high, "
+                    "10 + CAST(config_id[2:] AS INT) / 50 AS ppl, 0.03::DOUBLE AS ppl_stderr FROM rm GROUP BY ALL").pl()
+    con = connect_tables(rm, cs)
+    t0 = time.perf_counter()
+    frontier = view(con, "pareto_frontier")
+    pairs = view(con, "matched_pairs")
+    elapsed = time.perf_counter() - t0
+    assert frontier.height == 1866 and pairs.height > 3000
+    # seconds on 2 idle cores; the bound only catches a blow-up (a join over all runs squared)
+    assert elapsed < 90, f"{elapsed:.1f} s"
+    ci = [c for c in MATCHED_PAIRS_COLUMNS if "_ci_" in c]
+    twin_pairs = twin.matched_pairs(rm, cs, pl.DataFrame(schema=BA_SCHEMA))
+    assert_frame_equal(pairs.drop(ci), twin_pairs.drop(ci))
+    assert_frame_equal(pairs.select(ci), twin_pairs.select(ci), check_exact=False, rel_tol=1e-12, abs_tol=1e-12)
+    assert_frame_equal(frontier, twin.pareto_frontier(rm, cs))
+
+
+# --------------------------------------------------------------------------- end to end
+
+T0 = 1_764_000_000_000_000_000  # 2025-11-24 UTC, ns
+STEP_NS = 10_000_000  # the simulated meter reads at 100 Hz
+WINDOWS = {"idle_baseline": (0.5, 2.5), "mmlu": (3.0, 5.0), "arc_challenge": (5.5, 7.5)}  # s into the run
+QSETS = {"mmlu": sha("mmlu-questions"), "arc_challenge": sha("arc-questions")}
+E2E_CONFIGS = {  # kind, benchmark power W, skill, perplexity
+    "uniform_q4km": ("uniform", 5.0, 0.55, 20.0), "mix_a": ("mixed", 4.6, 0.60, 20.2),
+    "uniform_q8": ("uniform", 6.5, 0.70, 15.0), "mix_b": ("mixed", 6.0, 0.65, 15.3),
+}
+
+
+def fill_lake(lake, seed: int = 3) -> dict:
+    """A small real lake: 4 configs x 3 repeats in two origins, simulated power at 100 Hz,
+    idle and benchmark windows, answers and perplexity; plus one failed run and one finished
+    run whose mmlu window has a power gap (invalid). Returns the correctness of every answer."""
+    rng = np.random.default_rng(seed)
+    model, slot = "smollm2-135m", 0
+    correct: dict[tuple[str, str, int, str, str], bool] = {}  # (origin, config, repeat, qset, qid)
+    for origin in ("lab", "community/alice"):
+        ev = {k: [] for k in ("run", "phase", "power_sample", "benchmark_answer", "perplexity")}
+        runs = [(c, r, "ok") for c in E2E_CONFIGS for r in range(3)]
+        if origin == "lab":
+            runs += [("mix_b", 3, "gap"), ("uniform_q8", 3, "failed")]
+        for config, rep, how in runs:
+            kind, power, skill, ppl = E2E_CONFIGS[config]
+            run_id = f"{config}-{origin.split('/')[-1]}-r{rep}"
+            t0 = T0 + slot * 20 * 10**9
+            slot += 1
+            end = "failed" if how == "failed" else "finished"
+            for status in ("started", end):
+                ev["run"].append({"model": model, "config_id": config, "run_id": run_id, "status": status,
+                                  "repeat": rep, "file_sha256": None, "power_source": "simulated",
+                                  "host": "localhost", "provenance_json": "{}",
+                                  "message": "oom" if status == "failed" else None})
+            for phase, (lo, hi) in WINDOWS.items():
+                ev["phase"].append({"model": model, "config_id": config, "run_id": run_id, "phase": phase,
+                                    "node": None, "start_ns": t0 + int(lo * 1e9), "end_ns": t0 + int(hi * 1e9),
+                                    "tokens": None})
+            draw = rng.normal(0, 0.05)
+            for i in range(900):
+                t = i * STEP_NS / 1e9
+                if how == "gap" and 3.5 <= t < 4.5:
+                    continue
+                busy = any(lo <= t <= hi for ph, (lo, hi) in WINDOWS.items() if ph != "idle_baseline")
+                ev["power_sample"].append({
+                    "model": model, "config_id": config, "run_id": run_id, "power_source": "simulated",
+                    "meter_id": "sim0", "channel": 0, "node": "node0", "seq": i, "meter_time_ns": i * STEP_NS,
+                    "host_time_ns": t0 + i * STEP_NS, "host_monotonic_ns": slot * 10**12 + i * STEP_NS,
+                    "power_w": (power + draw if busy else 3.0) + float(rng.normal(0, 0.02)),
+                    "voltage_v": None, "current_a": None, "power_factor": None, "frequency_hz": None,
+                    "energy_counter_j": None})
+            for bench, qset in QSETS.items():
+                for q in range(20):
+                    ok = bool(rng.random() < skill)
+                    correct[(origin, config, rep, qset, f"q{q}")] = ok
+                    ev["benchmark_answer"].append({
+                        "model": model, "config_id": config, "run_id": run_id, "benchmark": bench,
+                        "question_set_sha256": qset, "question_id": f"q{q}", "subject": None,
+                        "shots": 5 if bench == "mmlu" else 25, "prompt_sha256": sha(f"{bench}{q}"),
+                        "predicted": 1 if ok else 0, "gold": 1, "correct": ok, "choice_scores": None,
+                        "tokens_evaluated": 300})
+            ev["perplexity"].append({"model": model, "config_id": config, "run_id": run_id,
+                                     "text_sha256": sha("wiki"), "context": 512, "chunks": 8, "tokens": 4096,
+                                     "ppl": ppl + float(rng.normal(0, 0.05)), "ppl_stderr": 0.4})
+        for event_type, rows in ev.items():
+            lake.record(event_type, rows, origin=origin)
+    lake.record("quant_config", [{"model": model, "config_id": c, "map_sha256": sha(c),
+                                  "map_json": '{"layer_groups":[]}', "n_layers": 30, "kind": kind}
+                                 for c, (kind, *_) in E2E_CONFIGS.items()])
+    return correct
+
+
+@pytest.mark.skipif(not RUNS_SQL.is_file(), reason="analysis/runs.sql (helper A) not written yet")
+def test_end_to_end_on_a_real_lake(lake):
+    from mqepi import sql
+
+    correct = fill_lake(lake)
+    con = sql.connect(lake)
+    con.execute("SET VARIABLE mqepi_bootstrap = 200")
+
+    def q(text):
+        return pl.from_arrow(sql.query(con, text))
+
+    pairs, frontier = q("SELECT * FROM matched_pairs"), q("SELECT * FROM pareto_frontier")
+    rm, cs, ba = q("SELECT * FROM run_metrics"), q("SELECT * FROM config_summary"), q("SELECT * FROM benchmark_answer")
+    assert pairs.columns == MATCHED_PAIRS_COLUMNS and frontier.columns == PARETO_FRONTIER_COLUMNS
+
+    # the lake is what it should be: 3 valid repeats everywhere, the gap run excluded
+    assert cs.height == frontier.height == 8
+    assert cs["n_repeats"].to_list() == [3] * 8
+    assert cs.filter(pl.col("origin") == "lab", pl.col("config_id") == "mix_b")["n_excluded"].item() == 1
+
+    # perplexity-matched pairs, never across origins
+    assert sorted(pairs.select("origin", "config_a", "config_b").rows()) == [
+        ("community/alice", "mix_a", "uniform_q4km"), ("community/alice", "mix_b", "uniform_q8"),
+        ("lab", "mix_a", "uniform_q4km"), ("lab", "mix_b", "uniform_q8")]
+    assert pairs["simulated"].all() and (pairs["n_paired_repeats"] == 3).all()
+    assert (pairs["match_rule"] == "within uncertainty").all()
+    # mix_a draws 4.6 W against uniform_q4km's 5.0 W: b - a = uniform - mixed > 0, interval too
+    mix_a = pairs.filter(pl.col("config_a") == "mix_a")
+    assert (mix_a["j_per_token_diff"] > 0).all() and (mix_a["j_per_token_diff_ci_low"] > 0).all()
+
+    # McNemar counts straight from the answers recorded
+    for row in pairs.iter_rows(named=True):
+        b = c = n = 0
+        for (origin, config, rep, qset, qid), right_a in correct.items():
+            if origin == row["origin"] and config == row["config_a"] and rep < 3:
+                right_b = correct[(origin, row["config_b"], rep, qset, qid)]
+                n += 1
+                b += right_a and not right_b
+                c += right_b and not right_a
+        assert (row["n_questions_paired"], row["mcnemar_b"], row["mcnemar_c"]) == (n, b, c)
+        assert row["mcnemar_p"] == pytest.approx(twin.mcnemar_p(b, c), rel=1e-12)
+
+    # the frontier within each (model, origin, power_source) group equals the brute force
+    for _, group in frontier.group_by("origin"):
+        assert group["on_frontier"].to_list() == twin.pareto_bruteforce(
+            group["accuracy"].to_numpy(), group["j_per_token"].to_numpy()).tolist()
+    assert frontier["frontier_probability"].is_between(0, 1).all()
+
+    # SQL == Polars twin over the views runs.sql built
+    ci = [c for c in MATCHED_PAIRS_COLUMNS if "_ci_" in c]
+    twin_pairs = twin.matched_pairs(rm, cs, ba, n_boot=200)
+    assert_frame_equal(pairs.drop(ci), twin_pairs.drop(ci))
+    assert_frame_equal(pairs.select(ci), twin_pairs.select(ci), check_exact=False, rel_tol=1e-12, abs_tol=1e-12)
+    assert_frame_equal(frontier, twin.pareto_frontier(rm, cs, n_boot=200))
