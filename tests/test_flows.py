@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,8 +32,9 @@ def _free_port() -> int:
 
 
 def _prefect_cli() -> list[str]:
-    exe = shutil.which("prefect")
-    return [exe] if exe else [sys.executable, "-m", "prefect"]
+    """The prefect CLI of this interpreter's environment (a venv's, not another on PATH)."""
+    beside = Path(sys.executable).parent / "prefect"
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "prefect"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,109 @@
+"""The share of a sweep's wall time spent outside model work (issue 7; goal <= 5 %).
+
+Runs the demo's sweep settings (loopback cluster, simulated meter, Prefect stages unless
+--no-prefect) over a few configurations into a temporary lake and splits the wall time:
+
+* model work: the llama.cpp tool runs on the head (time inside the executor's ``stream``),
+* measurement waits that belong to the method: the idle baseline window and the settle /
+  stabilisation pause,
+* overhead: everything else (orchestration, Prefect task runs, lake writes and validation,
+  SSH and deploy, meter start/stop, the sweep's set-up).
+
+    python benchmarks/sweep_overhead.py --configs 4 --questions 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from mqepi import toolchain
+from mqepi.cluster.local import LoopbackCluster
+from mqepi.demo import DemoSettings, prefect_environment
+from mqepi.lake import Lake
+from mqepi import sweep as sw
+
+
+class TimedExecutor:
+    """Proxy of an executor that adds up the time spent in tool runs."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds, self.calls = inner, 0.0, 0
+
+    def stream(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.inner.stream(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", type=int, default=4, help="how many configurations (of the 24, in name order)")
+    ap.add_argument("--questions", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--no-prefect", action="store_true")
+    args = ap.parse_args()
+
+    timed: list[TimedExecutor] = []
+    original = sw.Rig._setup
+
+    def setup(self):
+        original(self)
+        self.head_exec = TimedExecutor(self.head_exec)
+        timed.append(self.head_exec)
+
+    sw.Rig._setup = setup
+    tc = toolchain.ensure()
+    settings = DemoSettings(questions=args.questions, workers=args.workers)
+    with tempfile.TemporaryDirectory(prefix="mqepi-overhead-") as tmp, LoopbackCluster(1 + args.workers, tc.bin_dir) as lc:
+        from mqepi import maps
+
+        configs = sorted(p.stem for p in maps.maps_dir("smollm2-135m").glob("*.json"))[: args.configs]
+        spec = settings.spec(str(lc.config_path), configs)
+        spec.name = f"overhead-{time.time_ns():x}"
+        pids = {n.name: (lambda name=n.name: lc.pids(name)) for n in lc.nodes if n.name != "quant"}
+        lake = Lake(Path(tmp) / "lake")
+        if args.no_prefect:
+            result = sw.run_sweep(spec, lake, node_pids=pids)
+        else:
+            import os
+
+            prefect_environment()
+            os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+            from prefect import flow
+
+            from mqepi.flows.stages import PrefectStages
+
+            @flow(name="overhead-sweep")
+            def bench():
+                return sw.run_sweep(spec, lake, stages=PrefectStages(), node_pids=pids)
+
+            start = time.perf_counter()
+            result = bench()
+            flow_wall = time.perf_counter() - start
+    tool_s = sum(t.seconds for t in timed)
+    waits = result.seconds.get("idle window", 0.0) + result.seconds.get("stabilisation", 0.0)
+    wall = result.wall_s
+    overhead = wall - tool_s - waits
+    print(f"sweep of {len(result.finished)} runs ({args.configs} configs, MMLU {args.questions} q, "
+          f"{'direct' if args.no_prefect else 'Prefect stages'}), wall {wall:.1f} s")
+    print(f"  model work (tool runs on the head, {sum(t.calls for t in timed)} calls): {tool_s:.1f} s "
+          f"= {tool_s / wall:.1%}")
+    print(f"  idle windows + settle: {waits:.1f} s = {waits / wall:.1%}")
+    print(f"  overhead (orchestration, lake, SSH, meter, set-up): {overhead:.1f} s = {overhead / wall:.1%} "
+          f"(goal <= 5 %)")
+    if not args.no_prefect:
+        print(f"  Prefect flow start-up and end outside the sweep: {flow_wall - wall:.1f} s (not counted above)")
+    print("  by stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(result.seconds.items(), key=lambda kv: -kv[1])))
+
+
+if __name__ == "__main__":
+    main()
