@@ -36,6 +36,7 @@ import polars as pl
 from mqepi import PRODUCER, __version__
 from mqepi.errors import MqepiError
 from mqepi.meter.core import RunKey
+from mqepi.quality.evaluate import Settings
 
 
 class SweepError(MqepiError):
@@ -46,24 +47,15 @@ METERS = ("simulated", "none")  # plus "epi-meter:<serial port>"
 
 
 @dataclass
-class SweepSpec:
-    """What to measure. The measurement settings (everything but ``name`` and ``configs``)
+class SweepSpec(Settings):
+    """What to measure: the quality settings of :class:`mqepi.quality.evaluate.Settings`
+    (benchmarks and question counts, shots, seed, perplexity, KLD, throughput, threads) and
+    the sweep's own. The measurement settings (everything but ``name`` and ``configs``)
     define the sweep's identity: the same settings resume the same sweep."""
 
     model: str = "smollm2-135m"
     configs: list[str] | None = None  # None: every committed map of the model
     repeats: int = 3
-    benchmarks: dict[str, int | None] = field(default_factory=lambda: {"mmlu": 20})
-    shots: dict[str, int] = field(default_factory=dict)
-    seed: int = 1234
-    ppl_context: int = 256
-    ppl_chunks: int = 8
-    kld: bool = True
-    throughput: bool = True
-    n_prompt: int = 128
-    n_gen: int = 32
-    bench_repetitions: int = 3
-    threads: int | None = None
     cluster: str | None = None  # cluster TOML; None: this machine is the only node
     rpc: bool = True  # offload layers to the cluster's RPC workers
     meter: str = "simulated"  # simulated | none | epi-meter:<serial port URL>
@@ -226,8 +218,7 @@ class Rig:
             self.maps = maps.load_maps(sorted(folder.glob("*.json")), self.profile)
         self.base = assets.ensure_base_model()
         self.text = ev.heldout_text(self.cache)
-        settings = ev.Settings(benchmarks=dict(spec.benchmarks), shots=dict(spec.shots), seed=spec.seed)
-        self.qsets = ev.question_sets(settings, self.cache)
+        self.qsets = ev.question_sets(spec, self.cache)
         self.counts = {q.benchmark: qrun.token_counts(q, self.tc.tool("llama-tokenize"), self.base.path,
                                                       self.cache / "token_counts") for q in self.qsets}
         self.logits = None
