@@ -9,7 +9,9 @@ writes, meter start). Each is measured per configuration from finished runs of t
 model: seconds per token for the windows, seconds per throughput window, overhead seconds
 per tool invocation. A configuration without runs borrows from measured ones through a
 straight line in its predicted file size (least squares over measured configurations; one
-measured configuration: scaled in proportion to size). Energy: each window kind's measured
+measured configuration: scaled in proportion to size). Between configurations, the sweep
+looks up the quantized file and deploys it: the median gap between runs of different
+configurations in earlier sweeps (1 s if none). Energy: each window kind's measured
 average power (all channels) times its forecast time; the rest at the idle power.
 
 Token counts are those of the chosen questions (llama-tokenize, cached); for more than
@@ -135,6 +137,28 @@ def measured_rates(lake, model: str) -> dict[str, ConfigRates]:
     return out
 
 
+def between_configs_s(lake, model: str) -> float | None:
+    """Median gap between one sweep run's end and the next run's start when the next is
+    another configuration (its quantize lookup and deployment), from sweeps in the lake."""
+    runs = lake.read("run", columns=["config_id", "run_id", "status", "recorded_at_ns", "provenance_json"], model=model)
+    runs = runs.filter(pl.col("status").is_in(["started", "finished"]))
+    if runs.is_empty():
+        return None
+    runs = runs.with_columns(sweep=pl.col("provenance_json").str.json_path_match("$.sweep_id"))
+    spans = (runs.filter(pl.col("sweep").is_not_null())
+             .group_by("sweep", "config_id", "run_id")
+             .agg(start=pl.col("recorded_at_ns").filter(pl.col("status") == "started").min(),
+                  end=pl.col("recorded_at_ns").filter(pl.col("status") == "finished").max())
+             .drop_nulls().sort("sweep", "start"))
+    gaps = []
+    for _, g in spans.group_by("sweep"):
+        rows = g.sort("start").to_dicts()
+        for prev, cur in zip(rows, rows[1:]):
+            if cur["config_id"] != prev["config_id"] and cur["start"] >= prev["end"]:
+                gaps.append((cur["start"] - prev["end"]) / 1e9)
+    return statistics.median(gaps) if gaps else None
+
+
 def _window_power(lake, run_ids: list[str]) -> dict[tuple[str, str], float]:
     """(config, window kind) -> median average power over its windows (W, all channels)."""
     from mqepi import sql
@@ -233,6 +257,8 @@ def forecast(spec: SweepSpec, lake, *, progress=lambda line: None) -> Forecast:
     mc_tokens = sum(tokens.values())
     ppl_tokens = spec.ppl_context * spec.ppl_chunks * (2 if spec.kld else 1)
     fixed = spec.settle_s + (spec.idle_s if spec.meter != "none" else 0.0)
+    gap = between_configs_s(lake, spec.model)
+    gap = 1.0 if gap is None else gap
     out = []
     for name in names:
         r = filled[name]
@@ -245,7 +271,7 @@ def forecast(spec: SweepSpec, lake, *, progress=lambda line: None) -> Forecast:
             idle_w = r.power_w["idle"]
             energy = (mc_s * r.power_w.get("benchmark", idle_w) + ppl_s * r.power_w.get("ppl", idle_w)
                       + tp_s * r.power_w.get("throughput", idle_w) + (fixed + r.overhead_s) * idle_w) * spec.repeats
-        out.append(ConfigForecast(name, spec.repeats, per_run, per_run * spec.repeats, energy, r.source))
+        out.append(ConfigForecast(name, spec.repeats, per_run, per_run * spec.repeats + gap, energy, r.source))
     sources = lake.read("run", columns=["power_source"], model=spec.model)["power_source"].unique().to_list()
     return Forecast(spec.sweep_id, out, 10.0 if spec.cluster is None else 20.0, tokens, questions,
                     ",".join(sorted(s for s in sources if s != "none")) or None)
