@@ -542,27 +542,26 @@ def test_end_to_end_report_from_a_real_lake(lake, tmp_path):
 
 @views_ready
 def test_report_command_writes_files_and_prints_the_summary(lake, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from mqepi.cli import edge
-    from mqepi.cli_report import report_command
+    from mqepi.cli import app as mqepi_app
 
     fill_e2e_lake(lake, configs=E2E_CONFIGS[:3], repeats=2)
-    app = typer.Typer()
-    app.command("report")(edge(report_command))
-    app.command("noop")(lambda: None)  # a second command keeps "report" a subcommand
     runner = CliRunner()
-    env = {"MQEPI_LAKE": lake.uri}  # what the global --lake option falls back to
-    res = runner.invoke(app, ["report", "--summary", "--origin", "lab"], env=env)
+
+    def app_args(args):  # the real command line, with the global --lake option
+        return ["--lake", lake.uri, *args]
+
+    app, env = mqepi_app, {}
+    res = runner.invoke(app, app_args(["report", "--summary", "--origin", "lab"]), env=env)
     assert res.exit_code == 0, res.output
     assert "RQ1 (" in res.output and "RQ5 (" in res.output and SIMULATED in res.output
     assert "bandwidth unknown" in res.output
     assert not (tmp_path / "r").exists()
-    res = runner.invoke(app, ["report", "--out", str(tmp_path / "r"), "--bandwidth-gbs", "8.5"], env=env)
+    res = runner.invoke(app, app_args(["report", "--out", str(tmp_path / "r"), "--bandwidth-gbs", "8.5"]), env=env)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "report.html").is_file()
     assert "report.html" in res.output and "SIMULATED POWER" in res.output
     assert "At 8.5 GB/s" in (tmp_path / "r" / "report.md").read_text()
-    res = runner.invoke(app, ["report", "--origin", "labs"], env=env)
+    res = runner.invoke(app, app_args(["report", "--origin", "labs"]), env=env)
     assert res.exit_code == 1 and "not one of lab, community, all" in res.output
