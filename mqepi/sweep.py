@@ -351,7 +351,6 @@ class RunSession:
         self.key = RunKey(rig.spec.model, plan.config_id, plan.run_id)
         self.sim = self.reader = self.sampler = None
         self.provenance = rig.provenance(plan, q)
-        self.timings: dict[str, float] = {}
 
     def _record_run(self, status: str, message: str | None = None) -> None:
         head = self.rig.nodes[0].name
@@ -360,13 +359,6 @@ class RunSession:
             "power_source": [self.rig.spec.power_source], "host": [head],
             "provenance_json": [json.dumps(self.provenance, sort_keys=True, default=str)], "message": [message],
         }, producer=PRODUCER)
-
-    def _timed(self, name: str, fn, *args):
-        start = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     # -- begin / end
     def begin(self) -> None:
@@ -490,7 +482,6 @@ class SweepResult:
     finished: list[str]  # run ids finished by this call
     skipped: list[tuple[str, int]]  # (config, repeat) already finished before
     marked_failed: list[str]  # interrupted runs found and marked failed
-    failed: list[str]
     seconds: dict[str, float]  # stage -> wall seconds
     wall_s: float
 
@@ -502,10 +493,8 @@ def _is_io(exc: BaseException) -> bool:
 
 
 def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], None] = lambda line: None,
-              node_pids: dict[str, Callable[[], list[int]]] | None = None, stop_after: int | None = None) -> SweepResult:
-    """Measure every (configuration, repeat) of ``spec`` not yet finished in ``lake``.
-
-    ``stop_after`` ends the sweep after that many new runs (the planner's calibration)."""
+              node_pids: dict[str, Callable[[], list[int]]] | None = None) -> SweepResult:
+    """Measure every (configuration, repeat) of ``spec`` not yet finished in ``lake``."""
     stages = stages or DirectStages()
     own = isinstance(stages, DirectStages)
     t0 = time.perf_counter()
@@ -518,7 +507,7 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
         finally:
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
-    finished, marked, failed, skipped = [], [], [], []
+    finished, marked, skipped = [], [], []
     try:
         with contextlib.ExitStack() as stack:
             rig = timed("set-up", stack.enter_context, Rig(spec, lake, progress=progress, node_pids=node_pids))
@@ -545,18 +534,14 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
                     prefetch[nxt] = stages.submit("quantize", rig.quantize, nxt, io=True)
                 path = timed("deploy", rig.deploy, q, io=True)
                 for plan in (p for p in todo if p.config_id == config_id):
-                    if stop_after is not None and len(finished) >= stop_after:
-                        break
-                    run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + len(failed) + 1, len(todo))
+                    run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + 1, len(todo))
                     finished.append(run_id)
-                if stop_after is not None and len(finished) >= stop_after:
-                    break
             for fut in prefetch.values():
                 fut.result()
     finally:
         if own:
             stages.close()
-    return SweepResult(spec.sweep_id, finished, skipped, marked, failed, seconds, time.perf_counter() - t0)
+    return SweepResult(spec.sweep_id, finished, skipped, marked, seconds, time.perf_counter() - t0)
 
 
 def _timed_future(seconds: dict, name: str, fut: Future):
