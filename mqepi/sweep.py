@@ -561,7 +561,8 @@ def _one_run(rig: Rig, plan: RunPlan, q, path: str, timed, progress, number: int
         note = timed("stabilisation", session.stabilise)
         idle = timed("idle window", session.idle)
         if idle is not None:
-            progress(f"  idle baseline {idle.avg_power_w:.2f} W ({'valid' if idle.valid else 'INVALID'}); {note}")
+            label = "simulated power, " if idle.simulated else ""
+            progress(f"  idle baseline {idle.avg_power_w:.2f} W ({label}{'valid' if idle.valid else 'INVALID'}); {note}")
         for benchmark in spec.benchmarks:
             b = timed(f"benchmark {benchmark}", session.benchmark, benchmark, io=True)
             progress(f"  {benchmark}: {b.n_correct}/{b.n} correct, {b.tokens_evaluated} tokens, "
