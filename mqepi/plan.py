@@ -88,17 +88,23 @@ def _kind(phase: str) -> str:
             "idle_baseline": "idle"}.get(phase, "other")
 
 
-def measured_rates(lake, model: str) -> dict[str, ConfigRates]:
-    """Per configuration: rates measured by its finished runs in ``lake``."""
+def run_spans(lake, model: str) -> pl.DataFrame:
+    """One row per run of ``model``: config_id, run_id, finished, failed, start_ns (started
+    event), end_ns (finished event), provenance (JSON), sweep (its sweep id, null if none)."""
     runs = lake.read("run", columns=["config_id", "run_id", "status", "recorded_at_ns", "provenance_json"], model=model)
-    if runs.is_empty():
-        return {}
-    ended = runs.group_by("config_id", "run_id").agg(
+    return runs.group_by("config_id", "run_id").agg(
         finished=(pl.col("status") == "finished").any(), failed=(pl.col("status") == "failed").any(),
         start_ns=pl.col("recorded_at_ns").filter(pl.col("status") == "started").min(),
         end_ns=pl.col("recorded_at_ns").filter(pl.col("status") == "finished").max(),
-        provenance=pl.col("provenance_json").first())
-    ended = ended.filter(pl.col("finished") & ~pl.col("failed") & pl.col("start_ns").is_not_null())
+        provenance=pl.col("provenance_json").first(),
+    ).with_columns(sweep=pl.col("provenance").str.json_path_match("$.sweep_id"))
+
+
+def measured_rates(lake, model: str, spans: pl.DataFrame | None = None) -> dict[str, ConfigRates]:
+    """Per configuration: rates measured by its finished runs in ``lake`` (``spans``: the
+    :func:`run_spans` of ``model``, read here if not given)."""
+    spans = run_spans(lake, model) if spans is None else spans
+    ended = spans.filter(pl.col("finished") & ~pl.col("failed") & pl.col("start_ns").is_not_null())
     if ended.is_empty():
         return {}
     phases = lake.read("phase", columns=["run_id", "phase", "start_ns", "end_ns", "tokens"], model=model)
@@ -137,25 +143,17 @@ def measured_rates(lake, model: str) -> dict[str, ConfigRates]:
     return out
 
 
-def between_configs_s(lake, model: str) -> float | None:
+def between_configs_s(lake, model: str, spans: pl.DataFrame | None = None) -> float | None:
     """Median gap between one sweep run's end and the next run's start when the next is
     another configuration (its quantize lookup and deployment), from sweeps in the lake."""
-    runs = lake.read("run", columns=["config_id", "run_id", "status", "recorded_at_ns", "provenance_json"], model=model)
-    runs = runs.filter(pl.col("status").is_in(["started", "finished"]))
-    if runs.is_empty():
-        return None
-    runs = runs.with_columns(sweep=pl.col("provenance_json").str.json_path_match("$.sweep_id"))
-    spans = (runs.filter(pl.col("sweep").is_not_null())
-             .group_by("sweep", "config_id", "run_id")
-             .agg(start=pl.col("recorded_at_ns").filter(pl.col("status") == "started").min(),
-                  end=pl.col("recorded_at_ns").filter(pl.col("status") == "finished").max())
-             .drop_nulls().sort("sweep", "start"))
+    spans = run_spans(lake, model) if spans is None else spans
+    timed = spans.filter(pl.col("sweep").is_not_null() & pl.col("start_ns").is_not_null() & pl.col("end_ns").is_not_null())
     gaps = []
-    for _, g in spans.group_by("sweep"):
-        rows = g.sort("start").to_dicts()
+    for _, g in timed.group_by("sweep"):
+        rows = g.sort("start_ns").to_dicts()
         for prev, cur in zip(rows, rows[1:]):
-            if cur["config_id"] != prev["config_id"] and cur["start"] >= prev["end"]:
-                gaps.append((cur["start"] - prev["end"]) / 1e9)
+            if cur["config_id"] != prev["config_id"] and cur["start_ns"] >= prev["end_ns"]:
+                gaps.append((cur["start_ns"] - prev["end_ns"]) / 1e9)
     return statistics.median(gaps) if gaps else None
 
 
@@ -245,7 +243,8 @@ def forecast(spec: SweepSpec, lake, *, progress=lambda line: None) -> Forecast:
     for name in names:
         exp = maps.expand(maps.load_map(folder / f"{name}.json", profile), profile)
         wanted[name] = exp.data_bytes
-    rates = measured_rates(lake, spec.model)
+    spans = run_spans(lake, spec.model)
+    rates = measured_rates(lake, spec.model, spans)
     sizes = lake.read("quantization", columns=["config_id", "file_size_bytes"], model=spec.model)
     # compare like with like: measured rates carry file sizes, the wanted ones data bytes
     ratio = statistics.median([wanted[c] / s for c, s in zip(sizes["config_id"], sizes["file_size_bytes"])
@@ -257,7 +256,7 @@ def forecast(spec: SweepSpec, lake, *, progress=lambda line: None) -> Forecast:
     mc_tokens = sum(tokens.values())
     ppl_tokens = spec.ppl_context * spec.ppl_chunks * (2 if spec.kld else 1)
     fixed = spec.settle_s + (spec.idle_s if spec.meter != "none" else 0.0)
-    gap = between_configs_s(lake, spec.model)
+    gap = between_configs_s(lake, spec.model, spans)
     gap = 1.0 if gap is None else gap
     out = []
     for name in names:
