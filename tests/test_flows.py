@@ -60,12 +60,18 @@ def server(tmp_path_factory):
             time.sleep(1)
         yield env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc, signal.SIGTERM, 20)
         log.close()
+
+
+def _stop(proc: subprocess.Popen, sig: int, grace_s: float) -> None:
+    """Signal a process group, then kill it if it has not exited within ``grace_s``."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _run(cmd: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -128,9 +134,5 @@ def test_served_deployments_run_and_schedule(server, tmp_path):
             summary = pl.read_parquet(next((derived / "snapshots").glob("*/config_summary.parquet")))
             assert set(summary["origin"]) == {origin} and set(summary["config_id"]) == {"uniform_q8"}
     finally:
-        os.killpg(serve.pid, signal.SIGINT)
-        try:
-            serve.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
+        _stop(serve, signal.SIGINT, 30)
         serve_log.close()
