@@ -20,9 +20,9 @@ import warnings
 import numpy as np
 import polars as pl
 
-from mqepi.lake import Lake
+from mqepi.analysis.stats import wilson_interval
+from mqepi.lake.store import Lake
 from mqepi.meter.windows import BENCHMARK_PHASES, IDLE_PHASE, analyze_run
-from mqepi.stats import wilson_interval
 
 #: Defaults of the DuckDB variables mqepi_seed, mqepi_bootstrap, mqepi_z.
 DEFAULT_SEED = 1234

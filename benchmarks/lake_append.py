@@ -28,8 +28,9 @@ import pyarrow.parquet as pq  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import factories  # noqa: E402
-from mqepi import events  # noqa: E402
-from mqepi.lake import PARQUET_COMPRESSION, Lake  # noqa: E402
+
+from mqepi.lake import events  # noqa: E402
+from mqepi.lake.store import PARQUET_COMPRESSION, Lake  # noqa: E402
 
 
 def main() -> None:

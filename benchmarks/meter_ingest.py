@@ -115,10 +115,10 @@ def streamed(maker: LineMaker, n_lines: int, rss_log: list, lines_per_chunk: int
 
 
 def record(chunks, root: str, batch: int):
-    from mqepi.lake import Lake
+    from mqepi.lake.store import Lake
     from mqepi.meter import RunKey
-    from mqepi.meter.core import LakeSink
-    from mqepi.meter.reader import MeterReader
+    from mqepi.meter.epimeter import MeterReader
+    from mqepi.meter.stream import LakeSink
 
     lake = Lake(root)
     lake.init()
@@ -171,8 +171,8 @@ def throughput(n_lines: int, batch: int) -> None:
 
 
 def stream(hours: float, batch: int) -> None:
-    from mqepi.lake import Lake  # noqa: F401 - imported first so the baseline includes the stack
-    import mqepi.meter.reader  # noqa: F401
+    import mqepi.meter.epimeter  # noqa: F401
+    from mqepi.lake.store import Lake  # noqa: F401 - imported first so the baseline includes the stack
 
     reset_peak_rss()
     baseline = rss_mb()

@@ -43,8 +43,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from mqepi import derived
-from mqepi.lake import Lake
+from mqepi.lake.store import Lake
+from mqepi.results import snapshots as derived
 
 T0 = 1_764_000_000_000_000_000  # 2025-11-24 UTC, ns
 HZ = 10
@@ -224,7 +224,7 @@ def main() -> None:
         print(f"listing     {list_s:8.2f} s   {list_s / bare_s:6.2f}x bare   (derived.list_lake: every file, the lake "
               "state; part of every recompute)")
         if args.live:
-            from mqepi import sql
+            from mqepi.results import sql
 
             con = sql.connect(lake)
             con.execute(f"SET VARIABLE mqepi_bootstrap = {args.bootstrap}")

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mqepi import toolchain
-from mqepi.cluster.local import LoopbackCluster
-from mqepi.demo import DemoSettings, prefect_environment
-from mqepi.lake import Lake
-from mqepi import sweep as sw
+from mqepi.cli.demo import DemoSettings, prefect_environment
+from mqepi.lake.store import Lake
+from mqepi.quant import toolchain
+from mqepi.rig.loopback import LoopbackCluster
+from mqepi.sweep import core as sw
 
 
 class TimedExecutor:
@@ -64,7 +64,7 @@ def main() -> None:
     tc = toolchain.ensure()
     settings = DemoSettings(questions=args.questions, workers=args.workers)
     with tempfile.TemporaryDirectory(prefix="mqepi-overhead-") as tmp, LoopbackCluster(1 + args.workers, tc.bin_dir) as lc:
-        from mqepi import maps
+        from mqepi.quant import maps
 
         configs = sorted(p.stem for p in maps.maps_dir("smollm2-135m").glob("*.json"))[: args.configs]
         spec = settings.spec(str(lc.config_path), configs)

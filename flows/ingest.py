@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from mqepi import Lake, ingest_drop_folder
+
 
 @task(name="ingest drop folder", cache_policy=NO_CACHE, persist_result=False)
-def ingest_folder(drop: str, lake: Optional[str], quarantine: str, state: str) -> list[dict]:
-    from mqepi.community import ingest_drop_folder
-    from mqepi.lake import Lake
-
+def ingest_folder(drop: str, lake: str | None, quarantine: str, state: str) -> list[dict]:
     return [o.__dict__ for o in ingest_drop_folder(drop, Lake(lake), quarantine, state)]
 
 
 @flow(name="ingest-submissions")
-def ingest_submissions(drop: str = "submissions", lake: Optional[str] = None, quarantine: Optional[str] = None,
-                       state: Optional[str] = None) -> list[dict]:
+def ingest_submissions(drop: str = "submissions", lake: str | None = None, quarantine: str | None = None,
+                       state: str | None = None) -> list[dict]:
     """Validate and ingest every new bundle (folder or .zip) in ``drop``; rejected bundles go
     to ``quarantine`` (default ``<drop>/../quarantine``) with their report; ``state`` (default
     ``<drop>/../ingested.jsonl``) remembers what was processed."""

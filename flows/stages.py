@@ -9,7 +9,7 @@ from collections.abc import Callable
 from prefect import Task
 from prefect.cache_policies import NO_CACHE
 
-from mqepi.sweep import _is_io
+from mqepi import is_transient
 
 RETRIES = 2
 RETRY_DELAY_S = 2
@@ -22,11 +22,11 @@ def _retry_io_only(task, task_run, state) -> bool:
             state.result(raise_on_failure=True)
         except BaseException as raised:  # noqa: BLE001 - the stage's own exception, inspected
             exc = raised
-    return exc is not None and _is_io(exc)
+    return exc is not None and is_transient(exc)
 
 
 class PrefectStages:
-    """The ``Stages`` of :func:`mqepi.sweep.run_sweep`, each stage a Prefect task run."""
+    """The ``Stages`` of :func:`mqepi.run_sweep`, each stage a Prefect task run."""
 
     def __init__(self) -> None:
         self._tasks: dict[tuple[str, bool], Task] = {}

@@ -1,34 +1,49 @@
-"""The ``sweep`` flow: :func:`mqepi.sweep.run_sweep` with every stage a Prefect task."""
+"""The ``sweep`` flow: :func:`mqepi.run_sweep` with every stage a Prefect task."""
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
 
 from prefect import flow, get_run_logger
 
+from mqepi import Lake, SweepSpec, run_sweep
 from mqepi.flows.stages import PrefectStages
+
+#: SweepSpec fields that are flow parameters of their own (the rest travel in ``settings``).
+OWN_PARAMETERS = ("model", "configs", "repeats", "benchmarks", "cluster", "meter", "name")
 
 
 @flow(name="sweep", log_prints=False)
-def sweep(model: str = "smollm2-135m", configs: Optional[list[str]] = None, repeats: int = 3,
-          benchmarks: Optional[dict[str, Optional[int]]] = None, cluster: Optional[str] = None,
-          meter: str = "simulated", lake: Optional[str] = None, name: Optional[str] = None,
-          settings: Optional[dict] = None) -> dict:
+def sweep(model: str = "smollm2-135m", configs: list[str] | None = None, repeats: int = 3,
+          benchmarks: dict[str, int | None] | None = None, cluster: str | None = None,
+          meter: str = "simulated", lake: str | None = None, name: str | None = None,
+          settings: dict | None = None, node_pids: dict | None = None,
+          progress: Callable[[str], None] | None = None) -> dict:
     """Measure every (configuration, repeat) of ``model`` not yet finished in the lake.
 
     ``benchmarks`` maps a benchmark to its number of questions (null: all), default
     ``{"mmlu": 20}``; ``cluster`` is a cluster TOML (none: this machine); ``settings`` holds
-    any other :class:`mqepi.sweep.SweepSpec` field (ppl_context, idle_s, rpc, ...).
-    Rerunning the same parameters resumes the sweep."""
-    from mqepi.lake import Lake
-    from mqepi.sweep import SweepSpec, run_sweep
-
+    any other :class:`mqepi.SweepSpec` field (ppl_context, idle_s, rpc, ...).
+    Rerunning the same parameters resumes the sweep. ``node_pids`` and ``progress`` are
+    for a caller in the same process (the demo): the processes that drive each node's
+    simulated power, and where progress lines go (default: the flow's log)."""
     logger = get_run_logger()
     spec = SweepSpec(model=model, configs=configs, repeats=repeats, benchmarks=benchmarks or {"mmlu": 20},
                      cluster=cluster, meter=meter, name=name, **(settings or {}))
-    result = run_sweep(spec, Lake(lake), stages=PrefectStages(), progress=logger.info)
+    result = run_sweep(spec, Lake(lake), stages=PrefectStages(), progress=progress or logger.info, node_pids=node_pids)
     logger.info(f"sweep {result.sweep_id}: {len(result.finished)} runs finished, {len(result.skipped)} skipped "
                 f"(finished before), {len(result.marked_failed)} interrupted runs marked failed")
-    return {"sweep_id": result.sweep_id, "finished": result.finished, "skipped": len(result.skipped),
-            "marked_failed": result.marked_failed, "wall_s": round(result.wall_s, 1),
-            "seconds": {k: round(v, 2) for k, v in result.seconds.items()}}
+    return result.summary()
+
+
+def parameters(spec: SweepSpec) -> dict:
+    """The flow parameters that run ``spec``."""
+    fields = {"model": spec.model, "configs": spec.configs, "repeats": spec.repeats, "benchmarks": spec.benchmarks,
+              "cluster": spec.cluster, "meter": spec.meter, "name": spec.name}
+    return {**fields, "settings": {k: v for k, v in spec.identity().items() if k not in OWN_PARAMETERS}}
+
+
+def run_flow(spec: SweepSpec, lake: str | None = None, *, node_pids: dict | None = None,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Run ``spec`` as the ``sweep`` flow in this process (the CLI's ``mqepi sweep`` and the demo)."""
+    return sweep(**parameters(spec), lake=lake, node_pids=node_pids, progress=progress)

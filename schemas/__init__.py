@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import polars as pl
 import pandera.polars as pa
+import polars as pl
 
 from . import events as _m
 

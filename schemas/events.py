@@ -14,10 +14,10 @@ Importing this module needs pandera and polars only (no Prefect).
 
 from __future__ import annotations
 
-import polars as pl
 import pandera.polars as pa
+import polars as pl
 
-from mqepi.ggml import GGML_TYPE_NAMES, QUANT_TYPE_NAMES
+from mqepi.quant.ggml import GGML_TYPE_NAMES, QUANT_TYPE_NAMES
 
 #: Version of every model below; bump a model's own ``SCHEMA_VERSIONS`` entry when it changes.
 SCHEMA_VERSION = 1

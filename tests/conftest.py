@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mqepi.lake import Lake
+from mqepi.lake.store import Lake
 
 
 @pytest.fixture

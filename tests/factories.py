@@ -6,7 +6,7 @@ import hashlib
 
 import polars as pl
 
-from mqepi import events
+from mqepi.lake import events
 
 T0 = 1_764_000_000_000_000_000  # 2025-11-24 UTC, in ns
 

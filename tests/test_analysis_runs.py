@@ -12,11 +12,11 @@ from collections import defaultdict
 import numpy as np
 import polars as pl
 import pytest
-
 from factories import T0, sha
-from mqepi import sql
+
 from mqepi.analysis import MACROS_SQL, VIEWS_SQL, twin_runs
-from mqepi.lake import Lake
+from mqepi.lake.store import Lake
+from mqepi.results import sql
 
 RUNS_SQL = VIEWS_SQL.parent / "runs.sql"
 MS, S = 1_000_000, 1_000_000_000

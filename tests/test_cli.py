@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 import typer.main
+from factories import batch
 from typer.testing import CliRunner
 
-from factories import batch
 from mqepi.cli import app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
@@ -97,7 +97,7 @@ def test_lake_env_var_is_honoured(lake, monkeypatch):
 def test_demo_runs_every_stage_on_a_subset(tmp_path):
     """The demo's stages end to end on three configurations (the README's main command runs
     all 24 the same way): loopback cluster, calibration, planner, sweep, frontier, report."""
-    from mqepi.lake import Lake
+    from mqepi.lake.store import Lake
 
     root = tmp_path / "demo-lake"
     out = tmp_path / "report"

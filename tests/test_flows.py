@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mqepi.lake import Lake
+from mqepi.lake.store import Lake
 
 pytestmark = pytest.mark.slow
 

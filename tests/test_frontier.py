@@ -547,7 +547,7 @@ def fill_lake(lake, seed: int = 3) -> dict:
 
 @pytest.mark.skipif(not RUNS_SQL.is_file(), reason="analysis/runs.sql (helper A) not written yet")
 def test_end_to_end_on_a_real_lake(lake):
-    from mqepi import sql
+    from mqepi.results import sql
 
     correct = fill_lake(lake)
     con = sql.connect(lake)

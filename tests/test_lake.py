@@ -13,10 +13,10 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-
 from factories import batch
+
 from mqepi.errors import EventValidationError, LakeError
-from mqepi.lake import Lake
+from mqepi.lake.store import Lake
 from mqepi.schemas import EVENT_TYPES
 
 WRITER = Path(__file__).with_name("writer_proc.py")

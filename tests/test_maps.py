@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mqepi import ggml, maps
-from mqepi.maps import MapError
+from mqepi.quant import ggml, maps
+from mqepi.quant.maps import MapError
 
 PAPER_TABLE = {  # config_id: (early, middle, late), copied from the paper's section 6
     "uniform_q2k": ("Q2_K",) * 3, "uniform_q3ks": ("Q3_K_S",) * 3, "uniform_q4km": ("Q4_K_M",) * 3,

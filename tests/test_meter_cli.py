@@ -11,9 +11,9 @@ import typer.main
 from typer.testing import CliRunner
 
 import mqepi.cli
-from mqepi import sql
-from mqepi.cli_meter import meter_app
-from mqepi.meter.simulator import SimulatedMeter
+from mqepi.cli.meter import app as meter_app
+from mqepi.meter.simulated import SimulatedMeter
+from mqepi.results import sql
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 runner = CliRunner()
@@ -95,8 +95,8 @@ def test_errors_are_one_line_naming_the_value(cli_lake, args, message):
 
 
 def test_nvml_and_thermal_say_why_they_cannot_run_here(cli_lake):
-    from mqepi import thermal
     from mqepi.meter.sources import nvml
+    from mqepi.rig import thermal
 
     try:
         nvml().shutdown()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-
 from factories import T0
+
 from mqepi.meter.clock import MAX_RESIDUAL_MS, align, epochs, fit_clock
 
 

@@ -10,12 +10,12 @@ import time
 import polars as pl
 import pytest
 
-from mqepi import sql
 from mqepi.meter import RunKey
-from mqepi.meter.core import LakeSink
-from mqepi.meter.reader import MeterReader
-from mqepi.meter.simulator import Faults, PowerModel, SimulatedMeter, process_cpu_seconds
+from mqepi.meter.epimeter import MeterReader
+from mqepi.meter.simulated import Faults, PowerModel, SimulatedMeter, process_cpu_seconds
+from mqepi.meter.stream import LakeSink
 from mqepi.meter.windows import EnergyMonitor, analyze_run
+from mqepi.results import sql
 
 RUN = RunKey("smollm2-135m", "uniform_q4km", "r-e2e")
 

@@ -12,11 +12,11 @@ import pytest
 import serial
 
 from mqepi.errors import LakeError
-from mqepi.lake import Lake
+from mqepi.lake.store import Lake
 from mqepi.meter import MeterError, RunKey
-from mqepi.meter.core import LakeSink
+from mqepi.meter.epimeter import MeterReader
 from mqepi.meter.protocol import encode_line
-from mqepi.meter.reader import MeterReader
+from mqepi.meter.stream import LakeSink
 
 RUN = RunKey("smollm2-135m", "uniform_q4km", "r-read")
 

@@ -7,12 +7,12 @@ import time
 
 import polars as pl
 import pytest
-
 from factories import T0
+
 from mqepi.meter import MeterError, RunKey, SourceUnavailable
-from mqepi.meter.core import LakeSink
-from mqepi.meter.simulator import Atm90e26Emulator
+from mqepi.meter.simulated import Atm90e26Emulator
 from mqepi.meter.sources import Atm90e26Source, NvmlSource, ReplaySource, nvml, read_trace
+from mqepi.meter.stream import LakeSink
 
 RUN = RunKey("smollm2-135m", "uniform_q4km", "r-src")
 

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-
 from factories import T0, rows_for
-from mqepi import sql
+
 from mqepi.meter import MeterError
 from mqepi.meter.windows import Gates, analyze_run, channel_energy, integrate
+from mqepi.results import sql
 
 MS = 1_000_000
 S = 1_000_000_000

@@ -10,7 +10,7 @@ import pytest
 
 from mqepi.quality import datasets, mc
 from mqepi.quality.datasets import DatasetError, Question
-from mqepi.toolchain import cache_root
+from mqepi.quant.toolchain import cache_root
 
 FIX = Path(__file__).parent / "fixtures"
 

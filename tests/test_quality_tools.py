@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mqepi import assets, maps, quantize, toolchain
-from mqepi.lake import Lake
-from mqepi.quality import datasets, evaluate as ev, mc, run
+from mqepi.lake.store import Lake
+from mqepi.quality import datasets, mc, run
+from mqepi.quality import evaluate as ev
+from mqepi.quant import assets, maps, quantize, toolchain
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -6,10 +6,11 @@ import subprocess
 
 import polars as pl
 import pytest
-
-from mqepi import assets, maps, quantize, sql, toolchain
-from mqepi.lake import Lake
 from tiny_model import make_tiny_llama
+
+from mqepi.lake.store import Lake
+from mqepi.quant import assets, maps, quantize, toolchain
+from mqepi.results import sql
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import re
 import polars as pl
 import pytest
 
-from mqepi import report
-from mqepi.report import CANNOT, SIMULATED, ReportData
+from mqepi.results import report
+from mqepi.results.report import CANNOT, SIMULATED, ReportData
 
 # ggml bits/weight of the paper's types (K-quants with their super-block scales)
 BITS = {"Q2_K": 2.625, "Q3_K_S": 3.4375, "Q4_K_M": 4.5, "Q5_K_M": 5.5, "Q6_K": 6.5625, "Q8_0": 8.5}
@@ -313,7 +313,7 @@ def test_measured_power_is_not_called_simulated():
 
 
 def test_plots_write_png_and_svg_with_the_power_source(tmp_path):
-    from mqepi import plots
+    from mqepi.results import plots
 
     data = synthetic()
     made = [
@@ -331,7 +331,7 @@ def test_plots_write_png_and_svg_with_the_power_source(tmp_path):
 
 
 def test_plots_of_measured_power_do_not_say_simulated(tmp_path):
-    from mqepi import plots
+    from mqepi.results import plots
 
     data = synthetic(power_source="epi-meter")
     _png, svg = plots.pareto_plot(data.pareto_frontier, tmp_path / "pareto", model="toy")
@@ -507,7 +507,7 @@ views_ready = pytest.mark.skipif(
 
 @views_ready
 def test_end_to_end_report_from_a_real_lake(lake, tmp_path):
-    from mqepi import sql
+    from mqepi.results import sql
 
     fill_e2e_lake(lake, repeats=2)
     fill_e2e_lake(lake, origin="community/alice", source="epi-meter", configs=E2E_CONFIGS[:4], repeats=2)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-
 from factories import batch
-from mqepi import sql
+
 from mqepi.errors import LakeError, QueryError
-from mqepi.lake import Lake
+from mqepi.lake.store import Lake
+from mqepi.results import sql
 from mqepi.schemas import EVENT_TYPES
 
 DUCKDB_TYPES = {pl.Utf8: "VARCHAR", pl.Int32: "INTEGER", pl.Int64: "BIGINT", pl.Float64: "DOUBLE",

@@ -15,9 +15,9 @@ import time
 import polars as pl
 import pytest
 
-from mqepi import plan
-from mqepi.lake import Lake
-from mqepi.sweep import SweepError, SweepSpec, plan_runs, run_sweep, spec_from_json
+from mqepi.lake.store import Lake
+from mqepi.sweep import forecast as plan
+from mqepi.sweep.core import SweepError, SweepSpec, plan_runs, run_sweep, spec_from_json
 
 pytestmark = pytest.mark.slow
 
@@ -75,8 +75,7 @@ def test_kill_mid_sweep_then_resume_matches_an_uninterrupted_sweep(tmp_path):
     spec = tiny(configs=CONFIGS, name="resume")
     script = (
         "import sys, json\n"
-        "from mqepi.lake import Lake\n"
-        "from mqepi.sweep import SweepSpec, run_sweep\n"
+        "from mqepi import Lake, SweepSpec, run_sweep\n"
         f"spec = SweepSpec(**json.loads({json.dumps(json.dumps({**TINY, 'configs': CONFIGS, 'name': 'resume'}))}))\n"
         f"run_sweep(spec, Lake({str(killed.root)!r}))\n"
     )

@@ -10,9 +10,9 @@ import time
 import polars as pl
 import pytest
 
-from mqepi import thermal as th
 from mqepi.meter import RunKey
 from mqepi.meter.windows import EnergyMonitor
+from mqepi.rig import thermal as th
 
 RUN = RunKey("smollm2-135m", "uniform_q4km", "r-therm")
 

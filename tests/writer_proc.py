@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import factories  # noqa: E402
-from mqepi.lake import Lake  # noqa: E402
+
+from mqepi.lake.store import Lake  # noqa: E402
 
 root, mode, arg = sys.argv[1], sys.argv[2], sys.argv[3]
 lake = Lake(root)

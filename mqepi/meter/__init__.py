@@ -17,6 +17,6 @@ Modules (each importable on its own, none needs Prefect):
 Every number a simulated meter produces carries ``power_source = "simulated"``.
 """
 
-from mqepi.meter.core import MeterError, ProtocolError, RunKey, SourceUnavailable
+from mqepi.meter.stream import MeterError, ProtocolError, RunKey, SourceUnavailable
 
 __all__ = ["MeterError", "ProtocolError", "RunKey", "SourceUnavailable"]

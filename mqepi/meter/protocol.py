@@ -33,7 +33,7 @@ from enum import IntEnum
 
 import polars as pl
 
-from mqepi.meter.core import ProtocolError
+from mqepi.meter.stream import ProtocolError
 
 # --------------------------------------------------------------------------- line format
 

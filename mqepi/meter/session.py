@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 
 from mqepi import __version__
-from mqepi.meter.core import LakeSink, MeterError, RunKey
-from mqepi.meter.reader import MeterReader
-from mqepi.meter.simulator import Faults, PowerModel, SimulatedMeter
+from mqepi.meter.epimeter import MeterReader
+from mqepi.meter.simulated import Faults, PowerModel, SimulatedMeter
+from mqepi.meter.stream import LakeSink, MeterError, RunKey
 from mqepi.meter.windows import EnergyMonitor, Measurement, analyze_run
 
 #: A process that keeps one core busy until killed.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mqepi.meter.core import SAMPLE_COLUMNS, HostClock, MeterError, ProtocolError, SampleStream, SourceUnavailable
+from mqepi.meter.epimeter import open_port
 from mqepi.meter.protocol import (
     DEFAULT_IMP_PER_KWH,
     Register,
@@ -31,7 +31,7 @@ from mqepi.meter.protocol import (
     power_factor_from_raw,
     urms_from_raw,
 )
-from mqepi.meter.reader import open_port
+from mqepi.meter.stream import SAMPLE_COLUMNS, HostClock, MeterError, ProtocolError, SampleStream, SourceUnavailable
 
 
 def _row(**values) -> pl.DataFrame:

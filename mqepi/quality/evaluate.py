@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqepi import PRODUCER, __version__
-from mqepi.assets import sha256_file
 from mqepi.errors import MqepiError
 from mqepi.quality import datasets, mc, run
+from mqepi.quant.assets import sha256_file
 
 #: Held-out text shipped by Debian (base-files): licence texts, about 240 kB.
 LICENSES_DIR = Path("/usr/share/common-licenses")
@@ -108,7 +108,7 @@ def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings:
              base_sha256: str, cache: Path, repeat: int = 0, run_id: str | None = None,
              progress: Callable[[str], None] = lambda line: None) -> Evaluation:
     """Evaluate one GGUF; every result lands in ``lake`` under a new run."""
-    from mqepi import toolchain
+    from mqepi.quant import toolchain
 
     tc = toolchain.ensure()
     file_sha = sha256_file(model_path)

@@ -28,7 +28,6 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from pathlib import Path
 
 from mqepi.errors import MqepiError
 from mqepi.quality.datasets import LETTERS, Dataset, Question
@@ -55,7 +54,7 @@ class TaskDef:
     source: str = ""
 
     @classmethod
-    def load(cls, name: str, shots: int | None = None) -> "TaskDef":
+    def load(cls, name: str, shots: int | None = None) -> TaskDef:
         try:
             text = resources.files("mqepi.quality").joinpath("tasks", f"{name}.json").read_text()
         except FileNotFoundError:

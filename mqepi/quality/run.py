@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqepi import PRODUCER
-from mqepi.executor import LocalExecutor, Stamped, run_stamped  # noqa: F401 - run_stamped re-exported
-from mqepi.meter.core import RunKey  # the one partition key of every run-bound producer
+from mqepi.meter.stream import RunKey  # the one partition key of every run-bound producer
 from mqepi.quality.mc import QuestionSet, ScoringError, parse_results, task_file_bytes
+from mqepi.rig.executor import LocalExecutor, Stamped, run_stamped  # noqa: F401 - run_stamped re-exported
 
 
 def _fail(what: str, result: Stamped) -> ScoringError:

@@ -1,0 +1,309 @@
+"""``mqepi demo``: the embedded demo sweep, the README's main command.
+
+A list of stages, each reporting what it did: the lake, the toolchain, the base model,
+the 24 quantizations, a loopback cluster (SSH hosts on 127.0.0.1 with pinned host keys and
+a quant host), two calibration runs, the planner's forecast of the rest, the sweep over
+every configuration as a Prefect flow with the simulated meter, the materialised frontier
+snapshot (tables printed), and the report with its plots. Every power figure is simulated
+and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mqepi.cli._common import edge, lake, milestones, out, split_list
+from mqepi.flows import prefect_environment
+from mqepi.lake.store import Lake
+from mqepi.quant import maps, toolchain
+from mqepi.quant.assets import ensure_base_model
+from mqepi.quant.quantize import quantize_embedded
+from mqepi.results import report, sql
+from mqepi.results.snapshots import default_out_dir, recompute
+from mqepi.rig.loopback import LoopbackCluster
+from mqepi.schemas import EVENT_TYPES
+from mqepi.sweep import forecast as plan
+from mqepi.sweep.core import SweepSpec, plan_runs, run_sweep
+
+app = typer.Typer()
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[Lake, Callable[[str], None]], str]  # (lake, progress) -> summary
+
+
+def _lake_ready(lake: Lake, progress: Callable[[str], None]) -> str:
+    seeds = lake.init()
+    report = lake.verify()
+    if not report.ok:
+        first = report.problems[0]
+        raise RuntimeError(f"lake verify found {len(report.problems)} problems, first: {first.kind} {first.path}: {first.detail}")
+    return f"{lake.uri}: {report.files_checked} files verified, {len(seeds)} seed files written"
+
+
+def _views_loaded(lake: Lake, progress: Callable[[str], None]) -> str:
+    con = sql.connect(lake)
+    counts = {name: con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0] for name in EVENT_TYPES}
+    total = sum(counts.values())
+    return f"{len(counts)} event views loaded, {total} events in the lake"
+
+
+def _toolchain(lake: Lake, progress: Callable[[str], None]) -> str:
+    tc = toolchain.ensure(progress=milestones(progress))
+    return f"llama.cpp {tc.llama_cpp_commit} from {tc.package} {tc.version} ({', '.join(tc.targets)})"
+
+
+def _base_model(lake: Lake, progress: Callable[[str], None]) -> str:
+    base = ensure_base_model(progress)
+    return f"{base.path} ({base.size_bytes:,d} bytes; F16 up-cast of the {base.source_type} in {base.package} {base.package_version})"
+
+
+def _quantize_all(lake: Lake, progress: Callable[[str], None]) -> str:
+    results = []
+    for q in quantize_embedded(None, "smollm2-135m", lake, progress=milestones(progress)):
+        results.append(q)
+        progress(f"{q.config_id}: {q.file_size_bytes:,d} bytes, {q.bits_per_weight:.3f} bits/weight"
+                 f"{' (cached file)' if q.reused else f' in {q.duration_s:.1f} s'}")
+    exact = sum(q.actual_data_bytes == q.predicted_data_bytes for q in results)
+    made = sum(not q.reused for q in results)
+    groups: dict[str, list[str]] = {}
+    for q in results:
+        groups.setdefault(q.effective_map_sha256, []).append(q.config_id)
+    same = [ids for ids in groups.values() if len(ids) > 1]
+    note = "; identical tensors: " + "; ".join(" = ".join(ids) for ids in same) if same else ""
+    return (f"{len(results)} configs ({made} quantized, {len(results) - made} reused), predicted sizes exact for "
+            f"{exact}/{len(results)}, {len(groups)} distinct effective maps{note}")
+
+
+@dataclass
+class DemoSettings:
+    """The reduced sweep the demo runs (flags of ``mqepi demo``)."""
+
+    repeats: int = 1
+    questions: int = 10
+    workers: int = 0  # RPC workers besides the head (0: the head runs every layer)
+    configs: list[str] | None = None
+    prefect: bool = True
+    ppl_context: int = 128
+    ppl_chunks: int = 8
+    idle_s: float = 5.0
+    out: str = "report"
+
+    def spec(self, cluster: str | None, configs: list[str] | None = None):
+        return SweepSpec(model="smollm2-135m", configs=configs, repeats=self.repeats,
+                         benchmarks={"mmlu": self.questions}, ppl_context=self.ppl_context, ppl_chunks=self.ppl_chunks,
+                         n_prompt=128, n_gen=32, bench_repetitions=2, idle_s=self.idle_s, settle_s=1.0,
+                         meter="simulated", meter_rate_hz=50.0, rpc=self.workers > 0, cluster=cluster,
+                         name=f"demo-q{self.questions}-w{self.workers}")
+
+
+class DemoState:
+    """What the demo's stages hand each other."""
+
+    def __init__(self, settings: DemoSettings):
+        self.settings = settings
+        self.cluster = None
+        self.forecast = None
+        self.snapshot = None
+        self.timings: dict[str, float] = {}
+        self.sweep_wall_s: float | None = None
+
+    def configs(self) -> list[str]:
+        return self.settings.configs or sorted(p.stem for p in maps.maps_dir("smollm2-135m").glob("*.json"))
+
+    def spec(self, configs: list[str] | None = None):
+        return self.settings.spec(str(self.cluster.config_path), configs)
+
+    def node_pids(self) -> dict:
+        lc = self.cluster
+        return {n.name: (lambda name=n.name: lc.pids(name)) for n in lc.nodes if n.name != "quant"}
+
+
+def _run_sweep(state: DemoState, spec: SweepSpec, lake: Lake, progress) -> dict:
+    """The sweep as the ``sweep`` flow (the same flow ``mqepi sweep`` runs), or directly; its
+    summary (:meth:`mqepi.sweep.core.SweepResult.summary`)."""
+    if not state.settings.prefect:
+        return run_sweep(spec, lake, progress=progress, node_pids=state.node_pids()).summary()
+    prefect_environment()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own progress
+    from mqepi.flows.sweep import run_flow  # Prefect is heavy: imported only when a flow runs
+
+    return run_flow(spec, lake.uri, node_pids=state.node_pids(), progress=progress)
+
+
+def _cluster_up(state: DemoState):
+    def stage(lake: Lake, progress: Callable[[str], None]) -> str:
+        tc = toolchain.ensure()
+        state.cluster = LoopbackCluster(1 + state.settings.workers, tc.bin_dir).start()
+        names = [n.name for n in state.cluster.nodes]
+        work = (f"RPC over {state.settings.workers} workers" if state.settings.workers
+                else "the head runs every layer (--workers N adds RPC workers)")
+        return f"{len(names)} SSH hosts on 127.0.0.1 ({', '.join(names)}), host keys pinned; {work}"
+    return stage
+
+
+def _calibrate(state: DemoState):
+    def stage(lake: Lake, progress: Callable[[str], None]) -> str:
+        profile = maps.load_profile("smollm2-135m")
+        folder = maps.maps_dir("smollm2-135m")
+        size = {c: maps.expand(maps.load_map(folder / f"{c}.json", profile), profile).data_bytes for c in state.configs()}
+        picks = list(dict.fromkeys([min(size, key=size.get), max(size, key=size.get)]))
+        result = _run_sweep(state, state.spec(picks), lake, progress)
+        return (f"{len(result['finished'])} runs ({', '.join(picks)}: the smallest and the largest), "
+                f"{result['skipped']} finished before; {result['wall_s']:.0f} s")
+    return stage
+
+
+def _plan(state: DemoState):
+    def stage(lake: Lake, progress: Callable[[str], None]) -> str:
+        spec = state.spec()
+        todo = list(dict.fromkeys(p.config_id for p in plan_runs(lake, spec, state.configs()) if not p.done))
+        if not todo:
+            return "every configuration is measured already: nothing to forecast"
+        spec.configs = todo
+        state.forecast = f = plan.forecast(spec, lake, progress=progress)
+        energy = f"{f.energy_j / 3600:.2f} Wh (simulated power)" if f.energy_j is not None else "energy unknown"
+        return (f"{len(todo)} configs x {spec.repeats} repeat(s), MMLU 5-shot {f.questions.get('mmlu')} questions "
+                f"({f.tokens.get('mmlu'):,d} tokens per run): {plan.human_duration(f.seconds)}, {energy}")
+    return stage
+
+
+def _sweep(state: DemoState):
+    def stage(lake: Lake, progress: Callable[[str], None]) -> str:
+        result = _run_sweep(state, state.spec(state.configs()), lake, progress)
+        state.sweep_wall_s, state.timings = result["wall_s"], result["seconds"]
+        parts = [f"{len(result['finished'])} runs in {result['wall_s']:.0f} s, {result['skipped']} finished before"]
+        if state.forecast is not None and result["finished"]:
+            err = (state.forecast.seconds - result["wall_s"]) / result["wall_s"]
+            parts.append(f"planner forecast {state.forecast.seconds:.0f} s (error {err:+.1%})")
+        top = sorted(result["seconds"].items(), key=lambda kv: -kv[1])[:5]
+        parts.append("by stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in top))
+        return "; ".join(parts)
+    return stage
+
+
+def _frontier(state: DemoState, console: Console):
+    def stage(lake: Lake, progress: Callable[[str], None]) -> str:
+        state.snapshot = snap = recompute(lake, default_out_dir(lake), progress=progress)
+        print_results(snap, console)
+        return (f"{snap.path} ({snap.runs_total} runs, lake state {snap.lake_state_sha256[:12]}"
+                f"{', reused' if snap.reused else ''})")
+    return stage
+
+
+def print_results(snap, console: Console) -> None:
+    """The snapshot's results table, matched pairs and frontier (lab data)."""
+    summary = pl.read_parquet(snap.tables["config_summary"]).sort("epi", nulls_last=True)
+    sim = " - SIMULATED power, not measured" if summary["simulated"].any() else ""
+    table = Table(title=f"Results per configuration{sim}")
+    for column in ("config", "kind", "size MB", "PPL", "J/token", "accuracy", "EPI", "n", "origin"):
+        table.add_column(column)
+    for r in summary.iter_rows(named=True):
+        table.add_row(r["config_id"], r["kind"] or "", f"{(r['file_size_bytes'] or 0) / 1e6:.1f}",
+                      _fmt(r["ppl"], ".2f"), _fmt(r["j_per_token"], ".4f"), _fmt(r["accuracy"], ".2f"),
+                      _fmt(r["epi"], ".4f"), str(r["n_repeats"]), r["origin"])
+    console.print(table)
+    pairs = pl.read_parquet(snap.tables["matched_pairs"])
+    table = Table(title=f"Perplexity-matched pairs{sim}")
+    for column in ("config A", "config B", "PPL A", "PPL B", "EPI A", "EPI B", "EPI B-A", "McNemar p"):
+        table.add_column(column)
+    for r in pairs.sort("ppl_diff").head(12).iter_rows(named=True):
+        table.add_row(r["config_a"], r["config_b"], _fmt(r["ppl_a"], ".2f"), _fmt(r["ppl_b"], ".2f"),
+                      _fmt(r["epi_a"], ".4f"), _fmt(r["epi_b"], ".4f"), _fmt(r["epi_diff"], "+.4f"),
+                      _fmt(r["mcnemar_p"], ".3f"))
+    console.print(table)
+    front = pl.read_parquet(snap.tables["pareto_frontier"]).filter(pl.col("on_frontier")).sort("j_per_token")
+    table = Table(title=f"Pareto frontier (accuracy up, J/token down){sim}")
+    for column in ("config", "kind", "accuracy", "J/token", "P(on frontier)", "mixed, no uniform matches"):
+        table.add_column(column)
+    for r in front.iter_rows(named=True):
+        table.add_row(r["config_id"], r["kind"] or "", _fmt(r["accuracy"], ".2f"), _fmt(r["j_per_token"], ".4f"),
+                      _fmt(r["frontier_probability"], ".2f"), "yes" if r["mixed_unmatched"] else "")
+    console.print(table)
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _report(state: DemoState):
+    def stage(lake: Lake, progress: Callable[[str], None]) -> str:
+        built = report.build_report(lake, state.settings.out)
+        for line in built.summary.splitlines():
+            progress(line)
+        return (f"{built.files.html}, {built.files.markdown} and {len(built.files.figures)} figure files; "
+                f"{report.power_banner(built.data)[1]}")
+    return stage
+
+
+def stages(state: DemoState, console: Console) -> list[Stage]:
+    return [
+        Stage("event lake (init + verify)", _lake_ready),
+        Stage("llama.cpp toolchain", _toolchain),
+        Stage("embedded base model (SmolLM2-135M F16)", _base_model),
+        Stage("24 quant maps -> quantization, checked per tensor", _quantize_all),
+        Stage("loopback cluster: SSH hosts with pinned keys, quant host", _cluster_up(state)),
+        Stage("calibration runs (sweep flow, simulated meter)", _calibrate(state)),
+        Stage("planner: forecast of the rest of the sweep", _plan(state)),
+        Stage("sweep over every configuration (Prefect flow)", _sweep(state)),
+        Stage("recompute frontier (materialised snapshot)", _frontier(state, console)),
+        Stage("SQL views", _views_loaded),
+        Stage("report: tables, plots, RQ1-RQ5", _report(state)),
+    ]
+
+
+def run_demo(lake: Lake, console: Console, settings: DemoSettings | None = None) -> bool:
+    """Run every stage in order, report each; False if a stage failed (the rest are skipped)."""
+    state = DemoState(settings or DemoSettings())
+    table = Table(title="mqepi demo")
+    for column in ("stage", "status", "detail", "seconds"):
+        table.add_column(column, overflow="fold")
+    ok = True
+    try:
+        for stage in stages(state, console):
+            if not ok:
+                table.add_row(stage.name, "[dim]skipped[/]", "an earlier stage failed", "")
+                continue
+            console.print(f"[bold]>[/] {stage.name} ...")
+            start = time.perf_counter()
+            try:
+                detail = stage.run(lake, lambda message: console.print(f"  {message}", highlight=False, markup=False))
+                table.add_row(stage.name, "[green]done[/]", detail, f"{time.perf_counter() - start:.1f}")
+            except Exception as exc:  # reported as the stage's failure, and the demo fails
+                ok = False
+                table.add_row(stage.name, "[bold red]failed[/]", f"{type(exc).__name__}: {exc}",
+                              f"{time.perf_counter() - start:.1f}")
+    finally:
+        if state.cluster is not None:
+            state.cluster.stop()
+    console.print(table)
+    return ok
+
+
+@app.command("demo")
+@edge
+def demo_command(
+    repeats: int = typer.Option(1, "--repeats", help="Repeats per configuration."),
+    questions: int = typer.Option(10, "--questions", help="MMLU 5-shot questions per run."),
+    workers: int = typer.Option(0, "--workers", help="Loopback RPC workers beside the head."),
+    configs: list[str] = typer.Option([], "--configs", "-c", help="Only these configurations [default: all 24]."),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="Run the sweep as a Prefect flow."),
+    out_dir: str = typer.Option("report", "--out", help="Folder for the report and its plots."),
+) -> None:
+    """Run the embedded demo end to end: toolchain, assets, 24 quantizations, a loopback
+    cluster, a reduced sweep with the simulated meter (Prefect), the planner, the frontier
+    and the report. Every power figure is simulated and labelled so."""
+    settings = DemoSettings(repeats=repeats, questions=questions, workers=workers, configs=split_list(configs) or None,
+                            prefect=prefect, out=out_dir)
+    if not run_demo(lake(), out, settings):
+        raise typer.Exit(1)

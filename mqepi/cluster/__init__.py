@@ -1,1 +1,0 @@
-"""The cluster runner: config, SSH layer, loopback cluster, check / deploy / RPC workers."""

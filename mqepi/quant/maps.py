@@ -1,0 +1,525 @@
+"""Per-layer quant maps: model profiles, the paper's matrix, validation, exact expansion.
+
+A *map* assigns a quant type to every layer (block) of a model in groups (the paper's JSON
+format). Expanding a map applies llama.cpp's own per-tensor rules for each group's file type
+with the *global* layer index, giving the **requested** type of every tensor; applying
+llama.cpp's shape fallback (rows that are not a multiple of 256 cannot hold K-quants) gives
+the **effective** type, which is what llama-quantize writes. The recipe passes one anchored
+rule per quantizable tensor, so no built-in heuristic and no layer counter can shift a type.
+
+Defaults where a map is silent (documented in docs/quant_maps.md):
+* ``output.weight`` follows the rule of the *last* layer's group file type (q6_K for K-quant
+  ftypes, q8_0 for Q8_0);
+* ``token_embd.weight`` gets the base type of the *first* layer's group file type, or, when
+  the model ties its embeddings (no output.weight), the output rule above.
+For a uniform map these equal what plain ``llama-quantize <FTYPE>`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+
+from mqepi.errors import MqepiError
+from mqepi.quant import ggml
+
+REPO = Path(__file__).resolve().parents[2]
+MAPS_DIR = REPO / "quant_maps"
+PROFILES_DIR = MAPS_DIR / "models"
+MAP_SCHEMA = json.loads(resources.files("mqepi.schemas").joinpath("quant_map.schema.json").read_text())
+SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+BLOCK = re.compile(r"^blk\.(\d+)\.(.+)\.weight$")
+#: Tensors llama.cpp never quantizes, besides 1-D ones: the MoE router.
+NEVER_QUANTIZED = ("ffn_gate_inp",)
+
+#: The paper's 24 configurations: (config_id, early, middle, late, strategy).
+PAPER_MATRIX: tuple[tuple[str, str, str, str, str], ...] = (
+    ("uniform_q2k", "Q2_K", "Q2_K", "Q2_K", "Uniform Q2_K"),
+    ("uniform_q3ks", "Q3_K_S", "Q3_K_S", "Q3_K_S", "Uniform Q3_K_S"),
+    ("uniform_q4km", "Q4_K_M", "Q4_K_M", "Q4_K_M", "Uniform Q4_K_M"),
+    ("uniform_q5km", "Q5_K_M", "Q5_K_M", "Q5_K_M", "Uniform Q5_K_M"),
+    ("uniform_q6k", "Q6_K", "Q6_K", "Q6_K", "Uniform Q6_K"),
+    ("uniform_q8", "Q8_0", "Q8_0", "Q8_0", "Uniform Q8_0"),
+    ("mix_high_early", "Q6_K", "Q4_K_M", "Q3_K_S", "Protect early, compress late"),
+    ("mix_high_late", "Q3_K_S", "Q4_K_M", "Q6_K", "Protect late, compress early"),
+    ("mix_high_middle", "Q3_K_S", "Q6_K", "Q3_K_S", "Protect middle only"),
+    ("mix_gradient_down", "Q6_K", "Q5_K_M", "Q4_K_M", "Descending precision"),
+    ("mix_gradient_up", "Q4_K_M", "Q5_K_M", "Q6_K", "Ascending precision"),
+    ("mix_extreme_early", "Q8_0", "Q4_K_M", "Q2_K", "Max early, min late"),
+    ("mix_extreme_late", "Q2_K", "Q4_K_M", "Q8_0", "Min early, max late"),
+    ("mix_bookend_high", "Q6_K", "Q3_K_S", "Q6_K", "High ends, compressed middle"),
+    ("mix_bookend_low", "Q3_K_S", "Q6_K", "Q3_K_S", "Low ends, high middle"),
+    ("mix_q5_q4", "Q5_K_M", "Q4_K_M", "Q4_K_M", "Slightly higher early"),
+    ("mix_q4_q5", "Q4_K_M", "Q4_K_M", "Q5_K_M", "Slightly higher late"),
+    ("mix_q6_q4_q4", "Q6_K", "Q4_K_M", "Q4_K_M", "High early only"),
+    ("mix_q4_q4_q6", "Q4_K_M", "Q4_K_M", "Q6_K", "High late only"),
+    ("mix_q4_q6_q4", "Q4_K_M", "Q6_K", "Q4_K_M", "High middle only"),
+    ("mix_q5_q3_q5", "Q5_K_M", "Q3_K_S", "Q5_K_M", "Squeeze middle"),
+    ("mix_q3_q5_q3", "Q3_K_S", "Q5_K_M", "Q3_K_S", "Squeeze ends"),
+    ("mix_q6_q3_q4", "Q6_K", "Q3_K_S", "Q4_K_M", "Protect early, squeeze middle"),
+    ("mix_q4_q3_q6", "Q4_K_M", "Q3_K_S", "Q6_K", "Protect late, squeeze middle"),
+)
+
+
+class MapError(MqepiError):
+    """A quant map or model profile is invalid. The message names file, field and value."""
+
+
+# ------------------------------------------------------------------ profiles
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # ggml order: ne0 (the row length) first
+    type: str | None = None  # stored type, where the profile was read from a file
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def layer(self) -> int | None:
+        m = BLOCK.match(self.name)
+        return int(m.group(1)) if m else None
+
+    @property
+    def kind(self) -> str:
+        m = BLOCK.match(self.name)
+        return m.group(2) if m else self.name.removesuffix(".weight")
+
+    @property
+    def quantizable(self) -> bool:
+        return len(self.shape) >= 2 and self.name.endswith(".weight") and not any(k in self.kind for k in NEVER_QUANTIZED)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    id: str
+    arch: str
+    n_layers: int
+    n_head: int
+    n_head_kv: int
+    n_expert: int
+    tied_embeddings: bool
+    tensors: tuple[TensorInfo, ...]
+    source: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "id": self.id, "arch": self.arch, "n_layers": self.n_layers, "n_head": self.n_head,
+            "n_head_kv": self.n_head_kv, "n_expert": self.n_expert, "tied_embeddings": self.tied_embeddings,
+            "source": self.source,
+            "tensors": [{"name": t.name, "shape": list(t.shape), **({"type": t.type} if t.type else {})} for t in self.tensors],
+        }, indent=1) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "<profile>") -> ModelProfile:
+        try:
+            tensors = tuple(TensorInfo(t["name"], tuple(int(d) for d in t["shape"]), t.get("type")) for t in data["tensors"])
+            return cls(str(data["id"]), str(data["arch"]), int(data["n_layers"]), int(data["n_head"]),
+                       int(data["n_head_kv"]), int(data.get("n_expert", 0)), bool(data["tied_embeddings"]),
+                       tensors, str(data.get("source", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MapError(f"{where}: invalid model profile: {type(exc).__name__} {exc}") from None
+
+
+def load_profile(name_or_path: str | Path) -> ModelProfile:
+    """A profile by id (``quant_maps/models/<id>.json``) or by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".json" and not path.is_file():
+        path = PROFILES_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+        raise MapError(f"no model profile {str(name_or_path)!r} (known: {', '.join(known)}; or pass a .json path)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MapError(f"{path}: not JSON: {exc}") from None
+    return ModelProfile.from_dict(data, str(path))
+
+
+def profile_from_gguf(path: str | Path, profile_id: str | None = None) -> ModelProfile:
+    """Derive a profile from a GGUF file's header with gguf-py."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # gguf-py raises ValueError, OSError, struct errors ...
+        raise MapError(f"{path}: cannot read as GGUF: {exc}") from None
+
+    def field(key: str, default=None):
+        f = reader.get_field(key)
+        return f.contents() if f is not None else default
+
+    arch = field("general.architecture")
+    if not arch:
+        raise MapError(f"{path}: field general.architecture missing")
+    n_layers = field(f"{arch}.block_count")
+    if n_layers is None:
+        raise MapError(f"{path}: field {arch}.block_count missing")
+    names = {t.name for t in reader.tensors}
+    tensors = tuple(
+        TensorInfo(t.name, tuple(int(d) for d in t.shape), ggml._ggml_name(t.tensor_type)) for t in reader.tensors
+    )
+    name = profile_id or re.sub(r"[^a-z0-9.-]+", "-", str(field("general.name", Path(path).stem)).lower()).strip("-")
+    return ModelProfile(
+        id=name, arch=str(arch), n_layers=int(n_layers), n_head=int(field(f"{arch}.attention.head_count", 0)),
+        n_head_kv=int(field(f"{arch}.attention.head_count_kv", field(f"{arch}.attention.head_count", 0))),
+        n_expert=int(field(f"{arch}.expert_count", 0) or 0), tied_embeddings="output.weight" not in names,
+        tensors=tensors, source=f"derived from {Path(path).name} by mqepi maps profile",
+    )
+
+
+# ------------------------------------------------------------------ maps
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    name: str
+    layers: tuple[int, ...]
+    quant: str
+
+
+@dataclass(frozen=True)
+class QuantMap:
+    config_id: str
+    model: str
+    groups: tuple[LayerGroup, ...]
+    token_embd: str | None = None
+    output: str | None = None
+    strategy: str = ""
+    source: str = ""
+
+    @property
+    def kind(self) -> str:
+        explicit = {self.token_embd, self.output} - {None}
+        return "uniform" if len({g.quant for g in self.groups}) == 1 and not explicit else "mixed"
+
+    def to_dict(self) -> dict:
+        data: dict = {"config_id": self.config_id, "model": self.model}
+        if self.strategy:
+            data["strategy"] = self.strategy
+        data["layer_groups"] = [{"name": g.name, "layers": list(g.layers), "quant": g.quant} for g in self.groups]
+        if self.token_embd:
+            data["token_embd"] = self.token_embd
+        if self.output:
+            data["output"] = self.output
+        return data
+
+    def canonical_json(self) -> str:
+        """Key-sorted compact JSON of what decides the tensors (not the description)."""
+        data = self.to_dict()
+        data.pop("strategy", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def layer_types_sha256(self) -> str:
+        """Hash of the type of every layer (and of the two global tensors), ignoring names."""
+        per_layer = sorted((layer, g.quant) for g in self.groups for layer in g.layers)
+        return hashlib.sha256(json.dumps([self.model, per_layer, self.token_embd, self.output]).encode()).hexdigest()
+
+    def group_of(self, layer: int) -> LayerGroup:
+        for g in self.groups:
+            if layer in g.layers:
+                return g
+        raise MapError(f"{self.source or self.config_id}: layer {layer} is in no group")
+
+
+def group_bounds(n_layers: int) -> tuple[range, range, range]:
+    """Early / middle / late layers: early = late = floor(n/4) layers, middle = the rest.
+
+    32 -> 0-7 / 8-23 / 24-31 (the paper); 30 -> 0-6 / 7-22 / 23-29; 48 -> 0-11 / 12-35 / 36-47.
+    """
+    if n_layers < 3:
+        raise MapError(f"a model needs at least 3 layers for early/middle/late groups, not {n_layers}")
+    q = n_layers // 4 or 1
+    return range(0, q), range(q, n_layers - q), range(n_layers - q, n_layers)
+
+
+def paper_maps(profile: ModelProfile) -> list[QuantMap]:
+    """The paper's 24 configurations for ``profile``'s layer count."""
+    early, middle, late = group_bounds(profile.n_layers)
+    return [
+        QuantMap(config_id, profile.id, (
+            LayerGroup("early", tuple(early), e), LayerGroup("middle", tuple(middle), m), LayerGroup("late", tuple(late), l),
+        ), strategy=strategy)
+        for config_id, e, m, l, strategy in PAPER_MATRIX
+    ]
+
+
+def identical_maps(maps: list[QuantMap]) -> list[tuple[str, str]]:
+    """Pairs of config ids whose maps give every layer the same type (different ids, same map)."""
+    first: dict[str, str] = {}
+    pairs = []
+    for m in maps:
+        if m.layer_types_sha256 in first:
+            pairs.append((first[m.layer_types_sha256], m.config_id))
+        else:
+            first[m.layer_types_sha256] = m.config_id
+    return pairs
+
+
+def parse_map(data, where: str = "<map>", profile: ModelProfile | None = None) -> QuantMap:
+    """Validate a decoded JSON map; raise :class:`MapError` naming ``where``, field and value."""
+    if not isinstance(data, dict):
+        raise MapError(f"{where}: a map must be a JSON object, not {type(data).__name__}")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(MAP_SCHEMA).iter_errors(data))
+    if error is not None:
+        field_path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise MapError(f"{where}: field {field_path}: {error.message}")
+    groups = []
+    for k, g in enumerate(data["layer_groups"]):
+        quant = g["quant"]
+        if quant not in ggml.QUANT_TYPE_NAMES:
+            hint = _suggest(quant)
+            raise MapError(f"{where}: field layer_groups/{k}/quant: unknown quant type {quant!r}{hint}")
+        groups.append(LayerGroup(g.get("name") or _default_group_name(k, len(data["layer_groups"])), tuple(g["layers"]), quant))
+    for key in ("token_embd", "output"):
+        value = data.get(key)
+        if value is not None and value not in ggml.QUANT_TYPE_NAMES:
+            raise MapError(f"{where}: field {key}: unknown quant type {value!r}{_suggest(value)}")
+    names = Counter(g.name for g in groups)
+    dup_names = [n for n, c in names.items() if c > 1]
+    if dup_names:
+        raise MapError(f"{where}: field layer_groups: group name {dup_names[0]!r} used twice")
+    seen: dict[int, int] = {}
+    for k, g in enumerate(groups):
+        for layer in g.layers:
+            if layer in seen:
+                other = "the same group" if seen[layer] == k else f"layer_groups/{seen[layer]}"
+                raise MapError(f"{where}: field layer_groups/{k}/layers: layer {layer} assigned twice (also in {other})")
+            seen[layer] = k
+    qmap = QuantMap(data["config_id"], data["model"], tuple(groups), data.get("token_embd"), data.get("output"),
+                    data.get("strategy", ""), where)
+    if profile is not None:
+        check_against_profile(qmap, profile)
+    return qmap
+
+
+def check_against_profile(qmap: QuantMap, profile: ModelProfile) -> None:
+    where = qmap.source or qmap.config_id
+    if qmap.model != profile.id:
+        raise MapError(f"{where}: field model: {qmap.model!r} does not match the profile {profile.id!r}")
+    layers = {layer for g in qmap.groups for layer in g.layers}
+    beyond = sorted(layer for layer in layers if layer >= profile.n_layers)
+    if beyond:
+        raise MapError(f"{where}: field layer_groups: layer {beyond[0]} is beyond the model ({profile.id} has layers 0-{profile.n_layers - 1})")
+    missing = sorted(set(range(profile.n_layers)) - layers)
+    if missing:
+        raise MapError(f"{where}: field layer_groups: layers {_ranges(missing)} are in no group (every layer exactly once)")
+
+
+def load_map(path: str | Path, profile: ModelProfile | None = None) -> QuantMap:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MapError(f"{path}: no such map file") from None
+    except json.JSONDecodeError as exc:
+        raise MapError(f"{path}: not JSON: {exc}") from None
+    return parse_map(data, str(path), profile)
+
+
+def load_maps(paths: list[Path], profile: ModelProfile | None = None) -> list[QuantMap]:
+    """Several maps; duplicate config ids are an error naming both files."""
+    maps, seen = [], {}
+    for path in paths:
+        m = load_map(path, profile)
+        if m.config_id in seen:
+            raise MapError(f"{path}: field config_id: {m.config_id!r} already defined in {seen[m.config_id]}")
+        seen[m.config_id] = path
+        maps.append(m)
+    return maps
+
+
+def maps_dir(profile_id: str) -> Path:
+    return MAPS_DIR / profile_id
+
+
+def write_maps(maps: list[QuantMap], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for m in maps:
+        path = directory / f"{m.config_id}.json"
+        path.write_text(json.dumps(m.to_dict(), indent=1) + "\n")
+        paths.append(path)
+    return paths
+
+
+def _default_group_name(k: int, n: int) -> str:
+    return ("early", "middle", "late")[k] if n == 3 else f"g{k}"
+
+
+def _suggest(value: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), sorted(ggml.QUANT_TYPE_NAMES), n=2)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _ranges(values: list[int]) -> str:
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
+
+
+# ------------------------------------------------------------------ expansion
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    layer: int | None
+    group: str | None
+    shape: tuple[int, ...]
+    n_elements: int
+    requested_type: str | None  # None: not quantizable (kept as in the base file)
+    effective_type: str
+
+    @property
+    def fallback(self) -> bool:
+        return self.requested_type is not None and self.requested_type != self.effective_type
+
+    @property
+    def n_bytes(self) -> int:
+        return ggml.tensor_bytes(self.effective_type, self.n_elements)
+
+
+@dataclass
+class Expansion:
+    qmap: QuantMap
+    profile: ModelProfile
+    tensors: list[TensorPlan] = field(default_factory=list)
+
+    @property
+    def base_ftype(self) -> str:
+        """The FTYPE given to llama-quantize: the most common group ftype (always quantized)."""
+        counts = Counter()
+        for g in self.qmap.groups:
+            if g.quant in ggml.FILE_TYPES and ggml.FTYPE_BASE.get(g.quant, "f16") not in ("f16", "bf16", "f32"):
+                counts[g.quant] += len(g.layers)
+        return counts.most_common(1)[0][0] if counts else "Q8_0"
+
+    def recipe(self) -> str:
+        """A --tensor-type-file: one anchored rule per quantizable tensor."""
+        return "".join(
+            f"^{re.escape(t.name)}$={t.requested_type}\n" for t in self.tensors if t.requested_type is not None
+        )
+
+    @property
+    def effective_sha256(self) -> str:
+        """Hash of the effective per-tensor types: equal for maps that write the same file."""
+        text = "\n".join(f"{t.name}={t.effective_type}" for t in self.tensors)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def n_elements(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.data_bytes / self.n_elements
+
+    def group_sizes(self) -> list[dict]:
+        """Bytes and bits/weight per group (global tensors in a group of their own)."""
+        rows: dict[str, dict] = {}
+        for t in self.tensors:
+            key = t.group or "(global)"
+            row = rows.setdefault(key, {"group": key, "tensors": 0, "n_elements": 0, "bytes": 0, "fallbacks": 0})
+            row["tensors"] += 1
+            row["n_elements"] += t.n_elements
+            row["bytes"] += t.n_bytes
+            row["fallbacks"] += t.fallback
+        for row in rows.values():
+            row["bits_per_weight"] = round(8 * row["bytes"] / row["n_elements"], 4)
+        return list(rows.values())
+
+
+def requested_type(quant: str, t: TensorInfo, profile: ModelProfile) -> str:
+    """llama.cpp's type for tensor ``t`` under file type (or ggml type) ``quant``."""
+    if quant in ggml.GGML_TYPE_NAMES:
+        return quant
+    base = ggml.FTYPE_BASE.get(quant)
+    if base is None:
+        raise MapError(f"file type {quant!r} has no per-tensor rule in mqepi (known: {', '.join(sorted(ggml.FTYPE_BASE))})")
+    kind = t.kind.removesuffix("_exps")
+    if t.name == "output.weight" or (t.name == "token_embd.weight" and profile.tied_embeddings):
+        return base if base in ("q8_0", "f16", "bf16", "f32") else "q6_K"
+    if t.layer is None:
+        return base
+    n = profile.n_layers
+    if kind == "attn_v":
+        if quant == "Q2_K":
+            gqa = profile.n_head // max(profile.n_head_kv, 1)
+            return "q4_K" if gqa >= 4 or profile.n_expert >= 4 else "q3_K"
+        if quant in ggml.MORE_BITS_FTYPES and ggml.use_more_bits(t.layer, n):
+            return "q6_K"
+    elif kind == "ffn_down":
+        if quant == "Q2_K":
+            return "q3_K"
+        if quant in ggml.MORE_BITS_FTYPES and ggml.use_more_bits(t.layer, n):
+            return "q6_K"
+    elif kind == "attn_output" and quant == "Q2_K":
+        return "q3_K"
+    return base
+
+
+def effective_type(requested: str, row_length: int) -> str:
+    """What llama.cpp writes for ``requested`` on rows of ``row_length`` weights."""
+    t = requested
+    for _ in range(2):
+        block, _size = ggml.bytes_per_block(t)
+        if row_length % block == 0:
+            return t
+        t = ggml.SHAPE_FALLBACK.get(t, "f16")
+    return t if row_length % ggml.bytes_per_block(t)[0] == 0 else "f16"
+
+
+def expand(qmap: QuantMap, profile: ModelProfile) -> Expansion:
+    """Requested and effective type of every tensor of ``profile`` under ``qmap``."""
+    check_against_profile(qmap, profile)
+    first, last = qmap.group_of(0), qmap.group_of(profile.n_layers - 1)
+    exp = Expansion(qmap, profile)
+    for t in profile.tensors:
+        group = qmap.group_of(t.layer) if t.layer is not None else None
+        if not t.quantizable:
+            stored = t.type or ("f32" if len(t.shape) == 1 else "f16")
+            exp.tensors.append(TensorPlan(t.name, t.layer, group and group.name, t.shape, t.n_elements, None, stored))
+            continue
+        if t.name == "output.weight" or (t.name == "token_embd.weight" and profile.tied_embeddings):
+            quant = qmap.output or last.quant
+        elif t.name == "token_embd.weight":
+            quant = qmap.token_embd or first.quant
+        elif group is not None:
+            quant = group.quant
+        else:
+            quant = first.quant
+        req = requested_type(quant, t, profile)
+        exp.tensors.append(
+            TensorPlan(t.name, t.layer, group.name if group else None, t.shape, t.n_elements, req, effective_type(req, t.shape[0]))
+        )
+    return exp

@@ -1,0 +1,88 @@
+"""The SQL layer: DuckDB with the lake's views loaded.
+
+``analysis/views.sql`` is the contract: it reads the lake folder named by the DuckDB
+variable ``mqepi_lake``. :func:`connect` sets that variable and runs the file; a user of the
+plain ``duckdb`` CLI does the same by hand (see ``docs/sql.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from mqepi.analysis import SQL_FILES
+from mqepi.errors import LakeError, QueryError
+from mqepi.lake.store import Lake
+
+#: Output formats of :func:`export`.
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    name: str
+    columns: list[tuple[str, str]]  # (column, DuckDB type)
+
+
+def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with every view of ``views`` over ``lake``.
+
+    The lake must exist; its seed files are written if missing (zero-row files that give
+    every view its columns before the first event of its type).
+    """
+    if not lake.exists():
+        raise LakeError(f"no lake at {lake.uri}: run `mqepi lake init` or pass --lake / set MQEPI_LAKE")
+    lake.init()
+    con = duckdb.connect()
+    con.execute("SET VARIABLE mqepi_lake = ?", [lake.uri])
+    files = SQL_FILES if views is None else [views] if isinstance(views, Path) else list(views)
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            con.execute(path.read_text())
+        except duckdb.Error as exc:
+            raise QueryError(f"{path}: {exc}") from exc
+    return con
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+    """Run ``sql`` (``?`` placeholders bound to ``params``); the whole result as an Arrow table."""
+    try:
+        return con.sql(sql, params=params or None).to_arrow_table() if sql.strip() else pa.table({})
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+
+
+def views(con: duckdb.DuckDBPyConnection) -> list[ViewInfo]:
+    """Every view with its columns and types, in name order."""
+    rows = con.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_name IN (SELECT view_name FROM duckdb_views() WHERE NOT internal) "
+        "ORDER BY table_name, ordinal_position"
+    ).fetchall()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for view, column, dtype in rows:
+        out.setdefault(view, []).append((column, dtype))
+    return [ViewInfo(name, cols) for name, cols in out.items()]
+
+
+def export(table: pa.Table, fmt: str, output: Path) -> None:
+    """Write a query result as CSV, JSON (records) or Parquet."""
+    import polars as pl
+
+    df = pl.from_arrow(table)
+    try:
+        if fmt == "csv":
+            df.write_csv(output)
+        elif fmt == "json":
+            df.write_json(output)
+        elif fmt == "parquet":
+            df.write_parquet(output)
+        else:
+            raise QueryError(f"cannot write format {fmt!r} to a file; choose one of csv, json, parquet")
+    except OSError as exc:
+        raise QueryError(f"cannot write {output}: {exc}") from exc

@@ -1,0 +1,232 @@
+"""The SSH layer (asyncssh) behind a small synchronous interface.
+
+* Host keys are verified against the config's ``known_hosts`` (or ``~/.ssh/known_hosts``);
+  the opt-out ``insecure_skip_host_key_check`` is for tests and prints a warning each time.
+* ``run`` streams stdout and stderr line by line, stamping each line on arrival (UTC ns),
+  with a timeout.
+* ``put`` copies a file by SFTP to a temporary name, checks its sha256 on the remote side,
+  then renames it into place, so a partial copy never counts as deployed.
+* ``start_background`` starts a detached process and remembers its pid; ``close`` (and any
+  failure in a ``with`` block) kills every process this session started.
+
+Each call opens its own connection on a private event loop thread; the cost on loopback is
+tens of milliseconds, which is fine for stage-level work (never per sample or question).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from mqepi.errors import MqepiError
+from mqepi.rig.config import ClusterConfig, Host
+
+
+class RemoteError(MqepiError):
+    """A remote command or copy failed (transient ones may be retried by the caller)."""
+
+
+class ConnectionDropped(RemoteError):
+    """The SSH connection ended mid-command: transient, the stage may be retried."""
+
+
+class HostKeyError(RemoteError):
+    """The remote host key is not the one in known_hosts. Never retried."""
+
+
+@dataclass
+class Result:
+    returncode: int
+    lines: list[tuple[int, str]]  # (arrival UTC ns, line)
+
+    @property
+    def text(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+
+class _Loop:
+    """One event loop on a daemon thread, shared by every Remote of the process."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def run(cls, coro, timeout: float | None = None):
+        with cls._lock:
+            if cls._loop is None:
+                cls._loop = asyncio.new_event_loop()
+                threading.Thread(target=cls._loop.run_forever, name="mqepi-ssh", daemon=True).start()
+        future = asyncio.run_coroutine_threadsafe(coro, cls._loop)
+        return future.result(timeout)
+
+
+class Remote:
+    """Commands and copies on one host of a cluster config."""
+
+    def __init__(self, host: Host, config: ClusterConfig):
+        self.host = host
+        self.config = config
+        self.started: list[int] = []
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _options(self) -> dict:
+        if self.config.insecure_skip_host_key_check:
+            print(f"WARNING: not verifying the SSH host key of {self.host.name} ({self.host.host}:{self.host.port}): "
+                  "insecure_skip_host_key_check is for tests only", file=sys.stderr)
+            known = None
+        else:
+            known = self.config.known_hosts or str(Path.home() / ".ssh" / "known_hosts")
+        return {"host": self.host.host, "port": self.host.port, "username": self.host.user,
+                "client_keys": [self.host.key], "known_hosts": known, "connect_timeout": 15}
+
+    async def _connect(self):
+        try:
+            return await asyncssh.connect(**self._options())
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise HostKeyError(f"{self.host.name} ({self.host.host}:{self.host.port}): host key not verified against "
+                               f"known_hosts: {exc}") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise RemoteError(f"{self.host.name} ({self.host.host}:{self.host.port}): cannot connect: {exc}") from None
+
+    def run(self, command: str, *, timeout: float | None = 600, on_line: Callable[[str], None] | None = None,
+            check: bool = False) -> Result:
+        """Run ``command`` (a shell string) remotely; stdout and stderr merged, stamped per line."""
+
+        async def go() -> Result:
+            async with await self._connect() as conn:
+                lines: list[tuple[int, str]] = []
+                async with conn.create_process(command, stderr=asyncssh.STDOUT) as proc:
+                    async for line in proc.stdout:
+                        lines.append((time.time_ns(), line))
+                        if on_line:
+                            on_line(line.rstrip("\n"))
+                    completed = await proc.wait()
+                if completed.exit_status is None:
+                    raise ConnectionDropped(f"{self.host.name}: the connection ended before {command[:80]!r} exited")
+                return Result(completed.exit_status, lines)
+
+        try:
+            result = _Loop.run(asyncio.wait_for(go(), timeout))
+        except TimeoutError:
+            raise RemoteError(f"{self.host.name}: {command!r} did not finish within {timeout} s") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionDropped(f"{self.host.name}: the connection dropped during {command[:80]!r}: {exc}") from None
+        if check and result.returncode != 0:
+            tail = "".join(line for _, line in result.lines[-8:]).strip()
+            raise RemoteError(f"{self.host.name}: {command!r} exited {result.returncode}: {tail}")
+        return result
+
+    def sha256(self, path: str) -> str | None:
+        result = self.run(f"sha256sum {shlex.quote(path)} 2>/dev/null || true", timeout=300)
+        text = result.text.strip()
+        return text.split()[0] if text else None
+
+    def put(self, local: str | Path, remote: str, sha256: str) -> None:
+        """Copy by SFTP to a temporary name, verify the remote sha256, then rename into place."""
+        temp = f"{remote}.partial-{time.time_ns():x}"
+
+        async def go() -> None:
+            async with await self._connect() as conn:
+                async with conn.start_sftp_client() as sftp:
+                    await sftp.makedirs(str(Path(remote).parent), exist_ok=True)
+                    await sftp.put(str(local), temp)
+
+        try:
+            _Loop.run(go())
+        except (OSError, asyncssh.Error) as exc:
+            self.run(f"rm -f {shlex.quote(temp)}", timeout=60)
+            raise RemoteError(f"{self.host.name}: copying {local} to {remote} failed: {exc}") from None
+        copied = self.sha256(temp)
+        if copied != sha256:
+            self.run(f"rm -f {shlex.quote(temp)}", timeout=60)
+            raise RemoteError(f"{self.host.name}: the copy of {local} at {temp} has sha256 {copied}, expected {sha256}")
+        self.run(f"mv -f {shlex.quote(temp)} {shlex.quote(remote)}", timeout=60, check=True)
+
+    def get(self, remote: str, local: str | Path, sha256: str) -> None:
+        """Copy a file here by SFTP to a temporary name, check its sha256, rename into place."""
+        import hashlib
+
+        local = Path(local)
+        temp = local.with_name(local.name + f".partial-{time.time_ns():x}")
+
+        async def go() -> None:
+            async with await self._connect() as conn:
+                async with conn.start_sftp_client() as sftp:
+                    await sftp.get(remote, str(temp))
+
+        try:
+            _Loop.run(go())
+            digest = hashlib.sha256()
+            with open(temp, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != sha256:
+                raise RemoteError(f"{self.host.name}: the copy of {remote} has sha256 {digest.hexdigest()}, expected {sha256}")
+            temp.replace(local)
+        except (OSError, asyncssh.Error) as exc:
+            raise RemoteError(f"{self.host.name}: fetching {remote} failed: {exc}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def stage_file(self, name: str, data: bytes) -> str:
+        """Put ``data`` into ``work_dir/staging/name`` on this host (verified); return the path."""
+        import hashlib
+        import tempfile
+
+        remote = f"{self.host.work_dir.rstrip('/')}/staging/{name}"
+        with tempfile.NamedTemporaryFile(delete=False) as fh:
+            fh.write(data)
+        try:
+            self.put(fh.name, remote, hashlib.sha256(data).hexdigest())
+        finally:
+            Path(fh.name).unlink(missing_ok=True)
+        return remote
+
+    def provide(self, local: str | Path, sha256: str, subdir: str = "inputs") -> str:
+        """Make a local file available on this host under ``work_dir/subdir`` (copied only
+        when missing or different, sha256-checked); return its path there."""
+        remote = f"{self.host.work_dir.rstrip('/')}/{subdir}/{Path(local).name}"
+        if self.sha256(remote) != sha256:
+            self.put(local, remote, sha256)
+        return remote
+
+    def stream(self, cmd: list[str], progress: Callable[[str], None] = lambda line: None, timeout: float | None = 3600):
+        """Run an argument list on this host, stamped per line (the quality engine's executor)."""
+        return self.run(shlex.join(cmd), timeout=timeout, on_line=progress)
+
+    def start_background(self, command: str, log: str) -> int:
+        """Start ``command`` detached (its output to ``log``); return its pid."""
+        result = self.run(f"nohup {command} > {shlex.quote(log)} 2>&1 < /dev/null & echo $! | tee {shlex.quote(log + '.pid')}",
+                          timeout=60, check=True)
+        pid = int(result.text.strip().splitlines()[-1])
+        self.started.append(pid)
+        return pid
+
+    def alive(self, pid: int) -> bool:
+        return self.run(f"kill -0 {pid} 2>/dev/null && echo yes || echo no", timeout=30).text.strip() == "yes"
+
+    def stop(self, pid: int) -> None:
+        self.run(f"kill {pid} 2>/dev/null; sleep 0.2; kill -9 {pid} 2>/dev/null; true", timeout=30)
+        if pid in self.started:
+            self.started.remove(pid)
+
+    def close(self) -> None:
+        """Kill everything this session started (cleanup also on failure)."""
+        for pid in list(self.started):
+            try:
+                self.stop(pid)
+            except RemoteError:
+                pass  # the host is gone; nothing left to stop there
