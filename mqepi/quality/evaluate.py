@@ -19,7 +19,7 @@ from pathlib import Path
 from mqepi import PRODUCER, __version__
 from mqepi.errors import MqepiError
 from mqepi.quality import datasets, mc, run
-from mqepi.quant.assets import sha256_file
+from mqepi.lake.durable import sha256_file
 
 #: Held-out text shipped by Debian (base-files): licence texts, about 240 kB.
 LICENSES_DIR = Path("/usr/share/common-licenses")

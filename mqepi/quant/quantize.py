@@ -24,7 +24,7 @@ from typing import Protocol
 
 from mqepi import PRODUCER
 from mqepi.errors import MqepiError
-from mqepi.quant.assets import sha256_file
+from mqepi.lake.durable import sha256_file
 from mqepi.quant.maps import Expansion, ModelProfile, QuantMap, effective_type, expand
 from mqepi.rig.executor import run_stamped
 

@@ -262,7 +262,7 @@ class Rig:
         self.text_path = ops.retrying(lambda: self.head_exec.provide(self.text.path, self.text.sha256))
         self.logits_path = None
         if self.logits is not None:
-            from mqepi.quant.assets import sha256_file
+            from mqepi.lake.durable import sha256_file
 
             self.logits_path = ops.retrying(lambda: self.head_exec.provide(self.logits, sha256_file(self.logits)))
         if self.spec.rpc and self.config.workers:
