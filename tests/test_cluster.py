@@ -11,7 +11,7 @@ import pytest
 
 from mqepi.quality import datasets, mc, run
 from mqepi.quant import assets, maps, quantize, toolchain
-from mqepi.quant.assets import sha256_file
+from mqepi.lake.durable import sha256_file
 from mqepi.rig import config as cfg
 from mqepi.rig import ops
 from mqepi.rig.loopback import LoopbackCluster
