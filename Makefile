@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mqepi-installed
 
-.PHONY: setup assets test demo bench
+.PHONY: setup assets test lint demo bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ assets: $(STAMP)
 
 test: assets
 	$(BIN)/python -m pytest
+
+# ruff, configured in pyproject.toml (CI runs it before the tests).
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 demo: $(STAMP)
 	$(BIN)/mqepi demo

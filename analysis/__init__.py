@@ -2,22 +2,26 @@
 
 The SQL contract is a list of files, loaded in order into one DuckDB connection:
 
-* ``macros.sql``: macros the views share (the seeded bootstrap's draws);
-* ``views.sql``: one view per event type, and the energy windows (issue 5);
+* ``macros.sql``: macros the views share (the table macro every base view reads its event
+  type through, the seeded bootstrap's tunables and draws);
+* ``views.sql``: one view per event type, and the energy windows;
 * ``runs.sql``: per-run results: run_energy, run_accuracy, run_metrics, config_summary;
 * ``frontier.sql``: matched_pairs and pareto_frontier.
 
 A plain ``duckdb`` session does ``SET VARIABLE mqepi_lake = '<path>'`` and ``.read`` each
-file in this order (docs/sql.md).
+file in this order (docs/sql.md). Beside them: :mod:`mqepi.analysis.contract` (each derived
+view's columns), the Polars twins (:mod:`~mqepi.analysis.twin_runs`,
+:mod:`~mqepi.analysis.twin_frontier`) and their shared statistics
+(:mod:`~mqepi.analysis.bootstrap`, :mod:`~mqepi.analysis.stats`).
 """
 
 from pathlib import Path
 
 _HERE = Path(__file__).parent
 
-#: The base file: ``SET VARIABLE mqepi_lake = '<path>'; .read views.sql``.
-VIEWS_SQL = _HERE / "views.sql"
-
-#: Every SQL file of the contract, in load order (a file not written yet is skipped).
 MACROS_SQL = _HERE / "macros.sql"
-SQL_FILES = [MACROS_SQL, VIEWS_SQL, _HERE / "runs.sql", _HERE / "frontier.sql"]
+VIEWS_SQL = _HERE / "views.sql"
+RUNS_SQL = _HERE / "runs.sql"
+FRONTIER_SQL = _HERE / "frontier.sql"
+#: Every SQL file of the contract, in load order.
+SQL_FILES = [MACROS_SQL, VIEWS_SQL, RUNS_SQL, FRONTIER_SQL]

@@ -12,6 +12,11 @@ import polars as pl
 
 _S, _I32, _I, _F, _B = pl.Utf8, pl.Int32, pl.Int64, pl.Float64, pl.Boolean
 
+#: The rows of config_summary: one configuration as measured by one origin and power source.
+CONFIG_KEY = ("model", "config_id", "origin", "power_source")
+#: What matched_pairs and pareto_frontier compare within (never across): a family.
+FAMILY_KEY = ("model", "origin", "power_source")
+
 RUN_ENERGY = {
     "model": _S, "config_id": _S, "run_id": _S, "origin": _S, "repeat": _I32, "run_status": _S, "power_source": _S,
     "simulated": _B, "phase": _S, "window_kind": _S, "node": _S, "start_ns": _I, "end_ns": _I, "elapsed_s": _F,

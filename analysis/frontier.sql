@@ -1,9 +1,10 @@
--- mqepi SQL layer, part 3: perplexity-matched pairs and the Pareto frontier (issue 8).
+-- mqepi SQL layer, part 3: perplexity-matched pairs and the Pareto frontier.
 --
--- Loaded after views.sql and runs.sql into the same DuckDB connection (mqepi.sql.connect);
--- builds on three views: config_summary and run_metrics (runs.sql) and benchmark_answer
--- (views.sql). analysis/twin_frontier.py computes the same two views independently in
--- Polars/numpy; tests/test_frontier.py compares both. docs/frontier.md explains the rules.
+-- Loaded after macros.sql, views.sql and runs.sql into the same DuckDB connection
+-- (mqepi.results.sql.connect); builds on three views: config_summary and run_metrics
+-- (runs.sql) and benchmark_answer (views.sql). analysis/twin_frontier.py computes the same
+-- two views independently in Polars/numpy; tests/test_frontier.py compares both.
+-- docs/frontier.md explains the rules.
 --
 -- Tunables (DuckDB variables, read when a view is queried):
 --   mqepi_seed           bootstrap seed, 0 .. 2147483647              (default 1234)
@@ -16,24 +17,11 @@
 -- Pairs and frontiers are formed only inside one (model, origin, power_source) group: lab and
 -- community results are never pooled, nor simulated with measured power.
 --
--- Shared seeded bootstrap (the contract; identical in runs.sql and twin_frontier.py): the n
--- items of a group are ordered and numbered i = 0..n-1; resample b = 1..B draws n items, draw
--- j = 0..n-1 taking item frontier_bootstrap_index(seed, b, j, n). Intervals are quantile_cont
--- 0.025 / 0.975 over the B resample statistics (NULL statistics ignored).
-
--- The tunables with their defaults, checked as in runs.sql: seed 0 .. 2147483647, B >= 1.
-CREATE OR REPLACE MACRO frontier_checked_seed(v) AS
-    CASE WHEN CAST(coalesce(v, 1234) AS BIGINT) NOT BETWEEN 0 AND 2147483647
-         THEN error('mqepi_seed must be in 0 .. 2147483647, got ' || v)
-         ELSE CAST(coalesce(v, 1234) AS BIGINT) END;
-CREATE OR REPLACE MACRO frontier_checked_bootstrap(v) AS
-    CASE WHEN CAST(coalesce(v, 1000) AS BIGINT) < 1
-         THEN error('mqepi_bootstrap must be >= 1, got ' || v)
-         ELSE CAST(coalesce(v, 1000) AS BIGINT) END;
-
--- The item index of draw j of resample b among n items (BIGINT arithmetic, the contract).
-CREATE OR REPLACE MACRO frontier_bootstrap_index(seed, b, j, n) AS
-    mqepi_bootstrap_index(seed, b, j, n);
+-- Shared seeded bootstrap (the contract; identical in runs.sql and analysis/bootstrap.py): the
+-- n items of a group are ordered and numbered i = 0..n-1; resample b = 1..B draws n items, draw
+-- j = 0..n-1 taking item mqepi_bootstrap_index(seed, b, j, n) (macros.sql; the tunables seed
+-- and B checked by mqepi_bootstrap_seed() and mqepi_bootstrap_resamples()). Intervals are
+-- quantile_cont 0.025 / 0.975 over the B resample statistics (NULL statistics ignored).
 
 -- Exact two-sided binomial (McNemar) p-value for b and c discordant pairs:
 -- min(1, 2 * P(X <= min(b, c))) with X ~ Bin(b + c, 1/2); 1 when b + c = 0. The binomial
@@ -81,8 +69,7 @@ CREATE OR REPLACE MACRO frontier_mcnemar_p(b, c) AS
 -- differences and their intervals are NULL; one: the interval is [value, value].
 CREATE OR REPLACE VIEW matched_pairs AS
 WITH params AS (
-    SELECT frontier_checked_seed(getvariable('mqepi_seed')) AS seed,
-        frontier_checked_bootstrap(getvariable('mqepi_bootstrap')) AS n_boot,
+    SELECT mqepi_bootstrap_seed() AS seed, mqepi_bootstrap_resamples() AS n_boot,
         CASE WHEN CAST(getvariable('mqepi_ppl_tolerance') AS DOUBLE) < 0
              THEN error('mqepi_ppl_tolerance must be >= 0, got ' || getvariable('mqepi_ppl_tolerance'))
              ELSE CAST(getvariable('mqepi_ppl_tolerance') AS DOUBLE) END AS tol
@@ -121,7 +108,7 @@ WITH params AS (
     JOIN reps rb ON rb.c = p.c_b AND rb."repeat" = ra."repeat"
 ), draws AS (
     -- the contract's draws for every item count n in use; they do not depend on the group
-    SELECT nj.n, bb.b, frontier_bootstrap_index(p.seed, bb.b, nj.j, nj.n) AS i
+    SELECT nj.n, bb.b, mqepi_bootstrap_index(p.seed, bb.b, nj.j, nj.n) AS i
     FROM (SELECT n, unnest(range(n)) AS j FROM (SELECT DISTINCT n FROM paired)) nj
     CROSS JOIN params p
     CROSS JOIN (SELECT unnest(range(1, n_boot + 1)) AS b FROM params) bb
@@ -191,8 +178,7 @@ ORDER BY p.pid;
 -- accuracy has a lower J/token, or a point of higher accuracy has J/token <= y's.
 CREATE OR REPLACE VIEW pareto_frontier AS
 WITH params AS (
-    SELECT frontier_checked_seed(getvariable('mqepi_seed')) AS seed,
-        frontier_checked_bootstrap(getvariable('mqepi_bootstrap')) AS n_boot
+    SELECT mqepi_bootstrap_seed() AS seed, mqepi_bootstrap_resamples() AS n_boot
 ), cfg AS MATERIALIZED (
     -- integer ids: g per (model, origin, power_source) group, c per configuration
     SELECT *, dense_rank() OVER (ORDER BY model, origin, power_source) AS g,
@@ -205,7 +191,7 @@ WITH params AS (
     FROM run_metrics r JOIN cfg f USING (model, config_id, origin, power_source)
     WHERE r.valid
 ), draws AS (
-    SELECT nj.n, bb.b, frontier_bootstrap_index(p.seed, bb.b, nj.j, nj.n) AS i
+    SELECT nj.n, bb.b, mqepi_bootstrap_index(p.seed, bb.b, nj.j, nj.n) AS i
     FROM (SELECT n, unnest(range(n)) AS j FROM (SELECT DISTINCT n FROM items)) nj
     CROSS JOIN params p
     CROSS JOIN (SELECT unnest(range(1, n_boot + 1)) AS b FROM params) bb

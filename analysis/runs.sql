@@ -1,5 +1,6 @@
--- mqepi SQL layer, part 2: per-run results (issue 8). Load after views.sql:
+-- mqepi SQL layer, part 2: per-run results. Load after macros.sql and views.sql:
 --     SET VARIABLE mqepi_lake = '/path/to/lake';
+--     .read analysis/macros.sql
 --     .read analysis/views.sql
 --     .read analysis/runs.sql
 --
@@ -55,7 +56,6 @@
 --   j_per_token, net_j_per_token        J/token
 --   coverage                            share of the window with samples (worst channel), 0..1
 --   valid, invalid_reasons              the window's validity gates (docs/meter.md)
--- The bootstrap draws: macro mqepi_bootstrap_index in macros.sql.
 
 CREATE OR REPLACE VIEW run_energy AS
 WITH runs AS (
@@ -164,6 +164,12 @@ LEFT JOIN runs r ON r.run_key = concat_ws('/', a.model, a.config_id, a.run_id);
 --   avg_power_w            benchmark_energy_j / elapsed s of the benchmark windows, W
 --   idle_power_w           idle power subtracted from the benchmark windows, time-weighted, W
 --   invalid_reasons        '<phase>: <reasons>' of each invalid benchmark window; NULL if valid
+-- The all-or-none sum over the run_energy rows where cond: NULL when one of them has x NULL
+-- (or no row matches), else sum(x) in window order (an ordered sum: see the common rules).
+CREATE OR REPLACE MACRO mqepi_window_sum(x, cond) AS
+    CASE WHEN count(x) FILTER (WHERE cond) = count(*) FILTER (WHERE cond)
+         THEN sum(x ORDER BY start_ns, phase, node) FILTER (WHERE cond) END;
+
 CREATE OR REPLACE VIEW run_metrics AS
 WITH runs AS (
     SELECT model, config_id, run_id, concat_ws('/', model, config_id, run_id) AS run_key,
@@ -179,29 +185,20 @@ WITH runs AS (
         count(*) FILTER (WHERE window_kind = 'benchmark') AS n_windows,
         coalesce(bool_and(valid) FILTER (WHERE window_kind = 'benchmark'), false) AS all_valid,
         coalesce(bool_or(simulated) FILTER (WHERE window_kind = 'benchmark'), false) AS simulated,
-        CASE WHEN count(energy_j) FILTER (WHERE window_kind = 'benchmark') = count(*) FILTER (WHERE window_kind = 'benchmark')
-             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'benchmark') END AS energy_j,
-        CASE WHEN count(net_energy_j) FILTER (WHERE window_kind = 'benchmark') = count(*) FILTER (WHERE window_kind = 'benchmark')
-             THEN sum(net_energy_j ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'benchmark') END AS net_energy_j,
-        CASE WHEN count(tokens) FILTER (WHERE window_kind = 'benchmark') = count(*) FILTER (WHERE window_kind = 'benchmark')
-             THEN sum(tokens) FILTER (WHERE window_kind = 'benchmark') END AS tokens,
+        mqepi_window_sum(energy_j, window_kind = 'benchmark') AS energy_j,
+        mqepi_window_sum(net_energy_j, window_kind = 'benchmark') AS net_energy_j,
+        mqepi_window_sum(tokens, window_kind = 'benchmark') AS tokens,
         sum(elapsed_s ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'benchmark') AS elapsed_s,
         -- per benchmark, prefill and decode: energy / tokens over the windows of that name
-        CASE WHEN count(energy_j) FILTER (WHERE phase = 'mmlu') = count(*) FILTER (WHERE phase = 'mmlu')
-              AND count(tokens) FILTER (WHERE phase = 'mmlu') = count(*) FILTER (WHERE phase = 'mmlu')
-             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE phase = 'mmlu') / nullif(sum(tokens) FILTER (WHERE phase = 'mmlu'), 0) END AS jpt_mmlu,
-        CASE WHEN count(energy_j) FILTER (WHERE phase = 'arc_challenge') = count(*) FILTER (WHERE phase = 'arc_challenge')
-              AND count(tokens) FILTER (WHERE phase = 'arc_challenge') = count(*) FILTER (WHERE phase = 'arc_challenge')
-             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE phase = 'arc_challenge') / nullif(sum(tokens) FILTER (WHERE phase = 'arc_challenge'), 0) END AS jpt_arc_challenge,
-        CASE WHEN count(energy_j) FILTER (WHERE phase = 'hellaswag') = count(*) FILTER (WHERE phase = 'hellaswag')
-              AND count(tokens) FILTER (WHERE phase = 'hellaswag') = count(*) FILTER (WHERE phase = 'hellaswag')
-             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE phase = 'hellaswag') / nullif(sum(tokens) FILTER (WHERE phase = 'hellaswag'), 0) END AS jpt_hellaswag,
-        CASE WHEN count(energy_j) FILTER (WHERE window_kind = 'prefill') = count(*) FILTER (WHERE window_kind = 'prefill')
-              AND count(tokens) FILTER (WHERE window_kind = 'prefill') = count(*) FILTER (WHERE window_kind = 'prefill')
-             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'prefill') / nullif(sum(tokens) FILTER (WHERE window_kind = 'prefill'), 0) END AS prefill_j_per_token,
-        CASE WHEN count(energy_j) FILTER (WHERE window_kind = 'decode') = count(*) FILTER (WHERE window_kind = 'decode')
-              AND count(tokens) FILTER (WHERE window_kind = 'decode') = count(*) FILTER (WHERE window_kind = 'decode')
-             THEN sum(energy_j ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'decode') / nullif(sum(tokens) FILTER (WHERE window_kind = 'decode'), 0) END AS decode_j_per_token,
+        mqepi_window_sum(energy_j, phase = 'mmlu') / nullif(mqepi_window_sum(tokens, phase = 'mmlu'), 0) AS jpt_mmlu,
+        mqepi_window_sum(energy_j, phase = 'arc_challenge')
+            / nullif(mqepi_window_sum(tokens, phase = 'arc_challenge'), 0) AS jpt_arc_challenge,
+        mqepi_window_sum(energy_j, phase = 'hellaswag')
+            / nullif(mqepi_window_sum(tokens, phase = 'hellaswag'), 0) AS jpt_hellaswag,
+        mqepi_window_sum(energy_j, window_kind = 'prefill')
+            / nullif(mqepi_window_sum(tokens, window_kind = 'prefill'), 0) AS prefill_j_per_token,
+        mqepi_window_sum(energy_j, window_kind = 'decode')
+            / nullif(mqepi_window_sum(tokens, window_kind = 'decode'), 0) AS decode_j_per_token,
         string_agg(phase || ': ' || coalesce(invalid_reasons, 'invalid'), '; ' ORDER BY start_ns, phase, node)
             FILTER (WHERE window_kind = 'benchmark' AND NOT valid) AS window_reasons
     FROM run_energy GROUP BY model, config_id, run_id
@@ -288,17 +285,12 @@ LEFT JOIN quant q ON q.run_key = r.run_key;
 --     x = (seed * 1000003 + b * 10007 + j * 101) % 2147483647
 --     twice: x = (x * 48271) % 2147483647;  x = x XOR (x >> 13)
 --     i = x % n   (BIGINT; the xor-shift breaks the linear pattern of the bare MINSTD steps)
+-- (the macros mqepi_bootstrap_index, mqepi_bootstrap_seed, mqepi_bootstrap_resamples in macros.sql)
 -- Each resample gives the median of its non-NULL values; the interval is quantile_cont
 -- 0.025 / 0.975 over the B medians. n = 1 gives [value, value].
 CREATE OR REPLACE VIEW config_summary AS
 WITH params AS (
-    SELECT
-        CASE WHEN s.seed < 0 OR s.seed > 2147483647
-             THEN error('mqepi_seed must be in 0 .. 2147483647, got ' || s.seed) ELSE s.seed END AS seed,
-        CASE WHEN s.n_boot < 1
-             THEN error('mqepi_bootstrap must be >= 1, got ' || s.n_boot) ELSE s.n_boot END AS n_boot
-    FROM (SELECT CAST(coalesce(getvariable('mqepi_seed'), 1234) AS BIGINT) AS seed,
-                 CAST(coalesce(getvariable('mqepi_bootstrap'), 1000) AS BIGINT) AS n_boot) s
+    SELECT mqepi_bootstrap_seed() AS seed, mqepi_bootstrap_resamples() AS n_boot
 ), rm AS MATERIALIZED (
     SELECT *, dense_rank() OVER (ORDER BY model, config_id, origin, power_source) AS g FROM run_metrics
 ), summary AS (

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+#: Default of the DuckDB variable mqepi_z: the z of run_accuracy's Wilson intervals.
+DEFAULT_Z = 1.96
+
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (95% by default)."""

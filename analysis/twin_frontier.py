@@ -14,83 +14,36 @@ them by hand.
     benchmark_answer: model, config_id, origin, run_id, question_set_sha256, question_id,
                       correct
 
-The bootstrap follows the shared contract (``bootstrap_indices``); medians are numpy's (the
-mean of the two middle values for even n, as DuckDB's ``median``). Missing values (null) are
-carried as NaN inside and ignored by medians and quantiles, as SQL ignores NULL.
+The draws, medians and intervals are the shared seeded bootstrap
+(:mod:`mqepi.analysis.bootstrap`); the output columns are the contract's
+(:mod:`mqepi.analysis.contract`). Missing values (null) are carried as NaN inside and ignored
+by medians and quantiles, as SQL ignores NULL.
 """
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import numpy as np
 import polars as pl
 
-#: Contract defaults of the DuckDB variables mqepi_seed and mqepi_bootstrap.
-DEFAULT_SEED = 1234
-DEFAULT_BOOTSTRAP = 1000
-#: The contract's index generator: a multiplicative congruential step (MINSTD) modulo 2^31 - 1.
-MODULUS = 2147483647
-MULTIPLIER = 48271
-#: Interval quantiles (95 %).
-CI_LOW, CI_HIGH = 0.025, 0.975
+from mqepi.analysis import bootstrap
+from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+from mqepi.analysis.contract import CONFIG_KEY, FAMILY_KEY, VIEWS
 
-GROUP = ["model", "origin", "power_source"]
-CONFIG = ["model", "config_id", "origin", "power_source"]
+GROUP = list(FAMILY_KEY)
+CONFIG = list(CONFIG_KEY)
 PAIR = [*GROUP, "config_a", "config_b"]
+#: What each side of a pair takes from config_summary (suffixed _a / _b).
+SIDE = ("config_id", "ppl", "ppl_stderr", "j_per_token", "epi")
 
 
 # --------------------------------------------------------------------------- building blocks
 
 
-def bootstrap_indices(seed: int, n_boot: int, n: int) -> np.ndarray:
-    """The contract's draws: row b-1, column j holds the item index of draw j in resample b.
-
-    The shared scheme of :func:`mqepi.analysis.twin_runs.bootstrap_index_matrix`.
-    """
-    _check_params(seed, n_boot)
-    if n < 1:
-        raise ValueError(f"need n >= 1 items, got {n}")
-    from mqepi.analysis.twin_runs import bootstrap_index_matrix
-
-    return bootstrap_index_matrix(seed, n, n_boot)
-
-
-def _check_params(seed: int, n_boot: int) -> None:
-    """The ranges frontier.sql (and runs.sql) accept: seed 0 .. 2^31 - 1, at least one resample."""
-    if not 0 <= seed <= MODULUS:
-        raise ValueError(f"mqepi_seed must be in 0 .. {MODULUS}, got {seed}")
-    if n_boot < 1:
-        raise ValueError(f"mqepi_bootstrap must be >= 1, got {n_boot}")
-
-
-def _nanmedian_rows(matrix: np.ndarray) -> np.ndarray:
-    """Median of each row, ignoring NaN; NaN for a row without any value."""
-    out = np.full(matrix.shape[0], np.nan)
-    has = ~np.isnan(matrix).all(axis=1)
-    if has.any():
-        out[has] = np.nanmedian(matrix[has], axis=1)
-    return out
-
-
 def _median(values: np.ndarray) -> float | None:
     values = values[~np.isnan(values)]
     return float(np.median(values)) if values.size else None
-
-
-def quantile_linear(values: np.ndarray, q: float) -> float | None:
-    """Quantile with linear interpolation between closest ranks (DuckDB quantile_cont); NaN ignored."""
-    s = np.sort(values[~np.isnan(values)])
-    if s.size == 0:
-        return None
-    rank = (s.size - 1) * q
-    lo, hi = math.floor(rank), math.ceil(rank)
-    return float(s[lo] + (s[hi] - s[lo]) * (rank - lo))
-
-
-def _interval(stats: np.ndarray) -> tuple[float | None, float | None]:
-    return quantile_linear(stats, CI_LOW), quantile_linear(stats, CI_HIGH)
 
 
 def mcnemar_p(b: int, c: int) -> float:
@@ -159,6 +112,7 @@ def _float(series: pl.Series) -> np.ndarray:
     return series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
 
 
+
 # --------------------------------------------------------------------------- matched_pairs
 
 
@@ -167,16 +121,11 @@ def _match_rule(ppl_tolerance: float | None) -> str:
     return "within uncertainty" if ppl_tolerance is None else f"within {ppl_tolerance * 100:g}%"
 
 
-def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, benchmark_answer: pl.DataFrame, *,
-                  seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP,
-                  ppl_tolerance: float | None = None) -> pl.DataFrame:
-    """The matched_pairs view: perplexity-matched pairs, paired bootstrap and McNemar."""
-    _check_params(seed, n_boot)
-    if ppl_tolerance is not None and ppl_tolerance < 0:
-        raise ValueError(f"mqepi_ppl_tolerance must be >= 0, got {ppl_tolerance}")
+def _perplexity_pairs(config_summary: pl.DataFrame, ppl_tolerance: float | None) -> pl.DataFrame:
+    """Pairs a < b of one group whose perplexities match, sorted by PAIR."""
     cs = config_summary.select(*CONFIG, "simulated", "ppl", "ppl_stderr", "j_per_token", "epi")
-    a = cs.rename({c: f"{c}_a" for c in ("config_id", "ppl", "ppl_stderr", "j_per_token", "epi")})
-    b = cs.drop("simulated").rename({c: f"{c}_b" for c in ("config_id", "ppl", "ppl_stderr", "j_per_token", "epi")})
+    a = cs.rename({c: f"{c}_a" for c in SIDE})
+    b = cs.drop("simulated").rename({c: f"{c}_b" for c in SIDE})
     pairs = a.join(b, on=GROUP).filter(pl.col("config_id_a") < pl.col("config_id_b"))
     gap = (pl.col("ppl_a") - pl.col("ppl_b")).abs()
     if ppl_tolerance is None:
@@ -184,20 +133,26 @@ def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, bench
                         + pl.col("ppl_stderr_b") * pl.col("ppl_stderr_b")).sqrt()
     else:
         match = gap <= ppl_tolerance * pl.min_horizontal("ppl_a", "ppl_b")
-    pairs = (pairs.filter(match.fill_null(False))
-             .rename({"config_id_a": "config_a", "config_id_b": "config_b"})
-             .sort(PAIR))
+    return (pairs.filter(match.fill_null(False))
+            .rename({"config_id_a": "config_a", "config_id_b": "config_b"})
+            .sort(PAIR))
 
+
+def _paired_repeats(run_metrics: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """The repeats valid in both configurations of a pair, with their runs and differences."""
     # one valid run per configuration and repeat: the smallest run_id
     reps = (run_metrics.filter(pl.col("valid")).sort("run_id")
             .unique([*CONFIG, "repeat"], keep="first", maintain_order=True)
             .select(*CONFIG, "repeat", "run_id", "j_per_token", "epi"))
     ra = reps.rename({"config_id": "config_a", "run_id": "run_a", "j_per_token": "jpt_a", "epi": "epi_a_run"})
     rb = reps.rename({"config_id": "config_b", "run_id": "run_b", "j_per_token": "jpt_b", "epi": "epi_b_run"})
-    paired = (pairs.select(PAIR).join(ra, on=[*GROUP, "config_a"]).join(rb, on=[*GROUP, "config_b", "repeat"])
-              .with_columns(d_jpt=pl.col("jpt_b") - pl.col("jpt_a"), d_epi=pl.col("epi_b_run") - pl.col("epi_a_run"))
-              .sort([*PAIR, "repeat", "run_a"]))
+    return (pairs.select(PAIR).join(ra, on=[*GROUP, "config_a"]).join(rb, on=[*GROUP, "config_b", "repeat"])
+            .with_columns(d_jpt=pl.col("jpt_b") - pl.col("jpt_a"), d_epi=pl.col("epi_b_run") - pl.col("epi_a_run"))
+            .sort([*PAIR, "repeat", "run_a"]))
 
+
+def _mcnemar_counts(paired: pl.DataFrame, benchmark_answer: pl.DataFrame) -> dict[tuple, dict]:
+    """Per pair: answers paired over its paired runs and the discordant counts b and c."""
     answers = (benchmark_answer.group_by("model", "config_id", "origin", "run_id", "question_set_sha256", "question_id")
                .agg(pl.col("correct").all()))
     xa = answers.rename({"config_id": "config_a", "run_id": "run_a", "correct": "right_a"})
@@ -209,62 +164,98 @@ def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, bench
            .agg(n_questions_paired=pl.len(),
                 mcnemar_b=(pl.col("right_a") & ~pl.col("right_b")).sum(),
                 mcnemar_c=(~pl.col("right_a") & pl.col("right_b")).sum()))
-    mcn_by_pair = {tuple(r[k] for k in PAIR): r for r in mcn.iter_rows(named=True)}
+    return {tuple(r[k] for k in PAIR): r for r in mcn.iter_rows(named=True)}
 
+
+def _pair_row(pair: dict, diffs: pl.DataFrame | None, counts: dict | None, seed: int, n_boot: int,
+              rule: str) -> dict:
+    """One matched_pairs row: the pair, its paired differences' medians and intervals, McNemar."""
+    d_jpt = _float(diffs["d_jpt"]) if diffs is not None else np.empty(0)
+    d_epi = _float(diffs["d_epi"]) if diffs is not None else np.empty(0)
+    n = d_jpt.size
+    ci_jpt = ci_epi = (None, None)
+    if n:
+        idx = bootstrap.index_matrix(seed, n, n_boot)
+        ci_jpt = bootstrap.median_interval(d_jpt, indices=idx)
+        ci_epi = bootstrap.median_interval(d_epi, indices=idx)
+    nq, mb, mc = (counts["n_questions_paired"], counts["mcnemar_b"], counts["mcnemar_c"]) if counts else (0, 0, 0)
+    return {
+        **{k: pair[k] for k in (*GROUP, "simulated", "config_a", "config_b")},
+        "ppl_a": pair["ppl_a"], "ppl_b": pair["ppl_b"],
+        "ppl_stderr_a": pair["ppl_stderr_a"], "ppl_stderr_b": pair["ppl_stderr_b"],
+        "ppl_diff": pair["ppl_b"] - pair["ppl_a"], "match_rule": rule,
+        "j_per_token_a": pair["j_per_token_a"], "j_per_token_b": pair["j_per_token_b"],
+        "j_per_token_diff": _median(d_jpt), "j_per_token_diff_ci_low": ci_jpt[0],
+        "j_per_token_diff_ci_high": ci_jpt[1],
+        "epi_a": pair["epi_a"], "epi_b": pair["epi_b"],
+        "epi_diff": _median(d_epi), "epi_diff_ci_low": ci_epi[0], "epi_diff_ci_high": ci_epi[1],
+        "n_paired_repeats": n, "n_questions_paired": nq, "mcnemar_b": mb, "mcnemar_c": mc,
+        "mcnemar_p": mcnemar_p(mb, mc) if nq else None,
+    }
+
+
+def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, benchmark_answer: pl.DataFrame, *,
+                  seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP,
+                  ppl_tolerance: float | None = None) -> pl.DataFrame:
+    """The matched_pairs view: perplexity-matched pairs, paired bootstrap and McNemar."""
+    bootstrap.check_params(seed, n_boot)
+    if ppl_tolerance is not None and ppl_tolerance < 0:
+        raise ValueError(f"mqepi_ppl_tolerance must be >= 0, got {ppl_tolerance}")
+    pairs = _perplexity_pairs(config_summary, ppl_tolerance)
+    paired = _paired_repeats(run_metrics, pairs)
+    counts = _mcnemar_counts(paired, benchmark_answer)
     by_pair = {key: frame for key, frame in paired.group_by(PAIR, maintain_order=True)}
+    rule = _match_rule(ppl_tolerance)
     rows = []
     for pair in pairs.iter_rows(named=True):
         key = tuple(pair[k] for k in PAIR)
-        frame = by_pair.get(key)
-        d_jpt = _float(frame["d_jpt"]) if frame is not None else np.empty(0)
-        d_epi = _float(frame["d_epi"]) if frame is not None else np.empty(0)
-        n = d_jpt.size
-        ci_jpt = ci_epi = (None, None)
-        if n:
-            idx = bootstrap_indices(seed, n_boot, n)
-            ci_jpt = _interval(_nanmedian_rows(d_jpt[idx]))
-            ci_epi = _interval(_nanmedian_rows(d_epi[idx]))
-        m = mcn_by_pair.get(key)
-        nq = m["n_questions_paired"] if m else 0
-        mb = m["mcnemar_b"] if m else 0
-        mc = m["mcnemar_c"] if m else 0
-        rows.append({
-            **{k: pair[k] for k in (*GROUP, "simulated", "config_a", "config_b")},
-            "ppl_a": pair["ppl_a"], "ppl_b": pair["ppl_b"],
-            "ppl_stderr_a": pair["ppl_stderr_a"], "ppl_stderr_b": pair["ppl_stderr_b"],
-            "ppl_diff": pair["ppl_b"] - pair["ppl_a"], "match_rule": _match_rule(ppl_tolerance),
-            "j_per_token_a": pair["j_per_token_a"], "j_per_token_b": pair["j_per_token_b"],
-            "j_per_token_diff": _median(d_jpt), "j_per_token_diff_ci_low": ci_jpt[0],
-            "j_per_token_diff_ci_high": ci_jpt[1],
-            "epi_a": pair["epi_a"], "epi_b": pair["epi_b"],
-            "epi_diff": _median(d_epi), "epi_diff_ci_low": ci_epi[0], "epi_diff_ci_high": ci_epi[1],
-            "n_paired_repeats": n, "n_questions_paired": nq, "mcnemar_b": mb, "mcnemar_c": mc,
-            "mcnemar_p": mcnemar_p(mb, mc) if nq else None,
-        })
-    return pl.DataFrame(rows, schema=MATCHED_PAIRS_SCHEMA)
-
-
-MATCHED_PAIRS_SCHEMA = {
-    "model": pl.Utf8, "origin": pl.Utf8, "power_source": pl.Utf8, "simulated": pl.Boolean,
-    "config_a": pl.Utf8, "config_b": pl.Utf8, "ppl_a": pl.Float64, "ppl_b": pl.Float64,
-    "ppl_stderr_a": pl.Float64, "ppl_stderr_b": pl.Float64, "ppl_diff": pl.Float64, "match_rule": pl.Utf8,
-    "j_per_token_a": pl.Float64, "j_per_token_b": pl.Float64, "j_per_token_diff": pl.Float64,
-    "j_per_token_diff_ci_low": pl.Float64, "j_per_token_diff_ci_high": pl.Float64,
-    "epi_a": pl.Float64, "epi_b": pl.Float64, "epi_diff": pl.Float64,
-    "epi_diff_ci_low": pl.Float64, "epi_diff_ci_high": pl.Float64,
-    "n_paired_repeats": pl.Int64, "n_questions_paired": pl.Int64, "mcnemar_b": pl.Int64, "mcnemar_c": pl.Int64,
-    "mcnemar_p": pl.Float64,
-}
+        rows.append(_pair_row(pair, by_pair.get(key), counts.get(key), seed, n_boot, rule))
+    return pl.DataFrame(rows, schema=VIEWS["matched_pairs"])
 
 
 # --------------------------------------------------------------------------- pareto_frontier
 
 
+def _uniform_flags(acc: np.ndarray, jpt: np.ndarray, uniform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per configuration of a group: a uniform one at least as good in both (weakly matched),
+    and one that dominates it."""
+    finite = np.isfinite(acc) & np.isfinite(jpt)
+    uniform = finite & uniform
+    weakly = np.zeros(acc.size, dtype=bool)
+    dominated = np.zeros(acc.size, dtype=bool)
+    for k in np.flatnonzero(finite):
+        weak = uniform & (acc >= acc[k]) & (jpt <= jpt[k])
+        weakly[k] = weak.any()
+        dominated[k] = (weak & ((acc > acc[k]) | (jpt < jpt[k]))).any()
+    return weakly, dominated
+
+
+def _frontier_probability(group: pl.DataFrame, by_config: dict, seed: int, n_boot: int) -> list[float | None]:
+    """Per configuration of a group: the share of resamples in which it is on the frontier
+    (None without a valid repeat). In resample b each configuration's point is the medians
+    of its resampled valid runs."""
+    boot_acc = np.full((n_boot, group.height), np.nan)
+    boot_jpt = np.full((n_boot, group.height), np.nan)
+    resampled = np.zeros(group.height, dtype=bool)
+    for k, key in enumerate(group.select(CONFIG).iter_rows()):
+        frame = by_config.get(key)
+        if frame is None:
+            continue
+        resampled[k] = True
+        idx = bootstrap.index_matrix(seed, frame.height, n_boot)
+        boot_acc[:, k] = bootstrap.nanmedian_rows(_float(frame["accuracy"])[idx])
+        boot_jpt[:, k] = bootstrap.nanmedian_rows(_float(frame["j_per_token"])[idx])
+    hits = np.zeros(group.height, dtype=np.int64)
+    for r in range(n_boot):
+        hits += pareto_mask(boot_acc[r], boot_jpt[r])
+    return [hits[k] / n_boot if resampled[k] else None for k in range(group.height)]
+
+
 def pareto_frontier(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, *,
                     seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP) -> pl.DataFrame:
     """The pareto_frontier view: one row per config_summary row."""
-    _check_params(seed, n_boot)
-    cs = config_summary.sort(CONFIG)
+    bootstrap.check_params(seed, n_boot)
+    cs = config_summary.sort(CONFIG).with_row_index("_row")
     items = (run_metrics.filter(pl.col("valid")).sort([*CONFIG, "repeat", "run_id"])
              .select(*CONFIG, "accuracy", "j_per_token"))
     by_config = {key: frame for key, frame in items.group_by(CONFIG, maintain_order=True)}
@@ -273,48 +264,19 @@ def pareto_frontier(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, *,
     probability: list[float | None] = [None] * cs.height
     uniform_dominated = np.zeros(cs.height, dtype=bool)
     weakly_matched = np.zeros(cs.height, dtype=bool)
-    cs = cs.with_row_index("_row")
     for _, group in cs.group_by(GROUP, maintain_order=True):
         rows = group["_row"].to_numpy()
         acc, jpt = _float(group["accuracy"]), _float(group["j_per_token"])
         on_frontier[rows] = pareto_mask(acc, jpt)
-
-        # uniform configurations: dominating, or at least as good in both
-        finite = np.isfinite(acc) & np.isfinite(jpt)
-        uniform = finite & (group["kind"] == "uniform").fill_null(False).to_numpy()
-        for k, row in enumerate(rows):
-            if not finite[k]:
-                continue
-            weak = uniform & (acc >= acc[k]) & (jpt <= jpt[k])
-            weakly_matched[row] = weak.any()
-            uniform_dominated[row] = (weak & ((acc > acc[k]) | (jpt < jpt[k]))).any()
-
-        # bootstrap: each configuration's resampled medians, then the frontier per resample
-        boot_acc = np.full((n_boot, rows.size), np.nan)
-        boot_jpt = np.full((n_boot, rows.size), np.nan)
-        resampled = np.zeros(rows.size, dtype=bool)
-        for k, key in enumerate(group.select(CONFIG).iter_rows()):
-            frame = by_config.get(key)
-            if frame is None:
-                continue
-            resampled[k] = True
-            idx = bootstrap_indices(seed, n_boot, frame.height)
-            boot_acc[:, k] = _nanmedian_rows(_float(frame["accuracy"])[idx])
-            boot_jpt[:, k] = _nanmedian_rows(_float(frame["j_per_token"])[idx])
-        hits = np.zeros(rows.size, dtype=np.int64)
-        for r in range(n_boot):
-            hits += pareto_mask(boot_acc[r], boot_jpt[r])
-        for k, row in enumerate(rows):
-            if resampled[k]:
-                probability[row] = hits[k] / n_boot
+        uniform = (group["kind"] == "uniform").fill_null(False).to_numpy()
+        weakly_matched[rows], uniform_dominated[rows] = _uniform_flags(acc, jpt, uniform)
+        for row, p in zip(rows, _frontier_probability(group, by_config, seed, n_boot)):
+            probability[row] = p
 
     kind_mixed = (cs["kind"] == "mixed").fill_null(False).to_numpy()
-    return cs.select(
-        *GROUP, "simulated", "config_id", "kind", "accuracy", "j_per_token", "epi",
-        "accuracy_ci_low", "accuracy_ci_high", "j_per_token_ci_low", "j_per_token_ci_high",
-    ).with_columns(
+    return cs.with_columns(
         on_frontier=pl.Series(on_frontier),
         frontier_probability=pl.Series(probability, dtype=pl.Float64),
         uniform_dominated=pl.Series(uniform_dominated),
         mixed_unmatched=pl.Series(kind_mixed & on_frontier & ~weakly_matched),
-    ).sort(GROUP + ["config_id"])
+    ).select(list(VIEWS["pareto_frontier"])).sort(GROUP + ["config_id"])

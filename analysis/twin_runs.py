@@ -8,116 +8,40 @@ implementation of the energy windows (:func:`mqepi.meter.windows.analyze_run`, n
 Each function returns a Polars frame with the view's columns, in the view's order, sorted by
 its key. Definitions: ``docs/analysis.md``; the SQL file's comments say the same.
 
-:func:`bootstrap_indices` is the shared seeded bootstrap of the contract; any Polars or
-NumPy code that must reproduce a SQL bootstrap interval draws its resamples from it.
+The seeded bootstrap is :mod:`mqepi.analysis.bootstrap`, shared with the SQL and the
+frontier twin; the view columns come from :mod:`mqepi.analysis.contract`.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 
-import numpy as np
 import polars as pl
 
-from mqepi.analysis.stats import wilson_interval
+from mqepi.analysis import bootstrap
+from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+from mqepi.analysis.contract import CONFIG_KEY, VIEWS
+from mqepi.analysis.stats import DEFAULT_Z, wilson_interval
 from mqepi.lake.store import Lake
-from mqepi.meter.windows import BENCHMARK_PHASES, IDLE_PHASE, analyze_run
-
-#: Defaults of the DuckDB variables mqepi_seed, mqepi_bootstrap, mqepi_z.
-DEFAULT_SEED = 1234
-DEFAULT_BOOTSTRAP = 1000
-DEFAULT_Z = 1.96
-#: The bootstrap's generator: two steps of the MINSTD (Park-Miller) generator over a seed mix.
-MODULUS = 2_147_483_647
-MULTIPLIER = 48_271
-SEED_FACTOR, RESAMPLE_FACTOR, DRAW_FACTOR = 1_000_003, 10_007, 101
-#: Percentile interval of the bootstrap medians.
-CI_LOW, CI_HIGH = 0.025, 0.975
+from mqepi.meter.windows import IDLE_PHASE, Measurement, analyze_run
+from mqepi.quality.tasks import BENCHMARK_PHASES
+from mqepi.schemas import RUN_KEYS
 
 WINDOW_KINDS = {IDLE_PHASE: "idle", **{b: "benchmark" for b in BENCHMARK_PHASES}, "perplexity": "perplexity",
                 "kld": "kld", "pp": "prefill", "tg": "decode"}
-GROUP_KEY = ["model", "config_id", "origin", "power_source"]
-RUN_KEY = ["model", "config_id", "run_id"]
+GROUP_KEY = list(CONFIG_KEY)
+RUN_KEY = list(RUN_KEYS)
 
-RUN_ENERGY_COLUMNS = [
-    "model", "config_id", "run_id", "origin", "repeat", "run_status", "power_source", "simulated", "phase",
-    "window_kind", "node", "start_ns", "end_ns", "elapsed_s", "energy_j", "net_energy_j", "idle_power_w",
-    "avg_power_w", "energy_uncertainty_j", "tokens", "j_per_token", "net_j_per_token", "coverage", "valid",
-    "invalid_reasons"]
-RUN_ACCURACY_COLUMNS = [
-    "model", "config_id", "run_id", "origin", "repeat", "benchmark", "question_set_sha256", "n_questions",
-    "n_correct", "accuracy", "accuracy_ci_low", "accuracy_ci_high"]
-RUN_METRICS_COLUMNS = [
-    "model", "config_id", "run_id", "origin", "repeat", "power_source", "simulated", "valid", "n_benchmarks",
-    "benchmark_energy_j", "benchmark_tokens", "j_per_token", "net_j_per_token", "prefill_j_per_token",
-    "decode_j_per_token", "accuracy", "epi", "epi_mmlu", "epi_arc_challenge", "epi_hellaswag", "ppl", "ppl_stderr",
-    "kld_mean", "same_top_p", "file_size_bytes", "bits_per_weight", "prefill_tokens_per_s", "decode_tokens_per_s",
-    "avg_power_w", "idle_power_w", "invalid_reasons"]
-CONFIG_SUMMARY_COLUMNS = [
-    "model", "config_id", "origin", "power_source", "simulated", "kind", "early_type", "middle_type", "late_type",
-    "n_repeats", "n_excluded", "j_per_token", "j_per_token_ci_low", "j_per_token_ci_high", "accuracy",
-    "accuracy_ci_low", "accuracy_ci_high", "epi", "epi_ci_low", "epi_ci_high", "ppl", "ppl_stderr", "kld_mean",
-    "file_size_bytes", "bits_per_weight", "decode_tokens_per_s", "prefill_j_per_token", "decode_j_per_token",
-    "avg_power_w"]
+#: The columns of each view, in its order (the contract).
+RUN_ENERGY_COLUMNS = list(VIEWS["run_energy"])
+RUN_ACCURACY_COLUMNS = list(VIEWS["run_accuracy"])
+RUN_METRICS_COLUMNS = list(VIEWS["run_metrics"])
+CONFIG_SUMMARY_COLUMNS = list(VIEWS["config_summary"])
 #: Metrics of config_summary with a bootstrap interval.
 BOOTSTRAPPED = ("j_per_token", "accuracy", "epi")
 #: Metrics of config_summary that are plain medians over the valid runs.
 MEDIANS = ("ppl", "ppl_stderr", "kld_mean", "file_size_bytes", "bits_per_weight", "decode_tokens_per_s",
            "prefill_j_per_token", "decode_j_per_token", "avg_power_w")
-
-
-# --------------------------------------------------------------------------- the bootstrap
-
-
-def _check_bootstrap(seed: int, n_boot: int = 1) -> None:
-    if not 0 <= int(seed) <= MODULUS:
-        raise ValueError(f"mqepi_seed must be in 0 .. {MODULUS}, got {seed}")
-    if int(n_boot) < 1:
-        raise ValueError(f"mqepi_bootstrap must be >= 1, got {n_boot}")
-
-
-def bootstrap_indices(seed: int, b: int, n: int) -> np.ndarray:
-    """Item indices (0..n-1) drawn by resample ``b`` (1..B) of ``n`` items, ``seed`` in
-    0..2147483647. Draw ``j`` takes
-    ``x = (seed*1000003 + b*10007 + j*101) % 2147483647``, then twice
-    ``x = (x*48271) % 2147483647; x ^= x >> 13``, then ``x % n`` (exact integer arithmetic,
-    as the SQL macro ``mqepi_bootstrap_index``)."""
-    return bootstrap_index_matrix(seed, n, b_values=[b])[0]
-
-
-def bootstrap_index_matrix(seed: int, n: int, n_boot: int | None = None, *, b_values=None) -> np.ndarray:
-    """All draws at once: row ``k`` holds the indices of resample ``b = k + 1`` (or of
-    ``b_values[k]``), shape ``(B, n)``, int64."""
-    b = np.arange(1, (n_boot or 0) + 1, dtype=np.int64) if b_values is None else np.asarray(b_values, dtype=np.int64)
-    _check_bootstrap(seed, max(len(b), 1))
-    if n < 1:
-        raise ValueError(f"a resample needs at least one item, got n = {n}")
-    if b.size and (b.min() < 0 or b.max() > 10**9):
-        raise ValueError("resample numbers must be in 0 .. 1e9")
-    j = np.arange(n, dtype=np.int64)
-    # every intermediate stays below 2**63: seed*1000003 < 2**52, x*48271 < 2**47
-    x = (np.int64(seed) * SEED_FACTOR + b[:, None] * RESAMPLE_FACTOR + j[None, :] * DRAW_FACTOR) % MODULUS
-    x = (x * MULTIPLIER) % MODULUS
-    x ^= x >> 13
-    x = (x * MULTIPLIER) % MODULUS
-    x ^= x >> 13
-    return x % n
-
-
-def bootstrap_median_interval(values, seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP,
-                              indices: np.ndarray | None = None) -> tuple[float | None, float | None]:
-    """Percentile interval (2.5 %, 97.5 %, linear) of the median of ``values`` (items in
-    their bootstrap order; None values are left out of each resample's median)."""
-    v = np.array([np.nan if x is None else float(x) for x in values], dtype=np.float64)
-    if v.size == 0:
-        return None, None
-    idx = bootstrap_index_matrix(seed, v.size, n_boot) if indices is None else indices
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample of only None values: no median
-        medians = np.nanmedian(v[idx], axis=1)
-    s = pl.Series(medians).fill_nan(None)
-    return s.quantile(CI_LOW, interpolation="linear"), s.quantile(CI_HIGH, interpolation="linear")
 
 
 # --------------------------------------------------------------------------- runs
@@ -136,6 +60,38 @@ def run_info(lake: Lake) -> pl.DataFrame:
     )
 
 
+#: Columns run_energy takes from the run (run_info) and derives, rather than from the window.
+_RUN_COLUMNS = ("origin", "repeat", "run_status", "power_source", "simulated", "window_kind")
+#: The measured windows: the run key, the window's own run_energy columns, and whether its
+#: samples were simulated.
+_WINDOW_SCHEMA = {**{c: t for c, t in VIEWS["run_energy"].items() if c not in _RUN_COLUMNS},
+                  "samples_simulated": pl.Boolean}
+
+
+def _window_row(key: tuple, m: Measurement) -> dict:
+    """One measured window as a row of _WINDOW_SCHEMA."""
+    idle = [c.idle_power_w for c in m.channels]
+    return {
+        **dict(zip(RUN_KEY, key)), "samples_simulated": m.simulated, "phase": m.name, "node": m.node,
+        "start_ns": m.start_ns, "end_ns": m.end_ns, "elapsed_s": m.elapsed_s, "energy_j": m.energy_j,
+        "net_energy_j": m.net_energy_j, "idle_power_w": sum(idle) if idle and None not in idle else None,
+        "avg_power_w": m.avg_power_w, "energy_uncertainty_j": m.energy_uncertainty_j, "tokens": m.tokens,
+        "j_per_token": m.j_per_token, "net_j_per_token": m.net_j_per_token, "coverage": m.coverage,
+        "valid": m.valid, "invalid_reasons": "; ".join(m.invalid_reasons) or None}
+
+
+def _measured_windows(lake: Lake, phases: pl.DataFrame) -> pl.DataFrame:
+    """Every phase window measured by the Python energy windows, one row each."""
+    rows = []
+    for key, ph in phases.partition_by(RUN_KEY, as_dict=True, maintain_order=True).items():
+        measured: dict[tuple, list] = {}
+        for m in analyze_run(lake, key[2], phases=ph):
+            measured.setdefault((m.name, m.node, m.start_ns, m.end_ns), []).append(m)
+        for p in ph.sort(["start_ns", "phase", "event_id"]).iter_rows(named=True):
+            rows.append(_window_row(key, measured[(p["phase"], p["node"], p["start_ns"], p["end_ns"])].pop(0)))
+    return pl.DataFrame(rows, schema=_WINDOW_SCHEMA)
+
+
 def run_energy(lake: Lake, runs: pl.DataFrame | None = None) -> pl.DataFrame:
     """The view ``run_energy``: one row per run and phase window."""
     runs = run_info(lake) if runs is None else runs
@@ -143,31 +99,8 @@ def run_energy(lake: Lake, runs: pl.DataFrame | None = None) -> pl.DataFrame:
     # a window of a run without run events takes the origin of the run's first phase event
     phase_origin = phases.sort(["recorded_at_ns", "event_id"]).group_by(RUN_KEY, maintain_order=True).agg(
         phase_origin=pl.col("origin").first())
-    rows = []
-    for (model, config_id, run_id), ph in phases.partition_by(RUN_KEY, as_dict=True, maintain_order=True).items():
-        measured: dict[tuple, list] = {}
-        for m in analyze_run(lake, run_id, phases=ph):
-            measured.setdefault((m.name, m.node, m.start_ns, m.end_ns), []).append(m)
-        for p in ph.sort(["start_ns", "phase", "event_id"]).iter_rows(named=True):
-            m = measured[(p["phase"], p["node"], p["start_ns"], p["end_ns"])].pop(0)
-            idle = [c.idle_power_w for c in m.channels]
-            rows.append({
-                "model": model, "config_id": config_id, "run_id": run_id,
-                "samples_simulated": m.simulated, "phase": m.name, "node": m.node, "start_ns": m.start_ns,
-                "end_ns": m.end_ns, "elapsed_s": m.elapsed_s, "energy_j": m.energy_j, "net_energy_j": m.net_energy_j,
-                "idle_power_w": sum(idle) if idle and None not in idle else None, "avg_power_w": m.avg_power_w,
-                "energy_uncertainty_j": m.energy_uncertainty_j, "tokens": m.tokens, "j_per_token": m.j_per_token,
-                "net_j_per_token": m.net_j_per_token, "coverage": m.coverage, "valid": m.valid,
-                "invalid_reasons": "; ".join(m.invalid_reasons) or None})
-    schema = {"model": pl.Utf8, "config_id": pl.Utf8, "run_id": pl.Utf8,
-              "samples_simulated": pl.Boolean, "phase": pl.Utf8, "node": pl.Utf8, "start_ns": pl.Int64,
-              "end_ns": pl.Int64, "elapsed_s": pl.Float64, "energy_j": pl.Float64, "net_energy_j": pl.Float64,
-              "idle_power_w": pl.Float64, "avg_power_w": pl.Float64, "energy_uncertainty_j": pl.Float64,
-              "tokens": pl.Int64, "j_per_token": pl.Float64, "net_j_per_token": pl.Float64, "coverage": pl.Float64,
-              "valid": pl.Boolean, "invalid_reasons": pl.Utf8}
-    windows = pl.DataFrame(rows, schema=schema)
     kinds = pl.col("phase").replace_strict(WINDOW_KINDS, default="other", return_dtype=pl.Utf8)
-    return (windows.join(runs, on=RUN_KEY, how="left").join(phase_origin, on=RUN_KEY, how="left")
+    return (_measured_windows(lake, phases).join(runs, on=RUN_KEY, how="left").join(phase_origin, on=RUN_KEY, how="left")
             .with_columns(origin=pl.coalesce("origin", "phase_origin"), window_kind=kinds,
                           simulated=(pl.col("power_source") == "simulated").fill_null(False) | pl.col("samples_simulated"))
             .select(RUN_ENERGY_COLUMNS)
@@ -219,23 +152,23 @@ def _all_or_none(column: str, where: pl.Expr) -> pl.Expr:
 
 def _ratio(num: str, den: str, where: pl.Expr) -> pl.Expr:
     den_sum = _all_or_none(den, where)
-    return _all_or_none(num, where) / pl.when(den_sum != 0).then(den_sum)
+    return _all_or_none(num, where) / _nonzero(den_sum)
 
 
-def run_metrics(lake: Lake, *, z: float = DEFAULT_Z, runs: pl.DataFrame | None = None,
-                energy: pl.DataFrame | None = None, accuracy: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The view ``run_metrics``: one row per finished run (finished, never failed)."""
-    runs = run_info(lake) if runs is None else runs
-    energy = run_energy(lake, runs) if energy is None else energy
-    accuracy = run_accuracy(lake, runs, z=z) if accuracy is None else accuracy
-    finished = runs.filter(pl.col("run_status") == "finished")
+def _nonzero(expr: pl.Expr) -> pl.Expr:
+    """``expr``, None where it is 0 (SQL ``nullif(x, 0)``)."""
+    return pl.when(expr != 0).then(expr)
 
+
+def _benchmark_windows(energy: pl.DataFrame) -> pl.DataFrame:
+    """Per run: its benchmark windows' count, validity, energy, tokens and time, the J/token
+    of each benchmark, of prefill and of decode, and the invalid windows' reasons."""
     bench = pl.col("window_kind") == "benchmark"
     invalid = energy.filter(bench & ~pl.col("valid")).sort(["start_ns", "phase", "node"], nulls_last=True)
     reasons = invalid.group_by(RUN_KEY, maintain_order=True).agg(
         window_reasons=pl.concat_str(pl.col("phase"), pl.lit(": "), pl.col("invalid_reasons").fill_null("invalid"))
         .str.join("; "))
-    windows = energy.group_by(RUN_KEY).agg(
+    return energy.group_by(RUN_KEY).agg(
         n_windows=bench.sum(),
         all_valid=pl.col("valid").filter(bench).all(),
         samples_simulated=pl.col("simulated").filter(bench).any(),
@@ -248,45 +181,62 @@ def run_metrics(lake: Lake, *, z: float = DEFAULT_Z, runs: pl.DataFrame | None =
         decode_j_per_token=_ratio("energy_j", "tokens", pl.col("window_kind") == "decode"),
     ).join(reasons, on=RUN_KEY, how="left")
 
-    acc = accuracy.group_by(RUN_KEY).agg(
+
+def _accuracies(accuracy: pl.DataFrame) -> pl.DataFrame:
+    """Per run: benchmarks answered, the composite accuracy and each benchmark's."""
+    return accuracy.group_by(RUN_KEY).agg(
         n_benchmarks=(pl.col("benchmark") != "composite").sum().cast(pl.Int64),
         accuracy=pl.col("accuracy").filter(pl.col("benchmark") == "composite").first(),
         **{f"acc_{b}": pl.col("accuracy").filter(pl.col("benchmark") == b).first() for b in BENCHMARK_PHASES})
 
+
+def _quality(lake: Lake) -> list[pl.DataFrame]:
+    """Per run: its latest perplexity, kld and prefill / decode throughput."""
     ppl = _latest(lake.read("perplexity"), RUN_KEY).select(*RUN_KEY, "ppl", "ppl_stderr")
     kld = _latest(lake.read("kld"), RUN_KEY).select(*RUN_KEY, "kld_mean", "same_top_p")
     tput = _latest(lake.read("throughput").filter(pl.col("test").is_in(["pp", "tg"])), [*RUN_KEY, "test"])
     tput = tput.group_by(RUN_KEY).agg(
         prefill_tokens_per_s=pl.col("tokens_per_s").filter(pl.col("test") == "pp").first(),
         decode_tokens_per_s=pl.col("tokens_per_s").filter(pl.col("test") == "tg").first())
+    return [ppl, kld, tput]
+
+
+def _run_files(lake: Lake, finished: pl.DataFrame) -> pl.DataFrame:
+    """Per run: size and bits per weight of its file's quantization (of its origin first, then
+    the latest; a run without a file hash takes its configuration's)."""
     quant = lake.read("quantization").select("model", "config_id", "file_sha256", "origin", "recorded_at_ns",
                                              "event_id", "file_size_bytes", "bits_per_weight")
-    quant = (finished.select(*RUN_KEY, "origin", run_file="file_sha256")
-             .join(quant, on=["model", "config_id"], how="inner", suffix="_q")
-             .filter(pl.col("run_file").is_null() | (pl.col("run_file") == pl.col("file_sha256")))
-             .with_columns(same_origin=pl.col("origin_q") == pl.col("origin"))
-             .sort(["same_origin", "recorded_at_ns", "event_id"], descending=True)
-             .group_by(RUN_KEY, maintain_order=True).first()
-             .select(*RUN_KEY, "file_size_bytes", "bits_per_weight"))
+    return (finished.select(*RUN_KEY, "origin", run_file="file_sha256")
+            .join(quant, on=["model", "config_id"], how="inner", suffix="_q")
+            .filter(pl.col("run_file").is_null() | (pl.col("run_file") == pl.col("file_sha256")))
+            .with_columns(same_origin=pl.col("origin_q") == pl.col("origin"))
+            .sort(["same_origin", "recorded_at_ns", "event_id"], descending=True)
+            .group_by(RUN_KEY, maintain_order=True).first()
+            .select(*RUN_KEY, "file_size_bytes", "bits_per_weight"))
 
-    def safe_div(a, b):
-        return a / pl.when(b != 0).then(b)
 
-    jpt = safe_div(pl.col("benchmark_energy_j"), pl.col("benchmark_tokens"))
-    out = (finished.join(windows, on=RUN_KEY, how="left").join(acc, on=RUN_KEY, how="left")
-           .join(ppl, on=RUN_KEY, how="left").join(kld, on=RUN_KEY, how="left")
-           .join(tput, on=RUN_KEY, how="left").join(quant, on=RUN_KEY, how="left"))
+def run_metrics(lake: Lake, *, z: float = DEFAULT_Z, runs: pl.DataFrame | None = None,
+                energy: pl.DataFrame | None = None, accuracy: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The view ``run_metrics``: one row per finished run (finished, never failed)."""
+    runs = run_info(lake) if runs is None else runs
+    energy = run_energy(lake, runs) if energy is None else energy
+    accuracy = run_accuracy(lake, runs, z=z) if accuracy is None else accuracy
+    finished = runs.filter(pl.col("run_status") == "finished")
+    out = finished
+    for part in (_benchmark_windows(energy), _accuracies(accuracy), *_quality(lake), _run_files(lake, finished)):
+        out = out.join(part, on=RUN_KEY, how="left")
+    jpt = pl.col("benchmark_energy_j") / _nonzero(pl.col("benchmark_tokens"))
     return out.with_columns(
         simulated=(pl.col("power_source") == "simulated") | pl.col("samples_simulated").fill_null(False),
         valid=((pl.col("n_windows") > 0) & pl.col("all_valid")).fill_null(False),
         n_benchmarks=pl.col("n_benchmarks").fill_null(0),
         benchmark_tokens=pl.col("benchmark_tokens").cast(pl.Int64),
         j_per_token=jpt,
-        net_j_per_token=safe_div(pl.col("net_energy_j"), pl.col("benchmark_tokens")),
-        epi=safe_div(jpt, pl.col("accuracy")),
-        **{f"epi_{b}": safe_div(pl.col(f"jpt_{b}"), pl.col(f"acc_{b}")) for b in BENCHMARK_PHASES},
-        avg_power_w=safe_div(pl.col("benchmark_energy_j"), pl.col("elapsed_s")),
-        idle_power_w=safe_div(pl.col("benchmark_energy_j") - pl.col("net_energy_j"), pl.col("elapsed_s")),
+        net_j_per_token=pl.col("net_energy_j") / _nonzero(pl.col("benchmark_tokens")),
+        epi=jpt / _nonzero(pl.col("accuracy")),
+        **{f"epi_{b}": pl.col(f"jpt_{b}") / _nonzero(pl.col(f"acc_{b}")) for b in BENCHMARK_PHASES},
+        avg_power_w=pl.col("benchmark_energy_j") / _nonzero(pl.col("elapsed_s")),
+        idle_power_w=(pl.col("benchmark_energy_j") - pl.col("net_energy_j")) / _nonzero(pl.col("elapsed_s")),
         invalid_reasons=pl.when(pl.col("n_windows").fill_null(0) == 0).then(pl.lit("no benchmark window"))
         .otherwise(pl.col("window_reasons")),
     ).select(RUN_METRICS_COLUMNS).sort(RUN_KEY)
@@ -310,38 +260,42 @@ def _layer_types(map_json: str | None) -> dict[str, str | None]:
     return out
 
 
+def _group_medians(runs: pl.DataFrame, seed: int, n_boot: int) -> dict:
+    """config_summary's counts, medians and bootstrap intervals over one group's runs."""
+    valid = runs.filter(pl.col("valid")).sort(["repeat", "run_id"])
+    row = {"simulated": bool(runs["simulated"].any()), "n_repeats": valid.height, "n_excluded": runs.height - valid.height}
+    indices = bootstrap.index_matrix(seed, valid.height, n_boot) if valid.height else None
+    for name in BOOTSTRAPPED:
+        row[name] = valid[name].cast(pl.Float64).median()
+        low, high = bootstrap.median_interval(valid[name].to_list(), indices=indices) if valid.height else (None, None)
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+    for name in MEDIANS:
+        row[name] = valid[name].cast(pl.Float64).median()
+    return row
+
+
+def _group_config(configs: pl.DataFrame, group: dict) -> dict:
+    """The group's quant_config (of its origin first, then the latest): kind and layer types."""
+    chosen = (configs.filter((pl.col("model") == group["model"]) & (pl.col("config_id") == group["config_id"]))
+              .with_columns(same_origin=pl.col("origin") == group["origin"])
+              .sort(["same_origin", "recorded_at_ns", "event_id"], descending=True))
+    return {"kind": chosen["kind"][0] if chosen.height else None,
+            **_layer_types(chosen["map_json"][0] if chosen.height else None)}
+
+
 def config_summary(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP, z: float = DEFAULT_Z,
                    metrics: pl.DataFrame | None = None) -> pl.DataFrame:
     """The view ``config_summary``: medians over the valid runs of each (model, config_id,
     origin, power_source) with seeded bootstrap intervals."""
-    _check_bootstrap(seed, n_boot)
+    bootstrap.check_params(seed, n_boot)
     metrics = run_metrics(lake, z=z) if metrics is None else metrics
     configs = lake.read("quant_config").select("model", "config_id", "origin", "recorded_at_ns", "event_id", "kind",
                                                "map_json")
     rows = []
     for key, runs in metrics.partition_by(GROUP_KEY, as_dict=True, maintain_order=True).items():
         group = dict(zip(GROUP_KEY, key))
-        valid = runs.filter(pl.col("valid")).sort(["repeat", "run_id"])
-        row = {**group, "simulated": bool(runs["simulated"].any()), "n_repeats": valid.height,
-               "n_excluded": runs.height - valid.height}
-        indices = bootstrap_index_matrix(seed, valid.height, n_boot) if valid.height else None
-        for name in BOOTSTRAPPED:
-            row[name] = valid[name].cast(pl.Float64).median()
-            low, high = bootstrap_median_interval(valid[name].to_list(), indices=indices) if valid.height else (None, None)
-            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
-        for name in MEDIANS:
-            row[name] = valid[name].cast(pl.Float64).median()
-        chosen = (configs.filter((pl.col("model") == group["model"]) & (pl.col("config_id") == group["config_id"]))
-                  .with_columns(same_origin=pl.col("origin") == group["origin"])
-                  .sort(["same_origin", "recorded_at_ns", "event_id"], descending=True))
-        row["kind"] = chosen["kind"][0] if chosen.height else None
-        row.update(_layer_types(chosen["map_json"][0] if chosen.height else None))
-        rows.append(row)
-    schema = {c: pl.Utf8 for c in ("model", "config_id", "origin", "power_source", "kind", "early_type",
-                                   "middle_type", "late_type")}
-    schema |= {"simulated": pl.Boolean, "n_repeats": pl.Int64, "n_excluded": pl.Int64}
-    schema |= {c: pl.Float64 for c in CONFIG_SUMMARY_COLUMNS if c not in schema}
-    return pl.DataFrame(rows, schema=schema).select(CONFIG_SUMMARY_COLUMNS).sort(GROUP_KEY)
+        rows.append({**group, **_group_medians(runs, seed, n_boot), **_group_config(configs, group)})
+    return pl.DataFrame(rows, schema=VIEWS["config_summary"]).sort(GROUP_KEY)
 
 
 def all_views(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP,

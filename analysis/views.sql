@@ -1,20 +1,21 @@
 -- mqepi SQL layer: one view per event type over the Parquet lake, for DuckDB.
 --
--- Load it against any lake folder (the mqepi CLI does this for you):
---     duckdb -cmd "SET VARIABLE mqepi_lake = '/path/to/lake'" -cmd ".read analysis/views.sql"
+-- Load it against any lake folder, after macros.sql (the mqepi CLI does this for you):
+--     duckdb -cmd "SET VARIABLE mqepi_lake = '/path/to/lake'" -cmd ".read analysis/macros.sql" \
+--            -cmd ".read analysis/views.sql"
 -- or inside a session:
 --     SET VARIABLE mqepi_lake = '/path/to/lake';
+--     .read analysis/macros.sql
 --     .read analysis/views.sql
 --
--- Every base view:
---   * reads <lake>/<event_type>/<key>=<value>/.../*.parquet with hive partitioning; the
---     partition columns (model, config_id, run_id) come from the path, typed VARCHAR;
---   * unions files by column name, so files written by older schema versions still read;
---   * keeps one row per event_id (the earliest recorded), so a re-appended event counts once.
+-- Every base view reads its event type through the table macro mqepi_events (macros.sql):
+-- <lake>/<event_type>/model=*/config_id=*[/run_id=*]/*.parquet with hive partitioning (the
+-- partition columns typed VARCHAR), files unioned by column name, one row per event_id (the
+-- earliest recorded), so a re-appended event counts once.
 -- Temporary files (.tmp-*.partial) never match the *.parquet glob. Each folder holds a
 -- zero-row seed file (model=_seed/...), written by `mqepi lake init`, so that every view
 -- exists with its full column set even before the first event of its type.
--- Derived views (energy, accuracy, EPI, frontier) follow the base views.
+-- Derived views (the energy windows) follow the base views.
 
 -- DuckDB 2.0.1 can drop rows when a join's filter is pushed into these de-duplicating hive
 -- scans (seen as a lost run when joining two base views on model/config_id/run_id; cf.
@@ -24,83 +25,31 @@ SET disabled_optimizers = 'join_filter_pushdown';
 
 -- ---------------------------------------------------------------- configs (model/config_id)
 
-CREATE OR REPLACE VIEW quant_config AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/quant_config/model=*/config_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
-CREATE OR REPLACE VIEW quantization AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/quantization/model=*/config_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
-CREATE OR REPLACE VIEW tensor_inventory AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/tensor_inventory/model=*/config_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
+CREATE OR REPLACE VIEW quant_config AS FROM mqepi_config_events('quant_config');
+CREATE OR REPLACE VIEW quantization AS FROM mqepi_config_events('quantization');
+CREATE OR REPLACE VIEW tensor_inventory AS FROM mqepi_config_events('tensor_inventory');
 
 -- ---------------------------------------------------------------- runs (model/config_id/run_id)
 
-CREATE OR REPLACE VIEW run AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/run/model=*/config_id=*/run_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR', 'run_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
+CREATE OR REPLACE VIEW run AS FROM mqepi_run_events('run');
+CREATE OR REPLACE VIEW phase AS FROM mqepi_run_events('phase');
+CREATE OR REPLACE VIEW power_sample AS FROM mqepi_run_events('power_sample');
+CREATE OR REPLACE VIEW thermal_sample AS FROM mqepi_run_events('thermal_sample');
+CREATE OR REPLACE VIEW benchmark_answer AS FROM mqepi_run_events('benchmark_answer');
+CREATE OR REPLACE VIEW perplexity AS FROM mqepi_run_events('perplexity');
+CREATE OR REPLACE VIEW kld AS FROM mqepi_run_events('kld');
+CREATE OR REPLACE VIEW throughput AS FROM mqepi_run_events('throughput');
 
-CREATE OR REPLACE VIEW phase AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/phase/model=*/config_id=*/run_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR', 'run_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
-CREATE OR REPLACE VIEW power_sample AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/power_sample/model=*/config_id=*/run_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR', 'run_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
-CREATE OR REPLACE VIEW thermal_sample AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/thermal_sample/model=*/config_id=*/run_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR', 'run_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
-CREATE OR REPLACE VIEW benchmark_answer AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/benchmark_answer/model=*/config_id=*/run_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR', 'run_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
-CREATE OR REPLACE VIEW perplexity AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/perplexity/model=*/config_id=*/run_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR', 'run_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
-CREATE OR REPLACE VIEW kld AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/kld/model=*/config_id=*/run_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR', 'run_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
-CREATE OR REPLACE VIEW throughput AS
-SELECT * FROM read_parquet(getvariable('mqepi_lake') || '/throughput/model=*/config_id=*/run_id=*/*.parquet',
-    hive_partitioning = true, union_by_name = true,
-    hive_types = {'model': 'VARCHAR', 'config_id': 'VARCHAR', 'run_id': 'VARCHAR'})
-QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
-
--- ================================================================ energy (issue 5)
+-- ================================================================ energy
 -- Power windows, derived from power_sample, phase, thermal_sample and the quality events.
 -- The same definitions as mqepi/meter/clock.py and mqepi/meter/windows.py (tests compare
 -- both; docs/meter.md explains them). Constants, kept equal to the Python ones:
 --   gap factor 1.5 nominal periods; coverage >= 0.95; clock residual < 400 ms (MLPerf
 --   Power); resolution part of the uncertainty <= 1 % of the average power; thermal
 --   samples within 10 s of a window; idle phase name 'idle_baseline'; vcgencmd sticky
---   throttle bits 0xF0000 (983040). Resolution and accuracy per power source as
---   mqepi/meter/protocol.py. Every row carries power_source: 'simulated' is not measured.
+--   throttle bits 0xF0000 (983040). Resolution and accuracy per power source as in
+--   mqepi/meter/stream.py (POWER_RESOLUTION_W, POWER_ACCURACY_REL; tests/test_sql.py
+--   compares). Every row carries power_source: 'simulated' is not measured.
 
 -- Resolution (W per reading step) and relative accuracy of each power source.
 CREATE OR REPLACE VIEW power_source_figures AS

@@ -4,7 +4,7 @@ Records N power samples in batches of 10k rows through ``Lake.record`` (content 
 schema checks, Parquet write, fsync, publish; the path the meter reader uses) and, in the same process, writes the
 same batches with a bare ``pyarrow.parquet.write_table``. Pinned to one core
 (``sched_setaffinity`` + ``POLARS_MAX_THREADS=1``). Prints samples/s, the ratio to the bare
-write, and peak RSS. Goal (issue 2): >= 200k validated samples/s, >= 0.5x the bare write.
+write, and peak RSS. Goal: >= 200k validated samples/s, >= 0.5x the bare write.
 
     python benchmarks/lake_append.py [--samples 1000000] [--batch 10000]
 """

@@ -9,7 +9,7 @@ Phase 2, memory: a streamed 24-hour-equivalent run (4 channels x 50 Hz = 17.3 M 
 default) generated on the fly and recorded into a temporary lake, in a child process so its
 peak RSS is its own; the lines are never held in memory.
 
-Pinned to one core (``sched_setaffinity`` + ``POLARS_MAX_THREADS=1``). Goals (issue 5):
+Pinned to one core (``sched_setaffinity`` + ``POLARS_MAX_THREADS=1``). Goals:
 >= 200k samples/s on one core; peak RSS < 150 MB over the 24-hour stream. Not a test.
 
     python benchmarks/meter_ingest.py [--lines 250000] [--hours 24] [--skip-stream]

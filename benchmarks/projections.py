@@ -1,4 +1,4 @@
-"""Benchmark: materialised derived tables (mqepi.derived.recompute) vs a bare DuckDB scan.
+"""Benchmark: materialised derived tables (mqepi.results.snapshots.recompute) vs a bare DuckDB scan.
 
 Builds a synthetic lake through ``Lake.record`` (real content ids, schema checks and the
 lake's own file layout and names; chunks of runs per call): ``--runs`` runs of
@@ -9,16 +9,16 @@ benchmark, perplexity, kld and throughput. Then, in this process, times:
 
 * bare scan: ``SELECT sum(power_w)`` over the same power_sample files with DuckDB (the
   baseline; run twice, the second, warm, figure is used);
-* listing: ``derived.list_lake`` alone (every recompute lists the whole lake: its state);
+* listing: ``list_lake`` alone (every recompute lists the whole lake: its state);
 * full rebuild: ``recompute`` into an empty folder (every view materialised: run_energy,
   run_accuracy, run_metrics, config_summary, matched_pairs, pareto_frontier);
 * unchanged: ``recompute`` again (reuse: a listing);
 * incremental: one new run recorded, then ``recompute`` into the same folder.
 
-* with ``--live``: ``SELECT count(*) FROM run_metrics`` through ``mqepi.sql.connect`` (the
+* with ``--live``: ``SELECT count(*) FROM run_metrics`` through ``mqepi.results.sql.connect`` (the
   views over the lake's globs, nothing materialised; slow).
 
-Goals (issue 8): full rebuild <= 1.5x the bare scan; incremental <= 2 s. The lake is built
+Goals: full rebuild <= 1.5x the bare scan; incremental <= 2 s. The lake is built
 through Lake.record (about 30 runs/s here); ``--dir D --keep`` keeps it and reuses it.
 
     python benchmarks/projections.py [--runs 10000] [--samples 1e7] [--bootstrap 1000]
@@ -44,12 +44,15 @@ import numpy as np
 import polars as pl
 
 from mqepi.lake.store import Lake
+from mqepi.quality.tasks import BENCHMARK_PHASES, BENCHMARKS
 from mqepi.results import snapshots as derived
+from mqepi.results import sql
+from mqepi.results.listing import list_lake
+from mqepi.schemas import EVENT_TYPES
 
 T0 = 1_764_000_000_000_000_000  # 2025-11-24 UTC, ns
 HZ = 10
-PHASES = ["idle_baseline", "mmlu", "arc_challenge", "hellaswag", "pp", "tg"]
-BENCHMARKS = ("mmlu", "arc_challenge", "hellaswag")
+PHASES = ["idle_baseline", *BENCHMARK_PHASES, "pp", "tg"]
 
 
 def sha(text: str) -> str:
@@ -171,7 +174,7 @@ def build_lake(root: Path, args) -> tuple[Lake, list[tuple[str, str, int, int]]]
 
 
 def models_of(lake: Lake) -> list[str]:
-    return sorted({key[0] for key in derived.list_lake(lake).config_files})
+    return sorted({key[0] for key in list_lake(lake).config_files})
 
 
 def bare_scan(lake: Lake) -> tuple[float, float]:
@@ -210,7 +213,7 @@ def main() -> None:
         else:
             lake, _ = build_lake(root, args)
         build_s = time.perf_counter() - t0
-        n_files = sum(len(lake.files(t)) for t in derived.EVENT_TYPES)
+        n_files = sum(len(lake.files(t)) for t in EVENT_TYPES)
         size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
         print(f"lake        {args.runs:,d} runs, {int(args.samples):,d} power samples, {args.windows} windows/run, "
               f"{n_files:,d} files, {size / 1e6:,.0f} MB; built through Lake.record in {build_s:.0f} s")
@@ -219,20 +222,18 @@ def main() -> None:
         bare_s, total = bare_scan(lake)
         print(f"bare scan   {bare_s:8.2f} s   SELECT sum(power_w) over the power_sample files ({total:,.0f} W summed)")
         t0 = time.perf_counter()
-        derived.list_lake(lake)
+        list_lake(lake)
         list_s = time.perf_counter() - t0
-        print(f"listing     {list_s:8.2f} s   {list_s / bare_s:6.2f}x bare   (derived.list_lake: every file, the lake "
+        print(f"listing     {list_s:8.2f} s   {list_s / bare_s:6.2f}x bare   (list_lake: every file, the lake "
               "state; part of every recompute)")
         if args.live:
-            from mqepi.results import sql
-
             con = sql.connect(lake)
             con.execute(f"SET VARIABLE mqepi_bootstrap = {args.bootstrap}")
             t0 = time.perf_counter()
             n = con.execute("SELECT count(*) FROM run_metrics").fetchall()[0][0]
             live_s = time.perf_counter() - t0
             print(f"live view   {live_s:8.2f} s   {live_s / bare_s:6.2f}x bare   (SELECT count(*) FROM run_metrics "
-                  f"through mqepi.sql.connect: {n:,d} rows)")
+                  f"through mqepi.results.sql.connect: {n:,d} rows)")
             con.close()
 
         out = work / "derived"
@@ -254,7 +255,7 @@ def main() -> None:
             same = derived.recompute(lake, out, **{**kw, "progress": lambda s: None})
             assert same.reused
             unchanged.append(same.seconds)
-            slot = len(derived.list_lake(lake).run_files) + 1  # a run id not in the lake yet
+            slot = len(list_lake(lake).run_files) + 1  # a run id not in the lake yet
             record_runs(lake, [(f"model{i % len(models_of(lake)):03d}", "c00", args.repeats, slot)],
                         samples_per_run=max(args.windows * 4, int(args.samples) // args.runs),
                         windows=args.windows, questions=args.questions, seed=slot)

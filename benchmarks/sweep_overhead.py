@@ -1,4 +1,4 @@
-"""The share of a sweep's wall time spent outside model work (issue 7; goal <= 5 %).
+"""The share of a sweep's wall time spent outside model work (goal <= 5 %).
 
 Runs the demo's sweep settings (loopback cluster, simulated meter, Prefect stages unless
 --no-prefect) over a few configurations into a temporary lake and splits the wall time:
@@ -15,6 +15,7 @@ Runs the demo's sweep settings (loopback cluster, simulated meter, Prefect stage
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +23,10 @@ from pathlib import Path
 from mqepi.cli.demo import DemoSettings
 from mqepi.flows import prefect_environment
 from mqepi.lake.store import Lake
-from mqepi.quant import toolchain
+from mqepi.quant import maps, toolchain
 from mqepi.rig.loopback import LoopbackCluster
-from mqepi.sweep import core as sw
+from mqepi.sweep import rig as sweep_rig
+from mqepi.sweep.run import run_sweep
 
 
 class TimedExecutor:
@@ -54,47 +56,37 @@ def main() -> None:
     args = ap.parse_args()
 
     timed: list[TimedExecutor] = []
-    original = sw.Rig._setup
+    original = sweep_rig.Rig._setup
 
     def setup(self):
         original(self)
         self.head_exec = TimedExecutor(self.head_exec)
         timed.append(self.head_exec)
 
-    sw.Rig._setup = setup
+    sweep_rig.Rig._setup = setup
     tc = toolchain.ensure()
     settings = DemoSettings(questions=args.questions, workers=args.workers)
     with tempfile.TemporaryDirectory(prefix="mqepi-overhead-") as tmp, LoopbackCluster(1 + args.workers, tc.bin_dir) as lc:
-        from mqepi.quant import maps
-
         configs = sorted(p.stem for p in maps.maps_dir("smollm2-135m").glob("*.json"))[: args.configs]
         spec = settings.spec(str(lc.config_path), configs)
         spec.name = f"overhead-{time.time_ns():x}"
         pids = {n.name: (lambda name=n.name: lc.pids(name)) for n in lc.nodes if n.name != "quant"}
         lake = Lake(Path(tmp) / "lake")
         if args.no_prefect:
-            result = sw.run_sweep(spec, lake, node_pids=pids)
+            result = run_sweep(spec, lake, node_pids=pids).summary()
         else:
-            import os
-
             prefect_environment()
             os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-            from prefect import flow
-
-            from mqepi.flows.stages import PrefectStages
-
-            @flow(name="overhead-sweep")
-            def bench():
-                return sw.run_sweep(spec, lake, stages=PrefectStages(), node_pids=pids)
+            from mqepi.flows.sweep import run_flow  # Prefect is heavy: imported only for the flow run
 
             start = time.perf_counter()
-            result = bench()
+            result = run_flow(spec, lake.uri, node_pids=pids, progress=lambda line: None)
             flow_wall = time.perf_counter() - start
     tool_s = sum(t.seconds for t in timed)
-    waits = result.seconds.get("idle window", 0.0) + result.seconds.get("stabilisation", 0.0)
-    wall = result.wall_s
+    waits = result["seconds"].get("idle window", 0.0) + result["seconds"].get("stabilisation", 0.0)
+    wall = result["wall_s"]
     overhead = wall - tool_s - waits
-    print(f"sweep of {len(result.finished)} runs ({args.configs} configs, MMLU {args.questions} q, "
+    print(f"sweep of {len(result['finished'])} runs ({args.configs} configs, MMLU {args.questions} q, "
           f"{'direct' if args.no_prefect else 'Prefect stages'}), wall {wall:.1f} s")
     print(f"  model work (tool runs on the head, {sum(t.calls for t in timed)} calls): {tool_s:.1f} s "
           f"= {tool_s / wall:.1%}")
@@ -103,7 +95,7 @@ def main() -> None:
           f"(goal <= 5 %)")
     if not args.no_prefect:
         print(f"  Prefect flow start-up and end outside the sweep: {flow_wall - wall:.1f} s (not counted above)")
-    print("  by stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(result.seconds.items(), key=lambda kv: -kv[1])))
+    print("  by stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(result["seconds"].items(), key=lambda kv: -kv[1])))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pandera.polars as pa
 import polars as pl
 
+from mqepi.quality.tasks import BENCHMARKS
 from mqepi.quant.ggml import GGML_TYPE_NAMES, QUANT_TYPE_NAMES
 
 #: Version of every model below; bump a model's own ``SCHEMA_VERSIONS`` entry when it changes.
@@ -32,7 +33,6 @@ POWER_SOURCES = ("epi-meter", "atm90e26", "nvml", "simulated", "replay")
 RUN_STATUSES = ("started", "finished", "failed")
 #: A run may measure no power at all (a quality-only evaluation): "none".
 RUN_POWER_SOURCES = (*POWER_SOURCES, "none")
-BENCHMARKS = ("mmlu", "arc_challenge", "hellaswag")
 THROUGHPUT_TESTS = ("pp", "tg", "pg")
 
 
@@ -206,7 +206,8 @@ class BenchmarkAnswer(RunBound):
     subject: pl.Utf8 = pa.Field(nullable=True)
     shots: pl.Int32 = pa.Field(ge=0, le=64)
     prompt_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
-    predicted: pl.Int32 = pa.Field(nullable=True, ge=0, le=63, description="chosen answer; null where the engine only says it was wrong")
+    predicted: pl.Int32 = pa.Field(nullable=True, ge=0, le=63,
+                                   description="chosen answer; null where the engine only says it was wrong")
     gold: pl.Int32 = pa.Field(ge=0, le=63)
     correct: pl.Boolean = pa.Field()
     choice_scores: pl.List(pl.Float64) = pa.Field(nullable=True, description="log-likelihood per choice")

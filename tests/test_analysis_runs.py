@@ -14,11 +14,10 @@ import polars as pl
 import pytest
 from factories import T0, sha
 
-from mqepi.analysis import MACROS_SQL, VIEWS_SQL, twin_runs
+from mqepi.analysis import MACROS_SQL, RUNS_SQL, VIEWS_SQL, bootstrap, twin_runs
 from mqepi.lake.store import Lake
 from mqepi.results import sql
 
-RUNS_SQL = VIEWS_SQL.parent / "runs.sql"
 MS, S = 1_000_000, 1_000_000_000
 Z = 1.96
 
@@ -398,7 +397,8 @@ def assert_frames_agree(a: pl.DataFrame, b: pl.DataFrame, key: list[str], what: 
     for column in a.columns:
         x, y = a[column].to_list(), b[column].to_list()
         for i, (u, v) in enumerate(zip(x, y)):
-            where = (what, column, a.row(i, named=True)[key[-1]], a.row(i, named=True)["run_id" if "run_id" in key else "config_id"])
+            row = a.row(i, named=True)
+            where = (what, column, row[key[-1]], row["run_id" if "run_id" in key else "config_id"])
             assert (u is None) == (v is None), (*where, u, v)
             if isinstance(u, float):
                 assert u == pytest.approx(v, rel=1e-9, abs=1e-12), (*where, u, v)
@@ -460,11 +460,11 @@ def test_bootstrap_indices_follow_the_contract():
             x = x * 48271 % 2147483647
             x ^= x >> 13
             expected.append(x % n)
-        assert twin_runs.bootstrap_indices(seed, b, n).tolist() == expected
-    matrix = twin_runs.bootstrap_index_matrix(1234, 4, 5)
-    assert [row.tolist() for row in matrix] == [twin_runs.bootstrap_indices(1234, b, 4).tolist() for b in range(1, 6)]
+        assert bootstrap.resample_indices(seed, b, n).tolist() == expected
+    matrix = bootstrap.index_matrix(1234, 4, 5)
+    assert [row.tolist() for row in matrix] == [bootstrap.resample_indices(1234, b, 4).tolist() for b in range(1, 6)]
     with pytest.raises(ValueError, match="mqepi_seed"):
-        twin_runs.bootstrap_indices(-1, 1, 3)
+        bootstrap.resample_indices(-1, 1, 3)
 
 
 def test_bootstrap_is_seeded(sweep_lake):

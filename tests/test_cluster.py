@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mqepi.quality import datasets, mc, run
-from mqepi.quant import assets, maps, quantize, toolchain
 from mqepi.lake.durable import sha256_file
+from mqepi.quality import datasets
+from mqepi.quality import prompts as mc
+from mqepi.quality import scoring as run
+from mqepi.quant import assets, maps, quantize, toolchain
 from mqepi.rig import config as cfg
 from mqepi.rig import ops
 from mqepi.rig.loopback import LoopbackCluster
@@ -219,7 +221,7 @@ def test_loopback_end_to_end_quantize_on_quant_host_deploy_run_over_rpc(cluster,
         base_remote = f"{config.quant_host.work_dir}/base/{Path(base.path).name}"
         quant.put(base.path, base_remote, base.sha256)
         q = quantize.quantize(qmap, profile, base_remote, base.sha256, f"{config.quant_host.bin_dir}/llama-quantize",
-                              tools.llama_cpp_commit, tmp_path / "gguf", lake=lake, runner=quant)
+                              tools.llama_cpp_commit, tmp_path / "gguf", lake=lake, executor=quant)
     assert not q.reused and q.actual_data_bytes == q.predicted_data_bytes
     assert lake.read("quantization")["host"].to_list() == ["quant-host:127.0.0.1"]
     deployed = ops.deploy(config, q.path, q.file_sha256)

@@ -29,11 +29,14 @@ from typer.testing import CliRunner
 from mqepi import cli
 from mqepi.cli import community as cli_community
 from mqepi.cli.community import ingest_command, submit_command
-from mqepi.community import core as community
-from mqepi.community.core import BundleRejected, Limits, build_bundle, ingest
+from mqepi.community.ingest import ingest, ingest_drop_folder
+from mqepi.community.problems import DEFAULT_LIMITS, BundleRejected, CommunityError, Limits
+from mqepi.community.submit import build_bundle
+from mqepi.community.validate import validate_bundle
 from mqepi.lake import events
 from mqepi.lake.store import Lake
 from mqepi.quant import maps
+from mqepi.quant.expansion import expand
 from mqepi.quant.quantize import Quantized
 from mqepi.quant.quantize import record as record_quantization
 from mqepi.results import sql
@@ -52,7 +55,7 @@ def record_config(lake: Lake, config_id: str) -> None:
     """quant_config, quantization and tensor_inventory of one configuration, as quantize records them."""
     profile = maps.load_profile(MODEL)
     qmap = maps.load_map(maps.maps_dir(MODEL) / f"{config_id}.json", profile)
-    exp = maps.expand(qmap, profile)
+    exp = expand(qmap, profile)
     q = Quantized(config_id=config_id, model=MODEL, path=f"/tmp/{config_id}.gguf", file_sha256=sha(f"file-{config_id}"),
                   file_size_bytes=100_000_000, predicted_data_bytes=1, predicted_file_bytes=1, actual_data_bytes=1,
                   bits_per_weight=exp.bits_per_weight, fallbacks=0, duration_s=2.5, reused=False,
@@ -331,7 +334,7 @@ class Case:
     id: str
     mutate: Callable[[Path, Path], Path]
     expected: str
-    limits: Limits = community.DEFAULT_LIMITS
+    limits: Limits = DEFAULT_LIMITS
     prepare: Callable[[Path, Lake], None] | None = None
 
 
@@ -356,12 +359,15 @@ CASES = [
     Case("nan_power", edit(PS, set_row("power_w", 3, NAN)), "row 3, value nan: power is not finite"),
     Case("inf_power", edit(PS, set_row("power_w", 4, INF)), "row 4, value inf: power is not finite"),
     Case("negative_power", edit(PS, set_row("power_w", 5, -1.5)), "row 5, value -1.5: negative power"),
-    Case("power_above_node_range", edit(PS, set_row("power_w", 6, 75.0)), "value 75.0: power above the node's stated power_max_w"),
+    Case("power_above_node_range", edit(PS, set_row("power_w", 6, 75.0)),
+         "value 75.0: power above the node's stated power_max_w"),
     Case("timestamps_backwards", edit(PS, set_row("host_time_ns", 10, T0)), "host_time_ns goes backwards"),
-    Case("thermal_backwards", edit("thermal_sample", set_row("host_time_ns", 5, T0 - 1)), "thermal_sample.parquet, column host_time_ns, row 5"),
+    Case("thermal_backwards", edit("thermal_sample", set_row("host_time_ns", 5, T0 - 1)),
+         "thermal_sample.parquet, column host_time_ns, row 5"),
     Case("negative_energy", edit(PS, set_row("energy_counter_j", 7, -3.0)), "energy must be finite and non-negative"),
     Case("zero_tokens", edit("phase", set_row("tokens", 1, 0)), "tokens must be positive"),
-    Case("answer_twice", edit("benchmark_answer", set_row("question_id", 1, "q0")), "question answered more than once in one run"),
+    Case("answer_twice", edit("benchmark_answer", set_row("question_id", 1, "q0")),
+         "question answered more than once in one run"),
     Case("gold_beyond_choices", edit("benchmark_answer", lambda d: set_row("choice_scores", 1, [-1.0])(d)),
          "gold or predicted answer index beyond the choices scored"),
     Case("recorded_in_future", edit("run", set_row("recorded_at_ns", 0, 2**62)), "recorded in the future"),
@@ -372,7 +378,8 @@ CASES = [
          "claims an origin other than 'community/alice'"),
     Case("id_not_content_hash", edit("perplexity", set_row("ppl", 0, 99.0), rehash=False),
          "event_id does not equal the sha256 of the event's content"),
-    Case("submitter_path_traversal", patch(lambda m: m["submitter"].update(id="../../etc")), "submitter id contains a path separator"),
+    Case("submitter_path_traversal", patch(lambda m: m["submitter"].update(id="../../etc")),
+         "submitter id contains a path separator"),
     Case("submitter_dotdot", patch(lambda m: m["submitter"].update(id="a..b")), "submitter id contains '..'"),
     Case("submitter_oversized", patch(lambda m: m["submitter"].update(id="a" * 65)), "is 65 characters, longer than 64"),
     Case("submitter_uppercase", patch(lambda m: m["submitter"].update(id="Alice")), "is not a lowercase slug"),
@@ -380,9 +387,12 @@ CASES = [
     Case("hash_mismatch", patch(lambda m: files_entry(m, "run.parquet").update(sha256="0" * 64)), "run.parquet: sha256 mismatch"),
     Case("byte_count_mismatch", patch(lambda m: files_entry(m, "phase.parquet").update(bytes=1)),
          "bytes but manifest.json says 1"),
-    Case("row_count_mismatch", patch(lambda m: files_entry(m, "run.parquet").update(rows=5)), "has 4 rows but manifest.json says 5"),
-    Case("file_not_in_manifest", raw_file("notes.txt", b"hello", update_manifest=False), "notes.txt: not listed in manifest.json files"),
-    Case("listed_file_missing", drop("perplexity.parquet"), "perplexity.parquet: listed in manifest.json but missing from the bundle"),
+    Case("row_count_mismatch", patch(lambda m: files_entry(m, "run.parquet").update(rows=5)),
+         "has 4 rows but manifest.json says 5"),
+    Case("file_not_in_manifest", raw_file("notes.txt", b"hello", update_manifest=False),
+         "notes.txt: not listed in manifest.json files"),
+    Case("listed_file_missing", drop("perplexity.parquet"),
+         "perplexity.parquet: listed in manifest.json but missing from the bundle"),
     Case("truncated_parquet", raw_file("phase.parquet", lambda b: b[: len(b) // 2]), "truncated Parquet file"),
     Case("not_parquet", raw_file("run.parquet", b"run_id,status\nrun-a,finished\n"), "not a Parquet file (no 'PAR1' magic"),
     Case("corrupt_parquet_footer", raw_file("run.parquet", lambda b: b[:4] + b"\x00" * (len(b) - 8) + b[-4:]),
@@ -392,12 +402,14 @@ CASES = [
     Case("manifest_not_utf8", raw_file("manifest.json", b"\xff\xfe{}", update_manifest=False), "manifest.json is not UTF-8"),
     Case("manifest_deeply_nested", raw_file("manifest.json", b"[" * 200_000 + b"]" * 200_000, update_manifest=False),
          "nested too deeply"),
-    Case("manifest_duplicate_key", raw_file("manifest.json", lambda b: b.replace(b'"licence"', b'"licence": "CC0-1.0", "licence"', 1),
+    Case("manifest_duplicate_key",
+         raw_file("manifest.json", lambda b: b.replace(b'"licence"', b'"licence": "CC0-1.0", "licence"', 1),
                                             update_manifest=False), "key 'licence' appears twice"),
     Case("manifest_nan", raw_file("manifest.json", lambda b: b.replace(b'"power_max_w": 50.0', b'"power_max_w": NaN', 1),
                                   update_manifest=False), "non-standard JSON constant NaN"),
     Case("manifest_missing_field", patch(lambda m: m.pop("licence")), "'licence' is a required property"),
-    Case("manifest_bad_licence", patch(lambda m: m.update(licence="all rights reserved")), "field licence: 'all rights reserved' is not one of"),
+    Case("manifest_bad_licence", patch(lambda m: m.update(licence="all rights reserved")),
+         "field licence: 'all rights reserved' is not one of"),
     Case("manifest_unknown_field", patch(lambda m: m.update(comment="hi")), "Additional properties are not allowed ('comment'"),
     Case("manifest_file_misnamed", patch(lambda m: files_entry(m, "run.parquet").update(event_type="phase")),
          "file 'run.parquet' must be named phase.parquet"),
@@ -410,7 +422,8 @@ CASES = [
     Case("run_never_finished", edit("run", lambda d: d.filter(pl.col("status") != "finished")), "run never finished"),
     Case("benchmark_window_missing", edit("phase", lambda d: d.filter(pl.col("phase") != "mmlu")),
          "no 'mmlu' window (phase event) in run 'run-a'"),
-    Case("unknown_question", edit("benchmark_answer", set_row("question_id", 2, "q999")), "question_id is not in its recorded question set"),
+    Case("unknown_question", edit("benchmark_answer", set_row("question_id", 2, "q999")),
+         "question_id is not in its recorded question set"),
     Case("unrecorded_question_set", edit("benchmark_answer", lambda d: d.with_columns(question_set_sha256=pl.lit(sha("other")))),
          "question set not recorded in manifest.json question_sets"),
     Case("map_not_matching_inventory", edit("tensor_inventory", set_row("requested_type", 2, "q2_K")),
@@ -418,7 +431,8 @@ CASES = [
     Case("map_not_parsing", edit("quant_config", set_row("map_json", 0, '{"config_id": "uniform_q4km", "layer_groups": 5}')),
          "map_json does not parse"),
     Case("map_json_not_json", edit("quant_config", set_row("map_json", 0, "{not json")), "map_json is not JSON"),
-    Case("node_not_in_hardware", edit(PS, set_row("node", 0, "node9")), "value node9: node is not in the manifest's hardware nodes"),
+    Case("node_not_in_hardware", edit(PS, set_row("node", 0, "node9")),
+         "value node9: node is not in the manifest's hardware nodes"),
     Case("meter_type_mismatch", edit(PS, lambda d: d.with_columns(power_source=pl.lit("epi-meter"))),
          "power_source differs from the manifest's meter type 'simulated'"),
     Case("base_model_mismatch", patch(lambda m: m["base_model"].update(sha256=sha("another base"))),
@@ -436,7 +450,8 @@ CASES = [
     # zips and folders
     Case("zip_entry_outside_root", zipped(lambda b: good_entries(b) + [("../evil.parquet", b"x")]),
          "../evil.parquet: entry lies outside the bundle root"),
-    Case("zip_absolute_path", zipped(lambda b: good_entries(b) + [("/etc/cron.d/evil", b"x")]), "/etc/cron.d/evil: absolute path"),
+    Case("zip_absolute_path", zipped(lambda b: good_entries(b) + [("/etc/cron.d/evil", b"x")]),
+         "/etc/cron.d/evil: absolute path"),
     Case("zip_backslash", zipped(lambda b: good_entries(b) + [("..\\evil.parquet", b"x")]), "backslash in entry name"),
     Case("zip_symlink", zipped(symlink_zip_entries), "passwd.parquet: symlink entry"),
     Case("zip_too_many_entries", zipped(lambda b: good_entries(b) + [(f"f{i}.txt", b"") for i in range(60)]),
@@ -445,14 +460,17 @@ CASES = [
     Case("zip_declared_size_over_limit", zipped(good_entries), "total uncompressed size", Limits(max_total_bytes=50_000)),
     Case("zip_size_lies", lying_zip, "run.parquet: corrupt zip entry"),
     Case("zip_nested_path", zipped(lambda b: good_entries(b) + [("a/b/c.parquet", b"x")]), "a/b/c.parquet: nested path"),
-    Case("zip_duplicate_entry", zipped(lambda b: good_entries(b) + [("run.parquet", b"PAR1")]), "run.parquet: entry appears twice"),
+    Case("zip_duplicate_entry", zipped(lambda b: good_entries(b) + [("run.parquet", b"PAR1")]),
+         "run.parquet: entry appears twice"),
     Case("not_a_zip", not_a_zip, "bundle.zip: not a zip file"),
     Case("folder_symlink", with_symlink, "kld.parquet: is a symlink"),
     # against the lake
-    Case("duplicate_ids_across_bundles", answers_changed, "run_id 'run-a' is already in the lake with 1 events not in this bundle",
+    Case("duplicate_ids_across_bundles", answers_changed,
+         "run_id 'run-a' is already in the lake with 1 events not in this bundle",
          prepare=ingest_good_first),
     Case("run_id_of_a_lab_run", lambda b, t: b, "(origin lab)", prepare=lab_run_a),
-    Case("config_with_another_map", lambda b, t: b, "config 'uniform_q4km' of 'smollm2-135m' is already in the lake with a different map",
+    Case("config_with_another_map", lambda b, t: b,
+         "config 'uniform_q4km' of 'smollm2-135m' is already in the lake with a different map",
          prepare=lab_other_map),
 ]
 
@@ -529,7 +547,7 @@ def test_zip_bundle_with_a_top_folder_ingests(good_bundle, tmp_path):
 def test_interrupted_ingest_is_completed(good_bundle, tmp_path):
     lake = Lake(tmp_path / "lake")
     lake.init()
-    checked = community.validate_bundle(good_bundle, lake)
+    checked = validate_bundle(good_bundle, lake)
     for t in ("quant_config", "run", "power_sample"):
         lake.append(checked.frames[t])
     result = ingest(good_bundle, lake)
@@ -556,7 +574,7 @@ def test_report_lists_every_reason(good_bundle, tmp_path):
     edit(PS, lambda d: set_row("power_w", 1, NAN)(set_row("power_w", 2, -4.0)(d)))(bundle, tmp_path)
     edit("benchmark_answer", lambda d: d.with_columns(origin=pl.lit("lab")))(bundle, tmp_path)
     with pytest.raises(BundleRejected) as info:
-        community.validate_bundle(bundle)
+        validate_bundle(bundle)
     problems = info.value.report.problems
     found = {(p.file, p.column, p.row, p.detail.split(" (rows")[0]) for p in problems}
     assert ("power_sample.parquet", "power_w", 1, "power is not finite") in found
@@ -566,17 +584,17 @@ def test_report_lists_every_reason(good_bundle, tmp_path):
 
 
 def test_submit_refuses_bad_input(source_lake, tmp_path):
-    with pytest.raises(community.CommunityError, match="path separator"):
+    with pytest.raises(CommunityError, match="path separator"):
         build_bundle(source_lake, ["run-a"], tmp_path / "b", submitter="../x", contact="a@b.c")
-    with pytest.raises(community.CommunityError, match="no run 'nope'"):
+    with pytest.raises(CommunityError, match="no run 'nope'"):
         build_bundle(source_lake, ["nope"], tmp_path / "b", submitter="bob", contact="a@b.c")
     (tmp_path / "exists").mkdir()
-    with pytest.raises(community.CommunityError, match="exists"):
+    with pytest.raises(CommunityError, match="exists"):
         build_bundle(source_lake, ["run-a"], tmp_path / "exists", submitter="bob", contact="a@b.c")
 
 
 def test_quarantine_must_be_outside_the_lake(good_bundle, lab_lake):
-    with pytest.raises(community.CommunityError, match="inside the lake"):
+    with pytest.raises(CommunityError, match="inside the lake"):
         ingest(good_bundle, lab_lake, quarantine_dir=Path(lab_lake.root) / "q")
 
 
@@ -589,12 +607,12 @@ def test_drop_folder_processes_each_bundle_once(good_bundle, tmp_path):
     edit("benchmark_answer", lambda d: d.with_columns(origin=pl.lit("lab")))(bad, tmp_path)
     (drop_dir / ".upload.partial").write_bytes(b"in progress")
     lake = Lake(tmp_path / "lake")
-    outcomes = community.ingest_drop_folder(drop_dir, lake, quarantine, state)
+    outcomes = ingest_drop_folder(drop_dir, lake, quarantine, state)
     assert [(o.bundle, o.status) for o in outcomes] == [("alice.zip", "ingested"), ("mallory", "rejected")]
     assert outcomes[1].quarantined_to and Path(outcomes[1].quarantined_to, "report.json").is_file()
     assert len(state.read_text().splitlines()) == 2
     before = snapshot(lake.root)
-    assert community.ingest_drop_folder(drop_dir, lake, quarantine, state) == []
+    assert ingest_drop_folder(drop_dir, lake, quarantine, state) == []
     assert snapshot(lake.root) == before
 
 

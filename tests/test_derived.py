@@ -1,6 +1,7 @@
-"""Materialised derived tables (mqepi/derived.py): a snapshot equals the live SQL views, a
-second recompute of an unchanged lake is reused, an incremental recompute after new events
-equals a recompute from scratch, the lake is never written, the cache never rewritten."""
+"""Materialised derived tables (mqepi/results/snapshots.py, listing.py, engine.py): a snapshot
+equals the live SQL views, a second recompute of an unchanged lake is reused, an incremental
+recompute after new events equals a recompute from scratch, the lake is never written, the
+cache never rewritten, and every base view follows the file lists the snapshots set."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from polars.testing import assert_frame_equal
 
 from mqepi.errors import QueryError
 from mqepi.lake.store import Lake
+from mqepi.results import engine, sql
 from mqepi.results import snapshots as derived
-from mqepi.results import sql
+from mqepi.schemas import EVENT_TYPES
 
 MODEL_A, MODEL_B = "smollm2-135m", "qwen-0.5b"
 STEP_NS = 50_000_000  # a 20 Hz simulated meter
@@ -169,7 +171,7 @@ def test_snapshot_equals_the_live_views(lake, tmp_path):
         else:
             assert_same(frame, expected.sort(frame.columns, nulls_last=True))  # DuckDB: NULLS LAST
     # the lake state: sha256 over the sorted relative paths of every Parquet file, one a line
-    paths = sorted(f[len(lake.root) + 1:] for t in derived.EVENT_TYPES for f in lake.files(t))
+    paths = sorted(f[len(lake.root) + 1:] for t in EVENT_TYPES for f in lake.files(t))
     assert snap.lake_state_sha256 == hashlib.sha256("".join(p + "\n" for p in paths).encode()).hexdigest()
     assert snap.lake_files == len(paths)
     meta = json.loads((snap.path / "snapshot.json").read_text())
@@ -263,16 +265,27 @@ def test_config_tables_that_read_other_run_views_fail_loudly():
     con.execute("CREATE VIEW run_metrics AS SELECT 1 AS x")
     con.execute("CREATE VIEW config_summary AS WITH w AS (SELECT * FROM phase) SELECT * FROM run_metrics, w")
     with pytest.raises(QueryError, match="config_summary reads phase"):
-        derived.check_config_inputs(con)
+        engine.check_config_inputs(con)
     con.execute("CREATE OR REPLACE VIEW config_summary AS SELECT * FROM run_metrics")
-    derived.check_config_inputs(con)
+    engine.check_config_inputs(con)
 
 
-def test_file_list_rewrite_covers_every_base_view():
-    from mqepi.analysis import VIEWS_SQL
-
-    text = derived.file_list_views_sql(VIEWS_SQL.read_text())
-    assert "getvariable('mqepi_lake')" not in text
-    assert text.count("getvariable('mqepi_files_") == len(derived.EVENT_TYPES)
+def test_file_lists_redirect_every_base_view(lake):
+    """The snapshots point each base view at a file list (a DuckDB variable read by the table
+    macro of macros.sql) instead of the lake's glob: every event type's view honours it."""
+    con = sql.connect(lake)
+    engine.check_base_views(con)
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in EVENT_TYPES}
+    assert counts["run"] > 0 and counts["quant_config"] > 0
+    run_id = con.execute("SELECT min(run_id) FROM run").fetchall()[0][0]
+    seeds = {t: [f for f in lake.files(t) if "=_seed/" in f] for t in EVENT_TYPES}
+    engine.set_file_lists(con, seeds)  # the lake variable still names the lake: no view reads it now
+    assert all(con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] == 0 for t in EVENT_TYPES)
+    one_run = {t: seeds[t] + [f for f in lake.files(t) if f"/run_id={run_id}/" in f] for t in EVENT_TYPES}
+    engine.set_file_lists(con, one_run)
+    assert con.execute("SELECT list(DISTINCT run_id) FROM run").fetchall()[0][0] == [run_id]
+    with pytest.raises(QueryError, match="not even a seed"):
+        engine.set_file_lists(con, {"run": []})
+    con.execute("CREATE OR REPLACE VIEW run AS SELECT 1")
     with pytest.raises(QueryError, match="views.sql"):
-        derived.file_list_views_sql("CREATE VIEW run AS SELECT 1")
+        engine.check_base_views(con)

@@ -65,7 +65,8 @@ BAD = [
     ("power_sample", _set("power_source", ["simulated", "guess", "simulated"]), "power_source", "isin", "guess"),
     ("power_sample", _set("power_factor", [0.9, 1.5, 0.9]), "power_factor", "less_than_or_equal_to", "1.5"),
     ("power_sample", lambda df: df.with_columns(pl.col("channel").cast(pl.Int64)), "channel", "dtype('Int32')", "Int64"),
-    ("power_sample", lambda df: df.with_columns(pl.lit(1).alias("watts_extra")), "watts_extra", "column_in_schema", "watts_extra"),
+    ("power_sample", lambda df: df.with_columns(pl.lit(1).alias("watts_extra")), "watts_extra", "column_in_schema",
+     "watts_extra"),
     ("power_sample", lambda df: df.drop("power_w"), "power_w", "column_in_dataframe", "power_w"),
     ("thermal_sample", _set("temperature_c", [40.0, 400.0, 41.0]), "temperature_c", "less_than_or_equal_to", "400.0"),
     ("tensor_inventory", _set("effective_type", ["q8_0", "q4_X", "q8_0"]), "effective_type", "isin", "q4_X"),
@@ -100,7 +101,8 @@ def test_invalid_events_name_type_column_check_and_value(event_type, mutate, col
 
 def test_tampered_event_id_is_rejected():
     df = batch("kld", 2)
-    df = df.with_columns(pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("0" * 64)).otherwise(pl.col("event_id")).alias("event_id"))
+    tampered = pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("0" * 64)).otherwise(pl.col("event_id"))
+    df = df.with_columns(tampered.alias("event_id"))
     with pytest.raises(EventValidationError) as info:
         events.validate(df)
     assert "event_id" in str(info.value) and "0" * 64 in str(info.value)

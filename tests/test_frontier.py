@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from mqepi.analysis import SQL_FILES
+from mqepi.analysis import SQL_FILES, bootstrap
 from mqepi.analysis import twin_frontier as twin
 
 FRONTIER_SQL = SQL_FILES[-1]
@@ -63,7 +63,7 @@ def summarise(run_metrics: pl.DataFrame, configs: list[dict]) -> pl.DataFrame:
         key = {k: cfg[k] for k in ("model", "config_id", "origin", "power_source")}
         runs = run_metrics.filter(pl.col("valid"), *[pl.col(k) == v for k, v in key.items()])
 
-        def med(col):
+        def med(col, runs=runs):
             v = runs[col].drop_nulls().to_numpy()
             return float(np.median(v)) if v.size else None
 
@@ -303,10 +303,10 @@ def test_bootstrap_indices_follow_the_contract_in_sql_and_polars():
     con.execute(MACROS_SQL.read_text())
     con.execute(FRONTIER_SQL.read_text().split("-- ----")[0])
     for seed, n in [(1234, 1), (1234, 3), (7, 10), (2**31 - 1, 17)]:
-        idx = twin.bootstrap_indices(seed, 50, n)
+        idx = bootstrap.index_matrix(seed, n, 50)
         assert idx.shape == (50, n)
         assert all(idx[b - 1, j] == by_hand(seed, b, j, n) for b in range(1, 51) for j in range(n))
-        sql_idx = con.execute("SELECT b, j, frontier_bootstrap_index(?, b, j, ?) FROM range(1, 51) t(b), range(?) u(j)",
+        sql_idx = con.execute("SELECT b, j, mqepi_bootstrap_index(?, b, j, ?) FROM range(1, 51) t(b), range(?) u(j)",
                               [seed, n, n]).fetchall()
         assert all(idx[b - 1, j] == i for b, j, i in sql_idx)
 

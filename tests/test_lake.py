@@ -131,7 +131,7 @@ def test_killed_writer_never_leaves_a_visible_partial_file(tmp_path):
     root = tmp_path / "lake"
     Lake(root).init()
     rng = random.Random(20261126)
-    for attempt in range(6):
+    for _attempt in range(6):
         proc = subprocess.Popen([sys.executable, str(WRITER), str(root), "pause", "0.05"],
                                 stdout=subprocess.PIPE, text=True)
         try:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mqepi.quant import ggml, maps
+from mqepi.quant import expansion, ggml, maps
 from mqepi.quant.maps import MapError
 
 PAPER_TABLE = {  # config_id: (early, middle, late), copied from the paper's section 6
@@ -54,13 +54,13 @@ def test_more_bits_layers_match_llama_cpp():
 def test_llama_8b_bits_per_weight_equal_llama_cpp_published_figures(config, bpw):
     profile = maps.load_profile("llama-3.1-8b")
     qmap = next(m for m in maps.paper_maps(profile) if m.config_id == config)
-    assert round(maps.expand(qmap, profile).bits_per_weight, 4) == bpw
+    assert round(expansion.expand(qmap, profile).bits_per_weight, 4) == bpw
 
 
 def types_of(config, profile_id):
     profile = maps.load_profile(profile_id)
     qmap = next(m for m in maps.paper_maps(profile) if m.config_id == config)
-    return {t.name: (t.requested_type, t.effective_type) for t in maps.expand(qmap, profile).tensors}
+    return {t.name: (t.requested_type, t.effective_type) for t in expansion.expand(qmap, profile).tensors}
 
 
 def test_mixed_map_uses_global_layer_index_for_more_bits():
@@ -94,14 +94,14 @@ def test_shape_fallback_on_smollm2():
 
 def test_uniform_q2k_and_q3ks_write_the_same_tensors_on_smollm2():
     profile = maps.load_profile("smollm2-135m")
-    by_id = {m.config_id: maps.expand(m, profile) for m in maps.paper_maps(profile)}
+    by_id = {m.config_id: expansion.expand(m, profile) for m in maps.paper_maps(profile)}
     assert by_id["uniform_q2k"].effective_sha256 == by_id["uniform_q3ks"].effective_sha256
     assert by_id["uniform_q4km"].effective_sha256 != by_id["uniform_q3ks"].effective_sha256
 
 
 def test_recipe_anchors_every_quantizable_tensor():
     profile = maps.load_profile("smollm2-135m")
-    exp = maps.expand(maps.paper_maps(profile)[6], profile)
+    exp = expansion.expand(maps.paper_maps(profile)[6], profile)
     lines = exp.recipe().splitlines()
     assert len(lines) == sum(t.quantizable for t in profile.tensors) == 211
     assert r"^blk\.0\.attn_output\.weight$=q6_K" in lines
@@ -113,7 +113,7 @@ def test_explicit_embedding_and_output_types():
     profile = maps.load_profile("llama-3.1-8b")
     data = json.loads(maps.maps_dir("llama-3.1-8b").joinpath("uniform_q4km.json").read_text())
     data.update(config_id="custom", token_embd="q8_0", output="Q8_0")
-    exp = maps.expand(maps.parse_map(data, "custom", profile), profile)
+    exp = expansion.expand(maps.parse_map(data, "custom", profile), profile)
     types = {t.name: t.requested_type for t in exp.tensors}
     assert types["token_embd.weight"] == "q8_0" and types["output.weight"] == "q8_0"
 
@@ -122,7 +122,7 @@ def test_per_layer_partition_is_allowed():
     profile = maps.load_profile("smollm2-135m")
     data = {"config_id": "per_layer", "model": "smollm2-135m",
             "layer_groups": [{"layers": [i], "quant": ("Q8_0", "Q4_K_M")[i % 2]} for i in range(30)]}
-    exp = maps.expand(maps.parse_map(data, "per_layer", profile), profile)
+    exp = expansion.expand(maps.parse_map(data, "per_layer", profile), profile)
     assert len({t.group for t in exp.tensors if t.group}) == 30
 
 
@@ -153,13 +153,16 @@ MALFORMED = [
     ("unknown quant", lambda: mutate(lambda d: d["layer_groups"][1].update(quant="Q4_K_X")), "unknown quant type 'Q4_K_X'"),
     ("lower-case ftype", lambda: mutate(lambda d: d["layer_groups"][1].update(quant="q4_k_m")), "unknown quant type 'q4_k_m'"),
     ("layer twice across groups", lambda: mutate(lambda d: d["layer_groups"][1]["layers"].append(3)), "layer 3 assigned twice"),
-    ("layer twice in a group", lambda: mutate(lambda d: d["layer_groups"][2]["layers"].append(23)), "layer 23 assigned twice (also in the same group)"),
-    ("layer beyond the model", lambda: mutate(lambda d: d["layer_groups"][2]["layers"].append(30)), "layer 30 is beyond the model"),
+    ("layer twice in a group", lambda: mutate(lambda d: d["layer_groups"][2]["layers"].append(23)),
+     "layer 23 assigned twice (also in the same group)"),
+    ("layer beyond the model", lambda: mutate(lambda d: d["layer_groups"][2]["layers"].append(30)),
+     "layer 30 is beyond the model"),
     ("layer missing", lambda: mutate(lambda d: d["layer_groups"][1]["layers"].remove(12)), "layers 12 are in no group"),
     ("wrong model", lambda: mutate(lambda d: d.update(model="llama-3.1-8b")), "does not match the profile 'smollm2-135m'"),
     ("bad output type", lambda: mutate(lambda d: d.update(output="q9_K")), "field output: unknown quant type 'q9_K'"),
     ("quant not a string", lambda: mutate(lambda d: d["layer_groups"][0].update(quant=6)), "field layer_groups/0/quant"),
-    ("duplicate group names", lambda: mutate(lambda d: [g.update(name="x") for g in d["layer_groups"]]), "group name 'x' used twice"),
+    ("duplicate group names", lambda: mutate(lambda d: [g.update(name="x") for g in d["layer_groups"]]),
+     "group name 'x' used twice"),
 ]
 
 

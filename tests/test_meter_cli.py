@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 import mqepi.cli
 from mqepi.cli.meter import app as meter_app
+from mqepi.meter.nvml import nvml
 from mqepi.meter.simulated import SimulatedMeter
 from mqepi.results import sql
+from mqepi.rig import thermal
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 runner = CliRunner()
@@ -95,9 +97,6 @@ def test_errors_are_one_line_naming_the_value(cli_lake, args, message):
 
 
 def test_nvml_and_thermal_say_why_they_cannot_run_here(cli_lake):
-    from mqepi.meter.sources import nvml
-    from mqepi.rig import thermal
-
     try:
         nvml().shutdown()
     except Exception:  # noqa: BLE001 - no NVML here: the command must say so

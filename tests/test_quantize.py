@@ -9,7 +9,7 @@ import pytest
 from tiny_model import make_tiny_llama
 
 from mqepi.lake.store import Lake
-from mqepi.quant import assets, maps, quantize, toolchain
+from mqepi.quant import assets, expansion, maps, quantize, toolchain
 from mqepi.results import sql
 
 
@@ -58,7 +58,7 @@ def test_mixed_maps_give_exactly_their_predicted_types(tools, tiny, tmp_path):
     path, profile = tiny
     generated = [m for m in maps.paper_maps(profile) if m.kind == "mixed"]
     for qmap in generated[:6]:
-        exp = maps.expand(qmap, profile)
+        exp = expansion.expand(qmap, profile)
         q = quantize.quantize(qmap, profile, path, "0" * 64, tools.tool("llama-quantize"), tools.llama_cpp_commit,
                               tmp_path / "out")
         written = quantize.read_types(q.path)
@@ -67,7 +67,7 @@ def test_mixed_maps_give_exactly_their_predicted_types(tools, tiny, tmp_path):
 
 def test_unexplained_type_is_an_error(tiny):
     _, profile = tiny
-    exp = maps.expand(uniform(profile, "Q4_K_M"), profile)
+    exp = expansion.expand(uniform(profile, "Q4_K_M"), profile)
     actual = {t.name: (t.effective_type, t.n_bytes) for t in exp.tensors}
     actual["blk.5.attn_q.weight"] = ("q8_0", 1)
     with pytest.raises(quantize.QuantizeError, match=r"blk\.5\.attn_q\.weight was written as q8_0, but the map requested q4_K"):

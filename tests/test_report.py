@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import polars as pl
 import pytest
 
-from mqepi.results import report
-from mqepi.results.report import CANNOT, SIMULATED, ReportData
+from mqepi.results.report import plots
+from mqepi.results.report.answers import summary
+from mqepi.results.report.comparisons import rq1_matched_pairs, rq2_frontier, rq4_optimum
+from mqepi.results.report.data import INVENTORY, RUNS, LakeSnapshot, ReportData, conform, layer_group_bits
+from mqepi.results.report.labels import CANNOT, SIMULATED, ReportError
+from mqepi.results.report.query import collect
+from mqepi.results.report.regressions import rq3_sensitivity, rq5_attribution
+from mqepi.results.report.statistics import ols, t_quantile
+from mqepi.results.report.write import write_report
 
 # ggml bits/weight of the paper's types (K-quants with their super-block scales)
 BITS = {"Q2_K": 2.625, "Q3_K_S": 3.4375, "Q4_K_M": 4.5, "Q5_K_M": 5.5, "Q6_K": 6.5625, "Q8_0": 8.5}
@@ -25,7 +33,7 @@ PAPER = [
     ("mix_q6_q4_q4", "Q6_K", "Q4_K_M", "Q4_K_M"), ("mix_q4_q6_q4", "Q4_K_M", "Q6_K", "Q4_K_M"),
     ("mix_q5_q3_q5", "Q5_K_M", "Q3_K_S", "Q5_K_M"), ("mix_q6_q3_q4", "Q6_K", "Q3_K_S", "Q4_K_M"),
 ]
-N_LAYERS = 8  # early 0-1, middle 2-5, late 6-7 (mqepi.maps.group_bounds)
+N_LAYERS = 8  # early 0-1, middle 2-5, late 6-7 (mqepi.quant.maps.group_bounds)
 EL = 32_000  # weights per block tensor: 8 * bytes / EL is exact for every type above
 # the "true" model the synthetic data follow exactly
 J0, JE, JM, JL = 0.05, 0.004, 0.010, 0.002
@@ -39,8 +47,8 @@ def layer_of(group: str) -> list[int]:
 
 def inventory(configs, *, model="toy", origin="lab", tied=False) -> pl.DataFrame:
     rows = []
-    for cid, e, m, l in configs:
-        types = {"early": e, "middle": m, "late": l}
+    for cid, e, m, lt in configs:
+        types = {"early": e, "middle": m, "late": lt}
         for g, t in types.items():
             for layer in layer_of(g):
                 for name in ("attn_q", "ffn_down"):
@@ -52,7 +60,7 @@ def inventory(configs, *, model="toy", origin="lab", tied=False) -> pl.DataFrame
         if not tied:
             rows.append((model, cid, origin, f"sha-{cid}", "output.weight", None, None, "q6_K", 64_000, 52_500))
         rows.append((model, cid, origin, f"sha-{cid}", "output_norm.weight", None, None, "f32", 64, 256))
-    return pl.DataFrame(rows, schema=report.INVENTORY, orient="row")
+    return pl.DataFrame(rows, schema=INVENTORY, orient="row")
 
 
 def group_bpw(t: str) -> float:
@@ -60,23 +68,23 @@ def group_bpw(t: str) -> float:
     return 8 * (2 * BITS[t] * EL / 8 + 256) / (2 * EL + 64)
 
 
-def bytes_per_token(e, m, l, tied=False) -> int:
-    blocks = sum(len(layer_of(g)) * (2 * int(BITS[t] * EL / 8) + 256) for g, t in (("early", e), ("middle", m), ("late", l)))
+def bytes_per_token(e, m, lt, tied=False) -> int:
+    blocks = sum(len(layer_of(g)) * (2 * int(BITS[t] * EL / 8) + 256) for g, t in (("early", e), ("middle", m), ("late", lt)))
     return blocks + 256 + (36_000 if tied else 52_500)
 
 
 def summary_frame(configs, *, model="toy", origin="lab", power_source="simulated", noise=0.0) -> pl.DataFrame:
     rows = []
-    for i, (cid, e, m, l) in enumerate(configs):
-        be, bm, bl = group_bpw(e), group_bpw(m), group_bpw(l)
+    for i, (cid, e, m, lt) in enumerate(configs):
+        be, bm, bl = group_bpw(e), group_bpw(m), group_bpw(lt)
         jpt = J0 + JE * be + JM * bm + JL * bl + noise * math.sin(3.7 * i)
         acc = A0 + AE * be + AM * bm + AL * bl + noise * math.cos(1.3 * i)
-        bpt = bytes_per_token(e, m, l)
+        bpt = bytes_per_token(e, m, lt)
         tps = 1.0 / (2e-6 * bpt + 0.001 * (i % 3))  # time not a pure function of bytes
         rows.append({
             "model": model, "config_id": cid, "origin": origin, "power_source": power_source,
-            "simulated": power_source == "simulated", "kind": "uniform" if e == m == l else "mixed",
-            "early_type": e, "middle_type": m, "late_type": l, "n_repeats": 3, "n_excluded": 0,
+            "simulated": power_source == "simulated", "kind": "uniform" if e == m == lt else "mixed",
+            "early_type": e, "middle_type": m, "late_type": lt, "n_repeats": 3, "n_excluded": 0,
             "j_per_token": jpt, "j_per_token_ci_low": jpt * 0.98, "j_per_token_ci_high": jpt * 1.02,
             "accuracy": acc, "accuracy_ci_low": acc - 0.01, "accuracy_ci_high": acc + 0.01,
             "epi": jpt / acc, "epi_ci_low": jpt / acc * 0.97, "epi_ci_high": jpt / acc * 1.03,
@@ -102,7 +110,8 @@ def frontier_frame(cs: pl.DataFrame) -> pl.DataFrame:
         p["frontier_probability"] = 0.97 if p["on_frontier"] else 0.1
         p["uniform_dominated"] = p["kind"] == "uniform" and dominated(p, pts)
         p["mixed_unmatched"] = (p["kind"] == "mixed" and p["on_frontier"]
-                                and not any(u["accuracy"] >= p["accuracy"] and u["j_per_token"] <= p["j_per_token"] for u in uniform))
+                                and not any(u["accuracy"] >= p["accuracy"] and u["j_per_token"] <= p["j_per_token"]
+                                            for u in uniform))
     return pl.DataFrame(pts)
 
 
@@ -134,18 +143,18 @@ def synthetic(configs=PAPER, *, noise=0.0, origin="lab", power_source="simulated
 
 @pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (5, 2.5706), (10, 2.2281), (30, 2.0423), (1000, 1.9623)])
 def test_t_quantile_matches_tables(df, expected):
-    assert report.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
-    assert report.t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-4)
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-4)
 
 
 def test_ols_interval_matches_a_hand_computation():
     x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [1.1, 1.9, 3.2, 3.9, 5.1]
-    fit = report.ols({"x": x}, y, "y")
+    fit = ols({"x": x}, y, "y")
     # by hand: mean y 3.04, Sxy = Sxx = 10, slope 1, intercept 0.04; residuals
     # 0.06 -0.14 0.16 -0.14 0.06: RSS 0.072, TSS 10.072; se(slope) = sqrt(RSS / 3 / Sxx)
     assert fit.coef["x"] == pytest.approx(1.0)
     assert fit.coef["intercept"] == pytest.approx(0.04)
-    half = report.t_quantile(0.975, 3) * math.sqrt(0.072 / 3 / 10)
+    half = t_quantile(0.975, 3) * math.sqrt(0.072 / 3 / 10)
     assert fit.ci_low["x"] == pytest.approx(1.0 - half)
     assert fit.ci_high["x"] == pytest.approx(1.0 + half)
     assert fit.r2 == pytest.approx(1 - 0.072 / 10.072)
@@ -156,7 +165,7 @@ def test_ols_interval_matches_a_hand_computation():
 
 
 def test_layer_group_bits_are_bytes_over_weights_per_positional_group():
-    bits = report.layer_group_bits(inventory(PAPER[:1] + PAPER[6:7]))
+    bits = layer_group_bits(inventory(PAPER[:1] + PAPER[6:7]))
     row = bits.filter(pl.col("config_id") == "mix_high_early").row(0, named=True)
     assert row["early_bpw"] == pytest.approx(group_bpw("Q6_K"))
     assert row["middle_bpw"] == pytest.approx(group_bpw("Q4_K_M"))
@@ -164,12 +173,12 @@ def test_layer_group_bits_are_bytes_over_weights_per_positional_group():
     assert row["middle_n_elements"] == 4 * (2 * EL + 64)
     assert row["bytes_per_token"] == bytes_per_token("Q6_K", "Q4_K_M", "Q3_K_S")
     assert row["moe"] is False
-    tied = report.layer_group_bits(inventory(PAPER[:1], tied=True)).row(0, named=True)
+    tied = layer_group_bits(inventory(PAPER[:1], tied=True)).row(0, named=True)
     assert tied["bytes_per_token"] == bytes_per_token("Q2_K", "Q2_K", "Q2_K", tied=True)
 
 
 def test_rq3_recovers_known_coefficients_on_exact_data():
-    (res,) = report.rq3_sensitivity(synthetic())
+    (res,) = rq3_sensitivity(synthetic())
     j, a = res.fits["j_per_token"], res.fits["accuracy"]
     assert j.n == a.n == len(PAPER)
     for fit, (b0, be, bm, bl) in ((j, (J0, JE, JM, JL)), (a, (A0, AE, AM, AL))):
@@ -186,7 +195,7 @@ def test_rq3_recovers_known_coefficients_on_exact_data():
 
 
 def test_rq3_noisy_data_intervals_cover_the_truth():
-    (res,) = report.rq3_sensitivity(synthetic(noise=0.002))
+    (res,) = rq3_sensitivity(synthetic(noise=0.002))
     fit = res.fits["j_per_token"]
     assert 0 < fit.r2 < 1
     for term, truth in (("early_bpw", JE), ("middle_bpw", JM), ("late_bpw", JL)):
@@ -195,7 +204,7 @@ def test_rq3_noisy_data_intervals_cover_the_truth():
 
 def test_rq3_too_few_configurations_cannot_support_a_conclusion():
     few = PAPER[:3] + PAPER[6:9]  # 6 configurations for 4 parameters: n <= p + 2
-    (res,) = report.rq3_sensitivity(synthetic(few))
+    (res,) = rq3_sensitivity(synthetic(few))
     assert not res.fits["j_per_token"].supported
     assert "n = 6 observations for 4 parameters" in res.fits["j_per_token"].reason
     assert CANNOT in res.answer.answer
@@ -203,13 +212,13 @@ def test_rq3_too_few_configurations_cannot_support_a_conclusion():
 
 
 def test_rq3_only_uniform_configurations_are_collinear():
-    (res,) = report.rq3_sensitivity(synthetic(PAPER[:6] + [("uniform_q4_0", "Q4_K_M", "Q4_K_M", "Q4_K_M")]))
+    (res,) = rq3_sensitivity(synthetic(PAPER[:6] + [("uniform_q4_0", "Q4_K_M", "Q4_K_M", "Q4_K_M")]))
     assert "collinear" in res.fits["j_per_token"].reason
     assert CANNOT in res.answer.answer
 
 
 def test_intervals_all_including_zero_cannot_support_a_conclusion():
-    fit = report.ols({"x": [1, 2, 3, 4, 5, 6, 7, 8]}, [1.0, -1.0, 1.2, -0.8, 0.9, -1.1, 1.0, -1.0], "y")
+    fit = ols({"x": [1, 2, 3, 4, 5, 6, 7, 8]}, [1.0, -1.0, 1.2, -0.8, 0.9, -1.1, 1.0, -1.0], "y")
     assert not fit.supported and "includes 0" in fit.reason
     assert fit.verdict().startswith(CANNOT)
 
@@ -219,7 +228,7 @@ def test_intervals_all_including_zero_cannot_support_a_conclusion():
 
 def test_rq5_recovers_slope_and_roofline_fraction():
     data = synthetic()
-    (res,) = report.rq5_attribution(data, bandwidth_gbs=17.0)
+    (res,) = rq5_attribution(data, bandwidth_gbs=17.0)
     fb = res.fit_bytes
     assert fb.coef["gb_per_token"] == pytest.approx(DEC_PER_GB, rel=1e-6)
     assert fb.coef["intercept"] == pytest.approx(DEC0, abs=1e-9)
@@ -233,13 +242,13 @@ def test_rq5_recovers_slope_and_roofline_fraction():
 
 
 def test_rq5_without_bandwidth_says_it_is_unknown():
-    (res,) = report.rq5_attribution(synthetic())
+    (res,) = rq5_attribution(synthetic())
     assert res.table["roofline_fraction"].null_count() == res.table.height
     assert "bandwidth unknown" in res.answer.answer
 
 
 def test_rq5_too_few_points_cannot_support_a_conclusion():
-    (res,) = report.rq5_attribution(synthetic(PAPER[:4]), bandwidth_gbs=10.0)
+    (res,) = rq5_attribution(synthetic(PAPER[:4]), bandwidth_gbs=10.0)
     assert not res.fit_bytes.supported and not res.fit_time.supported
     assert CANNOT in res.answer.answer
 
@@ -249,7 +258,7 @@ def test_rq5_moe_bytes_are_flagged_as_an_upper_bound():
         tensor=pl.when(pl.col("tensor").str.contains("ffn_down")).then(pl.col("tensor").str.replace("ffn_down", "ffn_down_exps"))
         .otherwise(pl.col("tensor")))
     data = ReportData.from_frames(config_summary=summary_frame(PAPER[:6]), inventory=inv)
-    (res,) = report.rq5_attribution(data)
+    (res,) = rq5_attribution(data)
     assert res.moe and "upper bound" in res.answer.evidence
 
 
@@ -258,13 +267,13 @@ def test_rq5_moe_bytes_are_flagged_as_an_upper_bound():
 
 def test_rq1_rq2_rq4_answers():
     data = synthetic()
-    (r1,) = report.rq1_matched_pairs(data)
+    (r1,) = rq1_matched_pairs(data)
     assert r1.answer.answer.startswith("Yes: 1 of 2")
     assert r1.pairs["epi_differs"].to_list() == [True, False]
-    (r2,) = report.rq2_frontier(data)
+    (r2,) = rq2_frontier(data)
     on = data.pareto_frontier.filter(pl.col("on_frontier"))
     assert f"{on.height} of {len(PAPER)} configurations are on the frontier" in r2.answer.answer
-    (r4,) = report.rq4_optimum(data)
+    (r4,) = rq4_optimum(data)
     assert r4.reference["config_id"] == "uniform_q4km"
     assert r4.best_mixed["kind"] == "mixed"
     assert "uniform_q4km" in r4.answer.answer and ("smaller" in r4.answer.answer or "larger" in r4.answer.answer)
@@ -276,7 +285,7 @@ def test_rq1_rq2_rq4_answers():
 def test_rq1_single_repeat_pairs_are_not_testable():
     data = synthetic()
     data.matched_pairs = data.matched_pairs.with_columns(n_paired_repeats=pl.lit(1, dtype=pl.Int64))
-    (r1,) = report.rq1_matched_pairs(data)
+    (r1,) = rq1_matched_pairs(data)
     assert CANNOT in r1.answer.answer.lower() and not r1.answer.supported
 
 
@@ -284,13 +293,13 @@ def test_no_power_groups_answer_no_energy_question():
     data = synthetic(power_source="none")
     data.config_summary = data.config_summary.with_columns(
         [pl.lit(None, dtype=pl.Float64).alias(c) for c in ("j_per_token", "epi", "decode_j_per_token")])
-    text = report.summary(data)
+    text = summary(data)
     assert "NO POWER MEASURED" in text
     assert text.count("no power was measured") >= 3
 
 
 def test_summary_lists_every_rq_with_evidence_and_power():
-    text = report.summary(synthetic())
+    text = summary(synthetic())
     assert text.splitlines()[0].startswith("SIMULATED POWER (NOT MEASURED)")
     for rq in ("RQ1", "RQ2", "RQ3", "RQ4", "RQ5"):
         assert f"{rq} (" in text
@@ -299,12 +308,12 @@ def test_summary_lists_every_rq_with_evidence_and_power():
 
 
 def test_summary_of_nothing_says_so():
-    text = report.summary(ReportData.from_frames(origin="community"))
+    text = summary(ReportData.from_frames(origin="community"))
     assert "nothing to answer" in text
 
 
 def test_measured_power_is_not_called_simulated():
-    text = report.summary(synthetic(power_source="epi-meter"))
+    text = summary(synthetic(power_source="epi-meter"))
     assert "simulated" not in text.lower()
     assert "measured power (epi-meter)" in text
 
@@ -313,14 +322,12 @@ def test_measured_power_is_not_called_simulated():
 
 
 def test_plots_write_png_and_svg_with_the_power_source(tmp_path):
-    from mqepi.results import plots
-
     data = synthetic()
     made = [
         plots.pareto_plot(data.pareto_frontier, tmp_path / "pareto", model="toy"),
         plots.matched_pairs_plot(data.matched_pairs, tmp_path / "pairs", model="toy"),
-        plots.sensitivity_plot(report.rq3_sensitivity(data), tmp_path / "sens", model="toy"),
-        plots.attribution_plot(report.rq5_attribution(data), tmp_path / "rq5", model="toy"),
+        plots.sensitivity_plot(rq3_sensitivity(data), tmp_path / "sens", model="toy"),
+        plots.attribution_plot(rq5_attribution(data), tmp_path / "rq5", model="toy"),
     ]
     for png, svg in made:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -331,8 +338,6 @@ def test_plots_write_png_and_svg_with_the_power_source(tmp_path):
 
 
 def test_plots_of_measured_power_do_not_say_simulated(tmp_path):
-    from mqepi.results import plots
-
     data = synthetic(power_source="epi-meter")
     _png, svg = plots.pareto_plot(data.pareto_frontier, tmp_path / "pareto", model="toy")
     text = svg.read_text()
@@ -356,12 +361,12 @@ def lab_and_community() -> ReportData:
     metrics = pl.DataFrame({"model": ["toy"], "config_id": ["uniform_q8"], "run_id": ["bad1"], "origin": ["lab"], "repeat": [3],
                             "power_source": ["simulated"], "valid": [False], "invalid_reasons": ["mmlu: coverage 0.80 < 0.95"]})
     return ReportData.from_frames(**frames, runs=runs, quantization=quant, question_sets=qsets, run_metrics=metrics,
-                                  snapshot=report.LakeSnapshot("/tmp/lake", 12, "d" * 64), settings={"seed": 1234, "bootstrap": 1000})
+                                  snapshot=LakeSnapshot("/tmp/lake", 12, "d" * 64), settings={"seed": 1234, "bootstrap": 1000})
 
 
 def test_report_files_hold_tables_banner_sections_and_no_remote_resources(tmp_path):
     data = lab_and_community()
-    files = report.write_report(data, tmp_path / "out")
+    files = write_report(data, tmp_path / "out")
     md, page = files.markdown.read_text(), files.html.read_text()
     for text in (md, page):
         assert "SIMULATED POWER (NOT MEASURED)" in text
@@ -391,23 +396,23 @@ def test_report_files_hold_tables_banner_sections_and_no_remote_resources(tmp_pa
 
 def test_report_escapes_lake_text_in_html(tmp_path):
     data = synthetic(PAPER[:4])
-    data.runs = report.conform(pl.DataFrame({"origin": ["lab"], "provenance_json": ['{"mqepi": "<script>alert(1)</script>"}']}),
-                               report.RUNS)
-    page = report.write_report(data, tmp_path).html.read_text()
+    data.runs = conform(pl.DataFrame({"origin": ["lab"], "provenance_json": ['{"mqepi": "<script>alert(1)</script>"}']}),
+                               RUNS)
+    page = write_report(data, tmp_path).html.read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page
-    assert report.write_report(data, tmp_path / "again").html.read_text() == page  # no time stamps
+    assert write_report(data, tmp_path / "again").html.read_text() == page  # no time stamps
 
 
 def test_empty_report_still_has_banner_and_sections(tmp_path):
-    files = report.write_report(ReportData.from_frames(), tmp_path)
+    files = write_report(ReportData.from_frames(), tmp_path)
     md = files.markdown.read_text()
     assert "NO POWER MEASURED" in md and "nothing to answer" in md
     assert "\n## Provenance\n" in md and "\n## Excluded runs\n" in md and files.figures == []
 
 
 def test_origin_option_is_checked():
-    with pytest.raises(report.ReportError, match="origin 'labs' is not one of"):
-        report.collect(None, origin="labs")
+    with pytest.raises(ReportError, match="origin 'labs' is not one of"):
+        collect(None, origin="labs")
 
 
 # ------------------------------------------------------------------ end to end through the views
@@ -438,9 +443,9 @@ def fill_e2e_lake(lake, *, origin="lab", source="simulated", configs=E2E_CONFIGS
         for k, v in cols.items():
             batch.setdefault(k, []).extend(v if isinstance(v, list) else [v] * n)
 
-    for ci, (cid, e, m, l) in enumerate(configs):
-        types = {"early": e, "middle": m, "late": l}
-        kind = "uniform" if e == m == l else "mixed"
+    for ci, (cid, e, m, lt) in enumerate(configs):
+        types = {"early": e, "middle": m, "late": lt}
+        kind = "uniform" if e == m == lt else "mixed"
         qmap = {"config_id": cid, "model": "tiny", "layer_groups": [
             {"name": g, "layers": E2E_GROUPS[g], "quant": types[g]} for g in ("early", "middle", "late")]}
         map_json = json.dumps(qmap, sort_keys=True, separators=(",", ":"))
@@ -467,7 +472,7 @@ def fill_e2e_lake(lake, *, origin="lab", source="simulated", configs=E2E_CONFIGS
             file_size_bytes=size, bits_per_weight=8 * sum(n_by) / sum(n_el), duration_s=1.0, host="quant-host")
         add("tensor_inventory", model="tiny", config_id=cid, file_sha256=file_sha, tensor=names, layer=layers, group=groups,
             requested_type=eff, effective_type=eff, fallback=[False] * len(names), n_elements=n_el, n_bytes=n_by)
-        bits = (BITS[e] + 2 * BITS[m] + BITS[l]) / 4
+        bits = (BITS[e] + 2 * BITS[m] + BITS[lt]) / 4
         for r in range(repeats):
             run_id = f"{origin.replace('/', '-')}-{cid}-r{r}"
             key = {"model": "tiny", "config_id": cid, "run_id": run_id}
@@ -501,7 +506,7 @@ def fill_e2e_lake(lake, *, origin="lab", source="simulated", configs=E2E_CONFIGS
 
 
 views_ready = pytest.mark.skipif(
-    not all((report.Path(__file__).parent.parent / "analysis" / f).is_file() for f in ("runs.sql", "frontier.sql")),
+    not all((Path(__file__).parent.parent / "analysis" / f).is_file() for f in ("runs.sql", "frontier.sql")),
     reason="analysis/runs.sql and analysis/frontier.sql not written yet")
 
 
@@ -513,7 +518,7 @@ def test_end_to_end_report_from_a_real_lake(lake, tmp_path):
     fill_e2e_lake(lake, origin="community/alice", source="epi-meter", configs=E2E_CONFIGS[:4], repeats=2)
     con = sql.connect(lake)
     con.execute("SET VARIABLE mqepi_bootstrap = 200")
-    data = report.collect(con, bandwidth_gbs=10.0)
+    data = collect(con, bandwidth_gbs=10.0)
     assert set(data.groups()) == {("lab", "tiny", "simulated"), ("community/alice", "tiny", "epi-meter")}
     lab = data.config_summary.filter(pl.col("origin") == "lab")
     assert lab.height == len(E2E_CONFIGS) and lab["n_repeats"].to_list() == [2] * len(E2E_CONFIGS)
@@ -526,13 +531,13 @@ def test_end_to_end_report_from_a_real_lake(lake, tmp_path):
     bits = data.layer_bits().filter((pl.col("origin") == "lab") & (pl.col("config_id") == "mix_high_early")).row(0, named=True)
     assert bits["early_bpw"] == pytest.approx(BITS["Q6_K"]) and bits["late_bpw"] == pytest.approx(BITS["Q3_K_S"])
     assert bits["bytes_per_token"] == sum(int(BITS[t] * EL / 8) for t in ("Q6_K", "Q4_K_M", "Q4_K_M", "Q3_K_S")) + 26_250
-    rq3 = {r.origin: r for r in report.rq3_sensitivity(data)}
+    rq3 = {r.origin: r for r in rq3_sensitivity(data)}
     assert rq3["lab"].fits["j_per_token"].n == len(E2E_CONFIGS)
     assert not rq3["community/alice"].fits["j_per_token"].supported  # 4 configurations for 4 parameters
-    rq5 = {r.origin: r for r in report.rq5_attribution(data)}
+    rq5 = {r.origin: r for r in rq5_attribution(data)}
     row = rq5["lab"].table.filter(pl.col("config_id") == "uniform_q4km").row(0, named=True)
     assert row["roofline_fraction"] == pytest.approx(row["bytes_per_token"] * row["decode_tokens_per_s"] / 10e9)
-    files = report.write_report(data, tmp_path / "report")
+    files = write_report(data, tmp_path / "report")
     md = files.markdown.read_text()
     assert "SIMULATED POWER (NOT MEASURED)" in md and "measured power (epi-meter)" in md
     assert "Community results (origin community/alice)" in md and "b4242" in md

@@ -9,6 +9,7 @@ from factories import batch
 from mqepi.analysis import contract
 from mqepi.errors import LakeError, QueryError
 from mqepi.lake.store import Lake
+from mqepi.meter.stream import POWER_ACCURACY_REL, POWER_RESOLUTION_W
 from mqepi.results import sql
 from mqepi.schemas import EVENT_TYPES
 
@@ -75,3 +76,12 @@ def test_view_contract_states_what_the_views_return(lake):
     for view, columns in contract.VIEWS.items():
         described = [(c[0], c[1]) for c in con.execute(f"DESCRIBE SELECT * FROM {view}").fetchall()]
         assert described == [(c, DUCKDB_TYPES[t]) for c, t in columns.items()], view
+
+
+def test_power_source_figures_equal_the_python_table(lake):
+    """Resolution and accuracy per power source are stated in SQL (for plain-duckdb users) and in
+    mqepi.meter.stream (for the Python windows): the two must agree."""
+    rows = sql.connect(lake).execute("SELECT power_source, resolution_w::DOUBLE, accuracy_rel::DOUBLE "
+                                     "FROM power_source_figures").fetchall()
+    assert {r[0]: (r[1], r[2]) for r in rows} == {
+        s: (POWER_RESOLUTION_W[s], POWER_ACCURACY_REL[s]) for s in POWER_RESOLUTION_W}

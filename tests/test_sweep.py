@@ -17,7 +17,9 @@ import pytest
 
 from mqepi.lake.store import Lake
 from mqepi.sweep import forecast as plan
-from mqepi.sweep.core import SweepError, SweepSpec, plan_runs, run_sweep, spec_from_json
+from mqepi.sweep.resume import plan_runs
+from mqepi.sweep.run import run_sweep
+from mqepi.sweep.spec import SweepError, SweepSpec, spec_from_json
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +135,8 @@ def test_kill_mid_sweep_then_resume_matches_an_uninterrupted_sweep(tmp_path):
     phases = killed.read("phase", columns=["run_id", "phase", "start_ns", "end_ns"])
     samples = killed.read("power_sample", columns=["run_id", "host_time_ns"])
     for row in phases.filter(pl.col("run_id").is_in(finished)).iter_rows(named=True):
-        inside = samples.filter((pl.col("run_id") == row["run_id"]) & pl.col("host_time_ns").is_between(row["start_ns"], row["end_ns"]))
+        inside = samples.filter((pl.col("run_id") == row["run_id"])
+                                & pl.col("host_time_ns").is_between(row["start_ns"], row["end_ns"]))
         assert inside.height > 0, row
 
 

@@ -13,6 +13,7 @@ import pytest
 from mqepi.meter import RunKey
 from mqepi.meter.windows import EnergyMonitor
 from mqepi.rig import thermal as th
+from mqepi.rig.executor import LocalExecutor, Result
 
 RUN = RunKey("smollm2-135m", "uniform_q4km", "r-therm")
 
@@ -57,13 +58,22 @@ def test_probes_name_what_they_could_not_read(tmp_path):
     assert th.parse_throttled("throttled=none") is None
 
 
-def test_command_probe_runs_the_remote_reads_through_a_runner(tmp_path):
+class OneLineNode:
+    """A node whose probe command prints only a temperature (no throttle line)."""
+
+    name = "pi2"
+
+    def run(self, command: str, **kwargs) -> Result:
+        return Result(0, [(0, "61500\n")])
+
+
+def test_command_probe_runs_the_remote_reads_through_an_executor(tmp_path):
     temp = tmp_path / "temp"
     temp.write_text("61500\n")
-    probe = th.CommandProbe("pi2", th.local_shell, command=f"cat {temp}; echo throttled=0x4")
+    probe = th.CommandProbe("pi2", LocalExecutor(tmp_path), command=f"cat {temp}; echo throttled=0x4")
     (reading,) = probe.read()
     assert (reading.node, reading.temperature_c, reading.throttled, reading.throttle_flags) == ("pi2", 61.5, True, 4)
-    broken = th.CommandProbe("pi2", lambda cmd: "61500\n")
+    broken = th.CommandProbe("pi2", OneLineNode())
     with pytest.raises(th.ThermalError, match="expected a temperature and a throttle line"):
         broken.read()
     assert th.REMOTE_COMMAND.startswith("cat /sys/class/thermal/thermal_zone0/temp")

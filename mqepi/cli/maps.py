@@ -8,7 +8,7 @@ import polars as pl
 import typer
 
 from mqepi.cli._common import edge, err, out, print_frame
-from mqepi.quant import maps
+from mqepi.quant import expansion, maps
 from mqepi.quant.maps import MapError
 
 app = typer.Typer(name="maps", help="Model profiles and per-layer quant maps.", no_args_is_help=True)
@@ -19,7 +19,8 @@ def _resolve_map(config: str, model: str | None):
     if path.suffix == ".json" or path.exists():
         qmap = maps.load_map(path)
     else:
-        folders = [maps.maps_dir(model)] if model else sorted(p for p in maps.MAPS_DIR.iterdir() if p.is_dir() and p.name != "models")
+        folders = ([maps.maps_dir(model)] if model
+                   else sorted(p for p in maps.MAPS_DIR.iterdir() if p.is_dir() and p.name != "models"))
         found = [f / f"{config}.json" for f in folders if (f / f"{config}.json").is_file()]
         if not found:
             raise MapError(f"no map {config!r} under {maps.MAPS_DIR} (give --model or a .json path)")
@@ -53,7 +54,7 @@ def _report_identical(generated, profile) -> None:
     by_effective: dict[str, list[str]] = {}
     for m in generated:
         if m.config_id not in duplicates:
-            by_effective.setdefault(maps.expand(m, profile).effective_sha256, []).append(m.config_id)
+            by_effective.setdefault(expansion.expand(m, profile).effective_sha256, []).append(m.config_id)
     for ids in by_effective.values():
         if len(ids) > 1:
             err.print(f"[yellow]note[/]: on {profile.id} these maps write identical tensors (shape fallback): {', '.join(ids)}")
@@ -68,7 +69,7 @@ def maps_show(
 ) -> None:
     """Predict a map's per-group and total bytes and bits/weight before quantizing."""
     qmap, profile = _resolve_map(config, model)
-    exp = maps.expand(qmap, profile)
+    exp = expansion.expand(qmap, profile)
     layers = {g.name: f"{min(g.layers)}-{max(g.layers)} ({g.quant})" for g in qmap.groups}
     rows = [{**r, "layers": layers.get(r["group"], "token_embd/output/norms")} for r in exp.group_sizes()]
     print_frame(pl.DataFrame(rows).select("group", "layers", "tensors", "n_elements", "bytes", "bits_per_weight", "fallbacks"),

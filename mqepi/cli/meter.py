@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -16,31 +17,36 @@ import typer
 
 from mqepi.cli._common import SIMULATED_NOTE, edge, err, lake, out, print_frame, query_frame
 from mqepi.meter import MeterError, RunKey
+from mqepi.meter.atm90e26 import Atm90e26Source
 from mqepi.meter.epimeter import MeterReader
+from mqepi.meter.nvml import NvmlSource
 from mqepi.meter.protocol import decoder_for
+from mqepi.meter.replay import ReplaySource
 from mqepi.meter.session import simulated_run
 from mqepi.meter.simulated import Faults, SimulatedMeter
-from mqepi.meter.sources import Atm90e26Source, NvmlSource, ReplaySource
-from mqepi.meter.stream import LakeSink
+from mqepi.meter.stream import LakeSink, SampleStream
 from mqepi.rig import thermal as th
 
 app = typer.Typer(name="meter", no_args_is_help=True,
                   help="Power meters (epi-meter, simulated, ATM90E26, NVML, replay), energy windows, thermal state.")
 
 
-def _pairs(values: list[str] | None, option: str) -> dict[int, str]:
-    """``["0=node0", "1=node1"]`` -> ``{0: "node0", 1: "node1"}``."""
+def _channel(text: str) -> int | None:
+    return int(text) if text.strip().isdigit() else None
+
+
+def _pairs(values: list[str] | None, option: str, form: str = "CHANNEL=VALUE (e.g. 0=node0)",
+           key: Callable[[str], object] = _channel) -> dict:
+    """``["0=node0", "1=node1"]`` -> ``{0: "node0", 1: "node1"}``; ``key`` parses a key (None:
+    not one), ``form`` names the expected form in the error."""
     out = {}
     for value in values or []:
-        key, sep, name = value.partition("=")
-        if not sep or not key.strip().isdigit() or not name:
-            raise MeterError(f"{option} {value!r} is not CHANNEL=VALUE (e.g. 0=node0)")
-        out[int(key)] = name
+        text, sep, item = value.partition("=")
+        parsed = key(text) if sep and item else None
+        if parsed is None:
+            raise MeterError(f"{option} {value!r} is not {form}")
+        out[parsed] = item
     return out
-
-
-def _run_key(model: str, config_id: str, run_id: str):
-    return RunKey(model, config_id, run_id)
 
 
 def _faults(garbage: float, bad_check: float, drop: float, drift_ppm: float, unplug_every: float | None,
@@ -50,8 +56,10 @@ def _faults(garbage: float, bad_check: float, drop: float, drift_ppm: float, unp
 
 
 # option shorthands
+_RUN_ID = typer.Option(..., "--run-id", "-r", help="Run id the samples belong to.")
 _MODEL = typer.Option("smollm2-135m", "--model", "-m", help="Model id of the run (lake partition).")
 _CONFIG = typer.Option("uniform_q4km", "--config-id", "-c", help="Quant configuration id of the run (lake partition).")
+_UNTIL = typer.Option(None, "--duration", help="Stop after this many seconds [default: Ctrl-C].")
 _GARBAGE = typer.Option(0.0, "--garbage", help="Fault: share of lines preceded by garbage bytes.")
 _BAD_CHECK = typer.Option(0.0, "--bad-check", help="Fault: share of lines with a wrong check value.")
 _DROP = typer.Option(0.0, "--drop", help="Fault: share of lines dropped (sequence gaps).")
@@ -60,16 +68,31 @@ _UNPLUG_EVERY = typer.Option(None, "--unplug-every", help="Fault: unplug the met
 _UNPLUG_FOR = typer.Option(0.5, "--unplug-for", help="Fault: stay unplugged this many seconds.")
 
 
-
-def _run_for(stream, duration: float | None) -> None:
-    """Start a reading thread, let it run for ``duration`` seconds (or until Ctrl-C), stop it."""
-    stream.start()
+def _run_for(device, duration: float | None, wait: Callable[[float | None], None] | None = None):
+    """Start ``device`` (a power source or the simulated meter), let it run for ``duration``
+    seconds, until Ctrl-C or until it ends by itself (``wait``, by default its ``join``), then
+    stop it; returns what its ``stop`` returns."""
+    device.start()
     try:
-        stream.join(duration) if duration is not None else stream.join()
+        (wait or device.join)(duration)
     except KeyboardInterrupt:
         pass
     finally:
-        stream.stop()
+        stopped = device.stop()
+    return stopped
+
+
+def _record(model: str, config_id: str, run_id: str, build: Callable[[LakeSink], SampleStream],
+            duration: float | None = None) -> SampleStream:
+    """What every source command does: the lake, a sink for the run, the source ``build``
+    makes on it, run for ``duration`` seconds (or until Ctrl-C or its end), stopped and
+    flushed."""
+    lk = lake()
+    lk.init()
+    source = build(LakeSink(lk, RunKey(model, config_id, run_id)))
+    _run_for(source, duration)
+    return source
+
 
 @app.command("simulate")
 @edge
@@ -80,7 +103,7 @@ def simulate(
     assign: list[str] | None = typer.Option(None, "--assign", help="CHANNEL=PID[,PID...]: processes driving a channel's power."),
     assign_file: Path | None = typer.Option(None, "--assign-file", help="JSON {channel: [pids]} re-read when it changes."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the noise and fault draws."),
-    duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds [default: Ctrl-C]."),
+    duration: float | None = _UNTIL,
     garbage: float = _GARBAGE, bad_check: float = _BAD_CHECK, drop: float = _DROP, drift_ppm: float = _DRIFT,
     unplug_every: float | None = _UNPLUG_EVERY, unplug_for: float = _UNPLUG_FOR,
 ) -> None:
@@ -93,58 +116,64 @@ def simulate(
             sim.assign(channel, [int(p) for p in pids.split(",")])
         except ValueError:
             raise MeterError(f"--assign {channel}={pids}: pids must be integers") from None
-    sim.start()
-    out.print(f"{SIMULATED_NOTE}\nsimulated meter serving on [bold]{sim.port}[/] at {rate:g} lines/s; "
-              f"channels {', '.join(f'{c}={n}' for c, n in sim.channels.items())}; "
-              f"read it with: mqepi meter record {sim.port} --run-id RUN", highlight=False, soft_wrap=True)
-    seen_mtime = None
-    deadline = None if duration is None else time.monotonic() + duration
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            if assign_file is not None and assign_file.exists() and assign_file.stat().st_mtime != seen_mtime:
-                seen_mtime = assign_file.stat().st_mtime
-                try:
-                    mapping = json.loads(assign_file.read_text())
-                    for channel, pids in mapping.items():
-                        sim.assign(int(channel), [int(p) for p in pids])
-                except (ValueError, TypeError, AttributeError) as exc:
-                    raise MeterError(f"--assign-file {assign_file}: not a JSON object of channel -> pid list ({exc})") from None
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stats = sim.stop()
+
+    def serve(duration: float | None) -> None:
+        out.print(f"{SIMULATED_NOTE}\nsimulated meter serving on [bold]{sim.port}[/] at {rate:g} lines/s; "
+                  f"channels {', '.join(f'{c}={n}' for c, n in sim.channels.items())}; "
+                  f"read it with: mqepi meter record {sim.port} --run-id RUN", highlight=False, soft_wrap=True)
+        _follow_assign_file(sim, assign_file, duration)
+
+    stats = _run_for(sim, duration, serve)
     err.print(f"simulated meter stopped: {stats.lines_generated} lines, {stats.lines_written} written, "
               f"{len(stats.dropped)} dropped, {len(stats.bad_checks)} bad check values, {stats.garbage_chunks} garbage chunks, "
               f"{stats.unplugs} unplugs", highlight=False)
+
+
+def _follow_assign_file(sim: SimulatedMeter, assign_file: Path | None, duration: float | None) -> None:
+    """Until ``duration`` has passed (or forever), re-read ``assign_file`` whenever it changes."""
+    seen_mtime = None
+    deadline = None if duration is None else time.monotonic() + duration
+    while deadline is None or time.monotonic() < deadline:
+        if assign_file is not None and assign_file.exists() and assign_file.stat().st_mtime != seen_mtime:
+            seen_mtime = assign_file.stat().st_mtime
+            try:
+                mapping = json.loads(assign_file.read_text())
+                for channel, pids in mapping.items():
+                    sim.assign(int(channel), [int(p) for p in pids])
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise MeterError(f"--assign-file {assign_file}: not a JSON object of channel -> pid list ({exc})") from None
+        time.sleep(0.2)
 
 
 @app.command("record")
 @edge
 def record(
     port: str = typer.Argument(..., help="Serial port or pyserial URL (/dev/ttyACM0, a pty, socket://h:p, loop://)."),
-    run_id: str = typer.Option(..., "--run-id", "-r", help="Run id the samples belong to."),
+    run_id: str = _RUN_ID,
     model: str = _MODEL, config_id: str = _CONFIG,
     meter_id: str = typer.Option("epi-meter-0", "--meter-id", help="Meter id recorded with each sample."),
     node: list[str] | None = typer.Option(None, "--node", help="CHANNEL=NODE, e.g. 0=pi0 (repeatable)."),
-    power_source: str = typer.Option("epi-meter", "--power-source", help="epi-meter (the board) or simulated; lines marked sim are always simulated."),
-    duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds [default: Ctrl-C]."),
+    power_source: str = typer.Option("epi-meter", "--power-source",
+                                     help="epi-meter (the board) or simulated; lines marked sim are always simulated."),
+    duration: float | None = _UNTIL,
     flush_interval: float = typer.Option(1.0, "--flush-interval", help="Append to the lake at least this often (s)."),
     decoder: str = typer.Option("epi-json-v1", "--decoder", help="Line decoder."),
     baud: int = typer.Option(115200, "--baud", help="Baud rate."),
-    incidents: Path | None = typer.Option(None, "--incidents", help="Also append every incident (gap, bad line, reconnect) as JSON lines here."),
+    incidents: Path | None = typer.Option(None, "--incidents",
+                                          help="Also append every incident (gap, bad line, reconnect) as JSON lines here."),
 ) -> None:
     """Read the epi-meter line protocol from a port into power_sample events (batched,
     flushed every second; resynchronises, reconnects, records gaps and bad lines)."""
-    lk = lake()
-    lk.init()
-    reader = MeterReader(port, LakeSink(lk, _run_key(model, config_id, run_id)), meter_id=meter_id,
-                         power_source=power_source, nodes=_pairs(node, "--node"), decoder=decoder_for(decoder),
-                         baudrate=baud, flush_interval_s=flush_interval)
-    if incidents is not None:
-        reader.log_incidents_to(incidents)
-    err.print(f"reading {port} into {lk.uri} run {run_id}; Ctrl-C to stop", highlight=False)
-    _run_for(reader, duration)
+
+    def build(sink: LakeSink) -> MeterReader:
+        reader = MeterReader(port, sink, meter_id=meter_id, power_source=power_source, nodes=_pairs(node, "--node"),
+                             decoder=decoder_for(decoder), baudrate=baud, flush_interval_s=flush_interval)
+        if incidents is not None:
+            reader.log_incidents_to(incidents)
+        err.print(f"reading {port} into {sink.lake.uri} run {run_id}; Ctrl-C to stop", highlight=False)
+        return reader
+
+    reader = _record(model, config_id, run_id, build, duration)
     summary = reader.summary()
     out.print(" ".join(f"{k}={v}" for k, v in summary.items()), highlight=False, soft_wrap=True)
     simulated = query_frame("SELECT count(*) AS n FROM power_sample WHERE run_id = ? AND power_source = 'simulated'", [run_id])
@@ -156,7 +185,7 @@ def record(
 @edge
 def atm90e26(
     port: str = typer.Argument(..., help="Serial port of one ATM90E26 chip."),
-    run_id: str = typer.Option(..., "--run-id", "-r", help="Run id the samples belong to."),
+    run_id: str = _RUN_ID,
     model: str = _MODEL, config_id: str = _CONFIG,
     channel: int = typer.Option(0, "--channel", help="Channel number recorded for this chip."),
     node: str | None = typer.Option(None, "--node", help="Node this chip measures."),
@@ -164,14 +193,12 @@ def atm90e26(
     rate: float = typer.Option(5.0, "--rate", help="Polls per second."),
     baud: int = typer.Option(9600, "--baud", help="2400 or 9600."),
     imp_per_kwh: int = typer.Option(1000, "--imp-per-kwh", help="Meter constant (pulses/kWh) of the chip's calibration."),
-    duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds [default: Ctrl-C]."),
+    duration: float | None = _UNTIL,
 ) -> None:
     """Poll one ATM90E26 chip over its UART register protocol into power_sample events."""
-    lk = lake()
-    lk.init()
-    source = Atm90e26Source(port, LakeSink(lk, _run_key(model, config_id, run_id)), channel=channel, node=node,
-                            meter_id=meter_id, rate_hz=rate, baudrate=baud, imp_per_kwh=imp_per_kwh)
-    _run_for(source, duration)
+    source = _record(model, config_id, run_id, lambda sink: Atm90e26Source(
+        port, sink, channel=channel, node=node, meter_id=meter_id, rate_hz=rate, baudrate=baud,
+        imp_per_kwh=imp_per_kwh), duration)
     out.print(f"{source.rows_flushed} samples, {source.failed_polls} failed polls, energy register total "
               f"{source.energy_j:.0f} J (coarse: 360 J steps)", highlight=False)
 
@@ -179,17 +206,15 @@ def atm90e26(
 @app.command("nvml")
 @edge
 def nvml(
-    run_id: str = typer.Option(..., "--run-id", "-r", help="Run id the samples belong to."),
+    run_id: str = _RUN_ID,
     model: str = _MODEL, config_id: str = _CONFIG,
     device: list[int] | None = typer.Option(None, "--device", help="GPU index (repeatable) [default: all]."),
     rate: float = typer.Option(10.0, "--rate", help="Polls per second."),
     duration: float = typer.Option(10.0, "--duration", help="Seconds to record."),
 ) -> None:
     """Record GPU board power from NVML (needs an NVIDIA driver; says why not otherwise)."""
-    lk = lake()
-    lk.init()
-    source = NvmlSource(LakeSink(lk, _run_key(model, config_id, run_id)), devices=device, rate_hz=rate)
-    source.run(duration_s=duration)
+    source = _record(model, config_id, run_id, lambda sink: NvmlSource(sink, devices=device, rate_hz=rate),
+                     duration)
     out.print(f"{source.rows_flushed} NVML samples from {', '.join(f'{d}: {n}' for d, n in source.names.items())}",
               highlight=False)
 
@@ -198,7 +223,7 @@ def nvml(
 @edge
 def replay(
     trace: Path = typer.Argument(..., help="Recorded power trace, .csv or .parquet."),
-    run_id: str = typer.Option(..., "--run-id", "-r", help="Run id the samples belong to."),
+    run_id: str = _RUN_ID,
     model: str = _MODEL, config_id: str = _CONFIG,
     map_: list[str] | None = typer.Option(None, "--map", help="TRACE_COLUMN=OUR_COLUMN, e.g. watts=power_w (repeatable)."),
     meter_id: str = typer.Option("replay", "--meter-id", help="Meter id where the trace has none."),
@@ -206,17 +231,9 @@ def replay(
 ) -> None:
     """Import a recorded power trace (CSV or Parquet, any origin) as power_source=replay
     samples (rows marked simulated stay simulated)."""
-    columns = {}
-    for item in map_ or []:
-        src, sep, dst = item.partition("=")
-        if not sep or not src or not dst:
-            raise MeterError(f"--map {item!r} is not TRACE_COLUMN=OUR_COLUMN")
-        columns[src] = dst
-    lk = lake()
-    lk.init()
-    source = ReplaySource(trace, LakeSink(lk, _run_key(model, config_id, run_id)), columns=columns or None,
-                          meter_id=meter_id, rebase_to_ns=time.time_ns() if rebase_now else None)
-    source.run()
+    columns = _pairs(map_, "--map", "TRACE_COLUMN=OUR_COLUMN", key=lambda text: text or None)
+    source = _record(model, config_id, run_id, lambda sink: ReplaySource(
+        trace, sink, columns=columns or None, meter_id=meter_id, rebase_to_ns=time.time_ns() if rebase_now else None))
     sources = sorted(set(source.trace["power_source"].to_list()))
     out.print(f"replayed {source.rows_flushed} samples from {trace} into run {run_id} (power_source: {', '.join(sources)})",
               highlight=False)
@@ -235,7 +252,8 @@ def windows(
     if channels:
         cols = ("run_id, phase, channel, node, power_source, round(elapsed_s, 3) AS elapsed_s, round(energy_j, 3) AS energy_j, "
                 "round(avg_power_w, 3) AS avg_power_w, round(energy_uncertainty_j, 3) AS u_j, round(net_energy_j, 3) AS net_j, "
-                "n_samples, round(coverage, 4) AS coverage, round(clock_residual_max_ms, 1) AS residual_ms, valid, invalid_reasons")
+                "n_samples, round(coverage, 4) AS coverage, round(clock_residual_max_ms, 1) AS residual_ms, valid, "
+                "invalid_reasons")
         df = query_frame(f"SELECT {cols} FROM window_energy WHERE ? IS NULL OR run_id = ? ORDER BY run_id, start_ns, channel",
                     [run_id, run_id])
         simulated = any("simulated" in s for s in df["power_source"].to_list())
@@ -285,7 +303,7 @@ def demo(
     """A short recorded run on the simulated meter: idle baseline, then real CPU load on
     node0; prints the windows (all simulated). See them later with mqepi meter windows."""
     run_id = run_id or time.strftime("sim-%Y%m%dT%H%M%SZ", time.gmtime())
-    measurements = simulated_run(lake(), _run_key(model, config_id, run_id), idle_s=idle, busy_s=busy,
+    measurements = simulated_run(lake(), RunKey(model, config_id, run_id), idle_s=idle, busy_s=busy,
                                  busy_processes=processes, rate_hz=rate, seed=seed,
                                  faults=_faults(garbage, bad_check, drop, drift_ppm, unplug_every, unplug_for),
                                  progress=lambda line: err.print(line, highlight=False, soft_wrap=True))
@@ -318,7 +336,7 @@ def thermal(
     probe = th.SysfsProbe()
     lk = run = None
     if run_id:
-        lk, run = lake(), _run_key(model, config_id, run_id)
+        lk, run = lake(), RunKey(model, config_id, run_id)
         lk.init()
 
     def record(readings):

@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 from mqepi.cli._common import edge, lake, out, say
-from mqepi.results import report
+from mqepi.results.report.labels import power_banner
+from mqepi.results.report.write import build_report
 from mqepi.results.snapshots import default_out_dir, recompute
 
 app = typer.Typer()
@@ -42,12 +43,12 @@ def report_command(
     """Answer RQ1-RQ5 from the analysis views and write report.md, a self-contained
     report.html and the figures (PNG + SVG); every number names its power source."""
     lk = lake()
-    built = report.build_report(lk, out_dir, origin=origin, bandwidth_gbs=bandwidth_gbs, write=not summary_only)
+    built = build_report(lk, out_dir, origin=origin, bandwidth_gbs=bandwidth_gbs, write=not summary_only)
     if built.files is None:
         out.print(escape(built.summary), highlight=False, soft_wrap=True, end="")
         return
     files = built.files
-    severity, banner = report.power_banner(built.data)
+    severity, banner = power_banner(built.data.power_sources())
     style = {"simulated": "bold red", "measured": "green"}.get(severity, "bold")
     out.print(f"[{style}]{escape(banner)}[/]", highlight=False, soft_wrap=True)
     out.print(f"report of {len(built.data.groups())} groups from {escape(lk.uri)}:", highlight=False, soft_wrap=True)

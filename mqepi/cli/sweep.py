@@ -11,7 +11,8 @@ from rich.table import Table
 from mqepi.cli._common import edge, lake, out, say, split_list
 from mqepi.flows import prefect_environment
 from mqepi.sweep import forecast as plan
-from mqepi.sweep.core import SweepError, SweepSpec, run_sweep, spec_from_json
+from mqepi.sweep.run import run_sweep
+from mqepi.sweep.spec import SweepError, SweepSpec, spec_from_json
 
 app = typer.Typer()
 

@@ -31,8 +31,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mqepi.lake import events
 from mqepi.errors import EventValidationError, LakeError
+from mqepi.lake import durable, events
+from mqepi.lake.durable import fsync_dir, fsync_file
 from mqepi.schemas import EVENT_TYPES, EventSpec, spec_for
 
 #: Environment variable naming the lake root when no option is given.
@@ -41,7 +42,7 @@ DEFAULT_ROOT = "lake"
 #: Partition value of the zero-row seed files (real values start with a letter or digit).
 SEED_VALUE = "_seed"
 DATA_PREFIX = "ev-"
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = durable.TEMP_PREFIX
 TEMP_SUFFIX = ".partial"
 #: Files a lake root may hold besides event folders.
 ROOT_EXTRAS = ("README.md",)
@@ -152,7 +153,7 @@ class Lake:
 
     def record(self, event_type: str, rows, *, origin: str = "lab", producer: str | None = None,
                recorded_at_ns: int | None = None) -> AppendResult:
-        """Build events of ``event_type`` from ``rows`` (see :func:`mqepi.events.build`),
+        """Build events of ``event_type`` from ``rows`` (see :func:`mqepi.lake.events.build`),
         validate and append them. The ids were computed here, so they are not re-checked:
         this is the path for mqepi's own producers; untrusted batches go through
         :meth:`append`."""
@@ -214,20 +215,12 @@ class Lake:
                 return False
             self.fs.move(temp, final)
             return True
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(temp)
         try:
             os.link(temp, final)  # atomic and fails if the name exists: never replaces
         except FileExistsError:
             return False
-        dir_fd = os.open(os.path.dirname(final), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(os.path.dirname(final))
         return True
 
     def _ids_in(self, directory: str) -> set[str]:
@@ -317,7 +310,8 @@ class Lake:
                 continue
             relative = PurePosixPath(info.path).relative_to(self.root)
             if info.base_name.startswith(TEMP_PREFIX):
-                report.problems.append(Problem("stray-temp", info.path, "temporary file left by an interrupted write; never read as data"))
+                report.problems.append(Problem("stray-temp", info.path,
+                                               "temporary file left by an interrupted write; never read as data"))
                 continue
             if len(relative.parts) == 1 and info.base_name in ROOT_EXTRAS:
                 continue
@@ -330,7 +324,8 @@ class Lake:
             if len(where) > 1:
                 paths = sorted({p for _, p in where})
                 report.problems.append(
-                    Problem("duplicate", paths[0], f"{where[0][0]} event {event_id} appears {len(where)} times: {', '.join(paths)}")
+                    Problem("duplicate", paths[0],
+                            f"{where[0][0]} event {event_id} appears {len(where)} times: {', '.join(paths)}")
                 )
         return report
 
@@ -362,7 +357,8 @@ class Lake:
         try:
             events.validate(df, source=path)
         except EventValidationError as exc:
-            kind = "hash" if any(f.get("column") == "event_id" and "sha256" in str(f.get("check")) for f in exc.failures) else "schema"
+            hash_failed = any(f.get("column") == "event_id" and "sha256" in str(f.get("check")) for f in exc.failures)
+            kind = "hash" if hash_failed else "schema"
             report.problems.append(Problem(kind, path, str(exc)))
             return
         expected = f"{DATA_PREFIX}{events.batch_id(df['event_id'])}.parquet"
@@ -383,4 +379,5 @@ class Lake:
                 continue
             for origin, count in df.group_by("origin").len().sort("origin").iter_rows():
                 rows.append({"event_type": name, "origin": origin, "events": count, "files": len(files), "bytes": size})
-        return pl.DataFrame(rows, schema={"event_type": pl.Utf8, "origin": pl.Utf8, "events": pl.Int64, "files": pl.Int64, "bytes": pl.Int64})
+        return pl.DataFrame(rows, schema={"event_type": pl.Utf8, "origin": pl.Utf8, "events": pl.Int64, "files": pl.Int64,
+                                          "bytes": pl.Int64})

@@ -4,7 +4,7 @@
 ``serial.serial_for_url`` opens), or an already open port object with ``read``.
 
 * **Stamps**: each line gets the host UTC and monotonic clocks when its line end is read
-  (strictly increasing per line: see :class:`mqepi.meter.core.HostClock`).
+  (strictly increasing per line: see :class:`mqepi.meter.stream.HostClock`).
 * **Framing and resynchronisation**: a line is checked when it arrives (check value, framing);
   bytes before a payload's ``{`` are skipped as garbage, an over-long partial line is
   dropped, and reading goes on at the next line end.
@@ -15,7 +15,7 @@
 * **Batches**: lines are decoded in bulk and appended to the lake at least every
   ``flush_interval_s`` (and every ``max_rows`` samples), so a crash loses at most that
   much and memory stays bounded however long the run. A failed lake write stops the
-  reader and is raised by :meth:`~mqepi.meter.core.SampleStream.stop`.
+  reader and is raised by :meth:`~mqepi.meter.stream.SampleStream.stop`.
 """
 
 from __future__ import annotations
@@ -24,23 +24,13 @@ import numpy as np
 import polars as pl
 
 from mqepi.meter.protocol import BAUDRATE, MAX_LINE_BYTES, JsonLineDecoder, LineDecoder
-from mqepi.meter.stream import SAMPLE_COLUMNS, HostClock, MeterError, SampleStream
+from mqepi.meter.stream import SAMPLE_COLUMNS, HostClock, MeterError, SampleStream, open_port, port_or_url
 
 #: Port read timeout: how often the loop looks at its stop flag and flush clock.
 READ_TIMEOUT_S = 0.05
 #: Largest single read.
 READ_MAX_BYTES = 1 << 16
 POWER_SOURCES_READ = ("epi-meter", "simulated", "replay")
-
-
-def open_port(url: str, baudrate: int = BAUDRATE, timeout: float = READ_TIMEOUT_S):
-    """Open a serial port by path or pyserial URL; a clear :class:`MeterError` otherwise."""
-    import serial
-
-    try:
-        return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout)
-    except (serial.SerialException, OSError, ValueError) as exc:
-        raise MeterError(f"cannot open meter port {url!r}: {exc}") from exc
 
 
 class MeterReader(SampleStream):
@@ -60,8 +50,7 @@ class MeterReader(SampleStream):
             raise MeterError(f"power_source {power_source!r} is not one of {', '.join(POWER_SOURCES_READ)}")
         if not meter_id or len(meter_id) > 128:
             raise MeterError(f"meter_id {meter_id!r} must be 1-128 characters")
-        self.url = port if isinstance(port, str) else None
-        self._port = None if isinstance(port, str) else port
+        self.url, self._port = port_or_url(port)
         self.meter_id = meter_id
         self.power_source = power_source
         self.nodes = dict(nodes or {})
@@ -95,7 +84,7 @@ class MeterReader(SampleStream):
         delay = self.backoff_initial_s
         while not self._stop.is_set():
             try:
-                self._port = open_port(self.url, self.baudrate)
+                self._port = open_port(self.url, self.baudrate, READ_TIMEOUT_S)
             except MeterError as exc:
                 if not self.reconnect:
                     raise

@@ -1,24 +1,19 @@
-"""Format facts of the power meters, in one module.
+"""The epi-meter line format, version 1: its constants, encoder and pluggable decoders.
 
-1. **The epi-meter line format, version 1** (the project's own; the board's real field
-   names are unpublished, so the decoder is pluggable and the names are data):
+The format is the project's own (the board's real field names are unpublished, so the
+decoder is pluggable and the names are data):
 
-   ``{"v":1,"seq":812,"t":16240000,"p":[4,3,5,6],"u":[230.12,...],"i":[...],"pf":[...],"f":[...],"e":[...]}*3A4F09C2\\n``
+``{"v":1,"seq":812,"t":16240000,"p":[4,3,5,6],"u":[230.12,...],"i":[...],"pf":[...],"f":[...],"e":[...]}*3A4F09C2\\n``
 
-   One line per meter reading, sent over UART at 115200 baud 8N1. The JSON payload holds
-   exactly one object with no nested objects (so the payload starts at the last ``{`` of
-   a line: garbage before it is skipped). After the payload comes ``*`` and the check
-   value: CRC-32 (IEEE 802.3, as ``zlib.crc32``) of the payload bytes, 8 upper-case hex
-   digits. Then ``\\n`` (a ``\\r`` before it is ignored). Fields: see :class:`LineFields`.
-   Budget: at 115200 baud a line of about 200 bytes (4 channels) fits 50 times a second.
+One line per meter reading, sent over UART at 115200 baud 8N1. The JSON payload holds
+exactly one object with no nested objects (so the payload starts at the last ``{`` of
+a line: garbage before it is skipped). After the payload comes ``*`` and the check
+value: CRC-32 (IEEE 802.3, as ``zlib.crc32``) of the payload bytes, 8 upper-case hex
+digits. Then ``\\n`` (a ``\\r`` before it is ignored). Fields: see :class:`LineFields`.
+Budget: at 115200 baud a line of about 200 bytes (4 channels) fits 50 times a second.
 
-2. **ATM90E26 UART frames** (the metering chip read directly): host read request
-   ``FE, 0x80|addr, checksum``, chip answer ``MSB, LSB, checksum``; host write request
-   ``FE, addr, MSB, LSB, checksum``, chip answer ``checksum``. A checksum is the low byte of
-   the sum of the frame's bytes after ``FE`` (for an answer: of MSB and LSB). The chip
-   talks at 2400 or 9600 baud. Register map and scaling: :class:`Register`, ``*_from_raw``.
-
-3. **Resolution and accuracy per power source**, which windows turn into uncertainty.
+The ATM90E26 chips' own UART register protocol is in :mod:`mqepi.meter.atm90e26`; each
+power source's resolution and accuracy in :mod:`mqepi.meter.stream`.
 """
 
 from __future__ import annotations
@@ -29,13 +24,10 @@ import math
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from enum import IntEnum
 
 import polars as pl
 
 from mqepi.meter.stream import ProtocolError
-
-# --------------------------------------------------------------------------- line format
 
 #: Version of the line format this module reads and writes (the ``v`` field).
 FORMAT_VERSION = 1
@@ -306,227 +298,8 @@ DECODERS = {JsonLineDecoder.name: JsonLineDecoder}
 
 
 def decoder_for(name: str) -> LineDecoder:
+    """A new decoder by its name in :data:`DECODERS`; :class:`ProtocolError` naming the known ones."""
     try:
         return DECODERS[name]()
     except KeyError:
         raise ProtocolError(f"unknown decoder {name!r}; known: {', '.join(DECODERS)}") from None
-
-
-# --------------------------------------------------------------------------- ATM90E26
-
-
-class Register(IntEnum):
-    """ATM90E26 registers (16 bit each; datasheet register map)."""
-
-    SOFT_RESET = 0x00  # write 0x789A to reset
-    SYS_STATUS = 0x01  # bit 14: CS1 error, bit 12: CS2 error
-    FUNC_EN = 0x02
-    SAG_TH = 0x03
-    SMALL_P_MOD = 0x04
-    LAST_DATA = 0x06  # last value read or written
-    LSB = 0x08  # low 16 bits of the last RMS/power value read
-    CAL_START = 0x20  # metering calibration start (0x5678) / check (0x8765)
-    PL_CONST_H = 0x21
-    PL_CONST_L = 0x22
-    L_GAIN = 0x23
-    L_PHI = 0x24
-    N_GAIN = 0x25
-    N_PHI = 0x26
-    P_START_TH = 0x27
-    P_NOL_TH = 0x28
-    Q_START_TH = 0x29
-    Q_NOL_TH = 0x2A
-    M_MODE = 0x2B
-    CS1 = 0x2C  # checksum of 0x21-0x2B
-    ADJ_START = 0x30  # measurement calibration start / check
-    U_GAIN = 0x31
-    I_GAIN_L = 0x32
-    I_GAIN_N = 0x33
-    U_OFFSET = 0x34
-    I_OFFSET_L = 0x35
-    I_OFFSET_N = 0x36
-    P_OFFSET_L = 0x37
-    Q_OFFSET_L = 0x38
-    P_OFFSET_N = 0x39
-    Q_OFFSET_N = 0x3A
-    CS2 = 0x3B  # checksum of 0x31-0x3A
-    AP_ENERGY = 0x40  # forward active energy, cleared on read, 0.1 pulse per LSB
-    AN_ENERGY = 0x41  # reverse active energy, cleared on read
-    AT_ENERGY = 0x42  # absolute active energy
-    RP_ENERGY = 0x43
-    RN_ENERGY = 0x44
-    RT_ENERGY = 0x45
-    EN_STATUS = 0x46
-    IRMS = 0x48  # L line current, 0.001 A per LSB
-    URMS = 0x49  # voltage, 0.01 V per LSB
-    PMEAN = 0x4A  # L line mean active power, two's complement, 1 W per LSB (LSB register: low bits)
-    QMEAN = 0x4B
-    FREQ = 0x4C  # 0.01 Hz per LSB
-    POWER_F = 0x4D  # L line power factor, sign-magnitude, 0.001 per LSB
-    P_ANGLE = 0x4E
-    SMEAN = 0x4F
-    IRMS2 = 0x68  # N line current
-    PMEAN2 = 0x6A
-    QMEAN2 = 0x6B
-    POWER_F2 = 0x6D
-    P_ANGLE2 = 0x6E
-    SMEAN2 = 0x6F
-
-
-ATM_START = 0xFE
-ATM_READ = 0x80  # bit 7 of the address byte: 1 = read, 0 = write
-ATM_BAUDRATES = (2400, 9600)
-#: The chip's default meter constant (pulses per kWh) and energy per pulse.
-DEFAULT_IMP_PER_KWH = 1000
-#: APenergy counts tenths of a pulse.
-ENERGY_PULSE_FRACTION = 0.1
-J_PER_KWH = 3.6e6
-
-
-def _checksum(*values: int) -> int:
-    return sum(values) & 0xFF
-
-
-def _check_register(address: int) -> int:
-    address = int(address)
-    if not 0 <= address <= 0x7F:
-        raise ProtocolError(f"ATM90E26 register address 0x{address:X} is outside 0x00-0x7F")
-    return address
-
-
-def _check_u16(value: int, what: str = "value") -> int:
-    value = int(value)
-    if not 0 <= value <= 0xFFFF:
-        raise ProtocolError(f"ATM90E26 {what} {value} does not fit 16 bits")
-    return value
-
-
-def encode_read_request(address: int) -> bytes:
-    """Host -> chip: read ``address`` (3 bytes)."""
-    byte = _check_register(address) | ATM_READ
-    return bytes((ATM_START, byte, _checksum(byte)))
-
-
-def encode_write_request(address: int, value: int) -> bytes:
-    """Host -> chip: write ``value`` to ``address`` (5 bytes)."""
-    address = _check_register(address)
-    value = _check_u16(value)
-    msb, lsb = value >> 8, value & 0xFF
-    return bytes((ATM_START, address, msb, lsb, _checksum(address, msb, lsb)))
-
-
-def decode_request(frame: bytes) -> tuple[int, bool, int | None]:
-    """Chip side: parse a request -> ``(address, is_read, value or None)``."""
-    if len(frame) < 3 or frame[0] != ATM_START:
-        raise ProtocolError(f"ATM90E26 request {frame.hex()} does not start with FE")
-    if frame[1] & ATM_READ:
-        if len(frame) != 3 or frame[2] != _checksum(frame[1]):
-            raise ProtocolError(f"ATM90E26 read request {frame.hex()}: bad length or checksum")
-        return frame[1] & 0x7F, True, None
-    if len(frame) != 5 or frame[4] != _checksum(frame[1], frame[2], frame[3]):
-        raise ProtocolError(f"ATM90E26 write request {frame.hex()}: bad length or checksum")
-    return frame[1], False, (frame[2] << 8) | frame[3]
-
-
-def encode_read_response(value: int) -> bytes:
-    """Chip -> host: the answer to a read (MSB, LSB, checksum)."""
-    value = _check_u16(value)
-    msb, lsb = value >> 8, value & 0xFF
-    return bytes((msb, lsb, _checksum(msb, lsb)))
-
-
-def decode_read_response(frame: bytes, address: int | None = None) -> int:
-    """Host side: the 16-bit value of a read answer; checks length and checksum."""
-    where = f" to register 0x{address:02X}" if address is not None else ""
-    if len(frame) != 3:
-        raise ProtocolError(f"ATM90E26 answer{where} has {len(frame)} bytes ({frame.hex() or 'none'}), expected 3")
-    if frame[2] != _checksum(frame[0], frame[1]):
-        raise ProtocolError(f"ATM90E26 answer{where} {frame.hex()}: checksum 0x{frame[2]:02X} != "
-                            f"0x{_checksum(frame[0], frame[1]):02X}")
-    return (frame[0] << 8) | frame[1]
-
-
-def write_ack(request: bytes) -> bytes:
-    """Chip -> host: the one-byte answer to a write (the request's checksum)."""
-    return request[-1:]
-
-
-def calibration_checksum(values) -> int:
-    """CS1 / CS2 over a calibration register block: high byte = XOR of all bytes, low
-    byte = sum of all bytes mod 256."""
-    total = xor = 0
-    for value in values:
-        value = _check_u16(value, "register value")
-        for byte in (value >> 8, value & 0xFF):
-            total = (total + byte) & 0xFF
-            xor ^= byte
-    return (xor << 8) | total
-
-
-def urms_from_raw(raw: int) -> float:
-    return _check_u16(raw) * 0.01
-
-
-def irms_from_raw(raw: int) -> float:
-    return _check_u16(raw) * 0.001
-
-
-def freq_from_raw(raw: int) -> float:
-    return _check_u16(raw) * 0.01
-
-
-def pmean_from_raw(raw: int, lsb: int | None = None) -> float:
-    """Active power in W: Pmean is two's complement at 1 W per LSB; the LSB register (0x08),
-    read right after, holds the next 16 bits of resolution."""
-    raw = _check_u16(raw)
-    watts = raw - 0x10000 if raw & 0x8000 else raw
-    return float(watts) if lsb is None else watts + _check_u16(lsb, "LSB register") / 65536.0
-
-
-def power_factor_from_raw(raw: int) -> float:
-    """Power factor: sign-magnitude, bit 15 the sign, 0.001 per LSB."""
-    raw = _check_u16(raw)
-    magnitude = (raw & 0x7FFF) * 0.001
-    return -magnitude if raw & 0x8000 else magnitude
-
-
-def energy_from_raw(raw: int, imp_per_kwh: int = DEFAULT_IMP_PER_KWH) -> float:
-    """Energy in J of an energy register reading (tenths of a pulse; 360 J per LSB at
-    1000 pulses/kWh). Too coarse for per-item energy: never use it for that."""
-    return _check_u16(raw) * ENERGY_PULSE_FRACTION * J_PER_KWH / imp_per_kwh
-
-
-def urms_to_raw(volts: float) -> int:
-    return _check_u16(round(volts / 0.01), "Urms")
-
-
-def irms_to_raw(amps: float) -> int:
-    return _check_u16(round(amps / 0.001), "Irms")
-
-
-def freq_to_raw(hz: float) -> int:
-    return _check_u16(round(hz / 0.01), "Freq")
-
-
-def pmean_to_raw(watts: float) -> int:
-    w = int(round(watts))
-    if not -0x8000 <= w <= 0x7FFF:
-        raise ProtocolError(f"ATM90E26 Pmean {watts} W does not fit 16 bits")
-    return w & 0xFFFF
-
-
-def power_factor_to_raw(pf: float) -> int:
-    magnitude = round(abs(pf) / 0.001)
-    if magnitude > 0x7FFF:
-        raise ProtocolError(f"ATM90E26 power factor {pf} out of range")
-    return (0x8000 if pf < 0 else 0) | magnitude
-
-
-# --------------------------------------------------------------------------- uncertainty
-
-#: Power resolution (W per reading step) by power source: the ATM90E26 Pmean LSB is 1 W;
-#: NVML reports milliwatts; a replayed trace is assumed as coarse as the chip.
-POWER_RESOLUTION_W = {"epi-meter": 1.0, "atm90e26": 1.0, "simulated": 1.0, "nvml": 0.001, "replay": 1.0}
-#: Relative accuracy (one standard uncertainty) of a power reading by source: the
-#: ATM90E26 is an accuracy class 1 device; NVML documents +-5 %.
-POWER_ACCURACY_REL = {"epi-meter": 0.01, "atm90e26": 0.01, "simulated": 0.01, "nvml": 0.05, "replay": 0.01}

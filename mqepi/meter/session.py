@@ -19,6 +19,8 @@ from mqepi.meter.windows import EnergyMonitor, Measurement, analyze_run
 
 #: A process that keeps one core busy until killed.
 SPIN = "while True: pass"
+#: The default: a simulated meter that breaks nothing.
+NO_FAULTS = Faults()
 
 
 def spin_processes(n: int) -> list[subprocess.Popen]:
@@ -27,7 +29,7 @@ def spin_processes(n: int) -> list[subprocess.Popen]:
 
 
 def simulated_run(lake, run: RunKey, *, idle_s: float = 3.0, busy_s: float = 3.0, busy_processes: int = 1,
-                  rate_hz: float = 50.0, faults: Faults = Faults(), seed: int | None = None,
+                  rate_hz: float = 50.0, faults: Faults = NO_FAULTS, seed: int | None = None,
                   progress: Callable[[str], None] = lambda line: None) -> list[Measurement]:
     """Record a short simulated run into ``lake``; returns its windows (as analysed from the
     lake after the run, like the ``window_energy_total`` view)."""

@@ -40,20 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mqepi.meter.protocol import (
-    ATM_START,
-    Register,
-    decode_request,
-    encode_line,
-    encode_read_response,
-    freq_to_raw,
-    irms_to_raw,
-    pmean_to_raw,
-    power_factor_to_raw,
-    urms_to_raw,
-    write_ack,
-)
-from mqepi.meter.stream import MeterError
+from mqepi.meter.atm90e26 import energy_from_raw
+from mqepi.meter.protocol import MAX_CHANNELS, encode_line
+from mqepi.meter.stream import POWER_RESOLUTION_W, MeterError, check_rate
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -64,21 +53,22 @@ class PowerModel:
 
     Defaults: about 2.7 W idle and 7.1 W with four busy cores on the DC side (published
     Pi 5 figures), an 80 % efficient supply at these light loads, so 3.4 W to 8.9 W at
-    the wall; 1 W reading steps (ATM90E26 Pmean LSB)."""
+    the wall; the simulated source's reading steps (1 W, the ATM90E26 Pmean LSB) and the
+    chip's energy register steps (360 J)."""
 
     idle_w: float = 2.7
     w_per_busy_core: float = 1.1
     cores: int = 4
     psu_efficiency: float = 0.80
     noise_w: float = 0.5
-    resolution_w: float = 1.0
+    resolution_w: float = POWER_RESOLUTION_W["simulated"]
     voltage_v: float = 230.0
     voltage_noise_v: float = 0.3
     frequency_hz: float = 50.0
     frequency_noise_hz: float = 0.01
     power_factor_idle: float = 0.55
     power_factor_busy: float = 0.62
-    energy_step_j: float = 360.0
+    energy_step_j: float = energy_from_raw(1)
 
     def true_power_w(self, busy_cores: float) -> float:
         """AC power for a number of busy cores (capped at ``cores``), without noise."""
@@ -218,12 +208,10 @@ class SimulatedMeter:
                  cpu_window_s: float = 0.25, meter_time_offset_us: int = 1_000_000):
         if isinstance(channels, int):
             channels = {c: f"node{c}" for c in range(channels)}
-        if not channels or any(not 0 <= c <= 63 for c in channels):
-            raise MeterError(f"channels {sorted(channels)} must be 1-64 numbers between 0 and 63")
-        if not 0 < rate_hz <= 1000:
-            raise MeterError(f"rate_hz {rate_hz} must be in (0, 1000]")
+        if not channels or any(not 0 <= c < MAX_CHANNELS for c in channels):
+            raise MeterError(f"channels {sorted(channels)} must be 1-{MAX_CHANNELS} numbers between 0 and {MAX_CHANNELS - 1}")
         self.channels = dict(sorted(channels.items()))
-        self.rate_hz = rate_hz
+        self.rate_hz = check_rate(rate_hz)
         self.model = model
         self.faults = faults
         self.rng = np.random.default_rng(seed)
@@ -423,107 +411,3 @@ class SimulatedMeter:
             except BlockingIOError:
                 time.sleep(0.001)
         return written == len(data)
-
-
-class Atm90e26Emulator:
-    """One ATM90E26 chip answering its UART register protocol on a pty (for tests and
-    demos of the direct-chip source). ``power_w()`` gives the chip's true active power."""
-
-    def __init__(self, power_w, *, voltage_v: float = 230.0, frequency_hz: float = 50.0, power_factor: float = 0.6,
-                 imp_per_kwh: int = 1000, corrupt_every: int = 0):
-        self.power_w = power_w
-        self.corrupt_every = corrupt_every  # fault: every n-th read answer gets a wrong checksum
-        self.corrupted = 0
-        self.voltage_v, self.frequency_hz, self.power_factor = voltage_v, frequency_hz, power_factor
-        self.imp_per_kwh = imp_per_kwh
-        self.registers: dict[int, int] = {}
-        self.requests = 0
-        self.bad_requests = 0
-        self._energy_tenth_pulses = 0.0
-        self._last = None
-        master, slave = pty.openpty()
-        tty.setraw(slave)
-        self._master, self._slave = master, slave
-        self.port = os.ttyname(slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="Atm90e26Emulator", daemon=True)
-
-    def start(self) -> Atm90e26Emulator:
-        self._last = time.monotonic()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def _value(self, address: int) -> int:
-        now = time.monotonic()
-        watts = self.power_w()
-        self._energy_tenth_pulses += watts * (now - self._last) / (3.6e6 / self.imp_per_kwh) * 10
-        self._last = now
-        if address == Register.AP_ENERGY:  # cleared on read
-            whole = int(self._energy_tenth_pulses)
-            self._energy_tenth_pulses -= whole
-            return min(whole, 0xFFFF)
-        table = {
-            Register.URMS: lambda: urms_to_raw(self.voltage_v),
-            Register.IRMS: lambda: irms_to_raw(watts / (self.voltage_v * self.power_factor)),
-            Register.PMEAN: lambda: pmean_to_raw(watts),
-            Register.FREQ: lambda: freq_to_raw(self.frequency_hz),
-            Register.POWER_F: lambda: power_factor_to_raw(self.power_factor),
-        }
-        if address in table:
-            return table[address]()
-        return self.registers.get(address, 0)
-
-    def _run(self) -> None:
-        import select
-
-        buffer = b""
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._master], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                buffer += os.read(self._master, 256)
-            except OSError:
-                return
-            while buffer:
-                start = buffer.find(bytes([ATM_START]))
-                if start < 0:
-                    buffer = b""
-                    break
-                buffer = buffer[start:]
-                if len(buffer) < 3:
-                    break
-                need = 3 if buffer[1] & 0x80 else 5
-                if len(buffer) < need:
-                    break
-                frame, buffer = buffer[:need], buffer[need:]
-                self.requests += 1
-                try:
-                    address, is_read, value = decode_request(frame)
-                except MeterError:
-                    self.bad_requests += 1
-                    continue
-                if is_read:
-                    answer = encode_read_response(self._value(address))
-                    if self.corrupt_every and self.requests % self.corrupt_every == 0:
-                        answer = answer[:2] + bytes([(answer[2] + 1) & 0xFF])
-                        self.corrupted += 1
-                    os.write(self._master, answer)
-                else:
-                    self.registers[address] = value
-                    os.write(self._master, write_ack(frame))

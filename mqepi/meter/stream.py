@@ -1,6 +1,7 @@
 """What every meter module shares: the run a stream belongs to, the exceptions, arrival
-stamps, the stream plumbing of every power source (:class:`SampleStream`) and the sink that
-appends power samples to the lake."""
+stamps, each power source's resolution and accuracy, the serial port, the stream plumbing of
+every power source (:class:`SampleStream`, :class:`PolledStream`) and the sink that appends
+power samples to the lake."""
 
 from __future__ import annotations
 
@@ -13,12 +14,24 @@ from collections import deque
 from dataclasses import dataclass
 
 import polars as pl
+import serial
 
 from mqepi.errors import MqepiError
 from mqepi.schemas import COMMON_COLUMNS, EVENT_TYPES
+from mqepi.schemas.events import SLUG
 
-#: The lake's slug rule for model, config and run ids (see schemas/events.py).
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: The lake's slug rule for model, config and run ids.
+_SLUG = re.compile(SLUG)
+
+#: Power resolution (W per reading step) by power source: the ATM90E26 Pmean LSB is 1 W (the
+#: epi-meter board is made of those chips, the simulated meter models it); NVML reports
+#: milliwatts; a replayed trace is assumed as coarse as the chip.
+POWER_RESOLUTION_W = {"epi-meter": 1.0, "atm90e26": 1.0, "simulated": 1.0, "nvml": 0.001, "replay": 1.0}
+#: Relative accuracy (one standard uncertainty) of a power reading by source: the
+#: ATM90E26 is an accuracy class 1 device; NVML documents +-5 %.
+POWER_ACCURACY_REL = {"epi-meter": 0.01, "atm90e26": 0.01, "simulated": 0.01, "nvml": 0.05, "replay": 0.01}
+#: The fastest reading rate a polled source or the simulated meter accepts.
+MAX_RATE_HZ = 1000
 
 
 class MeterError(MqepiError):
@@ -45,7 +58,7 @@ class RunKey:
         for name in ("model", "config_id", "run_id"):
             value = getattr(self, name)
             if not isinstance(value, str) or not _SLUG.match(value):
-                raise MeterError(f"{name} {value!r} is not a slug ([A-Za-z0-9][A-Za-z0-9._-]{{0,127}})")
+                raise MeterError(f"{name} {value!r} is not a slug ({SLUG[1:-1]})")
 
     def columns(self, n: int) -> dict[str, pl.Series]:
         """The three partition columns for ``n`` rows."""
@@ -109,6 +122,32 @@ class HostClock:
         mono = max(mono, self.last_monotonic + 1)
         self.last_utc, self.last_monotonic = utc, mono
         return utc, mono
+
+
+def check_rate(rate_hz: float) -> float:
+    """A reading rate in (0, :data:`MAX_RATE_HZ`] Hz, else :class:`MeterError` naming it."""
+    if not 0 < rate_hz <= MAX_RATE_HZ:
+        raise MeterError(f"rate_hz {rate_hz} must be in (0, {MAX_RATE_HZ}]")
+    return rate_hz
+
+
+def open_port(url: str, baudrate: int, timeout: float):
+    """Open a serial port by path or pyserial URL; a clear :class:`MeterError` otherwise."""
+    try:
+        return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise MeterError(f"cannot open meter port {url!r}: {exc}") from exc
+
+
+def port_or_url(port) -> tuple[str | None, object | None]:
+    """``(url, None)`` for a path or pyserial URL that a stream opens and closes itself;
+    ``(None, port)`` for an open port object (anything with ``read``) that its caller owns."""
+    return (port, None) if isinstance(port, str) else (None, port)
+
+
+def sample_row(**values) -> pl.DataFrame:
+    """One row of :data:`SAMPLE_COLUMNS` (columns not given are null)."""
+    return pl.DataFrame({c: [values.get(c)] for c in SAMPLE_COLUMNS}, schema=SAMPLE_COLUMNS)
 
 
 @dataclass
@@ -320,3 +359,32 @@ class SampleStream:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class PolledStream(SampleStream):
+    """A source that takes one reading every ``1 / rate_hz`` seconds: subclasses implement
+    :meth:`_poll` (one reading as a frame, or None when it was lost)."""
+
+    def __init__(self, sink, *, rate_hz: float, flush_interval_s: float = 1.0, clock: HostClock | None = None):
+        super().__init__(sink, flush_interval_s=flush_interval_s)
+        self.period_s = 1.0 / check_rate(rate_hz)
+        self.clock = clock or HostClock()
+        self.seq = 0
+        self._next = None
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self._next is None:
+            self._next = now
+        if now < self._next:
+            self._stop.wait(self._next - now)
+            return
+        self._next += self.period_s
+        seq = self.seq
+        self.seq += 1
+        frame = self._poll(seq)
+        if frame is not None:
+            self._add(frame)
+
+    def _poll(self, seq: int) -> pl.DataFrame | None:
+        raise NotImplementedError

@@ -1,7 +1,9 @@
 """Named measurement windows and the energy inside them.
 
 A window is a ``phase`` event: a name (``idle_baseline``, ``mmlu``, ``pp``, ``tg`` ...), an
-optional node, and host UTC start/end stamps. Its energy, per meter channel:
+optional node, and host UTC start/end stamps. :func:`record_window` is the one writer of
+``phase`` events (the quality tools and :class:`EnergyMonitor` call it). Its energy, per
+meter channel:
 
 * **Time base**: each sample at its clock-aligned time (:mod:`mqepi.meter.clock`), or its
   arrival stamp where the meter sent no clock.
@@ -19,8 +21,8 @@ optional node, and host UTC start/end stamps. Its energy, per meter channel:
   the latest valid ``idle_baseline`` window of the same run and channel that ended before
   this window started.
 * **J/token**: energy / tokens of the window: the phase's own ``tokens``, else the tokens of
-  the quality events of the run named like the phase (``benchmark_answer`` by benchmark,
-  ``perplexity``, ``throughput`` ``pp``/``tg``/``pg`` for prefill, decode and both).
+  the quality events of the run named like the phase (``benchmark_answer`` by its task's
+  window name, ``perplexity``, ``throughput`` ``pp``/``tg``/``pg`` for prefill, decode and both).
 * **Gates** (every window, kept and flagged, never dropped): coverage >= 95 %, clock
   residual < 400 ms, no throttling (a thermal sample inside the window says "throttled
   now", or the sticky "has occurred" bits changed between the thermal samples bracketing
@@ -43,8 +45,8 @@ import numpy as np
 import polars as pl
 
 from mqepi.meter.clock import MAX_RESIDUAL_MS, align
-from mqepi.meter.protocol import POWER_ACCURACY_REL, POWER_RESOLUTION_W
-from mqepi.meter.stream import MeterError, RunKey
+from mqepi.meter.stream import POWER_ACCURACY_REL, POWER_RESOLUTION_W, MeterError, RunKey
+from mqepi.quality.tasks import TASKS
 
 #: An interval longer than this many nominal periods is a gap.
 GAP_FACTOR = 1.5
@@ -58,8 +60,6 @@ IDLE_PHASE = "idle_baseline"
 #: vcgencmd get_throttled: bits 0-3 are "now", bits 16-19 "has occurred since boot".
 THROTTLED_NOW_MASK = 0xF
 THROTTLED_STICKY_MASK = 0xF0000
-#: Phases whose tokens come from quality events when the phase has none.
-BENCHMARK_PHASES = ("mmlu", "arc_challenge", "hellaswag")
 THROUGHPUT_PHASES = ("pp", "tg", "pg")
 
 
@@ -311,7 +311,7 @@ def quality_tokens(lake, run_id: str) -> dict[str, tuple[int, str]]:
     out: dict[str, tuple[int, str]] = {}
     answers = lake.read("benchmark_answer", columns=["benchmark", "tokens_evaluated"], run_id=run_id)
     for benchmark, tokens in answers.group_by("benchmark").agg(pl.col("tokens_evaluated").sum()).iter_rows():
-        out[benchmark] = (int(tokens), "benchmark_answer")
+        out[TASKS[benchmark].phase] = (int(tokens), "benchmark_answer")
     ppl = lake.read("perplexity", columns=["tokens"], run_id=run_id)
     if ppl.height:
         out["perplexity"] = (int(ppl["tokens"].sum()), "perplexity")
@@ -370,6 +370,17 @@ def analyze_run(lake, run_id: str, *, gates: Gates = Gates(), phases: pl.DataFra
     return out
 
 
+# --------------------------------------------------------------------------- recording
+
+
+def record_window(lake, run: RunKey, name: str, start_ns: int, end_ns: int, *, tokens: int | None = None,
+                  node: str | None = None) -> None:
+    """Record window ``name`` of ``run`` (host UTC ns) as its ``phase`` event; ``tokens``:
+    what the window processed (none: taken from the run's quality events when measured)."""
+    lake.record("phase", {**run.columns(1), "phase": [name], "node": [node], "start_ns": [start_ns],
+                          "end_ns": [end_ns], "tokens": [tokens]})
+
+
 # --------------------------------------------------------------------------- live monitor
 
 
@@ -408,9 +419,7 @@ class EnergyMonitor:
         start, node = self._open.pop(name)
         if self.thermal is not None:
             self.thermal.window_closed(any_open=bool(self._open))
-        phase = {"model": [self.run.model], "config_id": [self.run.config_id], "run_id": [self.run.run_id],
-                 "phase": [name], "node": [node], "start_ns": [start], "end_ns": [end], "tokens": [tokens]}
-        self.lake.record("phase", phase)
+        record_window(self.lake, self.run, name, start, end, tokens=tokens, node=node)
         if self.reader is not None:
             self.reader.wait_past(end, timeout_s=self.settle_timeout_s)
             self.reader.flush()

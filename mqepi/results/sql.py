@@ -1,8 +1,9 @@
 """The SQL layer: DuckDB with the lake's views loaded.
 
-``analysis/views.sql`` is the contract: it reads the lake folder named by the DuckDB
-variable ``mqepi_lake``. :func:`connect` sets that variable and runs the file; a user of the
-plain ``duckdb`` CLI does the same by hand (see ``docs/sql.md``).
+The SQL files of ``analysis/`` (:data:`mqepi.analysis.SQL_FILES`, in load order) are the
+contract: their views read the lake folder named by the DuckDB variable ``mqepi_lake``.
+:func:`connect` sets that variable and runs the files; a user of the plain ``duckdb`` CLI
+does the same by hand (see ``docs/sql.md``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 
 from mqepi.analysis import SQL_FILES
@@ -72,8 +74,6 @@ def views(con: duckdb.DuckDBPyConnection) -> list[ViewInfo]:
 
 def export(table: pa.Table, fmt: str, output: Path) -> None:
     """Write a query result as CSV, JSON (records) or Parquet."""
-    import polars as pl
-
     df = pl.from_arrow(table)
     try:
         if fmt == "csv":

@@ -1,28 +1,42 @@
-"""Where a tool runs: this machine (:class:`LocalExecutor`) or a node over SSH
-(:class:`mqepi.cluster.ssh.Remote`). Both offer the same three calls, so the quality engine,
-the quantizer and the sweep do not care which:
+"""Where a command runs: the one :class:`Executor` protocol, and :class:`LocalExecutor` for this
+machine. :class:`mqepi.rig.ssh.Remote` is the same protocol on a node over SSH, so the
+quantizer, the quality tools, the thermal probes and the sweep never ask which one they hold.
 
-* ``stream(cmd, progress)`` runs an argument list; every output line (stdout and stderr
-  merged) is stamped with UTC ns on arrival; returns a :class:`Stamped` (exit status, lines);
-* ``stage_file(name, data)`` puts bytes where the tool can read them; returns that path;
-* ``provide(local_path, sha256)`` makes a local file available there (copied and checked
-  when remote, the path itself here); returns the path the tool should use.
+Every command's output (stdout and stderr merged) comes back as a :class:`Result`: the exit
+status and each line stamped with UTC ns on arrival (the quality windows are cut by those
+stamps). Files move through three calls: ``stage_file`` puts bytes where a tool can read
+them, ``provide`` makes a local file available there (copied and sha256-checked when
+remote), ``fetch`` brings a file the tool wrote back here (checked the same way).
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import os
+import shlex
+import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from mqepi.errors import MqepiError
+from mqepi.lake.durable import sha256_file
+
+
+class ExecutorError(MqepiError):
+    """A command failed where it ran (``check=True``), or a file could not be moved there."""
 
 
 @dataclass
-class Stamped:
+class Result:
+    """A finished command: exit status and every output line with its arrival time (UTC ns)."""
+
     returncode: int
     lines: list[tuple[int, str]]
 
@@ -30,38 +44,93 @@ class Stamped:
     def text(self) -> str:
         return "".join(line for _, line in self.lines)
 
+    def tail(self, n: int = 8) -> str:
+        """The last ``n`` output lines, for an error message."""
+        return "".join(line for _, line in self.lines[-n:]).strip()
 
-def run_stamped(cmd: list[str], progress: Callable[[str], None] = lambda line: None, stdin: bytes | None = None) -> Stamped:
-    """Run ``cmd`` locally, stamping every output line (stdout and stderr merged) with UTC ns."""
+
+class Executor(Protocol):
+    """Runs commands and moves files on one host (this machine, or a node over SSH)."""
+
+    #: The host's name, for provenance and messages.
+    name: str
+
+    def stream(self, cmd: list[str], progress: Callable[[str], None] = ..., timeout: float | None = ...) -> Result:
+        """Run an argument list; ``progress`` sees each output line as it arrives."""
+
+    def run(self, command: str, *, timeout: float | None = ..., on_line: Callable[[str], None] | None = ...,
+            check: bool = ...) -> Result:
+        """Run a shell command line (built from constants and quoted values only)."""
+
+    def stage_file(self, name: str, data: bytes) -> str:
+        """Put ``data`` into the host's staging folder under ``name``; return its path there."""
+
+    def provide(self, local: str | Path, sha256: str) -> str:
+        """Make a local file available on the host; return the path a tool should use."""
+
+    def work_path(self, *parts: str) -> str:
+        """A path under the host's work folder (its parent folder exists)."""
+
+    def fetch(self, path: str, local: str | Path) -> None:
+        """Bring the host's file ``path`` to ``local`` here, checked by sha256 (from this
+        machine's own folders it is moved, not copied)."""
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename a file on the host, replacing ``dst``."""
+
+    def remove(self, path: str) -> None:
+        """Delete a file on the host if it exists."""
+
+
+def run_stamped(cmd: list[str], progress: Callable[[str], None] = lambda line: None,
+                timeout: float | None = None) -> Result:
+    """Run ``cmd`` here, stamping every output line (stdout and stderr merged) with UTC ns;
+    killed, and an :class:`ExecutorError` raised, if it runs longer than ``timeout`` seconds."""
     lines: list[tuple[int, str]] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE if stdin else None,
-                          text=True, errors="replace") as proc:
-        if stdin:
-            proc.stdin.write(stdin.decode())
-            proc.stdin.close()
-        for line in proc.stdout:
-            lines.append((time.time_ns(), line))
-            progress(line.rstrip())
-    return Stamped(proc.returncode, lines)
+    expired = threading.Event()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        def kill() -> None:
+            expired.set()
+            proc.kill()
+
+        watchdog = threading.Timer(timeout, kill) if timeout is not None else None
+        if watchdog is not None:
+            watchdog.start()
+        try:
+            for line in proc.stdout:
+                lines.append((time.time_ns(), line))
+                progress(line.rstrip())
+            proc.wait()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+    if expired.is_set():
+        raise ExecutorError(f"{shlex.join(cmd)[:120]!r} did not finish within {timeout} s")
+    return Result(proc.returncode, lines)
 
 
 class LocalExecutor:
-    """Runs tools on this machine; staged files go to ``work_dir/staging`` (a temporary
-    folder unless given), written only when their content changed."""
-
-    name = "local"
+    """Runs commands on this machine. Staged files go to ``work_dir/staging`` (``work_dir`` is a
+    temporary folder unless given), written only when their content changed."""
 
     def __init__(self, work_dir: str | Path | None = None):
-        self.host = socket.gethostname()
+        self.name = socket.gethostname()
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.gettempdir()) / "mqepi-staging"
 
     def stream(self, cmd: list[str], progress: Callable[[str], None] = lambda line: None,
-               timeout: float | None = None) -> Stamped:
-        return run_stamped([str(c) for c in cmd], progress)
+               timeout: float | None = None) -> Result:
+        return run_stamped([str(c) for c in cmd], progress, timeout)
+
+    def run(self, command: str, *, timeout: float | None = 600, on_line: Callable[[str], None] | None = None,
+            check: bool = False) -> Result:
+        result = run_stamped(["sh", "-c", command], on_line or (lambda line: None), timeout)
+        if check and result.returncode != 0:
+            raise ExecutorError(f"{self.name}: {command!r} exited {result.returncode}: {result.tail()}")
+        return result
 
     def stage_file(self, name: str, data: bytes) -> str:
         target = self.work_dir / "staging" / name
-        if not target.is_file() or hashlib.sha256(target.read_bytes()).digest() != hashlib.sha256(data).digest():
+        if not target.is_file() or target.read_bytes() != data:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{time.time_ns():x}.partial")
             partial.write_bytes(data)
@@ -70,3 +139,37 @@ class LocalExecutor:
 
     def provide(self, local: str | Path, sha256: str) -> str:
         return str(local)
+
+    def work_path(self, *parts: str) -> str:
+        path = self.work_dir.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def fetch(self, path: str, local: str | Path) -> None:
+        """Move the file to ``local`` (a rename; a checked copy across file systems)."""
+        local = Path(local)
+        if Path(path).resolve() == local.resolve():
+            return
+        try:
+            os.replace(path, local)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise ExecutorError(f"cannot move {path} to {local}: {exc}") from None
+        temp = local.with_name(f"{local.name}.partial-{time.time_ns():x}")
+        try:
+            shutil.copyfile(path, temp)
+            if sha256_file(temp) != sha256_file(path):
+                raise ExecutorError(f"the copy of {path} at {temp} differs from it")
+            temp.replace(local)
+            Path(path).unlink()
+        except OSError as exc:
+            raise ExecutorError(f"cannot copy {path} to {local}: {exc}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def move(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def remove(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""The SSH layer (asyncssh) behind a small synchronous interface.
+"""The SSH layer (asyncssh): :class:`Remote`, the :class:`~mqepi.rig.executor.Executor` of a
+node over SSH, behind a small synchronous interface.
 
 * Host keys are verified against the config's ``known_hosts`` (or ``~/.ssh/known_hosts``);
   the opt-out ``insecure_skip_host_key_check`` is for tests and prints a warning each time.
@@ -16,18 +17,21 @@ tens of milliseconds, which is fine for stage-level work (never per sample or qu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shlex
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
 from mqepi.errors import MqepiError
+from mqepi.lake.durable import sha256_file
 from mqepi.rig.config import ClusterConfig, Host
+from mqepi.rig.executor import Result
 
 
 class RemoteError(MqepiError):
@@ -40,16 +44,6 @@ class ConnectionDropped(RemoteError):
 
 class HostKeyError(RemoteError):
     """The remote host key is not the one in known_hosts. Never retried."""
-
-
-@dataclass
-class Result:
-    returncode: int
-    lines: list[tuple[int, str]]  # (arrival UTC ns, line)
-
-    @property
-    def text(self) -> str:
-        return "".join(line for _, line in self.lines)
 
 
 class _Loop:
@@ -69,10 +63,11 @@ class _Loop:
 
 
 class Remote:
-    """Commands and copies on one host of a cluster config."""
+    """Commands and copies on one host of a cluster config (an :class:`~mqepi.rig.executor.Executor`)."""
 
     def __init__(self, host: Host, config: ClusterConfig):
         self.host = host
+        self.name = f"{host.name}:{host.host}"  # as provenance records it: node name and address
         self.config = config
         self.started: list[int] = []
 
@@ -157,8 +152,6 @@ class Remote:
 
     def get(self, remote: str, local: str | Path, sha256: str) -> None:
         """Copy a file here by SFTP to a temporary name, check its sha256, rename into place."""
-        import hashlib
-
         local = Path(local)
         temp = local.with_name(local.name + f".partial-{time.time_ns():x}")
 
@@ -169,12 +162,9 @@ class Remote:
 
         try:
             _Loop.run(go())
-            digest = hashlib.sha256()
-            with open(temp, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            if digest.hexdigest() != sha256:
-                raise RemoteError(f"{self.host.name}: the copy of {remote} has sha256 {digest.hexdigest()}, expected {sha256}")
+            copied = sha256_file(temp)
+            if copied != sha256:
+                raise RemoteError(f"{self.host.name}: the copy of {remote} has sha256 {copied}, expected {sha256}")
             temp.replace(local)
         except (OSError, asyncssh.Error) as exc:
             raise RemoteError(f"{self.host.name}: fetching {remote} failed: {exc}") from None
@@ -183,9 +173,6 @@ class Remote:
 
     def stage_file(self, name: str, data: bytes) -> str:
         """Put ``data`` into ``work_dir/staging/name`` on this host (verified); return the path."""
-        import hashlib
-        import tempfile
-
         remote = f"{self.host.work_dir.rstrip('/')}/staging/{name}"
         with tempfile.NamedTemporaryFile(delete=False) as fh:
             fh.write(data)
@@ -203,9 +190,29 @@ class Remote:
             self.put(local, remote, sha256)
         return remote
 
-    def stream(self, cmd: list[str], progress: Callable[[str], None] = lambda line: None, timeout: float | None = 3600):
-        """Run an argument list on this host, stamped per line (the quality engine's executor)."""
+    def stream(self, cmd: list[str], progress: Callable[[str], None] = lambda line: None,
+               timeout: float | None = 3600) -> Result:
+        """Run an argument list on this host, stamped per line."""
         return self.run(shlex.join(cmd), timeout=timeout, on_line=progress)
+
+    def work_path(self, *parts: str) -> str:
+        """A path under this host's work folder; its parent folder is created."""
+        path = "/".join([self.host.work_dir.rstrip("/"), *parts])
+        self.run(f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0])}", timeout=60, check=True)
+        return path
+
+    def fetch(self, path: str, local: str | Path) -> None:
+        """Copy this host's file ``path`` here, checked against its sha256 on the host."""
+        sha256 = self.sha256(path)
+        if sha256 is None:
+            raise RemoteError(f"{self.host.name}: {path} is missing")
+        self.get(path, local, sha256)
+
+    def move(self, src: str, dst: str) -> None:
+        self.run(f"mv -f {shlex.quote(src)} {shlex.quote(dst)}", timeout=60, check=True)
+
+    def remove(self, path: str) -> None:
+        self.run(f"rm -f {shlex.quote(path)}", timeout=60)
 
     def start_background(self, command: str, log: str) -> int:
         """Start ``command`` detached (its output to ``log``); return its pid."""

@@ -4,8 +4,8 @@ Probes (small interface, :class:`ThermalProbe`):
 
 * :class:`SysfsProbe` reads the local ``/sys/class/thermal/thermal_zone*/temp``
   (millidegrees) and, where ``vcgencmd`` exists (a Raspberry Pi), its throttle flags.
-* :class:`CommandProbe` runs the same two reads as one shell command through any runner
-  (``run(command) -> stdout``): the SSH transport of the cluster layer plugs in here.
+* :class:`CommandProbe` runs the same two reads as one shell command through an
+  :class:`~mqepi.rig.executor.Executor` (a node over SSH, or this machine).
 
 Throttle flags are ``vcgencmd get_throttled``'s bits: 0 under-voltage, 1 arm frequency
 capped, 2 throttled, 3 soft temperature limit (now); 16-19 the same "has occurred since
@@ -39,6 +39,7 @@ import numpy as np
 import polars as pl
 
 from mqepi.errors import MqepiError
+from mqepi.rig.executor import Executor
 
 THERMAL_ROOT = "/sys/class/thermal"
 #: vcgencmd get_throttled bits.
@@ -144,25 +145,21 @@ class SysfsProbe(ThermalProbe):
 
 
 class CommandProbe(ThermalProbe):
-    """A node read by one shell command through ``run(command) -> stdout`` (e.g. SSH):
-    the temperature file, then ``vcgencmd get_throttled``."""
+    """A node read by one shell command through its executor (e.g. SSH): the temperature
+    file, then ``vcgencmd get_throttled``."""
 
-    def __init__(self, node: str, run: Callable[[str], str], sensor: str = "cpu-thermal", command: str = REMOTE_COMMAND):
-        self.node, self.run, self.sensor, self.command = node, run, sensor, command
+    def __init__(self, node: str, executor: Executor, sensor: str = "cpu-thermal", command: str = REMOTE_COMMAND,
+                 timeout_s: float = 30.0):
+        self.node, self.executor, self.sensor, self.command, self.timeout_s = node, executor, sensor, command, timeout_s
 
     def read(self) -> list[ThermalReading]:
-        out = self.run(self.command)
+        out = self.executor.run(self.command, timeout=self.timeout_s, check=True).text
         lines = [line for line in out.splitlines() if line.strip()]
         if len(lines) < 2:
             raise ThermalError(f"{self.node}: expected a temperature and a throttle line, got {out.strip()[:80]!r}")
         flags = parse_throttled(lines[1])
         return [ThermalReading(self.node, self.sensor, time.time_ns(), _millidegrees(lines[0], self.node),
                                bool(flags and flags & THROTTLED_NOW_MASK), flags)]
-
-
-def local_shell(command: str) -> str:
-    """Run a command on this machine (the runner :class:`CommandProbe` uses for a local node)."""
-    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10, check=True).stdout
 
 
 def readings_frame(readings: list[ThermalReading]) -> pl.DataFrame:
@@ -216,7 +213,8 @@ def slope_c_per_min(times_s, temps_c) -> float | None:
     return float((t * (y - y.mean())).sum() / (t * t).sum() * 60.0)
 
 
-def assess(history: list[tuple[float, ThermalReading]], now_s: float, policy: StabilisationPolicy) -> tuple[bool, list[SensorState], list[str]]:
+def assess(history: list[tuple[float, ThermalReading]], now_s: float,
+           policy: StabilisationPolicy) -> tuple[bool, list[SensorState], list[str]]:
     """Whether ``history`` ((monotonic s, reading) pairs) is stable now, and why not."""
     states, problems = [], []
     by_sensor: dict[tuple[str, str], list[tuple[float, ThermalReading]]] = {}

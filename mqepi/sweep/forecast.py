@@ -29,10 +29,13 @@ import numpy as np
 import polars as pl
 
 from mqepi.errors import MqepiError
-from mqepi.sweep.core import SweepSpec
+from mqepi.quality import datasets, prompts, scoring
+from mqepi.quality.tasks import BENCHMARK_PHASES, TaskDef
+from mqepi.quant import assets, expansion, maps, toolchain
+from mqepi.results import sql
+from mqepi.sweep.spec import SweepSpec
 
 SAMPLE_LIMIT = 300
-BENCH_KINDS = ("mmlu", "arc_challenge", "hellaswag")
 
 
 class PlanError(MqepiError):
@@ -82,7 +85,7 @@ class Forecast:
 
 
 def _kind(phase: str) -> str:
-    if phase in BENCH_KINDS:
+    if phase in BENCHMARK_PHASES:
         return "benchmark"
     return {"perplexity": "ppl", "kld": "ppl", "pp": "throughput", "tg": "throughput",
             "idle_baseline": "idle"}.get(phase, "other")
@@ -159,8 +162,6 @@ def between_configs_s(lake, model: str, spans: pl.DataFrame | None = None) -> fl
 
 def _window_power(lake, run_ids: list[str]) -> dict[tuple[str, str], float]:
     """(config, window kind) -> median average power over its windows (W, all channels)."""
-    from mqepi.results import sql
-
     try:
         con = sql.connect(lake, sql.SQL_FILES[:2])
         rows = con.execute(
@@ -205,24 +206,20 @@ def _fill(rates: dict[str, ConfigRates], wanted: dict[str, int]) -> dict[str, Co
 
 def question_tokens(spec: SweepSpec, cache, tokenize_tool, model_path, progress=lambda line: None) -> tuple[dict, dict]:
     """(benchmark -> tokens the engine evaluates, benchmark -> questions) for the spec."""
-    from mqepi.quality import evaluate as ev
-    from mqepi.quality import mc
-    from mqepi.quality import run as qrun
-
     tokens, questions = {}, {}
     for name, n in spec.benchmarks.items():
-        task = mc.TaskDef.load(name, spec.shots.get(name))
-        data = ev.load_dataset(name, cache)
-        qset = mc.select(data, task, n, spec.seed)
+        task = TaskDef.load(name, spec.shots.get(name))
+        data = datasets.load_dataset(name, cache)
+        qset = prompts.select(data, task, n, spec.seed)
         questions[name] = len(qset.items)
         if len(qset.items) <= SAMPLE_LIMIT:
-            counts = qrun.token_counts(qset, tokenize_tool, model_path, cache / "token_counts")
+            counts = scoring.token_counts(qset, tokenize_tool, model_path, cache / "token_counts")
             tokens[name] = sum(c[0] for c in counts)
             continue
-        sample = mc.select(data, task, SAMPLE_LIMIT, spec.seed)
+        sample = prompts.select(data, task, SAMPLE_LIMIT, spec.seed)
         progress(f"{name}: {len(qset.items)} questions; tokens estimated from characters "
                  f"(tokens per character of a {SAMPLE_LIMIT}-question sample)")
-        counts = qrun.token_counts(sample, tokenize_tool, model_path, cache / "token_counts")
+        counts = scoring.token_counts(sample, tokenize_tool, model_path, cache / "token_counts")
         chars = sum(len(i.prompt) + sum(len(a) for a in i.answers) for i in sample.items)
         per_char = sum(c[0] for c in counts) / chars
         tokens[name] = int(per_char * sum(len(i.prompt) + sum(len(a) for a in i.answers) for i in qset.items))
@@ -231,8 +228,6 @@ def question_tokens(spec: SweepSpec, cache, tokenize_tool, model_path, progress=
 
 def forecast(spec: SweepSpec, lake, *, progress=lambda line: None) -> Forecast:
     """Forecast the sweep ``spec``: per configuration and in total, time and energy."""
-    from mqepi.quant import assets, maps, toolchain
-
     tc = toolchain.ensure()
     cache = toolchain.cache_root()
     base = assets.ensure_base_model()
@@ -241,7 +236,7 @@ def forecast(spec: SweepSpec, lake, *, progress=lambda line: None) -> Forecast:
     names = spec.configs or sorted(p.stem for p in folder.glob("*.json"))
     wanted = {}
     for name in names:
-        exp = maps.expand(maps.load_map(folder / f"{name}.json", profile), profile)
+        exp = expansion.expand(maps.load_map(folder / f"{name}.json", profile), profile)
         wanted[name] = exp.data_bytes
     spans = run_spans(lake, spec.model)
     rates = measured_rates(lake, spec.model, spans)

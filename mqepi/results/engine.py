@@ -1,0 +1,347 @@
+"""The DuckDB engine of the derived snapshots: every SQL view of the contract over file lists.
+
+One connection loads every SQL file as it is. Each base view reads its event type through the
+table macro ``mqepi_events`` of ``macros.sql``, which reads the file list in the DuckDB
+variable ``mqepi_files_<type>`` (VARCHAR[]) when it is set: :func:`set_file_lists` sets those
+variables, so the engine points views at files and never rewrites SQL. DuckDB views bind at
+query time, so pointing a list (or a view name) elsewhere redirects every view built on it.
+
+**Run stage** (:meth:`Engine.compute_batch`): the lists hold one batch of runs' folders, the
+configuration-bound files of their configurations and the zero-row seeds; each run-bound base
+view is read once into a temporary table, then run_energy, run_accuracy and run_metrics are
+computed and cached with the batch's de-duplicated benchmark_answer rows.
+
+**Configuration stage** (:meth:`Engine.write_snapshot`): config_summary, matched_pairs and
+pareto_frontier, per family (model, origin, power_source): no row of a family depends on
+another family (the bootstrap draws depend on the seed, the resample and the group size only;
+integer ids are internal). Unchanged families keep the previous snapshot's rows; the others
+are recomputed from the cached run_metrics and benchmark_answer of their runs (``CREATE OR
+REPLACE VIEW run_metrics AS ...`` over the cache) and the configuration-bound files of their
+models. :func:`check_config_inputs` makes sure, with DuckDB's parser, that the configuration
+views read nothing else run-bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from mqepi.analysis import SQL_FILES
+from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+from mqepi.analysis.contract import CONFIG_KEY, FAMILY_KEY
+from mqepi.analysis.stats import DEFAULT_Z
+from mqepi.errors import QueryError
+from mqepi.lake.durable import TEMP_PREFIX, fsync_file
+from mqepi.results.listing import LakeListing, family_fingerprints
+from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND
+
+#: Per-run tables cached per batch (benchmark_answer: the base view's rows, for matched_pairs).
+RUN_TABLES = ("run_energy", "run_accuracy", "run_metrics", "benchmark_answer")
+#: Configuration tables, recomputed per family.
+CONFIG_TABLES = ("config_summary", "matched_pairs", "pareto_frontier")
+#: The run-bound views the configuration tables may read (from the cache).
+CONFIG_INPUTS = ("run_metrics", "benchmark_answer")
+#: Row order of the configuration tables: the views' ORDER BY (matched_pairs, pareto_frontier)
+#: spelled as columns; config_summary has none: its key.
+TABLE_ORDER = {
+    "config_summary": ", ".join(CONFIG_KEY),
+    "matched_pairs": ", ".join((*FAMILY_KEY, "config_a", "config_b")),
+    "pareto_frontier": ", ".join((*FAMILY_KEY, "config_id")),
+}
+#: The table macro (macros.sql) each base view reads its event type through.
+READERS = {t: "mqepi_run_events" if t in RUN_BOUND else "mqepi_config_events" for t in EVENT_TYPES}
+#: Materialised per batch, in this order: each run-bound base view (its files read and
+#: de-duplicated once, though several views read them), then run_energy and run_accuracy.
+_BATCH_TABLES = (*RUN_BOUND, "run_energy", "run_accuracy")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The SQL tunables of a snapshot (DuckDB variables of the contract)."""
+
+    seed: int = DEFAULT_SEED
+    bootstrap: int = DEFAULT_BOOTSTRAP
+    ppl_tolerance: float | None = None
+    z: float = DEFAULT_Z
+
+    def variables(self) -> dict[str, object]:
+        out = {"mqepi_seed": int(self.seed), "mqepi_bootstrap": int(self.bootstrap), "mqepi_z": float(self.z)}
+        if self.ppl_tolerance is not None:
+            out["mqepi_ppl_tolerance"] = float(self.ppl_tolerance)
+        return out
+
+
+# ---------------------------------------------------------------------------------- the views
+
+
+def set_file_lists(con: duckdb.DuckDBPyConnection, files: dict[str, list[str]]) -> None:
+    """Point base views at their files (absolute paths; at least a seed each)."""
+    for event_type, paths in files.items():
+        if not paths:
+            raise QueryError(f"no file (not even a seed) for {event_type}")
+        con.execute(f"SET VARIABLE mqepi_files_{event_type} = ?", [list(paths)])
+
+
+def _view_sql(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Each user view's query, as DuckDB stores it."""
+    out = {}
+    for name, text in con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall():
+        head = re.match(r"CREATE (?:OR REPLACE )?(?:TEMP(?:ORARY)? )?VIEW\s+(\"[^\"]+\"|\S+)\s+AS\s+", text, re.I)
+        if head is None:
+            raise QueryError(f"cannot read the definition of view {name}")
+        out[name] = text[head.end():].rstrip().rstrip(";")
+    return out
+
+
+def _nodes(con: duckdb.DuckDBPyConnection, query: str) -> list[dict]:
+    """Every node of ``query``'s syntax tree, by DuckDB's own parser."""
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    if tree.get("error"):
+        raise QueryError(f"cannot parse a view definition: {tree.get('error_message')}")
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            nodes.append(node)
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return nodes
+
+
+def _relations(con: duckdb.DuckDBPyConnection, query: str) -> set[str]:
+    """Names in FROM/JOIN position in ``query`` (CTE names too)."""
+    return {n["table_name"] for n in _nodes(con, query) if n.get("type") == "BASE_TABLE" and "table_name" in n}
+
+
+def _table_functions(con: duckdb.DuckDBPyConnection, query: str) -> list[tuple[str, list]]:
+    """(name, constant arguments) of each table function ``query`` reads from."""
+    out = []
+    for node in _nodes(con, query):
+        if node.get("type") == "TABLE_FUNCTION":
+            function = node["function"]
+            args = [a["expression"].get("literal", {}).get("text") for a in function.get("arguments", [])]
+            out.append((function["function_name"], args))
+    return out
+
+
+def check_base_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Fail unless every base view reads its event type through the table macro of its lake
+    layout (:data:`READERS`), the one that honours the file lists of :func:`set_file_lists`."""
+    views = _view_sql(con)
+    for event_type, reader in READERS.items():
+        found = _table_functions(con, views[event_type]) if event_type in views else []
+        if found != [(reader, [event_type])]:
+            raise QueryError(f"views.sql: the base view {event_type} must be `FROM {reader}('{event_type}')` "
+                             f"(found {found or 'no such view'}), or the snapshots cannot point it at file lists")
+
+
+def check_config_inputs(con: duckdb.DuckDBPyConnection) -> None:
+    """Fail unless the configuration views read, of everything run-bound, only CONFIG_INPUTS
+    (the rest of what they read must be configuration-bound views)."""
+    views = _view_sql(con)
+    stops = set(CONFIG_INPUTS) | set(CONFIG_BOUND)
+    seen: set[str] = set()
+    todo = [(t, t) for t in CONFIG_TABLES if t in views]
+    while todo:
+        name, root = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in stops:
+            continue
+        if name in RUN_BOUND:
+            raise QueryError(f"{root} reads {name}, which the snapshots do not cache per run; "
+                             "add it to mqepi.results.engine.CONFIG_INPUTS")
+        todo.extend((dep, root) for dep in _relations(con, views[name]) if dep in views and dep not in seen)
+
+
+# ---------------------------------------------------------------------------------- SQL helpers
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def copy_parquet(con: duckdb.DuckDBPyConnection, query: str, final: Path) -> None:
+    """Write ``query`` as Parquet under a temporary name beside ``final``, fsync, rename."""
+    temp = final.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{final.name}")
+    try:
+        con.execute(f"COPY ({query}) TO '{_quote(str(temp))}' (FORMAT parquet, COMPRESSION zstd)")
+        fsync_file(temp)
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _typed_select(con: duckdb.DuckDBPyConnection, relation: str) -> str:
+    """``CAST(c AS <type>) AS c, ...`` for every column of ``relation``, in its order."""
+    cols = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    return ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t, *_ in cols)
+
+
+def _same(a: str, b: str, columns: Iterable[str]) -> str:
+    return " AND ".join(f"{a}.{c} IS NOT DISTINCT FROM {b}.{c}" for c in columns)
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    con.register(f"{name}_df", frame.to_arrow())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_df")
+    con.unregister(f"{name}_df")
+
+
+def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
+
+
+# ---------------------------------------------------------------------------------- the engine
+
+
+class Engine:
+    """One DuckDB connection with every SQL file loaded over file lists (seeds at first)."""
+
+    def __init__(self, listing: LakeListing, seeds: dict[str, list[str]], settings: Settings, runs_dir: Path):
+        self.listing, self.seeds, self.runs_dir = listing, seeds, runs_dir
+        self.spill = runs_dir.parent / f"{TEMP_PREFIX}duckdb-{uuid.uuid4().hex}"  # DuckDB's spill folder
+        self.con = con = duckdb.connect(config={"temp_directory": str(self.spill)})
+        try:
+            for name, value in settings.variables().items():
+                con.execute(f"SET VARIABLE {name} = ?", [value])
+            set_file_lists(con, seeds)
+            for path in SQL_FILES:  # in the contract's order
+                con.execute(path.read_text())
+            check_base_views(con)
+            check_config_inputs(con)
+            self.typed = {t: _typed_select(con, t) for t in RUN_TABLES}
+            for table in _BATCH_TABLES:
+                con.execute(f"ALTER VIEW {table} RENAME TO _mq_sql_{table}")
+                con.execute(f"CREATE TEMP TABLE _mq_t_{table} AS SELECT * FROM _mq_sql_{table} LIMIT 0")
+                con.execute(f"CREATE VIEW {table} AS SELECT * FROM _mq_t_{table}")
+        except duckdb.Error as exc:
+            con.close()
+            raise QueryError(f"loading the SQL views: {exc}") from exc
+        except QueryError:
+            con.close()
+            raise
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self.spill, ignore_errors=True)
+
+    # ---- run stage
+
+    def compute_batch(self, runs: list[str], batch: str) -> None:
+        """Compute and cache run_energy, run_accuracy, run_metrics and benchmark_answer of ``runs``."""
+        listing, con = self.listing, self.con
+        files = {t: list(self.seeds[t]) for t in EVENT_TYPES}
+        keys: set[tuple[str, str]] = set()
+        for run_id in runs:
+            for t, rels in listing.run_files[run_id].items():
+                files[t].extend(listing.absolute(rels))
+            keys |= listing.run_configs[run_id]
+        for t in CONFIG_BOUND:
+            files[t].extend(listing.config_level(keys, t))
+        try:
+            set_file_lists(con, files)
+            for table in _BATCH_TABLES:
+                con.execute(f"DELETE FROM _mq_t_{table}")
+                con.execute(f"INSERT INTO _mq_t_{table} SELECT * FROM _mq_sql_{table}")
+            for table in RUN_TABLES:
+                source = "run_metrics" if table == "run_metrics" else f"_mq_t_{table}"
+                copy_parquet(con, f"SELECT * FROM {source}", self.runs_dir / f"{batch}.{table}.parquet")
+        except duckdb.Error as exc:
+            raise QueryError(f"computing per-run tables: {exc}") from exc
+
+    # ---- configuration stage
+
+    def _cached(self, table: str, batches: list[str], runs: str) -> str:
+        """The cached rows of ``table`` for the (run_id, batch) pairs of the table ``runs``,
+        typed as the view (a recomputed run's old rows stay in its old batch file)."""
+        if not batches:
+            return f"SELECT * FROM _mq_sql_{table} LIMIT 0"
+        prefix = _quote(str(self.runs_dir.resolve()))
+        files = ", ".join(f"'{prefix}/{_quote(b)}.{table}.parquet'" for b in batches)
+        return (f"SELECT {self.typed[table]} FROM read_parquet([{files}], union_by_name = true, filename = true) x "
+                f"SEMI JOIN {runs} i ON x.run_id = i.run_id "
+                f"AND x.filename = '{prefix}/' || i.batch || '.{table}.parquet'")
+
+    def _families_to_redo(self, fingerprints: dict[str, str], settings_key: str,
+                          previous_dir: Path | None) -> pl.DataFrame:
+        """Every family's fingerprint (table _mq_families); those to recompute: _mq_redo."""
+        con = self.con
+        members = pl.from_arrow(con.sql(
+            f"SELECT DISTINCT {', '.join(FAMILY_KEY)}, run_id FROM _mq_cached_run_metrics").to_arrow_table())
+        families = family_fingerprints(members, fingerprints, self.listing, settings_key)
+        _register(con, "_mq_families", families)
+        source = "_mq_families f"
+        if previous_dir is not None:  # unchanged: the same fingerprint in the previous snapshot
+            old = _quote(str(previous_dir / "families.parquet"))
+            source += f" ANTI JOIN read_parquet('{old}') p ON {_same('f', 'p', (*FAMILY_KEY, 'fingerprint'))}"
+        con.execute(f"CREATE TEMP TABLE _mq_redo AS SELECT {', '.join(f'f.{c}' for c in FAMILY_KEY)} FROM {source}")
+        return families
+
+    def _point_at_redo(self) -> None:
+        """The configuration views see the families to redo only: their runs' metrics and
+        answers (from the cache), their models' configuration-bound files."""
+        con = self.con
+        con.execute(f"""CREATE VIEW run_metrics AS SELECT m.* FROM _mq_cached_run_metrics m
+            SEMI JOIN _mq_redo r ON {_same('m', 'r', FAMILY_KEY)}""")
+        con.execute("CREATE TEMP TABLE _mq_redo_runs AS SELECT * FROM _mq_index "
+                    "WHERE run_id IN (SELECT run_id FROM run_metrics)")
+        redo_batches = sorted(b for (b,) in con.execute("SELECT DISTINCT batch FROM _mq_redo_runs").fetchall())
+        con.execute("DELETE FROM _mq_t_benchmark_answer")
+        con.execute("INSERT INTO _mq_t_benchmark_answer " + self._cached("benchmark_answer", redo_batches, "_mq_redo_runs"))
+        models = {m for (m,) in con.execute("SELECT DISTINCT model FROM _mq_redo").fetchall()}
+        keys = [k for k in self.listing.config_files if k[0] in models]
+        set_file_lists(con, {t: self.seeds[t] + self.listing.config_level(keys, t) for t in CONFIG_BOUND})
+
+    def _write_config_tables(self, snap_dir: Path, previous_dir: Path | None) -> None:
+        """The configuration tables: the redone families' rows, plus the unchanged families'
+        rows of the previous snapshot, as they were."""
+        con = self.con
+        con.execute("CREATE TEMP TABLE _mq_t_config_summary AS SELECT * FROM config_summary")
+        con.execute("ALTER VIEW config_summary RENAME TO _mq_sql_config_summary")
+        con.execute("CREATE VIEW config_summary AS SELECT * FROM _mq_t_config_summary")
+        for table in CONFIG_TABLES:
+            query = f"SELECT * FROM {table}"
+            if previous_dir is not None:
+                old = _quote(str(previous_dir / f"{table}.parquet"))
+                query += (f" UNION ALL SELECT {_typed_select(con, table)} FROM read_parquet('{old}') p "
+                          f"SEMI JOIN _mq_families f ON {_same('p', 'f', FAMILY_KEY)} "
+                          f"ANTI JOIN _mq_redo r ON {_same('p', 'r', FAMILY_KEY)}")
+            copy_parquet(con, f"SELECT * FROM ({query}) ORDER BY {TABLE_ORDER[table]}", snap_dir / f"{table}.parquet")
+
+    def write_snapshot(self, index: pl.DataFrame, fingerprints: dict[str, str], settings_key: str,
+                       snap_dir: Path, previous_dir: Path | None) -> tuple[int, int]:
+        """Write the snapshot's tables into ``snap_dir``; return (families, recomputed)."""
+        con = self.con
+        try:
+            set_file_lists(con, self.seeds)
+            for table in RUN_BOUND:  # nothing of the last batch stays visible
+                con.execute(f"DELETE FROM _mq_t_{table}")
+            _register(con, "_mq_index", index.select("run_id", "batch"))
+            all_batches = sorted(set(index["batch"].to_list()))
+            con.execute("ALTER VIEW run_metrics RENAME TO _mq_sql_run_metrics")
+            con.execute("CREATE TEMP TABLE _mq_cached_run_metrics AS " + self._cached("run_metrics", all_batches, "_mq_index"))
+            families = self._families_to_redo(fingerprints, settings_key, previous_dir)
+            n_redo = _count(con, "_mq_redo")
+            self._point_at_redo()
+            self._write_config_tables(snap_dir, previous_dir)
+            copy_parquet(con, "SELECT * FROM _mq_cached_run_metrics ORDER BY ALL", snap_dir / "run_metrics.parquet")
+            for table in ("run_energy", "run_accuracy"):
+                source = self._cached(table, all_batches, "_mq_index")
+                copy_parquet(con, f"SELECT * FROM ({source}) ORDER BY ALL", snap_dir / f"{table}.parquet")
+        except duckdb.Error as exc:
+            raise QueryError(f"computing the configuration tables: {exc}") from exc
+        families.write_parquet(snap_dir / "families.parquet")
+        fsync_file(snap_dir / "families.parquet")
+        return families.height, n_redo

@@ -1,0 +1,169 @@
+"""The lake as the derived snapshots see it: its files, grouped by run and configuration, and
+the fingerprints that tell which cached results are still current.
+
+**Lake state**: sha256 over the sorted relative paths of every Parquet file of the lake, each
+followed by a newline. File names are content hashes, so the paths name the content.
+
+**Run fingerprint**: sha256 over the relative paths of a run's files (every ``run_id=R``
+folder, whatever its model and configuration: the energy views join on ``run_id`` alone) and
+of the configuration-bound files of its models and configurations, which ``run_metrics``
+reads. **Family fingerprint** (model, origin, power_source): the settings, its runs'
+fingerprints and its model's configuration-bound files.
+
+Only what the base views' globs match is listed: ``<type>/model=M/config_id=C/<file>`` for a
+configuration-bound type, ``<type>/model=M/config_id=C/run_id=R/<file>`` for a run-bound one
+(:data:`mqepi.schemas.RUN_BOUND`, :data:`mqepi.schemas.CONFIG_BOUND`). The lake is only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow.fs as pafs
+
+from mqepi.analysis.contract import FAMILY_KEY
+from mqepi.errors import LakeError
+from mqepi.lake.store import SEED_VALUE, Lake
+from mqepi.schemas import EVENT_TYPES, RUN_BOUND
+
+
+@dataclass
+class LakeListing:
+    """Every Parquet file of a lake (relative paths) and its grouping by run and config."""
+
+    uri: str
+    relative: list[str]  # sorted
+    state: str
+    seeds: dict[str, list[str]]  # event type -> zero-row seed files
+    run_files: dict[str, dict[str, list[str]]]  # run_id -> event type -> files
+    run_configs: dict[str, set[tuple[str, str]]]  # run_id -> {(model, config_id)}
+    config_files: dict[tuple[str, str], dict[str, list[str]]]  # (model, config_id) -> type -> files
+
+    def absolute(self, relative: Iterable[str]) -> list[str]:
+        return [f"{self.uri}/{r}" for r in relative]
+
+    def config_level(self, keys: Iterable[tuple[str, str]], event_type: str) -> list[str]:
+        """Absolute configuration-bound files of ``event_type`` under the (model, config_id) ``keys``."""
+        return self.absolute(sorted(f for k in set(keys) for f in self.config_files.get(k, {}).get(event_type, ())))
+
+
+def digest(*parts: object) -> str:
+    """sha256 (hex) of the parts, one a line."""
+    return hashlib.sha256("\n".join(str(p) for p in parts).encode()).hexdigest()
+
+
+def _list_files(lake: Lake) -> list[str]:
+    """Relative paths of every committed Parquet file, as ``Lake.files`` lists them."""
+    prefix = lake.root.rstrip("/") + "/"
+    if not isinstance(lake.fs, pafs.LocalFileSystem):
+        return [path[len(prefix):] for name in EVENT_TYPES for path in lake.files(name)]
+    out: list[str] = []
+
+    def walk(directory: str) -> None:
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.is_dir():
+                walk(entry.path)
+            elif entry.name.endswith(".parquet") and not entry.name.startswith(".") and entry.is_file():
+                out.append(entry.path[len(prefix):])
+
+    for name in EVENT_TYPES:
+        walk(prefix + name)
+    return out
+
+
+def _partition(rel: str) -> tuple[str, tuple[str, ...]] | None:
+    """(event type, partition values) of a file the base views read, else None."""
+    parts = rel.split("/")
+    spec = EVENT_TYPES.get(parts[0])
+    if spec is None or len(parts) != len(spec.partition_by) + 2:
+        return None
+    values = []
+    for key, part in zip(spec.partition_by, parts[1:-1]):
+        if not part.startswith(f"{key}="):
+            return None
+        values.append(part[len(key) + 1:])
+    return parts[0], tuple(values)
+
+
+def list_lake(lake: Lake) -> LakeListing:
+    """List the lake (never writing it) and compute its state hash."""
+    if not lake.exists():
+        raise LakeError(f"no lake at {lake.uri}: run `mqepi lake init` or pass --lake / set MQEPI_LAKE")
+    relative = sorted(_list_files(lake))
+    state = hashlib.sha256("".join(f"{rel}\n" for rel in relative).encode()).hexdigest()
+    seeds: dict[str, list[str]] = defaultdict(list)
+    run_files: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    run_configs: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    config_files: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for rel in relative:
+        found = _partition(rel)
+        if found is None:
+            continue
+        event_type, values = found
+        if all(v == SEED_VALUE for v in values):
+            seeds[event_type].append(rel)
+        elif event_type in RUN_BOUND:
+            model, config, run = values
+            run_files[run][event_type].append(rel)
+            run_configs[run].add((model, config))
+        else:
+            config_files[values][event_type].append(rel)
+    return LakeListing(lake.uri.rstrip("/"), relative, state, dict(seeds), run_files, run_configs, config_files)
+
+
+def run_fingerprints(listing: LakeListing) -> dict[str, str]:
+    """run_id -> sha256 of its files and of its configurations' configuration-bound files."""
+    out = {}
+    for run_id, by_type in listing.run_files.items():
+        own = sorted(rel for files in by_type.values() for rel in files)
+        keys = listing.run_configs[run_id]
+        config = sorted(rel for k in keys for files in listing.config_files.get(k, {}).values() for rel in files)
+        out[run_id] = digest(*own, "--", *config)
+    return out
+
+
+def family_fingerprints(members: pl.DataFrame, fingerprints: dict[str, str], listing: LakeListing,
+                        settings_key: str) -> pl.DataFrame:
+    """(model, origin, power_source) -> sha256 of the settings, the family's runs (``members``:
+    model, origin, power_source, run_id of run_metrics) and its model's configuration-bound files."""
+    by_model: dict[str, list[str]] = defaultdict(list)
+    for (model, _), files in listing.config_files.items():
+        by_model[model].extend(rel for rels in files.values() for rel in rels)
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for model, origin, power_source, run_id in members.iter_rows():
+        groups[(model, origin, power_source)].append(f"{run_id} {fingerprints[run_id]}")
+    rows = [(*key, digest(settings_key, *sorted(runs), "--", *sorted(by_model.get(key[0], ()))))
+            for key, runs in groups.items()]
+    schema = {"model": pl.Utf8, "origin": pl.Utf8, "power_source": pl.Utf8, "fingerprint": pl.Utf8}
+    return pl.DataFrame(rows, schema=schema, orient="row").sort(FAMILY_KEY, nulls_last=True)
+
+
+def batches(lake: Lake, listing: LakeListing, runs: list[str], max_runs: int, max_bytes: int) -> list[list[str]]:
+    """``runs`` cut into batches of at most ``max_runs`` runs and ``max_bytes`` file bytes
+    (a run bigger than ``max_bytes`` makes a batch of its own)."""
+    if not runs:
+        return []
+    files = [listing.absolute(r for rels in listing.run_files[run].values() for r in rels) for run in runs]
+    if isinstance(lake.fs, pafs.LocalFileSystem):
+        sizes = [sum(os.stat(f).st_size for f in fs) for fs in files]
+    else:
+        prefix = len(listing.uri) + 1
+        sizes = [sum(i.size for i in lake.fs.get_file_info([f"{lake.root}/{f[prefix:]}" for f in fs])) for fs in files]
+    out: list[list[str]] = [[]]
+    total = 0
+    for run, size in zip(runs, sizes):
+        if out[-1] and (len(out[-1]) >= max(1, max_runs) or total + size > max_bytes):
+            out.append([])
+            total = 0
+        out[-1].append(run)
+        total += size
+    return out

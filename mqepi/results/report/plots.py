@@ -1,0 +1,291 @@
+"""The report's figures (matplotlib, Agg canvas, no pyplot state): PNG + SVG each.
+
+Every figure names its power source in a panel title and in a footer line; simulated data
+says "simulated power (not measured)" inside the figure itself. SVG text stays text
+(``svg.fonttype = none``), so the words can be searched. Each (origin, power source)
+group gets its own panel: lab and community are never drawn as one series.
+
+Each function takes frames / results of the report's analyses, writes ``<stem>.png`` and
+``<stem>.svg`` and returns the two paths, or None when there is nothing to draw.
+matplotlib is imported on the first figure (:func:`_matplotlib`), not with this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+
+from mqepi.results.report.labels import CANNOT, LAYER_GROUPS, ReportError, lab_first, power_label
+from mqepi.results.report.statistics import excludes_zero
+
+_RC = {
+    "svg.fonttype": "none",  # text as <text>, searchable
+    "svg.hashsalt": "mqepi",  # stable ids
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "text.usetex": False,
+}
+_MARKERS = {"uniform": ("o", "#1f77b4"), "mixed": ("^", "#d62728")}
+_NAMES = {"j_per_token": "J/token", "accuracy": "accuracy", "decode_j_per_token": "decode J/token"}
+
+
+@functools.cache
+def _matplotlib() -> SimpleNamespace:
+    """The matplotlib pieces the figures use, imported once, when the first figure is drawn."""
+    import matplotlib  # heavy; the CLI imports the report at start-up, so only a figure loads it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy, as above
+    from matplotlib.figure import Figure  # heavy, as above
+    from matplotlib.ticker import MaxNLocator  # heavy, as above
+
+    return SimpleNamespace(rc_context=matplotlib.rc_context, FigureCanvasAgg=FigureCanvasAgg, Figure=Figure,
+                           MaxNLocator=MaxNLocator)
+
+
+def _panels(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
+    """(origin, power_source, rows) per group, lab first."""
+    keys = sorted(df.select("origin", "power_source").unique().rows(), key=lambda k: lab_first(*k))
+    return [(o, ps, df.filter((pl.col("origin") == o) & (pl.col("power_source") == ps))) for o, ps in keys]
+
+
+def _figure(n_panels: int, ncols: int = 1, width: float = 7.0, height: float = 4.5) -> tuple:
+    """(figure, rows of axes): ``n_panels`` rows of ``ncols`` axes on an Agg canvas."""
+    mpl = _matplotlib()
+    fig = mpl.Figure(figsize=(width, height * n_panels + 0.6), layout="constrained")
+    mpl.FigureCanvasAgg(fig)
+    axes = fig.subplots(n_panels, ncols, squeeze=False)
+    return fig, [list(r) for r in axes]
+
+
+def _numeric_x(ax) -> None:
+    ax.xaxis.set_major_locator(_matplotlib().MaxNLocator(6))
+
+
+def _footer(fig, sources: list[str]) -> None:
+    labels = sorted({power_label(s) for s in sources})
+    simulated = any(s == "simulated" for s in sources)
+    text = "Energy: " + "; ".join(labels)
+    if simulated:
+        text = f"SIMULATED POWER - NOT MEASURED. {text}"
+    # a figure-level label, so that constrained layout keeps room for it
+    fig.supxlabel(text, fontsize=8, color="#b03a2e" if simulated else "#333",
+                  fontweight="bold" if simulated else "normal", parse_math=False)
+
+
+def _save(fig, stem: Path) -> tuple[Path, Path]:
+    stem = Path(stem)
+    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=150, metadata={"Software": None})
+        fig.set_layout_engine("none")  # laid out once, by the first draw
+        fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    except OSError as exc:
+        raise ReportError(f"cannot write the figure {stem}: {exc}") from None
+    return png, svg
+
+
+def _panel_title(origin: str, power_source: str, what: str) -> str:
+    return f"{what}\norigin {origin}, {power_label(power_source)}"
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True, parse_math=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _err(values, lows, highs) -> list[list[float]]:
+    """Asymmetric error bars (never negative; 0 where an interval is missing)."""
+    minus = [max(0.0, v - lo) if v is not None and lo is not None else 0.0 for v, lo in zip(values, lows)]
+    plus = [max(0.0, hi - v) if v is not None and hi is not None else 0.0 for v, hi in zip(values, highs)]
+    return [minus, plus]
+
+
+# ------------------------------------------------------------------ Pareto
+
+
+def pareto_plot(frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path, Path] | None:
+    """Accuracy (x) vs J/token (y), as the paper draws it: uniform and mixed with different
+    markers, 95% intervals as error bars, every point labelled, the frontier drawn, mixed
+    configurations beyond every uniform one ringed. One panel per (origin, power source)."""
+    if frontier.is_empty():
+        return None
+    with _matplotlib().rc_context(_RC):
+        panels = _panels(frontier)
+        fig, axes = _figure(len(panels))
+        for (origin, ps, rows), (ax,) in zip(panels, axes):
+            ax.set_title(_panel_title(origin, ps, f"Pareto: {model}"), parse_math=False)
+            _pareto_panel(ax, rows, ps)
+        fig.suptitle(f"Pareto frontier of accuracy vs J/token: {model}", parse_math=False)
+        _footer(fig, [p[1] for p in panels])
+        return _save(fig, stem)
+
+
+def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
+    pts = rows.filter(pl.col("accuracy").is_not_null() & pl.col("j_per_token").is_not_null())
+    if pts.is_empty():
+        _empty(ax, f"no J/token for these configurations ({power_label(ps)})")
+        return
+    for kind, (marker, colour) in _MARKERS.items():
+        k = pts.filter(pl.col("kind") == kind)
+        if k.is_empty():
+            continue
+        acc, jpt = k["accuracy"].to_list(), k["j_per_token"].to_list()
+        ax.errorbar(acc, jpt, xerr=_err(acc, k["accuracy_ci_low"].to_list(), k["accuracy_ci_high"].to_list()),
+                    yerr=_err(jpt, k["j_per_token_ci_low"].to_list(), k["j_per_token_ci_high"].to_list()),
+                    fmt=marker, color=colour, ecolor=colour, elinewidth=0.6, capsize=2, markersize=5,
+                    alpha=0.9, label=kind)
+    other = pts.filter(~pl.col("kind").is_in(list(_MARKERS)) | pl.col("kind").is_null())
+    if other.height:
+        ax.plot(other["accuracy"].to_list(), other["j_per_token"].to_list(), "s", color="#777", label="other")
+    on = pts.filter(pl.col("on_frontier").fill_null(False)).sort("accuracy")
+    if on.height:
+        ax.plot(on["accuracy"].to_list(), on["j_per_token"].to_list(), "--", color="#2e7d32", linewidth=1.2,
+                label="Pareto frontier", zorder=1)
+    ring = pts.filter(pl.col("mixed_unmatched").fill_null(False))
+    if ring.height:
+        ax.plot(ring["accuracy"].to_list(), ring["j_per_token"].to_list(), "o", markersize=12, markerfacecolor="none",
+                markeredgecolor="#2e7d32", label="mixed, beyond every uniform")
+    for r in pts.iter_rows(named=True):
+        ax.annotate(r["config_id"], (r["accuracy"], r["j_per_token"]), xytext=(4, 3), textcoords="offset points",
+                    fontsize=6, fontweight="bold" if r["on_frontier"] else "normal", parse_math=False)
+    ax.set_xlabel("Accuracy (composite)")
+    _numeric_x(ax)
+    ax.set_ylabel("J/token (simulated)" if ps == "simulated" else "J/token")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left")
+
+
+# ------------------------------------------------------------------ matched pairs
+
+
+def matched_pairs_plot(pairs: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path, Path] | None:
+    """A forest plot per (origin, power source): each perplexity-matched pair's EPI and
+    J/token difference (B - A) with its paired bootstrap 95% interval; filled where the
+    interval excludes 0."""
+    if pairs.is_empty():
+        return None
+    with _matplotlib().rc_context(_RC):
+        panels = _panels(pairs)
+        fig, axes = _figure(len(panels), ncols=2, width=9.0, height=max(2.5, 0.35 * pairs.height + 1.5))
+        for (origin, ps, rows), (ax_e, ax_j) in zip(panels, axes):
+            labels = [f"{b} - {a}" for a, b in rows.select("config_a", "config_b").rows()]
+            for ax, key, what in ((ax_e, "epi_diff", "EPI"), (ax_j, "j_per_token_diff", "J/token")):
+                ax.set_title(_panel_title(origin, ps, f"{what} difference"), parse_math=False)
+                _difference_panel(ax, rows, key, what, labels if ax is ax_e else [""] * len(labels), ps)
+        fig.suptitle(f"Perplexity-matched pairs: {model}", parse_math=False)
+        _footer(fig, [p[1] for p in panels])
+        return _save(fig, stem)
+
+
+def _difference_panel(ax, rows: pl.DataFrame, key: str, what: str, labels: list[str], ps: str) -> None:
+    vals = rows[key].to_list()
+    if all(v is None for v in vals):
+        _empty(ax, f"no {what} differences ({power_label(ps)})")
+        return
+    ys = list(range(len(labels)))
+    lows, highs = rows[f"{key}_ci_low"].to_list(), rows[f"{key}_ci_high"].to_list()
+    for y, v, lo, hi in zip(ys, vals, lows, highs):
+        if v is None:
+            continue
+        colour = "#d62728" if excludes_zero(lo, hi) else "#555"
+        ax.errorbar([v], [y], xerr=_err([v], [lo], [hi]), fmt="o", color=colour,
+                    markerfacecolor="#d62728" if excludes_zero(lo, hi) else "white", capsize=2, elinewidth=0.8)
+    ax.axvline(0.0, color="#999", linewidth=0.8)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{what} of B minus {what} of A (95% paired interval)")
+    _numeric_x(ax)
+    ax.grid(alpha=0.3, axis="x")
+
+
+# ------------------------------------------------------------------ RQ3
+
+
+def sensitivity_plot(results: list, stem: Path, *, model: str) -> tuple[Path, Path] | None:
+    """RQ3: the OLS slope of J/token and of accuracy per extra bit/weight of each layer
+    group, with 95% intervals; one row per (origin, power source) result."""
+    if not results:
+        return None
+    with _matplotlib().rc_context(_RC):
+        results = sorted(results, key=lambda r: lab_first(r.origin, r.power_source))
+        fig, axes = _figure(len(results), ncols=2, width=9.0, height=3.2)
+        for res, row in zip(results, axes):
+            for ax, (response, fit) in zip(row, list(res.fits.items())[:2]):
+                name = _NAMES.get(response, response)
+                ax.set_title(_panel_title(res.origin, res.power_source, f"{name} per extra bit/weight"), parse_math=False)
+                _slopes_panel(ax, fit, name)
+        fig.suptitle(f"Layer-group sensitivity (RQ3): {model}", parse_math=False)
+        _footer(fig, [r.power_source for r in results])
+        return _save(fig, stem)
+
+
+def _slopes_panel(ax, fit, name: str) -> None:
+    if not fit.coef:
+        _empty(ax, f"{CANNOT}\n({fit.reason})")
+        return
+    vals = [fit.coef[f"{g}_bpw"] for g in LAYER_GROUPS]
+    err = _err(vals, [fit.ci_low[f"{g}_bpw"] for g in LAYER_GROUPS], [fit.ci_high[f"{g}_bpw"] for g in LAYER_GROUPS])
+    colours = ["#d62728" if fit.excludes_zero(f"{g}_bpw") else "#999" for g in LAYER_GROUPS]
+    ax.bar(list(LAYER_GROUPS), vals, yerr=err, color=colours, capsize=4)
+    ax.axhline(0.0, color="#555", linewidth=0.8)
+    ax.set_ylabel(f"slope ({name} per bit/weight)")
+    note = f"n = {fit.n}, R^2 = {fit.r2:.3f}" if fit.r2 is not None else f"n = {fit.n}"
+    if not fit.supported:
+        note += f"\n{CANNOT}"
+    ax.text(0.02, 0.97, note, transform=ax.transAxes, va="top", fontsize=7, parse_math=False)
+    ax.grid(alpha=0.3, axis="y")
+
+
+# ------------------------------------------------------------------ RQ5
+
+
+def attribution_plot(results: list, stem: Path, *, model: str) -> tuple[Path, Path] | None:
+    """RQ5: decode J/token against bytes read per token and against time per token, with
+    the fitted lines; one row per (origin, power source) result."""
+    if not results:
+        return None
+    with _matplotlib().rc_context(_RC):
+        results = sorted(results, key=lambda r: lab_first(r.origin, r.power_source))
+        fig, axes = _figure(len(results), ncols=2, width=9.0, height=3.4)
+        for res, (ax_b, ax_t) in zip(results, axes):
+            for ax, xcol, fit, xlabel, scale in (
+                    (ax_b, "gb_per_token", res.fit_bytes, "GB read per generated token", 1.0),
+                    (ax_t, "s_per_token", res.fit_time, "ms per generated token", 1e3)):
+                ax.set_title(_panel_title(res.origin, res.power_source, "decode J/token"), parse_math=False)
+                _decode_panel(ax, res, xcol, fit, xlabel, scale)
+        bw = results[0].bandwidth_gbs
+        fig.suptitle(f"Decode energy attribution (RQ5): {model}"
+                     + (f"; memory bandwidth {bw:g} GB/s" if bw else "; memory bandwidth unknown"), parse_math=False)
+        _footer(fig, [r.power_source for r in results])
+        return _save(fig, stem)
+
+
+def _decode_panel(ax, res, xcol: str, fit, xlabel: str, scale: float) -> None:
+    """Decode J/token against ``xcol`` (times ``scale``) with the fit's line (its term is ``xcol``)."""
+    pts = res.table.filter(pl.col(xcol).is_not_null() & pl.col("decode_j_per_token").is_not_null())
+    if pts.is_empty():
+        _empty(ax, f"no decode energy with {xlabel} ({power_label(res.power_source)})")
+        return
+    xs = [x * scale for x in pts[xcol].to_list()]
+    ax.plot(xs, pts["decode_j_per_token"].to_list(), "o", color="#1f77b4")
+    for x, y, c in zip(xs, pts["decode_j_per_token"].to_list(), pts["config_id"].to_list()):
+        ax.annotate(c, (x, y), xytext=(3, 2), textcoords="offset points", fontsize=5, parse_math=False)
+    if fit.coef and all(math.isfinite(v) for v in fit.coef.values()):
+        lo, hi = min(xs), max(xs)
+        b0, b1 = fit.coef["intercept"], fit.coef[xcol]
+        ax.plot([lo, hi], [b0 + b1 * lo / scale, b0 + b1 * hi / scale], "-", color="#d62728", linewidth=1,
+                label=f"OLS, R^2 = {fit.r2:.3f}" + ("" if fit.supported else f" ({CANNOT})"))
+        ax.legend(fontsize=6, loc="upper left")
+    ax.set_xlabel(xlabel)
+    _numeric_x(ax)
+    ax.set_ylabel("decode J/token")
+    ax.grid(alpha=0.3)
+
+
+__all__ = ["pareto_plot", "matched_pairs_plot", "sensitivity_plot", "attribution_plot"]

@@ -1,0 +1,206 @@
+"""The rig a sweep measures with: the toolchain, the base model, the held-out text and question
+sets, the nodes (this machine, or a cluster over SSH with RPC workers and thermal probes) and
+the stages that act on a configuration (quantize, deploy) before its runs.
+
+Set-up is a context manager: everything it starts (SSH sessions, RPC workers) stops on exit,
+also when set-up itself fails half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from mqepi import __version__
+from mqepi.lake.durable import sha256_file
+from mqepi.meter.simulated import PowerModel
+from mqepi.quality import evaluate as ev
+from mqepi.quality import perplexity, scoring
+from mqepi.quant import assets, maps, toolchain
+from mqepi.quant.quantize import Quantized, quantize
+from mqepi.rig import config as cfg
+from mqepi.rig import ops, thermal
+from mqepi.rig.executor import Executor, LocalExecutor
+from mqepi.rig.ssh import Remote, RemoteError
+from mqepi.sweep.resume import RunPlan
+from mqepi.sweep.spec import SweepError, SweepSpec
+
+
+@dataclass
+class Node:
+    """A measured node: its name, its meter channel and where its commands run."""
+
+    name: str
+    channel: int
+    executor: Executor | None = None  # a Remote for a cluster node; None: this machine
+
+
+class Rig:
+    """Everything a sweep measures with: toolchain, base model, question sets, the nodes
+    (this machine or a cluster), the meter. ``node_pids`` (node name -> callable returning
+    pids) drives the simulated meter; without it, this machine's child processes drive
+    channel 0."""
+
+    def __init__(self, spec: SweepSpec, lake, *, progress: Callable[[str], None] = lambda line: None,
+                 node_pids: dict[str, Callable[[], list[int]]] | None = None):
+        self.spec, self.lake, self.progress = spec, lake, progress
+        self.node_pids = node_pids
+        self.config: cfg.ClusterConfig | None = None
+        self.nodes: list[Node] = []
+        self.head_exec: Executor | None = None
+        self.endpoints: list[str] = []
+        self._stack = contextlib.ExitStack()
+        self.thermal_note = ""
+        self.probes: list[thermal.ThermalProbe] = []
+
+    def __enter__(self) -> Rig:
+        try:
+            self._setup()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup(self) -> None:
+        self.lake.init()
+        self.tc = toolchain.ensure(progress=lambda line: None)
+        self.cache = toolchain.cache_root()
+        if self.spec.model != assets.MODEL_ID and self.spec.cluster is None:
+            raise SweepError(f"model {self.spec.model!r}: only {assets.MODEL_ID!r} has an embedded base; others need "
+                             "a cluster config with a quant host")
+        self.profile = maps.load_profile(self.spec.model)
+        self.maps = self._load_maps()
+        self._prepare_inputs()
+        if self.spec.cluster is None:
+            self._this_machine()
+        else:
+            self._cluster()
+
+    def _load_maps(self) -> list[maps.QuantMap]:
+        spec, folder = self.spec, maps.maps_dir(self.spec.model)
+        if not spec.configs:
+            return maps.load_maps(sorted(folder.glob("*.json")), self.profile)
+        missing = [c for c in spec.configs if not (folder / f"{c}.json").is_file()]
+        if missing:
+            known = ", ".join(sorted(p.stem for p in folder.glob("*.json")))
+            raise SweepError(f"configs: no map {missing[0]!r} for {spec.model} in {folder} (known: {known})")
+        return [maps.load_map(folder / f"{c}.json", self.profile) for c in spec.configs]
+
+    def _prepare_inputs(self) -> None:
+        """The base model, the held-out text, the question sets with their token counts and
+        (for KLD) the base model's logits, all cached."""
+        spec = self.spec
+        self.base = assets.ensure_base_model()
+        self.text = ev.heldout_text(self.cache)
+        self.qsets = ev.question_sets(spec, self.cache)
+        self.counts = {q.benchmark: scoring.token_counts(q, self.tc.tool("llama-tokenize"), self.base.path,
+                                                      self.cache / "token_counts") for q in self.qsets}
+        self.logits = None
+        if spec.kld:
+            self.progress("base logits for KLD (cached per base, text and context)")
+            self.logits = perplexity.base_logits(self.tc.tool("llama-perplexity"), self.base.path, self.text.path,
+                                           spec.ppl_context, spec.ppl_chunks, self.cache / "kld", self.base.sha256,
+                                           self.text.sha256, spec.threads)
+
+    def _this_machine(self) -> None:
+        self.nodes = [Node(socket.gethostname(), 0)]
+        self.head_exec = LocalExecutor(self.cache / "work")
+        self.bin_dir = str(self.tc.bin_dir)
+        self.text_path, self.logits_path = str(self.text.path), str(self.logits) if self.logits else None
+        if thermal.SysfsProbe.available():
+            self.probes = [thermal.SysfsProbe(self.nodes[0].name)]
+            self.thermal_note = "sysfs thermal zones on this machine"
+        else:
+            self.thermal_note = f"no thermal sensor on {self.nodes[0].name}: fixed {self.spec.settle_s:g} s settle"
+
+    def _cluster(self) -> None:
+        self.config = cfg.load(self.spec.cluster)
+        reports = ops.require_healthy(self.config)
+        self.progress(f"{len(reports)} hosts healthy: {', '.join(r.name for r in reports)}")
+        head = self.config.head
+        self.head_exec = self._stack.enter_context(Remote(head, self.config))
+        for i, host in enumerate(self.config.nodes):
+            remote = self.head_exec if host is head else self._stack.enter_context(Remote(host, self.config))
+            self.nodes.append(Node(host.name, host.meter_channel if host.meter_channel is not None else i, remote))
+        self.bin_dir = head.bin_dir
+        self.text_path = ops.retrying(lambda: self.head_exec.provide(self.text.path, self.text.sha256))
+        self.logits_path = None
+        if self.logits is not None:
+            self.logits_path = ops.retrying(lambda: self.head_exec.provide(self.logits, sha256_file(self.logits)))
+        if self.spec.rpc and self.config.workers:
+            self.endpoints = self._stack.enter_context(ops.rpc_workers(self.config))
+            self.progress(f"RPC workers listening: {', '.join(self.endpoints)}")
+        self._cluster_probes()
+
+    def _cluster_probes(self) -> None:
+        """A thermal probe on every node that answers one; a fixed settle where none does."""
+        probes, missing = [], []
+        for node in self.nodes:
+            probe = thermal.CommandProbe(node.name, node.executor)
+            try:
+                probe.read()
+                probes.append(probe)
+            except (thermal.ThermalError, RemoteError, ValueError):
+                missing.append(node.name)
+        self.probes = probes
+        self.thermal_note = (f"no thermal sensor on {', '.join(missing)}: fixed {self.spec.settle_s:g} s settle"
+                             if not probes else f"thermal probes on {', '.join(p.node for p in probes)}"
+                             + (f"; none on {', '.join(missing)}" if missing else ""))
+
+    # ------------------------------------------------------------------ per configuration
+
+    @property
+    def quant_overlaps(self) -> bool:
+        """Quantization may run beside a measurement only on a quant host that is no node."""
+        if self.config is None or self.config.quant_host is None:
+            return False
+        q = self.config.quant_host
+        return all((n.host, n.port) != (q.host, q.port) for n in self.config.nodes)
+
+    def quantize(self, config_id: str) -> Quantized:
+        """Quantize one configuration (a cached file is reused); on the quant host if any."""
+        qmap = next(m for m in self.maps if m.config_id == config_id)
+        out_dir = self.cache / "gguf"
+        if self.config is None or self.config.quant_host is None:
+            return quantize(qmap, self.profile, self.base.path, self.base.sha256, self.tc.tool("llama-quantize"),
+                            self.tc.llama_cpp_commit, out_dir, lake=self.lake, threads=self.spec.threads)
+        qh = self.config.quant_host
+
+        def on_quant_host() -> Quantized:
+            with Remote(qh, self.config) as remote:
+                base = remote.provide(self.base.path, self.base.sha256, "base")
+                return quantize(qmap, self.profile, base, self.base.sha256, f"{qh.bin_dir}/llama-quantize",
+                                self.tc.llama_cpp_commit, out_dir, lake=self.lake, executor=remote,
+                                threads=self.spec.threads)
+
+        return ops.retrying(on_quant_host)
+
+    def deploy(self, q: Quantized) -> str:
+        """The model file's path where the head runs it (copied and checked on a cluster)."""
+        if self.config is None:
+            return q.path
+        return ops.retrying(lambda: ops.deploy(self.config, q.path, q.file_sha256)).path
+
+    def provenance(self, plan: RunPlan, q: Quantized) -> dict:
+        """What a run's ``run`` events record about how it was measured."""
+        spec = self.spec
+        meter = {"source": spec.power_source, "meter": spec.meter, "rate_hz": spec.meter_rate_hz}
+        if spec.meter == "simulated":
+            meter["simulator"] = {"power_model": asdict(PowerModel()), "driven_by": "CPU time of each node's processes"}
+        return {
+            "mqepi": __version__, "llama_cpp_commit": self.tc.llama_cpp_commit, "toolchain": self.tc.version,
+            "host": socket.gethostname(), "platform": platform.platform(), "sweep_id": spec.sweep_id,
+            "sweep": spec.identity(), "attempt": plan.attempt, "base_sha256": self.base.sha256,
+            "file_sha256": q.file_sha256, "map_sha256": q.effective_map_sha256,
+            "text": {"sha256": self.text.sha256}, "question_sets": {s.benchmark: s.sha256 for s in self.qsets},
+            "nodes": [n.name for n in self.nodes], "rpc_endpoints": self.endpoints, "meter": meter,
+            "thermal": self.thermal_note, "cluster": spec.cluster,
+        }

@@ -1,0 +1,160 @@
+"""Running a sweep: every (configuration, repeat) of a model measured, the paper's pipeline.
+
+Per configuration: quantize (cached) -> deploy. Per repeat: thermal stabilisation -> idle
+baseline window -> one window per benchmark -> perplexity / KLD -> throughput -> run
+finished. Every run has ``run`` started / finished (or failed) events with its provenance.
+
+The plain library behind the Prefect ``sweep`` flow (``mqepi.flows.sweep``): :func:`run_sweep`
+calls each stage through a ``Stages`` object: :class:`DirectStages` runs them here, the
+flow's stages make each one a Prefect task. Rules it keeps:
+
+* measured windows never overlap other work on the measured nodes: all stages of a run go
+  one after another; the only concurrent work is quantizing the next configuration on a
+  quant host that is not a cluster node;
+* resume: a rerun with the same spec skips each (configuration, repeat) finished in the
+  lake; a run that started and never ended (the sweep was killed) is marked failed first
+  and redone under a new run id (``...-a2``), never continued;
+* only I/O stages retry (a dropped SSH connection); a validation error ends the sweep.
+"""
+
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from mqepi.quant.quantize import Quantized
+from mqepi.rig.ssh import ConnectionDropped
+from mqepi.sweep.resume import RunPlan, mark_failed, plan_runs
+from mqepi.sweep.rig import Rig
+from mqepi.sweep.session import RunSession
+from mqepi.sweep.spec import SweepSpec
+
+
+class DirectStages:
+    """Runs each stage here, in order; ``submit`` runs one in a background thread."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqepi-prefetch")
+
+    def run(self, name: str, fn: Callable, *args, io: bool = False, **kwargs):
+        return fn(*args, **kwargs)
+
+    def submit(self, name: str, fn: Callable, *args, io: bool = False, **kwargs) -> Future:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    finished: list[str]  # run ids finished by this call
+    skipped: list[tuple[str, int]]  # (config, repeat) already finished before
+    marked_failed: list[str]  # interrupted runs found and marked failed
+    seconds: dict[str, float]  # stage -> wall seconds
+    wall_s: float
+
+    def summary(self) -> dict:
+        """A JSON-able summary (what the ``sweep`` flow returns)."""
+        return {"sweep_id": self.sweep_id, "finished": self.finished, "skipped": len(self.skipped),
+                "marked_failed": self.marked_failed, "wall_s": round(self.wall_s, 1),
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a stage may retry: a dropped SSH connection, a connection error, a
+    timeout. Anything else (a validation error, a failed tool) is terminal."""
+    return isinstance(exc, (ConnectionDropped, ConnectionError, TimeoutError))
+
+
+def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], None] = lambda line: None,
+              node_pids: dict[str, Callable[[], list[int]]] | None = None) -> SweepResult:
+    """Measure every (configuration, repeat) of ``spec`` not yet finished in ``lake``."""
+    stages = stages or DirectStages()
+    own = isinstance(stages, DirectStages)
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, io: bool = False):
+        start = time.perf_counter()
+        try:
+            return stages.run(name, fn, *args, io=io)
+        finally:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+    finished, marked, skipped = [], [], []
+    try:
+        with contextlib.ExitStack() as stack:
+            rig = timed("set-up", stack.enter_context, Rig(spec, lake, progress=progress, node_pids=node_pids))
+            config_ids = [m.config_id for m in rig.maps]
+            plans = timed("plan", plan_runs, lake, spec, config_ids)
+            for plan in plans:
+                for stale in plan.interrupted:
+                    mark_failed(lake, spec, plan, stale)
+                    marked.append(stale)
+                    progress(f"{stale}: started and never ended (interrupted); marked failed, redone as {plan.run_id}")
+            todo = [p for p in plans if not p.done]
+            skipped = [(p.config_id, p.repeat) for p in plans if p.done]
+            progress(f"sweep {spec.sweep_id}: {len(config_ids)} configs x {spec.repeats} repeats; "
+                     f"{len(skipped)} finished before, {len(todo)} to run")
+            todo_configs = list(dict.fromkeys(p.config_id for p in todo))
+            prefetch: dict[str, Future] = {}
+            for index, config_id in enumerate(todo_configs):
+                if config_id in prefetch:
+                    q = _timed_future(seconds, "quantize (wait)", prefetch.pop(config_id))
+                else:
+                    q = timed("quantize", rig.quantize, config_id, io=True)
+                if rig.quant_overlaps and index + 1 < len(todo_configs):
+                    nxt = todo_configs[index + 1]
+                    prefetch[nxt] = stages.submit("quantize", rig.quantize, nxt, io=True)
+                path = timed("deploy", rig.deploy, q, io=True)
+                for plan in (p for p in todo if p.config_id == config_id):
+                    run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + 1, len(todo))
+                    finished.append(run_id)
+            for fut in prefetch.values():
+                fut.result()
+    finally:
+        if own:
+            stages.close()
+    return SweepResult(spec.sweep_id, finished, skipped, marked, seconds, time.perf_counter() - t0)
+
+
+def _timed_future(seconds: dict, name: str, fut: Future):
+    start = time.perf_counter()
+    try:
+        return fut.result()
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def _one_run(rig: Rig, plan: RunPlan, q: Quantized, path: str, timed, progress, number: int, total: int) -> str:
+    spec = rig.spec
+    session = RunSession(rig, plan, q, path)
+    progress(f"[{number}/{total}] {plan.config_id} repeat {plan.repeat} (run {plan.run_id})")
+    try:
+        timed("meter start", session.begin)
+        note = timed("stabilisation", session.stabilise)
+        idle = timed("idle window", session.idle)
+        if idle is not None:
+            label = "simulated power, " if idle.simulated else ""
+            progress(f"  idle baseline {idle.avg_power_w:.2f} W ({label}{'valid' if idle.valid else 'INVALID'}); {note}")
+        for benchmark in spec.benchmarks:
+            b = timed(f"benchmark {benchmark}", session.benchmark, benchmark, io=True)
+            progress(f"  {benchmark}: {b.n_correct}/{b.n} correct, {b.tokens_evaluated} tokens, "
+                     f"{(b.end_ns - b.start_ns) / 1e9:.1f} s")
+        ppl, kld = timed("perplexity/kld", session.perplexity, io=True)
+        progress(f"  perplexity {ppl.ppl:.2f} +/- {ppl.ppl_stderr:.2f}"
+                 + (f", KLD {kld['kld_mean']:.4f}" if kld else ""))
+        if spec.throughput:
+            tp = timed("throughput", session.throughput, io=True)
+            progress("  " + ", ".join(f"{r['test']} {r['tokens_per_s']:.1f} tok/s" for r in tp))
+        timed("finish", session.finish)
+    except BaseException as exc:
+        session.fail(exc)
+        raise
+    return plan.run_id

@@ -1,0 +1,137 @@
+"""One run of a sweep: its ``run`` events, its meter (simulated, or the epi-meter on a serial
+port) and thermal sampler, and its measured stages in order: stabilisation, the idle
+baseline window, one window per benchmark, perplexity/KLD, throughput."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+
+from mqepi import PRODUCER
+from mqepi.meter.epimeter import MeterReader
+from mqepi.meter.simulated import SimulatedMeter, descendants
+from mqepi.meter.stream import LakeSink, RunKey
+from mqepi.meter.windows import EnergyMonitor, Measurement
+from mqepi.quality import perplexity, scoring, throughput
+from mqepi.quant.quantize import Quantized
+from mqepi.rig import thermal
+from mqepi.rig.ops import rpc_args
+from mqepi.sweep.resume import RunPlan
+from mqepi.sweep.rig import Rig
+from mqepi.sweep.spec import SweepError
+
+
+class RunSession:
+    """One run: its meter, its windows, its run events. Stages are methods, called in order."""
+
+    def __init__(self, rig: Rig, plan: RunPlan, q: Quantized, model_path: str):
+        self.rig, self.plan, self.q, self.model_path = rig, plan, q, model_path
+        self.key = RunKey(rig.spec.model, plan.config_id, plan.run_id)
+        self.sim = self.reader = self.sampler = None
+        self.provenance = rig.provenance(plan, q)
+
+    def _record_run(self, status: str, message: str | None = None) -> None:
+        head = self.rig.nodes[0].name
+        self.rig.lake.record("run", {
+            **self.key.columns(1), "status": [status], "repeat": [self.plan.repeat], "file_sha256": [self.q.file_sha256],
+            "power_source": [self.rig.spec.power_source], "host": [head],
+            "provenance_json": [json.dumps(self.provenance, sort_keys=True, default=str)], "message": [message],
+        }, producer=PRODUCER)
+
+    # -- begin / end
+    def begin(self) -> None:
+        """Record ``run started`` and start the meter (and the thermal sampler)."""
+        rig, spec = self.rig, self.rig.spec
+        self._record_run("started")
+        channels = {n.channel: n.name for n in rig.nodes}
+        if spec.meter == "simulated":
+            self.sim = SimulatedMeter(channels, rate_hz=spec.meter_rate_hz, seed=None).start()
+            for node in rig.nodes:
+                pids = (rig.node_pids or {}).get(node.name)
+                if pids is None and rig.config is None:
+                    pids = lambda: descendants(os.getpid())  # noqa: E731 - this machine: its tools
+                if pids is not None:
+                    self.sim.assign(node.channel, pids)
+            port = self.sim.port
+        elif spec.meter.startswith("epi-meter:"):
+            port = spec.meter.split(":", 1)[1]
+        else:
+            return
+        self.reader = MeterReader(port, LakeSink(rig.lake, self.key), nodes=channels,
+                                  power_source="epi-meter").start()
+        if not self.reader.wait_past(time.time_ns(), timeout_s=10.0):
+            raise SweepError(f"no line from the meter on {port} within 10 s")
+        if rig.probes:
+            self.sampler = thermal.ThermalSampler(rig.probes, rig.lake, self.key).start()
+
+    def _stop_meter(self) -> None:
+        errors = []
+        for stop in (self.sampler, self.reader, self.sim):
+            if stop is not None:
+                try:
+                    stop.stop()
+                except BaseException as exc:  # noqa: BLE001 - every device is stopped, the first error raised
+                    errors.append(exc)
+        self.sampler = self.reader = self.sim = None
+        if errors:
+            raise errors[0]
+
+    def finish(self) -> None:
+        """Let the meter pass the last window, stop it, record ``run finished``."""
+        if self.reader is not None:
+            self.reader.wait_past(time.time_ns(), timeout_s=10.0)
+        self._stop_meter()
+        self._record_run("finished")
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the meter as far as it stops, record ``run failed`` with the error."""
+        with contextlib.suppress(BaseException):
+            self._stop_meter()
+        self._record_run("failed", f"{type(exc).__name__}: {exc}"[:2000])
+
+    # -- measured stages
+    def stabilise(self) -> str:
+        """Wait for a stable thermal state (a fixed settle where no node has a sensor)."""
+        rig, spec = self.rig, self.rig.spec
+        if not rig.probes:
+            time.sleep(spec.settle_s)
+            return rig.thermal_note
+
+        def record(readings):
+            if readings:
+                frame = thermal.readings_frame(readings)
+                rig.lake.record("thermal_sample", frame.with_columns(**self.key.columns(frame.height)))
+
+        policy = thermal.StabilisationPolicy(min_duration_s=spec.stabilise_min_s, timeout_s=spec.stabilise_timeout_s)
+        result = thermal.wait_until_stable(rig.probes, policy, on_readings=record)
+        return f"stable after {result.elapsed_s:.0f} s"
+
+    def idle(self) -> Measurement | None:
+        if self.reader is None:
+            return None
+        return EnergyMonitor(self.rig.lake, self.key, reader=self.reader).measure_idle(self.rig.spec.idle_s)
+
+    def benchmark(self, benchmark: str) -> scoring.BenchmarkResult:
+        rig = self.rig
+        qset = next(q for q in rig.qsets if q.benchmark == benchmark)
+        return scoring.run_multiple_choice(qset, f"{rig.bin_dir}/llama-perplexity", self.model_path,
+                                        counts=rig.counts[benchmark], threads=rig.spec.threads,
+                                        extra_args=rpc_args(rig.endpoints), lake=rig.lake, key=self.key,
+                                        executor=rig.head_exec)
+
+    def perplexity(self) -> tuple[perplexity.PerplexityResult, dict | None]:
+        rig, spec = self.rig, self.rig.spec
+        return perplexity.run_perplexity(f"{rig.bin_dir}/llama-perplexity", self.model_path, rig.text_path,
+                                   context=spec.ppl_context, chunks=spec.ppl_chunks, text_sha256=rig.text.sha256,
+                                   base_logits_path=rig.logits_path, base_sha256=rig.base.sha256,
+                                   threads=spec.threads, extra_args=rpc_args(rig.endpoints), lake=rig.lake,
+                                   key=self.key, executor=rig.head_exec)
+
+    def throughput(self) -> list[dict]:
+        rig, spec = self.rig, self.rig.spec
+        return throughput.run_throughput(f"{rig.bin_dir}/llama-bench", self.model_path, n_prompt=spec.n_prompt,
+                                   n_gen=spec.n_gen, repetitions=spec.bench_repetitions, threads=spec.threads,
+                                   rpc_nodes=len(rig.endpoints), extra_args=rpc_args(rig.endpoints), lake=rig.lake,
+                                   key=self.key, executor=rig.head_exec)

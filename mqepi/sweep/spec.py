@@ -1,0 +1,86 @@
+"""What a sweep measures: :class:`SweepSpec` (the quality settings plus the sweep's own), its
+identity (the same settings resume the same sweep), and specs read from JSON files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mqepi.errors import MqepiError
+from mqepi.quality.evaluate import Settings
+from mqepi.quality.tasks import known
+
+
+class SweepError(MqepiError):
+    """The sweep cannot go on (bad spec, unhealthy cluster, a stage failed for good)."""
+
+
+METERS = ("simulated", "none")  # plus "epi-meter:<serial port>"
+
+
+@dataclass
+class SweepSpec(Settings):
+    """What to measure: the quality settings of :class:`mqepi.quality.evaluate.Settings`
+    (benchmarks and question counts, shots, seed, perplexity, KLD, throughput, threads) and
+    the sweep's own. The measurement settings (everything but ``name`` and ``configs``)
+    define the sweep's identity: the same settings resume the same sweep."""
+
+    model: str = "smollm2-135m"
+    configs: list[str] | None = None  # None: every committed map of the model
+    repeats: int = 3
+    cluster: str | None = None  # cluster TOML; None: this machine is the only node
+    rpc: bool = True  # offload layers to the cluster's RPC workers
+    meter: str = "simulated"  # simulated | none | epi-meter:<serial port URL>
+    meter_rate_hz: float = 20.0
+    idle_s: float = 10.0
+    settle_s: float = 2.0  # fixed pause before the idle window when no node has a thermal sensor
+    stabilise_min_s: float = 60.0
+    stabilise_timeout_s: float = 900.0
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise SweepError(f"repeats = {self.repeats}: at least 1")
+        if not self.benchmarks:
+            raise SweepError(f"benchmarks: at least one benchmark is needed ({known()})")
+        for name, n in self.benchmarks.items():
+            if n is not None and n < 1:
+                raise SweepError(f"benchmarks: {name} = {n} questions: at least 1 (or null for all)")
+        if self.meter not in METERS and not self.meter.startswith("epi-meter:"):
+            raise SweepError(f"meter = {self.meter!r}: one of simulated, none, epi-meter:<serial port>")
+        if self.idle_s <= 0 and self.meter != "none":
+            raise SweepError(f"idle_s = {self.idle_s}: the idle baseline window needs a positive length")
+
+    @property
+    def power_source(self) -> str:
+        return {"simulated": "simulated", "none": "none"}.get(self.meter, "epi-meter")
+
+    def identity(self) -> dict:
+        # which configurations to do now is not part of what is measured: a sweep over a
+        # subset and the full one share an id, so each resumes the other
+        skip = {"name", "configs"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    @property
+    def sweep_id(self) -> str:
+        if self.name:
+            return self.name
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
+        return f"sw-{digest[:10]}"
+
+
+def spec_from_json(path: str | Path) -> SweepSpec:
+    """A spec from a JSON file (the keys of :class:`SweepSpec`), with clear errors."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path}: no such sweep spec") from None
+    except json.JSONDecodeError as exc:
+        raise SweepError(f"{path}: not JSON: {exc}") from None
+    known = set(SweepSpec.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SweepError(f"{path}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return SweepSpec(**data)
