@@ -8,7 +8,6 @@ here, and only here (:func:`edge`).
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 
 import polars as pl
@@ -80,23 +79,6 @@ def progress_printer() -> Callable[[str], None]:
 
     progress.stop = status.stop  # type: ignore[attr-defined]
     return progress
-
-
-def milestones(progress: Callable[[str], None]) -> Callable[[str], None]:
-    """Pass on tool output sparingly: build percentages in steps of 10, and mqepi's own lines."""
-    last = [-10]
-
-    def filtered(line: str) -> None:
-        m = re.match(r"^\[\s*(\d+)%\]", line)
-        if m:
-            if int(m.group(1)) >= last[0] + 10:
-                last[0] = int(m.group(1))
-                progress(f"llama.cpp build {m.group(1)}%")
-        elif line.startswith(("[", "downloading", "dequantizing", "base model", "toolchain", "extracting")) \
-                and "%]" not in line:
-            progress(line)
-
-    return filtered
 
 
 def query_frame(sql_text: str, params: list | None = None) -> pl.DataFrame:

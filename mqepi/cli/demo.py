@@ -11,6 +11,7 @@ and says so.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mqepi.cli._common import edge, lake, milestones, out, split_list
+from mqepi.cli._common import edge, lake, out, split_list
 from mqepi.flows import prefect_environment
 from mqepi.lake.store import Lake
 from mqepi.quant import expansion, maps, toolchain
@@ -63,7 +64,7 @@ def _views_loaded(lake: Lake, progress: Callable[[str], None]) -> str:
 
 
 def _toolchain(lake: Lake, progress: Callable[[str], None]) -> str:
-    tc = toolchain.ensure(progress=milestones(progress))
+    tc = toolchain.ensure(progress=_milestones(progress))
     return f"llama.cpp {tc.llama_cpp_commit} from {tc.package} {tc.version} ({', '.join(tc.targets)})"
 
 
@@ -73,9 +74,26 @@ def _base_model(lake: Lake, progress: Callable[[str], None]) -> str:
             f"{base.package_version})")
 
 
+def _milestones(progress: Callable[[str], None]) -> Callable[[str], None]:
+    """Pass on tool output sparingly: build percentages in steps of 10, and mqepi's own lines."""
+    last = [-10]
+
+    def filtered(line: str) -> None:
+        m = re.match(r"^\[\s*(\d+)%\]", line)
+        if m:
+            if int(m.group(1)) >= last[0] + 10:
+                last[0] = int(m.group(1))
+                progress(f"llama.cpp build {m.group(1)}%")
+        elif line.startswith(("[", "downloading", "dequantizing", "base model", "toolchain", "extracting")) \
+                and "%]" not in line:
+            progress(line)
+
+    return filtered
+
+
 def _quantize_all(lake: Lake, progress: Callable[[str], None]) -> str:
     results = []
-    for q in quantize_embedded(None, "smollm2-135m", lake, progress=milestones(progress)):
+    for q in quantize_embedded(None, "smollm2-135m", lake, progress=_milestones(progress)):
         results.append(q)
         progress(f"{q.config_id}: {q.file_size_bytes:,d} bytes, {q.bits_per_weight:.3f} bits/weight"
                  f"{' (cached file)' if q.reused else f' in {q.duration_s:.1f} s'}")

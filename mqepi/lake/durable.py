@@ -2,15 +2,17 @@
 
 The one place for the primitives every writer of lasting files uses (the lake, the derived
 snapshots, the caches): a content hash of a file, fsync of a file and of its folder, and an
-atomic replace (a temporary name beside the target, fsync, rename, fsync of the folder), so a
-reader sees the old file or the new one, never a partial one.
+atomic replace (:func:`replacing`: a temporary name beside the target, fsync, rename, fsync of
+the folder), so a reader sees the old file or the new one, never a partial one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,14 +50,23 @@ def fsync_dir(path: str | os.PathLike) -> None:
     fsync_file(path)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: readers see the old content or the new."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write; when the block ends without an error, the
+    file is fsynced and renamed onto ``path`` (readers see the old content or the new, never
+    a partial one). The temporary file is gone either way."""
     target = Path(path)
     temp = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
     try:
-        temp.write_bytes(data)
+        yield temp
         fsync_file(temp)
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
     fsync_dir(target.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (:func:`replacing`)."""
+    with replacing(path) as temp:
+        temp.write_bytes(data)

@@ -24,7 +24,6 @@ views read nothing else run-bound.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import uuid
@@ -40,7 +39,7 @@ from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 from mqepi.analysis.contract import CONFIG_KEY, FAMILY_KEY
 from mqepi.analysis.stats import DEFAULT_Z
 from mqepi.errors import QueryError
-from mqepi.lake.durable import TEMP_PREFIX, fsync_file
+from mqepi.lake.durable import TEMP_PREFIX, fsync_file, replacing
 from mqepi.results.listing import LakeListing, family_fingerprints
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND
 
@@ -173,14 +172,9 @@ def _quote(text: str) -> str:
 
 
 def copy_parquet(con: duckdb.DuckDBPyConnection, query: str, final: Path) -> None:
-    """Write ``query`` as Parquet under a temporary name beside ``final``, fsync, rename."""
-    temp = final.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{final.name}")
-    try:
+    """Write ``query`` as Parquet onto ``final`` atomically (:func:`mqepi.lake.durable.replacing`)."""
+    with replacing(final) as temp:
         con.execute(f"COPY ({query}) TO '{_quote(str(temp))}' (FORMAT parquet, COMPRESSION zstd)")
-        fsync_file(temp)
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _typed_select(con: duckdb.DuckDBPyConnection, relation: str) -> str:

@@ -11,7 +11,6 @@ remote), ``fetch`` brings a file the tool wrote back here (checked the same way)
 
 from __future__ import annotations
 
-import errno
 import os
 import shlex
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mqepi.errors import MqepiError
-from mqepi.lake.durable import sha256_file
+from mqepi.lake.durable import write_atomic
 
 
 class ExecutorError(MqepiError):
@@ -132,9 +131,7 @@ class LocalExecutor:
         target = self.work_dir / "staging" / name
         if not target.is_file() or target.read_bytes() != data:
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{time.time_ns():x}.partial")
-            partial.write_bytes(data)
-            partial.replace(target)
+            write_atomic(target, data)
         return str(target)
 
     def provide(self, local: str | Path, sha256: str) -> str:
@@ -146,27 +143,13 @@ class LocalExecutor:
         return str(path)
 
     def fetch(self, path: str, local: str | Path) -> None:
-        """Move the file to ``local`` (a rename; a checked copy across file systems)."""
-        local = Path(local)
-        if Path(path).resolve() == local.resolve():
+        """Move the file to ``local`` (a rename, or a copy and delete across file systems)."""
+        if Path(path).resolve() == Path(local).resolve():
             return
         try:
-            os.replace(path, local)
-            return
+            shutil.move(path, local)
         except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise ExecutorError(f"cannot move {path} to {local}: {exc}") from None
-        temp = local.with_name(f"{local.name}.partial-{time.time_ns():x}")
-        try:
-            shutil.copyfile(path, temp)
-            if sha256_file(temp) != sha256_file(path):
-                raise ExecutorError(f"the copy of {path} at {temp} differs from it")
-            temp.replace(local)
-            Path(path).unlink()
-        except OSError as exc:
-            raise ExecutorError(f"cannot copy {path} to {local}: {exc}") from None
-        finally:
-            temp.unlink(missing_ok=True)
+            raise ExecutorError(f"cannot move {path} to {local}: {exc}") from None
 
     def move(self, src: str, dst: str) -> None:
         os.replace(src, dst)
