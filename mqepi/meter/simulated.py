@@ -36,13 +36,13 @@ import time
 import tty
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from mqepi.meter.atm90e26 import energy_from_raw
 from mqepi.meter.protocol import MAX_CHANNELS, encode_line
 from mqepi.meter.stream import POWER_RESOLUTION_W, MeterError, check_rate
+from mqepi.rig.processes import descendants
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -113,26 +113,6 @@ def process_cpu_seconds(pid: int) -> float | None:
     fields = stat.rpartition(b")")[2].split()
     # fields[0] is field 3 (state): utime is field 14, stime field 15
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid`` (from /proc/<pid>/task/*/children)."""
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except FileNotFoundError:
-            continue
-        for tid in tasks:
-            try:
-                children = Path(f"/proc/{current}/task/{tid}/children").read_text().split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            for child in children:
-                out.append(int(child))
-                todo.append(int(child))
-    return out
 
 
 class CpuLoad:

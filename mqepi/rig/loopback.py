@@ -24,6 +24,7 @@ from pathlib import Path
 import asyncssh
 
 from mqepi.rig import config as cfg
+from mqepi.rig.processes import descendants
 
 
 def _free_port() -> int:
@@ -53,20 +54,6 @@ async def _handle(process: asyncssh.SSHServerProcess, work_dir: str, running: se
                 os.killpg(local.pid, signal.SIGKILL)
             await local.wait()
         running.discard(local.pid)
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (from /proc/<pid>/task/*/children)."""
-    found, todo = set(), [pid]
-    while todo:
-        current = todo.pop()
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                for child in children.read_text().split():
-                    if int(child) not in found:
-                        found.add(int(child))
-                        todo.append(int(child))
-    return found
 
 
 @dataclass
@@ -175,7 +162,7 @@ class LoopbackCluster:
         for pid in roots:
             if Path(f"/proc/{pid}").exists():
                 alive.add(pid)
-                alive.update(_descendants(pid))
+                alive.update(descendants(pid))
         return sorted(alive)
 
     def kill_connections(self, name: str) -> None:

@@ -11,13 +11,14 @@ import time
 
 from mqepi import PRODUCER
 from mqepi.meter.epimeter import MeterReader
-from mqepi.meter.simulated import SimulatedMeter, descendants
+from mqepi.meter.simulated import SimulatedMeter
 from mqepi.meter.stream import LakeSink, RunKey
 from mqepi.meter.windows import EnergyMonitor, Measurement
 from mqepi.quality import perplexity, scoring, throughput
 from mqepi.quant.quantize import Quantized
 from mqepi.rig import thermal
 from mqepi.rig.ops import rpc_args
+from mqepi.rig.processes import descendants
 from mqepi.sweep.resume import RunPlan
 from mqepi.sweep.rig import Rig
 from mqepi.sweep.spec import SweepError
