@@ -110,10 +110,12 @@ def test_verify_catches_corruption(lake):
     report = lake.verify()
     kinds = sorted((p.kind, Path(p.path).parent.parent.parent.name or Path(p.path).name) for p in report.problems)
     by_kind = {p.kind: p for p in report.problems}
-    assert set(by_kind) == {"unreadable", "hash", "name", "stray-temp", "unexpected"}, kinds
+    # renamed: the committed name is missing (lost) and the new name is no commit's file
+    assert set(by_kind) == {"unreadable", "changed", "hash", "missing", "uncommitted", "stray-temp", "unexpected"}, kinds
     assert "perplexity" in by_kind["unreadable"].path
+    assert {Path(p.path).parents[3].name for p in report.problems if p.kind == "changed"} == {"perplexity", "throughput"}
     assert "throughput" in by_kind["hash"].path and "sha256" in by_kind["hash"].detail
-    assert "/run/" in by_kind["name"].path
+    assert "/run/" in by_kind["missing"].path and "/run/" in by_kind["uncommitted"].path
     # the reader never treats the temporary file as data
     assert lake.read("kld").height == 4
 
@@ -145,7 +147,8 @@ def test_killed_writer_never_leaves_a_visible_partial_file(tmp_path):
             proc.wait()
         lake = Lake(root)
         report = lake.verify()
-        assert {p.kind for p in report.problems} <= {"stray-temp"}, report.problems
+        # killed before publishing (a temporary file) or before committing (an uncommitted file)
+        assert {p.kind for p in report.problems} <= {"stray-temp", "uncommitted"}, report.problems
         df = lake.read("benchmark_answer")
         assert df.height % 50 == 0  # only whole batches are visible
     assert df.height > 0

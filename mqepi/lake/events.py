@@ -37,14 +37,23 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+#: Rows whose canonical texts :func:`content_ids` holds at once.
+ID_CHUNK_ROWS = 50_000
+
+
 def content_ids(df: pl.DataFrame) -> pl.Series:
-    """The ``event_id`` of every row of ``df`` (see the module docstring)."""
+    """The ``event_id`` of every row of ``df`` (see the module docstring), computed
+    :data:`ID_CHUNK_ROWS` rows at a time, so that only one chunk's canonical texts are held
+    at once (the memory of an ingest stays a small multiple of the data's)."""
     columns = sorted(c for c in df.columns if c not in HASH_EXCLUDED)
     if df.height == 0:
         return pl.Series("event_id", [], dtype=pl.Utf8)
-    canonical = df.select(pl.struct(columns).struct.json_encode().cast(pl.Binary)).to_series().to_list()
     sha = hashlib.sha256
-    return pl.Series("event_id", [sha(text).hexdigest() for text in canonical], dtype=pl.Utf8)
+    ids: list[str] = []
+    for start in range(0, df.height, ID_CHUNK_ROWS):
+        chunk = df.slice(start, ID_CHUNK_ROWS).select(pl.struct(columns).struct.json_encode().cast(pl.Binary))
+        ids.extend(sha(text).hexdigest() for text in chunk.to_series().to_list())
+    return pl.Series("event_id", ids, dtype=pl.Utf8)
 
 
 def batch_id(event_ids: Sequence[str] | pl.Series) -> str:

@@ -9,9 +9,13 @@ Layout (hive partitions; the partition columns live in the path, not in the file
 A query by model, configuration or run reads only that folder. File names derive from the
 batch content (sha256 over the sorted event ids), so appending the same batch twice writes
 nothing the second time. A file is written under a temporary dot-name (``.tmp-*.partial``,
-never matched by ``*.parquet``), fsynced, then published with a no-clobber hard link, so a
-reader never sees a partial file and nothing committed is ever replaced. Nothing here
-deletes or rewrites a committed file.
+never matched by ``*.parquet``), fsynced, then published with a no-clobber hard link, so no
+file is ever partial and nothing committed is ever replaced. A file is data once the commit
+log (:mod:`mqepi.lake.log`) names it: every write is a transaction (:meth:`Lake.transaction`)
+whose files one commit makes visible together, under the lake's commit lock, so the checks a
+writer makes against the lake and its append are one atomic step. Readers (``Lake.read``,
+the SQL views through :func:`mqepi.results.sql.connect`) see exactly the committed files.
+Nothing here deletes or rewrites a committed file.
 
 All I/O goes through a ``pyarrow.fs`` filesystem: a local folder by default, an object store
 URI (``s3://...``) where pyarrow supports one.
@@ -19,11 +23,15 @@ URI (``s3://...``) where pyarrow supports one.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
+import threading
 import uuid
-from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -31,21 +39,21 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mqepi.errors import EventValidationError, LakeError
-from mqepi.lake import durable, events
+from mqepi.errors import LakeError
+from mqepi.lake import events
 from mqepi.lake.durable import fsync_dir, fsync_file
-from mqepi.schemas import EVENT_TYPES, EventSpec, spec_for
+from mqepi.lake.index import SEED_VALUE, FileIndex, parse
+from mqepi.lake.locks import LockHeld, exclusive, holder_record
+from mqepi.lake.log import CommitLog
+from mqepi.lake.verify import DATA_PREFIX, LOCKS_DIR, TEMP_PREFIX, VerifyReport, verify
+from mqepi.schemas import EVENT_TYPES, RUN_BOUND, EventSpec, spec_for
 
 #: Environment variable naming the lake root when no option is given.
 LAKE_ENV = "MQEPI_LAKE"
 DEFAULT_ROOT = "lake"
-#: Partition value of the zero-row seed files (real values start with a letter or digit).
-SEED_VALUE = "_seed"
-DATA_PREFIX = "ev-"
-TEMP_PREFIX = durable.TEMP_PREFIX
 TEMP_SUFFIX = ".partial"
-#: Files a lake root may hold besides event folders.
-ROOT_EXTRAS = ("README.md",)
+#: How long a writer waits for the commit lock before giving up.
+COMMIT_WAIT_S = 600.0
 PARQUET_COMPRESSION = "zstd"
 
 
@@ -61,27 +69,17 @@ class AppendResult:
     duplicate_rows_dropped: int = 0
 
 
-@dataclass
-class Problem:
-    kind: str  # schema | hash | name | duplicate | unreadable | stray-temp | unexpected | layout
-    path: str
-    detail: str
-
-
-@dataclass
-class VerifyReport:
-    files_checked: int = 0
-    rows_checked: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
 def resolve_root(root: str | os.PathLike | None = None) -> str:
     """The lake root: the argument, else ``$MQEPI_LAKE``, else ``./lake``."""
     return str(root if root is not None else os.environ.get(LAKE_ENV) or DEFAULT_ROOT)
+
+
+@dataclass
+class _Pending:
+    """The files a transaction wrote so far (committed together when it ends) and its run keys."""
+
+    files: list[tuple[str, int, int]] = field(default_factory=list)
+    run_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class Lake:
@@ -99,6 +97,11 @@ class Lake:
         self.uri = root if "://" in root else self.root
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
         self._seeded: set[str] = set()
+        self.log = CommitLog(self.fs, self.root)
+        self._index = FileIndex(self.root)
+        self._indexed = 0
+        self._mutex = threading.RLock()  # the in-memory index, shared by a process's threads
+        self._thread = threading.local()  # each thread's open transaction
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"
@@ -116,18 +119,90 @@ class Lake:
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
 
+    def lock_path(self, name: str) -> Path:
+        """The lock file ``name`` (:mod:`mqepi.lake.locks`) of this lake: under ``<root>/_locks``
+        for a local lake, else under ``~/.cache/mqepi/locks/<hash of the lake URI>``."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:150] + ".lock"
+        if self._local:
+            return Path(self.root) / LOCKS_DIR / safe
+        cache = Path(os.environ.get("MQEPI_CACHE") or Path.home() / ".cache" / "mqepi")
+        return cache / "locks" / hashlib.sha256(self.uri.encode()).hexdigest()[:16] / safe
+
+    def _rel(self, path: str) -> str:
+        return path[len(self.root) + 1:]
+
+    # ------------------------------------------------------------------ the committed state
+
+    def index(self) -> FileIndex:
+        """The committed files, indexed (the commit log read up to now). A lake written before
+        the log existed (no ``_log`` folder) is indexed from a listing of its folders."""
+        with self._mutex:
+            state = self.log.refresh()
+            if not state.exists:
+                legacy = FileIndex(self.root)
+                for path in self._list(self.root):
+                    legacy.add(self._rel(path))
+                return legacy
+            order = list(state.files)
+            for rel in order[self._indexed:]:
+                self._index.add(rel)
+            self._indexed = len(order)
+            return self._index
+
+    @contextlib.contextmanager
+    def transaction(self, writer: str | None = None) -> Iterator[_Pending]:
+        """Hold the lake's commit lock for the block; every file written in it (by
+        :meth:`append`, :meth:`record`) becomes visible in one commit when the block ends
+        without an error, and none does otherwise. Reads inside the block see the lake as
+        committed when it began plus nothing of the block's own writes. A transaction opened
+        inside another one (same thread) joins it."""
+        open_tx = getattr(self._thread, "tx", None)
+        if open_tx is not None:
+            yield open_tx
+            return
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            with exclusive(self.lock_path("commit"), f"the commit lock of lake {self.uri}", wait_s=COMMIT_WAIT_S,
+                           holder=holder_record(writer=writer)):
+                self._ensure_log()
+                self.index()
+                self._thread.tx = tx = _Pending()
+                try:
+                    yield tx
+                finally:
+                    self._thread.tx = None
+                self.log.commit(tx.files, holder_record(writer=writer))
+        except LockHeld as exc:
+            raise LakeError(f"lake {self.uri}: {exc}") from exc
+        except OSError as exc:
+            raise LakeError(f"lake {self.uri}: cannot write: {exc}") from exc
+
+    def _ensure_log(self) -> None:
+        """Create the commit log; a lake written before it had one adopts its data files in one
+        commit. The caller holds the commit lock."""
+        if self.log.exists():
+            return
+        files = []
+        for path in self._list(self.root):
+            if parse(self._rel(path)) is not None:
+                size = self.fs.get_file_info(path).size
+                files.append((self._rel(path), pq.ParquetFile(path, filesystem=self.fs).metadata.num_rows, size))
+        self.log.create()
+        self.log.commit(files, holder_record(writer="adopted the files of a lake written before the commit log"))
+
     # ------------------------------------------------------------------ writing
 
     def init(self) -> list[str]:
-        """Create the root and every event type's seed file; return the seeds written."""
+        """Create the root, the commit log and every event type's seed file; return the seeds written."""
         written = []
         try:
             self.fs.create_dir(self.root, recursive=True)
         except OSError as exc:
             raise LakeError(f"cannot create lake folder {self.uri}: {exc}") from exc
-        for spec in EVENT_TYPES.values():
-            if self._ensure_seed(spec):
-                written.append(spec.name)
+        with self.transaction("lake init"):
+            for spec in EVENT_TYPES.values():
+                if self._ensure_seed(spec):
+                    written.append(spec.name)
         return written
 
     def _ensure_seed(self, spec: EventSpec) -> bool:
@@ -136,17 +211,19 @@ class Lake:
         directory = self.partition_dir(spec, (SEED_VALUE,) * len(spec.partition_by))
         name = f"schema-v{spec.version}.parquet"
         empty = pl.DataFrame(schema=spec.polars_schema).select(spec.file_columns)
-        wrote = self._write_file(directory, name, empty.to_arrow())
+        wrote = self._commit_file(directory, name, empty.to_arrow())
         self._seeded.add(spec.name)
         return wrote
 
     def append(self, batch: pl.DataFrame, *, source: str | None = None) -> AppendResult:
-        """Validate ``batch`` (one event type) and write it, one file per partition.
+        """Validate ``batch`` (one event type) and write it, one file per partition, in one commit
+        (or in the open :meth:`transaction`'s).
 
         Events whose id the batch repeats, or (except for high-volume sample streams) whose
         id is already in the target partition, are dropped, so a retried stage adds nothing.
         Raises :class:`EventValidationError` before writing anything if any row is invalid,
-        and :class:`LakeError` if the write fails.
+        and :class:`LakeError` if the write fails or a run id of the batch is already in the
+        lake under another model or configuration.
         """
         spec, batch = events.validate(batch, source=source)
         return self._write_batch(spec, batch)
@@ -170,25 +247,56 @@ class Lake:
             return result
         unique = batch.unique(subset="event_id", keep="first", maintain_order=True)
         result.duplicate_rows_dropped = batch.height - unique.height
-        self._ensure_seed(spec)
-        for values, part in unique.partition_by(list(spec.partition_by), as_dict=True, maintain_order=True).items():
-            directory = self.partition_dir(spec, values)
-            if not spec.high_volume:
-                known = self._ids_in(directory)
-                if known:
-                    before = part.height
-                    part = part.filter(~pl.col("event_id").is_in(list(known)))
-                    result.duplicate_rows_dropped += before - part.height
-            if part.height == 0:
-                continue
-            name = f"{DATA_PREFIX}{events.batch_id(part['event_id'])}.parquet"
-            table = part.select(spec.file_columns).to_arrow()
-            if self._write_file(directory, name, table):
-                result.files_written.append(f"{directory}/{name}")
-                result.rows_written += part.height
-            else:
-                result.files_already_present += 1
+        with self.transaction(f"append {spec.name}") as tx:
+            self._ensure_seed(spec)
+            parts = unique.partition_by(list(spec.partition_by), as_dict=True, maintain_order=True)
+            if spec.name in RUN_BOUND:
+                self._claim_runs(tx, [values for values in parts])
+            for values, part in parts.items():
+                directory = self.partition_dir(spec, values)
+                if not spec.high_volume:
+                    known = self._ids_in(spec, values)
+                    if known:
+                        before = part.height
+                        part = part.filter(~pl.col("event_id").is_in(list(known)))
+                        result.duplicate_rows_dropped += before - part.height
+                if part.height == 0:
+                    continue
+                name = f"{DATA_PREFIX}{events.batch_id(part['event_id'])}.parquet"
+                if self._commit_file(directory, name, part.select(spec.file_columns).to_arrow()):
+                    result.files_written.append(f"{directory}/{name}")
+                    result.rows_written += part.height
+                else:
+                    result.files_already_present += 1
         return result
+
+    def _claim_runs(self, tx: _Pending, partitions: list[tuple]) -> None:
+        """Refuse run ids the lake (or this transaction) holds under another (model, config)."""
+        keys: dict[str, tuple[str, str]] = {}
+        clash = []
+        for model, config_id, run_id in partitions:
+            key = (model, config_id)
+            if keys.setdefault(run_id, key) != key or tx.run_keys.get(run_id, key) != key:
+                clash.append(f"run_id {run_id!r} appears under two (model, config) pairs in one write")
+        clash += self.index().run_conflicts(keys)
+        if clash:
+            raise LakeError(f"lake {self.uri}: {clash[0]}" + (f" (+{len(clash) - 1} more)" if len(clash) > 1 else ""))
+        tx.run_keys.update(keys)
+
+    def _commit_file(self, directory: str, name: str, table: pa.Table) -> bool:
+        """Write ``directory/name`` unless it is committed already, and add it to the open
+        transaction. True if it was not committed before (a file an interrupted write left
+        uncommitted is complete: it is adopted, not rewritten)."""
+        final = f"{directory}/{name}"
+        rel = self._rel(final)
+        if rel in self.log.state.files:
+            return False
+        self._write_file(directory, name, table)
+        tx = self._thread.tx
+        if any(f[0] == rel for f in tx.files):
+            return False
+        tx.files.append((rel, table.num_rows, self.fs.get_file_info(final).size))
+        return True
 
     def _write_file(self, directory: str, name: str, table: pa.Table) -> bool:
         """Write ``table`` as ``directory/name`` unless that file exists. True if written."""
@@ -223,14 +331,15 @@ class Lake:
         fsync_dir(os.path.dirname(final))
         return True
 
-    def _ids_in(self, directory: str) -> set[str]:
-        files = self._list(directory, recursive=False)
+    def _ids_in(self, spec: EventSpec, values: tuple) -> set[str]:
+        """The event ids of the committed files of one partition."""
+        files = self.index().files(spec.name, **dict(zip(spec.partition_by, values)))
         if not files:
             return set()
         try:
             table = pq.ParquetDataset(files, filesystem=self.fs).read(columns=["event_id"])
         except (OSError, pa.ArrowException) as exc:
-            raise LakeError(f"cannot read existing events in {directory}: {exc}") from exc
+            raise LakeError(f"cannot read existing events of {spec.name} {values}: {exc}") from exc
         return set(table.column("event_id").to_pylist())
 
     # ------------------------------------------------------------------ reading
@@ -252,11 +361,7 @@ class Lake:
         unknown = set(partition) - set(spec.partition_by)
         if unknown:
             raise LakeError(f"{event_type} is partitioned by {spec.partition_by}, not {sorted(unknown)}")
-        files = self._list(self.event_dir(event_type))
-        for key, value in partition.items():
-            if value is not None:
-                files = [f for f in files if f"/{key}={value}/" in f]
-        return files
+        return self.index().files(event_type, **partition)
 
     def read(self, event_type: str, columns: list[str] | None = None, **partition: str) -> pl.DataFrame:
         """All events of ``event_type`` (one row per event id, the earliest recorded).
@@ -297,75 +402,9 @@ class Lake:
     # ------------------------------------------------------------------ checking
 
     def verify(self) -> VerifyReport:
-        """Re-read every file; report schema violations, hash mismatches, duplicate ids,
-        stray temporary files and anything else that does not belong."""
-        report = VerifyReport()
-        if not self.exists():
-            report.problems.append(Problem("layout", self.uri, "no lake folder here"))
-            return report
-        seen: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        selector = pafs.FileSelector(self.root, recursive=True)
-        for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
-            if info.type != pafs.FileType.File:
-                continue
-            relative = PurePosixPath(info.path).relative_to(self.root)
-            if info.base_name.startswith(TEMP_PREFIX):
-                report.problems.append(Problem("stray-temp", info.path,
-                                               "temporary file left by an interrupted write; never read as data"))
-                continue
-            if len(relative.parts) == 1 and info.base_name in ROOT_EXTRAS:
-                continue
-            spec = EVENT_TYPES.get(relative.parts[0])
-            if spec is None or not info.base_name.endswith(".parquet"):
-                report.problems.append(Problem("unexpected", info.path, "not an event file of a known event type"))
-                continue
-            self._verify_file(spec, info.path, relative, report, seen)
-        for event_id, where in seen.items():
-            if len(where) > 1:
-                paths = sorted({p for _, p in where})
-                report.problems.append(
-                    Problem("duplicate", paths[0],
-                            f"{where[0][0]} event {event_id} appears {len(where)} times: {', '.join(paths)}")
-                )
-        return report
-
-    def _verify_file(self, spec: EventSpec, path: str, relative: PurePosixPath, report: VerifyReport, seen) -> None:
-        keys = [part.partition("=") for part in relative.parts[1:-1]]
-        if [k for k, _, _ in keys] != list(spec.partition_by) or any(not sep for _, sep, _ in keys):
-            report.problems.append(Problem("layout", path, f"expected partitions {'/'.join(k + '=' for k in spec.partition_by)}"))
-            return
-        values = [v for _, _, v in keys]
-        report.files_checked += 1
-        try:
-            table = pq.read_table(path, filesystem=self.fs)
-        except (OSError, pa.ArrowException) as exc:
-            report.problems.append(Problem("unreadable", path, f"not a readable Parquet file: {exc}"))
-            return
-        df = pl.from_arrow(table)
-        report.rows_checked += df.height
-        if values == [SEED_VALUE] * len(values):
-            expected_name = f"schema-v{spec.version}.parquet"
-            if relative.name != expected_name or df.height:
-                report.problems.append(Problem("layout", path, f"a seed file must be an empty {expected_name}"))
-            return
-        unknown = [c for c in df.columns if c not in spec.file_columns]
-        if unknown:
-            report.problems.append(Problem("schema", path, f"{spec.name}: unknown columns {unknown}"))
-            return
-        df = df.with_columns(pl.lit(v, dtype=pl.Utf8).alias(k) for k, v in zip(spec.partition_by, values))
-        df = df.select([c for c in spec.polars_schema if c in df.columns])
-        try:
-            events.validate(df, source=path)
-        except EventValidationError as exc:
-            hash_failed = any(f.get("column") == "event_id" and "sha256" in str(f.get("check")) for f in exc.failures)
-            kind = "hash" if hash_failed else "schema"
-            report.problems.append(Problem(kind, path, str(exc)))
-            return
-        expected = f"{DATA_PREFIX}{events.batch_id(df['event_id'])}.parquet"
-        if relative.name != expected:
-            report.problems.append(Problem("name", path, f"file name does not match its content (expected {expected})"))
-        for event_id in df["event_id"]:
-            seen[event_id].append((spec.name, path))
+        """Check the lake against its commit log and re-read every committed file
+        (:func:`mqepi.lake.verify.verify`)."""
+        return verify(self)
 
     def stats(self) -> pl.DataFrame:
         """Events (distinct ids), files and bytes per event type and origin."""

@@ -41,6 +41,7 @@ from mqepi.analysis.stats import DEFAULT_Z
 from mqepi.errors import QueryError
 from mqepi.lake.durable import TEMP_PREFIX, fsync_file, replacing
 from mqepi.results.listing import LakeListing, family_fingerprints
+from mqepi.results.sql import set_file_lists
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND
 
 #: Per-run tables cached per batch (benchmark_answer: the base view's rows, for matched_pairs).
@@ -80,14 +81,6 @@ class Settings:
 
 
 # ---------------------------------------------------------------------------------- the views
-
-
-def set_file_lists(con: duckdb.DuckDBPyConnection, files: dict[str, list[str]]) -> None:
-    """Point base views at their files (absolute paths; at least a seed each)."""
-    for event_type, paths in files.items():
-        if not paths:
-            raise QueryError(f"no file (not even a seed) for {event_type}")
-        con.execute(f"SET VARIABLE mqepi_files_{event_type} = ?", [list(paths)])
 
 
 def _view_sql(con: duckdb.DuckDBPyConnection) -> dict[str, str]:

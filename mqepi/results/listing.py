@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 
 from mqepi.analysis.contract import FAMILY_KEY
 from mqepi.errors import LakeError
+from mqepi.lake.index import parse
 from mqepi.lake.store import SEED_VALUE, Lake
 from mqepi.schemas import EVENT_TYPES, RUN_BOUND
 
@@ -58,40 +59,9 @@ def digest(*parts: object) -> str:
 
 
 def _list_files(lake: Lake) -> list[str]:
-    """Relative paths of every committed Parquet file, as ``Lake.files`` lists them."""
+    """Relative paths of every committed Parquet file (the commit log's, as ``Lake.files`` lists them)."""
     prefix = lake.root.rstrip("/") + "/"
-    if not isinstance(lake.fs, pafs.LocalFileSystem):
-        return [path[len(prefix):] for name in EVENT_TYPES for path in lake.files(name)]
-    out: list[str] = []
-
-    def walk(directory: str) -> None:
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            if entry.is_dir():
-                walk(entry.path)
-            elif entry.name.endswith(".parquet") and not entry.name.startswith(".") and entry.is_file():
-                out.append(entry.path[len(prefix):])
-
-    for name in EVENT_TYPES:
-        walk(prefix + name)
-    return out
-
-
-def _partition(rel: str) -> tuple[str, tuple[str, ...]] | None:
-    """(event type, partition values) of a file the base views read, else None."""
-    parts = rel.split("/")
-    spec = EVENT_TYPES.get(parts[0])
-    if spec is None or len(parts) != len(spec.partition_by) + 2:
-        return None
-    values = []
-    for key, part in zip(spec.partition_by, parts[1:-1]):
-        if not part.startswith(f"{key}="):
-            return None
-        values.append(part[len(key) + 1:])
-    return parts[0], tuple(values)
+    return [path[len(prefix):] for name in EVENT_TYPES for path in lake.files(name)]
 
 
 def list_lake(lake: Lake) -> LakeListing:
@@ -105,7 +75,7 @@ def list_lake(lake: Lake) -> LakeListing:
     run_configs: dict[str, set[tuple[str, str]]] = defaultdict(set)
     config_files: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for rel in relative:
-        found = _partition(rel)
+        found = parse(rel)
         if found is None:
             continue
         event_type, values = found

@@ -1,9 +1,10 @@
 """The SQL layer: DuckDB with the lake's views loaded.
 
 The SQL files of ``analysis/`` (:data:`mqepi.analysis.SQL_FILES`, in load order) are the
-contract: their views read the lake folder named by the DuckDB variable ``mqepi_lake``.
-:func:`connect` sets that variable and runs the files; a user of the plain ``duckdb`` CLI
-does the same by hand (see ``docs/sql.md``).
+contract: their views read the files named by the DuckDB variables ``mqepi_files_<type>``
+(else the lake folder named by ``mqepi_lake``). :func:`connect` sets them to exactly the files
+the lake's commit log names (what ``Lake.read`` reads) and runs the files; a user of the plain
+``duckdb`` CLI does the same by hand (see ``docs/sql.md``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow as pa
 from mqepi.analysis import SQL_FILES
 from mqepi.errors import LakeError, QueryError
 from mqepi.lake.store import Lake
+from mqepi.schemas import EVENT_TYPES
 
 #: Output formats of :func:`export`.
 FORMATS = ("table", "csv", "json", "parquet")
@@ -40,6 +42,7 @@ def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDB
     lake.init()
     con = duckdb.connect()
     con.execute("SET VARIABLE mqepi_lake = ?", [lake.uri])
+    set_file_lists(con, committed_files(lake))
     files = SQL_FILES if views is None else [views] if isinstance(views, Path) else list(views)
     for path in files:
         if not path.is_file():
@@ -49,6 +52,22 @@ def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDB
         except duckdb.Error as exc:
             raise QueryError(f"{path}: {exc}") from exc
     return con
+
+
+def committed_files(lake: Lake) -> dict[str, list[str]]:
+    """Per event type, the files the lake's commit log names (what ``Lake.read`` reads), as
+    paths DuckDB opens (with the URI scheme of an object-store lake)."""
+    scheme = lake.uri.split("://", 1)[0] + "://" if "://" in lake.uri else ""
+    return {t: [scheme + path for path in lake.files(t)] for t in EVENT_TYPES}
+
+
+def set_file_lists(con: duckdb.DuckDBPyConnection, files: dict[str, list[str]]) -> None:
+    """Point base views at their files (absolute paths; at least a seed each): the DuckDB
+    variables ``mqepi_files_<event_type>`` that the table macro ``mqepi_events`` reads."""
+    for event_type, paths in files.items():
+        if not paths:
+            raise QueryError(f"no file (not even a seed) for {event_type}")
+        con.execute(f"SET VARIABLE mqepi_files_{event_type} = ?", [list(paths)])
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:

@@ -1,0 +1,166 @@
+"""``lake verify``: the lake checked against its commit log, every committed file re-read.
+
+Reports committed files that are gone or changed (``missing``, ``changed``: data lost), files
+no commit names (``uncommitted``: an interrupted write or ingest, never read as data;
+``stray-temp``: a temporary file), unreadable log records (``log``), schema violations, hash
+and name mismatches, duplicate ids, run ids under two models or configurations
+(``collision``) and anything else that does not belong. Reads only.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mqepi.errors import EventValidationError
+from mqepi.lake import durable, events
+from mqepi.lake.index import SEED_VALUE, FileIndex, parse
+from mqepi.lake.log import LOG_DIR
+from mqepi.schemas import EVENT_TYPES
+
+DATA_PREFIX = "ev-"
+TEMP_PREFIX = durable.TEMP_PREFIX
+#: Files a lake root may hold besides event folders.
+ROOT_EXTRAS = ("README.md",)
+#: Folder of a local lake's lock files (``Lake.lock_path``).
+LOCKS_DIR = "_locks"
+#: Folders of the root that hold no events (the commit log, the locks).
+SYSTEM_DIRS = (LOG_DIR, LOCKS_DIR)
+
+
+@dataclass
+class Problem:
+    """One thing ``lake verify`` found: its kind, the file, what is wrong."""
+
+    # schema | hash | name | duplicate | unreadable | stray-temp | unexpected | layout
+    # | missing | changed | uncommitted | log | collision
+    kind: str
+    path: str
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """What ``lake verify`` checked and every problem it found."""
+
+    files_checked: int = 0
+    rows_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(lake) -> VerifyReport:
+    """Check the lake against its commit log and re-read every committed file.
+
+    Reports committed files that are gone or changed (``missing``, ``changed``: data lost),
+    files no commit names (``uncommitted``: an interrupted write or ingest, never read as
+    data; ``stray-temp``: a temporary file), unreadable log records, schema violations,
+    hash and name mismatches, duplicate ids, run ids under two models or configurations
+    (``collision``) and anything else that does not belong."""
+    report = VerifyReport()
+    if not lake.exists():
+        report.problems.append(Problem("layout", lake.uri, "no lake folder here"))
+        return report
+    index = lake.index()
+    state = lake.log.state
+    if not state.exists and index.count:
+        report.problems.append(Problem("log", lake.uri, "no commit log: a lake written before the log; nothing "
+                                       "records what was committed (`mqepi lake init` adopts the files present)"))
+    committed = state.files if state.exists else {lake._rel(p): None for t in index.by_type.values() for p in t}
+    for problem in state.problems:
+        report.problems.append(Problem("log", problem.where, problem.detail))
+    seen: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    on_disk: set[str] = set()
+    selector = pafs.FileSelector(lake.root, recursive=True)
+    for info in sorted(lake.fs.get_file_info(selector), key=lambda i: i.path):
+        relative = PurePosixPath(info.path).relative_to(lake.root)
+        if info.type != pafs.FileType.File or relative.parts[0] in SYSTEM_DIRS:
+            continue
+        if len(relative.parts) == 1 and info.base_name in ROOT_EXTRAS:
+            continue
+        on_disk.add(str(relative))
+        if str(relative) in committed:
+            _verify_file(lake, info, relative, committed[str(relative)], report, seen)
+        else:
+            report.problems.append(_stray(info, relative))
+    for rel in committed:
+        if rel not in on_disk:
+            report.problems.append(Problem("missing", f"{lake.root}/{rel}", "a committed file is gone "
+                                           "(deleted, renamed or hidden): its events are lost"))
+    _verify_ids(lake, seen, index, report)
+    return report
+
+def _stray(info: pafs.FileInfo, relative: PurePosixPath) -> Problem:
+    """What a file no commit names is."""
+    if info.base_name.startswith(TEMP_PREFIX):
+        return Problem("stray-temp", info.path, "temporary file left by an interrupted write; never read as data")
+    if parse(str(relative)) is not None and not info.base_name.startswith("."):
+        return Problem("uncommitted", info.path, "a data file no commit names: written by an append or ingest that "
+                       "was interrupted before it committed; never read as data")
+    return Problem("unexpected", info.path, "not a committed event file of a known event type")
+
+def _verify_ids(lake, seen: dict, index: FileIndex, report: VerifyReport) -> None:
+    for event_id, where in seen.items():
+        if len(where) > 1:
+            paths = sorted({p for _, p in where})
+            report.problems.append(
+                Problem("duplicate", paths[0],
+                        f"{where[0][0]} event {event_id} appears {len(where)} times: {', '.join(paths)}")
+            )
+    for run_id, others in index.collisions.items():
+        first = index.run_keys[run_id]
+        pairs = ", ".join(f"{m}/{c}" for m, c in sorted({first, *others}))
+        report.problems.append(Problem("collision", lake.root, f"run_id {run_id!r} is a run of several "
+                                       f"(model, config) pairs: {pairs}; their events would be pooled"))
+
+def _verify_file(lake, info: pafs.FileInfo, relative: PurePosixPath, record, report: VerifyReport, seen) -> None:
+    spec = EVENT_TYPES[relative.parts[0]]
+    path = info.path
+    keys = [part.partition("=") for part in relative.parts[1:-1]]
+    if [k for k, _, _ in keys] != list(spec.partition_by) or any(not sep for _, sep, _ in keys):
+        report.problems.append(Problem("layout", path, f"expected partitions {'/'.join(k + '=' for k in spec.partition_by)}"))
+        return
+    values = [v for _, _, v in keys]
+    report.files_checked += 1
+    if record is not None and info.size != record.bytes:
+        report.problems.append(Problem("changed", path, f"{info.size} bytes, committed as {record.bytes} bytes"))
+    try:
+        table = pq.read_table(path, filesystem=lake.fs)
+    except (OSError, pa.ArrowException) as exc:
+        report.problems.append(Problem("unreadable", path, f"not a readable Parquet file: {exc}"))
+        return
+    df = pl.from_arrow(table)
+    report.rows_checked += df.height
+    if record is not None and df.height != record.rows:
+        report.problems.append(Problem("changed", path, f"{df.height} rows, committed with {record.rows}"))
+    if values == [SEED_VALUE] * len(values):
+        expected_name = f"schema-v{spec.version}.parquet"
+        if relative.name != expected_name or df.height:
+            report.problems.append(Problem("layout", path, f"a seed file must be an empty {expected_name}"))
+        return
+    unknown = [c for c in df.columns if c not in spec.file_columns]
+    if unknown:
+        report.problems.append(Problem("schema", path, f"{spec.name}: unknown columns {unknown}"))
+        return
+    df = df.with_columns(pl.lit(v, dtype=pl.Utf8).alias(k) for k, v in zip(spec.partition_by, values))
+    df = df.select([c for c in spec.polars_schema if c in df.columns])
+    try:
+        events.validate(df, source=path)
+    except EventValidationError as exc:
+        hash_failed = any(f.get("column") == "event_id" and "sha256" in str(f.get("check")) for f in exc.failures)
+        report.problems.append(Problem("hash" if hash_failed else "schema", path, str(exc)))
+        return
+    expected = f"{DATA_PREFIX}{events.batch_id(df['event_id'])}.parquet"
+    if relative.name != expected:
+        report.problems.append(Problem("name", path, f"file name does not match its content (expected {expected})"))
+    for event_id in df["event_id"]:
+        seen[event_id].append((spec.name, path))
