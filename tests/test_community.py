@@ -143,9 +143,13 @@ def lab_lake(lab_lake_template, tmp_path) -> Lake:
 
 
 def snapshot(root) -> list[tuple[str, str]]:
-    """Every file and folder under ``root`` with the sha256 of its bytes."""
+    """Every file and folder under ``root`` with the sha256 of its bytes (lock files: their
+    names only; a lock file holds the last holder's record, not data)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
+        if os.path.relpath(dirpath, root).split(os.sep)[0] == "_locks":
+            out.extend((os.path.relpath(os.path.join(dirpath, f), root), "lock") for f in filenames)
+            continue
         for d in dirnames:
             out.append((os.path.relpath(os.path.join(dirpath, d), root), "dir"))
         for f in filenames:

@@ -1,9 +1,11 @@
 """The checks across the files of a bundle, and against the lake.
 
 Each check is one named function, run in the order docs/community.md's "Checks" section
-lists them (:data:`CHECKS`): base model, runs, configurations, maps, question sets and
-answers, windows, streams. They run once every file has its exact columns and dtypes, even
-where values already failed, so the report lists every reason. Each problem is tagged with
+lists them (:data:`CHECKS`): counts, base model, runs, configurations, maps, question sets
+and answers, windows, streams. A bundle with more runs or configurations than the limits
+stops after the counts, since the later checks are sized by them. They run once every file
+has its exact columns and dtypes, even where values already failed, so the report lists
+every reason. Each problem is tagged with
 its kind (``reference``, ``map``, ``physics``). :func:`check_lake` then compares a bundle
 that passed with what the lake already holds.
 """
@@ -11,13 +13,13 @@ that passed with what the lake already holds.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import polars as pl
 
 from mqepi.community.manifest import file_name
-from mqepi.community.problems import BundleReport, short
+from mqepi.community.problems import DEFAULT_LIMITS, QUOTED_ROWS, BundleReport, Limits, short
 from mqepi.lake.store import Lake
 from mqepi.quant import maps
 from mqepi.quant.expansion import Expansion, expand
@@ -31,6 +33,8 @@ MONOTONIC = {
     "thermal_sample": ("host_time_ns", ("run_id", "node", "sensor")),
 }
 NOT_A_NODE = "node is not in the manifest's hardware nodes"
+#: Run statuses that end a run: a run has exactly one.
+TERMINAL = ("finished", "failed")
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Frames:
 
     ix: dict[str, pl.DataFrame]
     manifest: dict
+    limits: Limits = field(default=DEFAULT_LIMITS)
 
     @property
     def nodes(self) -> dict[str, dict]:
@@ -52,7 +57,8 @@ class Frames:
             return None
         return runs.group_by("run_id").agg(
             pl.col("model").n_unique().alias("m"), pl.col("config_id").n_unique().alias("c"),
-            pl.col("model").first(), pl.col("config_id").first(), pl.col("status"), pl.col("_row").min(),
+            pl.col("repeat").n_unique().alias("r"), pl.col("model").first(), pl.col("config_id").first(), pl.col("status"),
+            pl.col("_row").min(),
         ).sort("_row")
 
     @cached_property
@@ -61,16 +67,41 @@ class Frames:
         return {} if self.runs is None else {r["run_id"]: (r["model"], r["config_id"]) for r in self.runs.iter_rows(named=True)}
 
 
-def check_across_files(frames: dict[str, pl.DataFrame], manifest: dict, report: BundleReport) -> None:
-    """Every check of :data:`CHECKS`, in order, over the bundle's frames."""
+def check_across_files(frames: dict[str, pl.DataFrame], manifest: dict, report: BundleReport,
+                       limits: Limits = DEFAULT_LIMITS) -> None:
+    """Every check of :data:`CHECKS`, in order, over the bundle's frames (none after the counts
+    if those are past the limits)."""
     if not any(df.height for df in frames.values()):
         report.add("bundle", None, "the bundle holds no events")
         return
     if "run" not in frames or frames["run"].height == 0:
         report.add("reference", file_name("run"), "the bundle holds no run events; a submission is a set of runs")
-    bundle = Frames({t: df.with_row_index("_row") for t, df in frames.items()}, manifest)
+    bundle = Frames({t: df.with_row_index("_row") for t, df in frames.items()}, manifest, limits)
+    before = len(report.problems)
+    check_counts(bundle, report)
+    if len(report.problems) > before:
+        return
     for check in CHECKS:
         check(bundle, report)
+
+
+def check_counts(b: Frames, report: BundleReport) -> None:
+    """At most ``max_runs`` runs (run ids of every run-bound file) and ``max_configs``
+    configurations (of every config-bound file) and quant_config events."""
+    limits = b.limits
+    run_ids = [df.select("run_id") for t, df in b.ix.items() if t in RUN_BOUND]
+    n_runs = pl.concat(run_ids)["run_id"].n_unique() if run_ids else 0
+    if n_runs > limits.max_runs:
+        report.add("limit", None, f"{n_runs} runs, more than the limit {limits.max_runs} per bundle", value=n_runs)
+    keys = [df.select("model", "config_id") for t, df in b.ix.items() if t in CONFIG_BOUND or t in RUN_BOUND]
+    n_configs = pl.concat(keys).n_unique() if keys else 0
+    if n_configs > limits.max_configs:
+        report.add("limit", None, f"{n_configs} configurations, more than the limit {limits.max_configs} per bundle",
+                   value=n_configs)
+    n_maps = b.ix["quant_config"].height if "quant_config" in b.ix else 0
+    if n_maps > limits.max_configs:
+        report.add("limit", file_name("quant_config"), f"{n_maps} quant_config events, more than the limit "
+                   f"{limits.max_configs} per bundle", value=n_maps)
 
 
 def check_base_model(b: Frames, report: BundleReport) -> None:
@@ -82,11 +113,19 @@ def check_base_model(b: Frames, report: BundleReport) -> None:
 
 
 def check_runs(b: Frames, report: BundleReport) -> None:
-    """Each run finished; every run-bound event has its run in the bundle, with the same model and config."""
+    """Each run finished, once, with one repeat; every run-bound event has its run in the bundle,
+    with the same model and config."""
     for r in b.runs.iter_rows(named=True) if b.runs is not None else ():
         if r["m"] > 1 or r["c"] > 1:
             report.add("reference", file_name("run"), "run events disagree on model or config_id", column="run_id",
                        value=r["run_id"])
+        if r["r"] > 1:
+            report.add("physics", file_name("run"), "run events disagree on repeat", column="run_id", row=r["_row"],
+                       value=r["run_id"])
+        ends = [s for s in r["status"] if s in TERMINAL]
+        if len(ends) > 1:
+            report.add("physics", file_name("run"), f"run ended {len(ends)} times ({', '.join(ends)}); a run ends once",
+                       column="run_id", row=r["_row"], value=r["run_id"])
         if "failed" in r["status"]:
             report.add("reference", file_name("run"), "run failed; submit only finished runs", column="run_id", row=r["_row"],
                        value=r["run_id"])
@@ -99,9 +138,11 @@ def check_runs(b: Frames, report: BundleReport) -> None:
         if t == "run" or t not in b.ix:
             continue
         joined = b.ix[t].join(keys, on="run_id", how="left", maintain_order="left")
-        for run_id in joined.filter(pl.col("_m").is_null())["run_id"].unique(maintain_order=True).to_list():
-            bad = joined.filter(pl.col("run_id") == run_id)
-            report.flag("reference", file_name(t), bad, "run_id", f"run {run_id!r} has no run event in the bundle")
+        orphans = joined.filter(pl.col("_m").is_null())
+        # one problem per missing run, for the first few: the count of runs was bounded, not of problems
+        for run_id in orphans["run_id"].unique(maintain_order=True).head(QUOTED_ROWS).to_list():
+            report.flag("reference", file_name(t), orphans.filter(pl.col("run_id") == run_id), "run_id",
+                        f"run {run_id!r} has no run event in the bundle")
         differ = pl.col("_m").is_not_null() & ((pl.col("model") != pl.col("_m")) | (pl.col("config_id") != pl.col("_c")))
         report.flag("reference", file_name(t), joined.filter(differ), "config_id", "model/config_id differ from the run's")
 
@@ -172,6 +213,8 @@ def check_maps(b: Frames, report: BundleReport) -> None:
                            column=column, row=r["_row"], value=expected)
         inv = (inventory.filter((pl.col("model") == r["model"]) & (pl.col("config_id") == r["config_id"]))
                if inventory is not None else None)
+        if r["n_layers"] > b.limits.max_layers:
+            continue  # reported with the file's values; nothing is sized by it
         profile = _profile_for(r["model"])
         if profile is None:
             _check_map_without_profile(r, qmap, inv, report)
@@ -200,8 +243,12 @@ def _profile_for(model: str) -> maps.ModelProfile | None:
 
 
 def _check_map_without_profile(r: dict, qmap: maps.QuantMap, inv: pl.DataFrame | None, report: BundleReport) -> None:
-    """The map's layers cover 0..n_layers-1 exactly once; each inventory row's group is its layer's group in the map."""
-    if {layer for g in qmap.groups for layer in g.layers} != set(range(r["n_layers"])):
+    """The map's layers cover 0..n_layers-1 exactly once; each inventory row's group is its layer's group in the map.
+
+    Compared without building ``range(n_layers)``: the map's layers are distinct (``parse_map``)
+    non-negative integers, so they are exactly 0..n-1 when there are n of them and the largest is n-1."""
+    layers = [layer for g in qmap.groups for layer in g.layers]
+    if len(layers) != r["n_layers"] or max(layers, default=-1) != r["n_layers"] - 1:
         report.add("map", file_name("quant_config"), f"map's layers do not cover 0-{r['n_layers'] - 1} exactly once",
                    column="n_layers", row=r["_row"], value=r["n_layers"])
         return
@@ -245,8 +292,11 @@ def _check_inventory_plan(r: dict, profile: maps.ModelProfile, expansion: Expans
         report.flag("map", name, mismatch, "requested_type", f"requested_type does not match map {r['config_id']!r} "
                     f"(e.g. {first['tensor']}: the map gives {first['_req']!r})")
     names = set(plan["tensor"].to_list())
-    for file_sha, got in inv.group_by("file_sha256", maintain_order=True).agg(pl.col("tensor")).iter_rows():
-        missing = sorted(names - set(got))
+    # files short of the model's tensors counted in polars; only the first few are looked into
+    known = pl.col("tensor").filter(pl.col("tensor").is_in(list(names))).n_unique()
+    short_files = inv.group_by("file_sha256", maintain_order=True).agg(known.alias("_n")).filter(pl.col("_n") < len(names))
+    for file_sha in short_files["file_sha256"].head(QUOTED_ROWS).to_list():
+        missing = sorted(names - set(inv.filter(pl.col("file_sha256") == file_sha)["tensor"].to_list()))
         if missing:
             report.add("map", name, f"inventory of file {file_sha[:12]}... lacks {len(missing)} tensors of {profile.id} "
                        f"(e.g. {missing[0]})", column="tensor", value=file_sha)
@@ -259,11 +309,12 @@ def check_question_sets(b: Frames, report: BundleReport) -> None:
     if answers is None:
         return
     name = file_name("benchmark_answer")
-    qsets = pl.DataFrame(
-        [{"benchmark": q["benchmark"], "question_set_sha256": q["sha256"], "question_id": i}
-         for q in b.manifest["question_sets"] for i in q["question_ids"]],
-        schema={"benchmark": pl.Utf8, "question_set_sha256": pl.Utf8, "question_id": pl.Utf8},
-    ).with_columns(_known=pl.lit(True))
+    recorded = b.manifest["question_sets"]
+    qsets = pl.DataFrame({
+        "benchmark": [q["benchmark"] for q in recorded for _ in q["question_ids"]],
+        "question_set_sha256": [q["sha256"] for q in recorded for _ in q["question_ids"]],
+        "question_id": [i for q in recorded for i in q["question_ids"]],
+    }, schema={"benchmark": pl.Utf8, "question_set_sha256": pl.Utf8, "question_id": pl.Utf8}).with_columns(_known=pl.lit(True))
     sets = qsets.select("benchmark", "question_set_sha256").unique().with_columns(_set=pl.lit(True))
     a = answers.join(sets, on=["benchmark", "question_set_sha256"], how="left", maintain_order="left")
     a = a.join(qsets, on=["benchmark", "question_set_sha256", "question_id"], how="left", maintain_order="left")
@@ -312,6 +363,7 @@ def check_streams(b: Frames, report: BundleReport) -> None:
                     "node", NOT_A_NODE)
     if "power_sample" in b.ix:
         _check_power(b.ix["power_sample"], b, report)
+    _check_sample_times(b, report)
     for t, (column, by) in MONOTONIC.items():
         if t in b.ix:
             back = b.ix[t].filter(pl.col(column).diff().over(list(by)) < 0)
@@ -343,6 +395,24 @@ def _check_power(ps: pl.DataFrame, b: Frames, report: BundleReport) -> None:
     meter = b.manifest["meter"]["type"]
     report.flag("reference", name, ps.filter(pl.col("power_source") != meter), "power_source",
                 f"power_source differs from the manifest's meter type {meter!r}")
+
+
+def _check_sample_times(b: Frames, report: BundleReport) -> None:
+    """Power and thermal samples lie within the span of their run's windows, give or take
+    ``window_slack_s`` (the meter runs from the run's start through thermal stabilisation to
+    its end); a run with samples has windows."""
+    phases = b.ix.get("phase")
+    slack = int(b.limits.window_slack_s * 1e9)
+    spans = (phases.group_by("run_id").agg(_lo=pl.col("start_ns").min(), _hi=pl.col("end_ns").max())
+             if phases is not None else pl.DataFrame(schema={"run_id": pl.Utf8, "_lo": pl.Int64, "_hi": pl.Int64}))
+    for t in ("power_sample", "thermal_sample"):
+        if t not in b.ix:
+            continue
+        j = b.ix[t].join(spans, on="run_id", how="left", maintain_order="left")
+        outside = (pl.col("_lo").is_null() | (pl.col("host_time_ns") < pl.col("_lo") - slack)
+                   | (pl.col("host_time_ns") > pl.col("_hi") + slack))
+        report.flag("physics", file_name(t), j.filter(outside), "host_time_ns",
+                    f"sample outside its run's windows (first start to last end, +-{b.limits.window_slack_s:g} s)")
 
 
 #: The checks across files, in the order docs/community.md lists them.

@@ -21,9 +21,11 @@ from pathlib import Path
 import polars as pl
 
 from mqepi.community.bundle import bundle_digest
+from mqepi.community.checks import check_lake
 from mqepi.community.manifest import file_name
-from mqepi.community.problems import DEFAULT_LIMITS, BundleRejected, BundleReport, CommunityError, Limits
-from mqepi.community.validate import validate_bundle
+from mqepi.community.problems import DEFAULT_LIMITS, BundleRejected, BundleReport, CommunityError, Limits, short
+from mqepi.community.sandbox import DEFAULT_TIMEOUT_S, validate_isolated
+from mqepi.community.validate import CheckedBundle, validate_bundle
 from mqepi.lake.store import Lake
 
 
@@ -50,38 +52,56 @@ class DropOutcome:
     events: int = 0
     problems: int = 0
     quarantined_to: str | None = None
+    reason: str | None = None  # a rejection's first problem (or what killed its validator)
 
 
 def ingest(bundle: str | os.PathLike, lake: Lake, *, limits: Limits = DEFAULT_LIMITS,
            quarantine_dir: str | os.PathLike | None = None, dry_run: bool = False) -> IngestResult:
-    """Validate ``bundle`` completely, then append its events to ``lake`` with :meth:`Lake.append`.
+    """Validate ``bundle`` completely, then append its events to ``lake`` in one transaction.
 
-    A bundle whose events the lake already holds is a no-op (``status = already-ingested``);
-    one interrupted part-way is completed. A rejected bundle raises :class:`BundleRejected`
-    (nothing written to the lake), after copying it and its report to ``quarantine_dir``
-    when given. ``dry_run`` validates only.
+    The bundle's own checks run first; then, holding the lake's commit lock
+    (:meth:`Lake.transaction`), the checks against the lake and the append run as one atomic
+    step, and one commit makes every event of the bundle visible at once: two ingests of
+    overlapping bundles cannot both pass the lake checks, and an ingest killed part-way leaves
+    nothing visible. A bundle whose events the lake already holds is a no-op (``status =
+    already-ingested``). A rejected bundle raises :class:`BundleRejected` (nothing written to
+    the lake), after copying it and its report to ``quarantine_dir`` when given. ``dry_run``
+    validates only (against the lake as it is, without the lock).
     """
     if quarantine_dir is not None:
         _check_outside(Path(quarantine_dir), lake)
     try:
-        checked = validate_bundle(bundle, lake, limits=limits)
+        if dry_run:
+            checked = validate_bundle(bundle, lake, limits=limits)
+            return IngestResult(Path(bundle).name, checked.sha256, checked.submitter, checked.origin, "valid",
+                                checked.events)
+        checked = validate_bundle(bundle, None, limits=limits)
+        lake.init()
+        with lake.transaction(f"ingest {checked.origin} {checked.sha256[:16]}"):
+            return _append_checked(checked, lake)
     except BundleRejected as exc:
         if quarantine_dir is not None:
             exc.quarantined_to = quarantine(bundle, quarantine_dir, exc.report, lake=lake, limits=limits)
         raise
-    result = IngestResult(Path(bundle).name, checked.sha256, checked.submitter, checked.origin, "valid", checked.events)
-    if dry_run:
-        return result
+
+
+def _append_checked(checked: CheckedBundle, lake: Lake) -> IngestResult:
+    """Inside the ingest's transaction: the checks against the lake, then every new event."""
+    result = IngestResult(checked.path.name, checked.sha256, checked.submitter, checked.origin, "ingested",
+                          checked.events)
+    report = BundleReport(checked.path.name, checked.sha256, checked.submitter)
+    checked.present = check_lake(checked.frames, lake, report)
+    if report.problems:
+        raise BundleRejected(report)
     if checked.already_ingested:
         result.status = "already-ingested"
         return result
-    lake.init()
     for t, df in checked.frames.items():
-        new = df.filter(~pl.col("event_id").is_in(list(checked.present.get(t, ())))) if checked.present.get(t) else df
+        known = checked.present.get(t)
+        new = df.filter(~pl.col("event_id").is_in(list(known))) if known else df
         if new.height:
             written = lake.append(new, source=f"{result.bundle}/{file_name(t)}")
             result.rows_written[t] = written.rows_written
-    result.status = "ingested"
     return result
 
 
@@ -141,18 +161,28 @@ def _copy_bundle(src: Path, target: Path, budget: int) -> list[str]:
 
 
 def ingest_drop_folder(drop_dir: str | os.PathLike, lake: Lake, quarantine_dir: str | os.PathLike,
-                       processed_state: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> list[DropOutcome]:
+                       processed_state: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS,
+                       memory_limit_bytes: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[DropOutcome]:
     """Ingest each bundle (folder or ``.zip``) of ``drop_dir`` once.
 
+    Each new bundle is first validated in a child process (:mod:`~mqepi.community.sandbox`)
+    with at most ``memory_limit_bytes`` of address space (default: from ``limits``) and
+    ``timeout_s`` seconds; only a bundle the child found valid is ingested (:func:`ingest`,
+    which checks it again, against the lake too). A bundle that the child rejects, or that
+    kills it (memory, a signal) or outlasts it, is quarantined and recorded as rejected with the
+    reason, and the pass goes on with the next bundle.
+
     ``processed_state`` is an append-only JSON-lines file, one line per bundle processed
-    (its content digest and outcome); a bundle whose digest it holds is skipped. Names
-    starting with ``.`` or ending in ``.partial``/``.tmp`` are uploads in progress and are
-    left for a later pass. A lake write error (:class:`~mqepi.errors.LakeError`) propagates
-    without recording the bundle, so the next pass retries it.
+    (its content digest, outcome and, for a rejection, the first reason); a bundle whose digest
+    it holds is skipped. Names starting with ``.`` or ending in ``.partial``/``.tmp`` are
+    uploads in progress and are left for a later pass. A lake write error
+    (:class:`~mqepi.errors.LakeError`) propagates without recording the bundle, so the next pass
+    retries it; so does a validator that cannot start (:class:`CommunityError`).
     """
     drop, state = Path(drop_dir), Path(processed_state)
     if not drop.is_dir():
         raise CommunityError(f"drop folder {drop} does not exist")
+    _check_outside(Path(quarantine_dir), lake)
     done = _processed(state)
     outcomes = []
     for entry in sorted(drop.iterdir()):
@@ -162,16 +192,36 @@ def ingest_drop_folder(drop_dir: str | os.PathLike, lake: Lake, quarantine_dir: 
         digest = bundle_digest(entry)
         if digest in done:
             continue
-        try:
-            result = ingest(entry, lake, limits=limits, quarantine_dir=quarantine_dir)
-            outcome = DropOutcome(name, digest, result.status, result.events)
-        except BundleRejected as exc:
-            outcome = DropOutcome(name, digest, "rejected", problems=len(exc.report.problems),
-                                  quarantined_to=str(exc.quarantined_to) if exc.quarantined_to else None)
-        _append_line(state, {**asdict(outcome), "at": datetime.now(UTC).isoformat()})
+        outcome = _drop_one(entry, digest, lake, quarantine_dir, limits, memory_limit_bytes, timeout_s)
+        record = {k: v for k, v in asdict(outcome).items() if k != "reason" or v is not None}
+        _append_line(state, {**record, "at": datetime.now(UTC).isoformat()})
         done.add(digest)
         outcomes.append(outcome)
     return outcomes
+
+
+def _drop_one(entry: Path, digest: str, lake: Lake, quarantine_dir: str | os.PathLike, limits: Limits,
+              memory_limit_bytes: int | None, timeout_s: float) -> DropOutcome:
+    """One bundle of the drop folder: validated in a child, then ingested; its outcome (with the
+    first reason when rejected)."""
+    isolated = validate_isolated(entry, limits=limits, memory_limit_bytes=memory_limit_bytes, timeout_s=timeout_s)
+    if not isolated.ok:
+        report = isolated.report
+        report.sha256 = digest
+        kept = quarantine(entry, quarantine_dir, report, lake=lake, limits=limits)
+        return _rejected(entry.name, digest, report, kept)
+    try:
+        result = ingest(entry, lake, limits=limits, quarantine_dir=quarantine_dir)
+    except BundleRejected as exc:
+        return _rejected(entry.name, digest, exc.report, exc.quarantined_to)
+    return DropOutcome(entry.name, digest, result.status, result.events)
+
+
+def _rejected(name: str, digest: str, report: BundleReport, kept: Path | None) -> DropOutcome:
+    """The outcome of a rejected bundle, with its first reason."""
+    reason = short(str(report.problems[0]), 300) if report.problems else "rejected"
+    return DropOutcome(name, digest, "rejected", problems=len(report.problems),
+                       quarantined_to=str(kept) if kept else None, reason=reason)
 
 
 def _processed(state: Path) -> set[str]:

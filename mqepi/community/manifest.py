@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jsonschema
 
-from mqepi.community.problems import BundleReport, short
+from mqepi.community.problems import DEFAULT_LIMITS, BundleReport, Limits, short
 
 FORMAT = "mqepi-community-bundle"
 FORMAT_VERSION = 1
@@ -53,12 +53,15 @@ def submitter_problems(value) -> list[str]:
     return out
 
 
-def parse_manifest(data: bytes, report: BundleReport) -> dict | None:
+def parse_manifest(data: bytes, report: BundleReport, limits: Limits = DEFAULT_LIMITS) -> dict | None:
     """Decode and check ``manifest.json``; add every problem to ``report``; None if unusable."""
     manifest = _decode(data, report)
     if manifest is None:
         return None
     before = len(report.problems)
+    _check_declared(manifest, limits, report)
+    if len(report.problems) > before:
+        return None
     _check_schema(manifest, report)
     if len(report.problems) > before:
         return None
@@ -107,6 +110,26 @@ def _decode(data: bytes, report: BundleReport) -> dict | None:
         report.add("manifest", MANIFEST, f"manifest.json must be a JSON object, not {type(manifest).__name__}")
         return None
     return manifest
+
+
+def _check_declared(manifest: dict, limits: Limits, report: BundleReport) -> None:
+    """The numbers the manifest declares within the limits, before anything (the schema
+    validation included) works through them: question ids in all, each file's rows and bytes."""
+    sets = manifest.get("question_sets")
+    if isinstance(sets, list):
+        n = sum(len(q["question_ids"]) for q in sets if isinstance(q, dict) and isinstance(q.get("question_ids"), list))
+        if n > limits.max_question_ids:
+            report.add("limit", MANIFEST, f"{n} question ids in all, more than the limit {limits.max_question_ids}",
+                       column="question_sets", value=n)
+    files = manifest.get("files")
+    for k, f in enumerate(files if isinstance(files, list) else ()):
+        if not isinstance(f, dict):
+            continue
+        for key, bound, per in (("rows", limits.max_rows_per_file, "per file"), ("bytes", limits.max_total_bytes, "in all")):
+            value = f.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > bound:
+                report.add("limit", MANIFEST, f"files/{k} declares {value} {key}, more than the limit {bound} {per}",
+                           column=f"files/{k}/{key}", value=value)
 
 
 def _check_schema(manifest: dict, report: BundleReport) -> None:

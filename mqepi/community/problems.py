@@ -39,7 +39,7 @@ class BundleRejected(CommunityError):
 class Limits:
     """What a bundle may hold. The defaults fit a sweep of a few Pi 5 runs; tests pass smaller ones."""
 
-    max_total_bytes: int = 2 * 1024**3  # all files together, uncompressed
+    max_total_bytes: int = 512 * 1024**2  # all files together, as stored (a zip: inflated); no more than they may decode to
     max_files: int = len(EVENT_TYPES)  # Parquet files (one per event type)
     max_entries: int = 64  # zip entries / folder entries, manifest and directories included
     max_manifest_bytes: int = 16 * 1024**2
@@ -49,6 +49,19 @@ class Limits:
     max_row_group_bytes: int = 512 * 1024**2  # uncompressed, from the Parquet footer
     max_string_bytes: int = 65_536  # any one string value
     max_list_len: int = 64  # any one list value (choice_scores)
+    # what the files may decode to (Arrow bytes: string data + offsets, fixed-width values), checked
+    # batch by batch before each batch is decoded. Validation peaks at about 4x this plus the
+    # interpreter (benchmarks/ingest_memory.py): 1 GiB is ~4 M power samples, ~4.5 GiB of memory
+    max_column_decoded_bytes: int = 256 * 1024**2  # one column of one file
+    max_file_decoded_bytes: int = 512 * 1024**2  # one file
+    max_decoded_bytes: int = 512 * 1024**2  # the whole bundle: ingest peaks near 125 MiB + 5 x this
+    # what the events may declare, before anything is sized by it
+    max_runs: int = 256  # distinct run ids (the paper's matrix x 5 repeats is 120)
+    max_configs: int = 64  # distinct configurations, and quant_config events
+    max_layers: int = 1024  # a quant_config's n_layers
+    max_question_ids: int = 100_000  # all question sets of the manifest together
+    # plausibility: power and thermal samples lie within their run's windows, give or take this
+    window_slack_s: float = 3600.0
 
 
 DEFAULT_LIMITS = Limits()

@@ -94,7 +94,7 @@ def _validate(path: Path, source: Source, lake: Lake | None, limits: Limits, rep
     if not unusable:
         # every file has its exact columns and dtypes: the cross-file checks can run (and
         # report too) even where values already failed, so the report lists every reason
-        check_across_files(frames, manifest, report)
+        check_across_files(frames, manifest, report, limits)
     if report.problems:
         _reject(report, path)
     report.sha256 = bundle_digest(path)
@@ -125,7 +125,7 @@ def _read_manifest(path: Path, source: Source, limits: Limits, report: BundleRep
     if report.problems:
         _reject(report, path)
     raw = read_entry(source, MANIFEST, limits.max_manifest_bytes, report)
-    manifest = parse_manifest(raw, report) if raw is not None else None
+    manifest = parse_manifest(raw, report, limits) if raw is not None else None
     if manifest is None:
         _reject(report, path)
     return manifest
