@@ -70,7 +70,8 @@ class OneLineNode:
 def test_command_probe_runs_the_remote_reads_through_an_executor(tmp_path):
     temp = tmp_path / "temp"
     temp.write_text("61500\n")
-    probe = th.CommandProbe("pi2", LocalExecutor(tmp_path), command=f"cat {temp}; echo throttled=0x4")
+    command = ["sh", "-c", 'cat "$1"; echo throttled=0x4', "probe", str(temp)]
+    probe = th.CommandProbe("pi2", LocalExecutor(tmp_path), command=command)
     (reading,) = probe.read()
     assert (reading.node, reading.temperature_c, reading.throttled, reading.throttle_flags) == ("pi2", 61.5, True, 4)
     broken = th.CommandProbe("pi2", OneLineNode())

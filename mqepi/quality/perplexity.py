@@ -17,7 +17,7 @@ from mqepi import PRODUCER
 from mqepi.meter.stream import RunKey
 from mqepi.meter.windows import record_window
 from mqepi.quality.scoring import ScoringError, thread_args, tool_failed
-from mqepi.rig.executor import LocalExecutor
+from mqepi.rig.executor import LocalExecutor, int_arg
 
 PPL_FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)")
 KLD_FIELDS = {
@@ -84,6 +84,11 @@ def parse_kld(lines: list[tuple[int, str]]) -> dict:
     return out
 
 
+def _size_args(context: int, chunks: int) -> list[str]:
+    """The context and chunk count flags, each checked to be a positive integer."""
+    return ["-c", int_arg(context, "context", 1), "--chunks", int_arg(chunks, "chunks", 1)]
+
+
 def base_logits(perplexity_tool, base_path, text_path, context: int, chunks: int, cache_dir: Path,
                 base_sha256: str, text_sha256: str, threads: int | None = None) -> Path:
     """The F16 base's logits for KLD, cached once per (base, text, context, chunks)."""
@@ -92,7 +97,7 @@ def base_logits(perplexity_tool, base_path, text_path, context: int, chunks: int
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
-    cmd = [str(perplexity_tool), "-m", str(base_path), "-f", str(text_path), "-c", str(context), "--chunks", str(chunks),
+    cmd = [str(perplexity_tool), "-m", str(base_path), "-f", str(text_path), *_size_args(context, chunks),
            "--kl-divergence-base", str(partial), *thread_args(threads)]
     result = LocalExecutor().stream(cmd)  # the base model lives here
     if result.returncode != 0 or not partial.is_file():
@@ -109,7 +114,7 @@ def run_perplexity(perplexity_tool, model_path, text_path, *, context: int, chun
 
     With an ``executor`` (a head node) the paths are that host's: see :mod:`mqepi.rig.executor`."""
     executor = executor or LocalExecutor()
-    common = ["-c", str(context), "--chunks", str(chunks), *thread_args(threads), *extra_args]
+    common = [*_size_args(context, chunks), *thread_args(threads), *extra_args]
     result = executor.stream([str(perplexity_tool), "-m", str(model_path), "-f", str(text_path), *common], progress)
     if result.returncode != 0:
         raise tool_failed("llama-perplexity", result)

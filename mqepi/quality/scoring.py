@@ -38,7 +38,7 @@ from mqepi.errors import MqepiError
 from mqepi.meter.stream import RunKey
 from mqepi.meter.windows import record_window
 from mqepi.quality.prompts import Item, QuestionSet
-from mqepi.rig.executor import LocalExecutor, Result
+from mqepi.rig.executor import LocalExecutor, Result, int_arg
 
 
 class ScoringError(MqepiError):
@@ -52,7 +52,7 @@ def tool_failed(what: str, result: Result) -> ScoringError:
 
 def thread_args(threads: int | None) -> list[str]:
     """The llama.cpp thread flag (none: the tool's default)."""
-    return ["-t", str(threads)] if threads else []
+    return ["-t", int_arg(threads, "threads", 1)] if threads else []
 
 
 # ------------------------------------------------------------------ the tool's task file
@@ -207,7 +207,7 @@ def run_multiple_choice(qset: QuestionSet, perplexity_tool, model_path, *, count
     executor = executor or LocalExecutor()
     task_file = executor.stage_file(f"{qset.benchmark}-{qset.sha256[:16]}.bin", task_file_bytes(qset.items))
     result = executor.stream([str(perplexity_tool), "-m", str(model_path), "-bf", task_file, "--multiple-choice",
-                              "-c", str(qset.task.context), *thread_args(threads), *extra_args], progress)
+                              "-c", int_arg(qset.task.context, "context", 1), *thread_args(threads), *extra_args], progress)
     if result.returncode != 0:
         raise tool_failed("llama-perplexity --multiple-choice", result)
     correct, acc, err, start, end = parse_results(result.lines, len(qset.items))

@@ -13,7 +13,7 @@ from mqepi import PRODUCER
 from mqepi.meter.stream import RunKey
 from mqepi.meter.windows import record_window
 from mqepi.quality.scoring import ScoringError, thread_args, tool_failed
-from mqepi.rig.executor import LocalExecutor
+from mqepi.rig.executor import LocalExecutor, int_arg
 
 
 def run_throughput(bench_tool, model_path, *, n_prompt: int = 128, n_gen: int = 32, repetitions: int = 3,
@@ -22,8 +22,9 @@ def run_throughput(bench_tool, model_path, *, n_prompt: int = 128, n_gen: int = 
     """llama-bench prompt processing (pp) and generation (tg), each its own window."""
     executor = executor or LocalExecutor()
     records = []
-    for test, args in (("pp", ["-p", str(n_prompt), "-n", "0"]), ("tg", ["-p", "0", "-n", str(n_gen)])):
-        cmd = [str(bench_tool), "-m", str(model_path), *args, "-r", str(repetitions), "-o", "jsonl",
+    pp, tg, reps = int_arg(n_prompt, "n_prompt", 1), int_arg(n_gen, "n_gen", 1), int_arg(repetitions, "repetitions", 1)
+    for test, args in (("pp", ["-p", pp, "-n", "0"]), ("tg", ["-p", "0", "-n", tg])):
+        cmd = [str(bench_tool), "-m", str(model_path), *args, "-r", reps, "-o", "jsonl",
                *thread_args(threads), *extra_args]
         record = _bench(executor, cmd, test, repetitions=repetitions, threads=threads, rpc_nodes=rpc_nodes)
         records.append(record)

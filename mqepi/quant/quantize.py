@@ -29,7 +29,7 @@ from mqepi.quant import assets, maps, toolchain
 from mqepi.quant.expansion import Expansion, effective_type, expand
 from mqepi.quant.ggml import ggml_name
 from mqepi.quant.maps import ModelProfile, QuantMap
-from mqepi.rig.executor import Executor, LocalExecutor
+from mqepi.rig.executor import Executor, LocalExecutor, int_arg
 
 
 class QuantizeError(MqepiError):
@@ -126,7 +126,7 @@ def _run_llama_quantize(exp: Expansion, target: Path, base_path, llama_quantize,
     out = executor.work_path("gguf", target.name)
     cmd = [str(llama_quantize), "--tensor-type-file", recipe, str(base_path), out + ".partial", exp.base_ftype]
     if threads:
-        cmd.append(str(threads))
+        cmd.append(int_arg(threads, "threads", 1))
     result = executor.stream(cmd, progress)
     if result.returncode != 0:
         executor.remove(out + ".partial")

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mqepi.errors import MqepiError
+from mqepi.rig.executor import int_arg
 
 #: The registry package whose sdist vendors llama.cpp, and its version.
 PACKAGE = "llama-cpp-python"
@@ -113,7 +114,7 @@ def ensure(progress: Callable[[str], None] = lambda line: None, jobs: int | None
         build = Path(tmp) / "build"
         _run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS], progress, "cmake configure")
         _run(
-            ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs or os.cpu_count() or 2),
+            ["cmake", "--build", str(build), "--config", "Release", "-j", int_arg(jobs or os.cpu_count() or 2, "jobs", 1),
              "--target", *TARGETS],
             progress,
             "cmake build",

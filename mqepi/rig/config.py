@@ -17,6 +17,11 @@ bin_dir = "/opt/mqepi/llama.cpp/bin"; work_dir = "/srv/mqepi"
 
 Host keys are verified against ``known_hosts`` (default ``~/.ssh/known_hosts``).
 ``insecure_skip_host_key_check = true`` exists for tests only and is announced loudly.
+
+Values are checked strictly, since some reach commands on the nodes (always quoted there):
+``host`` is a dotted-quad IPv4 address, an IPv6 address without a scope id, or an ASCII DNS
+name; ``user`` a plain user name; paths carry no control characters; ports and counts are
+integers (a bool is not one). ``rpc_address`` follows :func:`check_rpc_address`.
 """
 
 from __future__ import annotations
@@ -29,8 +34,18 @@ from pathlib import Path
 
 from mqepi.errors import MqepiError
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 ROLES = ("head", "worker")
+USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
+LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}\Z){LABEL}(\.{LABEL})*\Z")
+IPV4 = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}\Z")
+IPV4_LIKE = re.compile(r"^[0-9.]+\Z")  # all digits and dots: an address or nothing, never a name
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Where an RPC server may listen without ``private_network = true``: loopback, RFC 1918, link-local.
+PRIVATE_RPC = tuple(ipaddress.IPv4Network(n) for n in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                        "169.254.0.0/16"))
+THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 
 
 class ClusterConfigError(MqepiError):
@@ -110,6 +125,9 @@ def parse(data: dict, where: str) -> ClusterConfig:
         raise ClusterConfigError(f"{where}: field nodes: two workers share an RPC address and port: {rpc}")
     quant = data.get("quant_host")
     quant_host = _host(quant, f"{where}: quant_host", node=False, private=private) if quant is not None else None
+    for key in ("known_hosts", "lake", "cache"):
+        if data.get(key) is not None:
+            _text(data[key], where, key)
     return ClusterConfig(
         path=where, nodes=nodes, quant_host=quant_host,
         known_hosts=str(Path(data["known_hosts"]).expanduser()) if data.get("known_hosts") else None,
@@ -125,7 +143,104 @@ def _bool(data: dict, key: str, where: str, default: bool) -> bool:
     return value
 
 
+def _text(value, where: str, key: str) -> str:
+    """A non-empty string without control characters (a newline, a NUL ...)."""
+    if not isinstance(value, str) or not value:
+        raise ClusterConfigError(f"{where}: field {key} is required (a non-empty string), got {value!r}")
+    if CONTROL.search(value):
+        raise ClusterConfigError(f"{where}: field {key} {value!r} contains a control character (newline, tab, NUL ...)")
+    return value
+
+
+def _int(raw: dict, key: str, where: str, default, low: int, high: int | None, what: str):
+    """An integer field (a bool is not one) within ``low..high``; ``default`` when absent."""
+    value = raw.get(key, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise ClusterConfigError(f"{where}: field {key} {value!r} is not {what}")
+    return value
+
+
+def _scope_refused(value: str) -> str | None:
+    """The reason an address with a ``%`` is refused, or None."""
+    if "%" in value:
+        return "has an IPv6 scope id (the part after '%'); scope ids are refused"
+    return None
+
+
+def check_ssh_host(value, where: str) -> str:
+    """``host``: an IPv4 address in dotted-quad form, an IPv6 address without a scope id, or an
+    ASCII DNS name (letters, digits, hyphens, dots)."""
+    value = _text(value, where, "host")
+    why = _scope_refused(value) or ("is not ASCII (write a DNS name in its xn-- form)" if not value.isascii() else None)
+    if why is None and ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            why = "is not an IPv6 address (no brackets, no port)"
+    elif why is None and not (IPV4.match(value) and _ipv4(value) or HOSTNAME.match(value) and not IPV4_LIKE.match(value)):
+        why = "is neither an IPv4 address in dotted-quad form nor a DNS name"
+    if why:
+        raise ClusterConfigError(f"{where}: field host {value!r} {why}")
+    return value
+
+
+def _ipv4(value: str) -> ipaddress.IPv4Address | None:
+    """The address when ``value`` is exactly its canonical dotted quad (no leading zeros)."""
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        return None
+    return address if str(address) == value else None
+
+
+def check_rpc_address(value, where: str, *, private: bool) -> str:
+    """The address a worker's RPC server binds: an IPv4 address (the pinned llama.cpp's
+    ``ggml-rpc-server`` binds IPv4 only), never multicast, broadcast, reserved or ``0.x.x.x``
+    other than ``0.0.0.0``; ``0.0.0.0`` and addresses outside loopback, RFC 1918 and link-local
+    only with ``private_network = true`` (the RPC server has no authentication)."""
+    if not isinstance(value, str):
+        raise ClusterConfigError(f"{where}: field rpc_address {value!r} is not a string (an IPv4 address)")
+    shown = f"{where}: field rpc_address {value!r}"
+    why = _scope_refused(value)
+    if why is None and not value.isascii():
+        why = "is not ASCII"
+    elif why is None and ":" in value:
+        mapped = _mapped(value)
+        why = ("is an IPv6 address" + (f" (IPv4-mapped {mapped})" if mapped else "")
+               + "; llama.cpp's RPC server binds IPv4 addresses only")
+    if why:
+        raise ClusterConfigError(f"{shown} {why}; use the worker's private IPv4 address")
+    address = _ipv4(value) if IPV4.match(value) else None
+    if address is None:
+        raise ClusterConfigError(f"{shown} is not an IPv4 address in dotted-quad form (four numbers 0-255, no leading "
+                                 "zeros, no spaces or other characters)")
+    if address.is_multicast or address.is_reserved or (address in THIS_NETWORK and not address.is_unspecified):
+        raise ClusterConfigError(f"{shown} is a multicast, broadcast or reserved address; no server can bind it")
+    if address.is_unspecified and not private:
+        raise ClusterConfigError(
+            f"{shown} binds every interface; the llama.cpp RPC server has no authentication: use the private "
+            "interface's address, or set private_network = true if it is one")
+    if not (address.is_unspecified or any(address in net for net in PRIVATE_RPC) or private):
+        raise ClusterConfigError(
+            f"{shown} is not a loopback or private address (127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "
+            "169.254.0.0/16); the RPC server has no authentication (set private_network = true only if that network "
+            "is private)")
+    return value
+
+
+def _mapped(value: str) -> str | None:
+    """The IPv4 address an IPv4-mapped IPv6 address carries, for the message."""
+    try:
+        mapped = ipaddress.IPv6Address(value).ipv4_mapped
+    except ValueError:
+        return None
+    return str(mapped) if mapped else None
+
+
 def _host(raw, where: str, *, node: bool, private: bool) -> Host:
+    """One ``[quant_host]`` or ``[[nodes]]`` table, every field checked."""
     if not isinstance(raw, dict):
         raise ClusterConfigError(f"{where}: must be a table, not {type(raw).__name__}")
     allowed = {"name", "host", "port", "user", "key", "bin_dir", "work_dir", "role", "rpc_address", "rpc_port",
@@ -133,41 +248,27 @@ def _host(raw, where: str, *, node: bool, private: bool) -> Host:
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ClusterConfigError(f"{where}: unknown field {unknown[0]!r}")
-    for key in ("host", "user", "key", "bin_dir", "work_dir") + (("name", "role") if node else ()):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise ClusterConfigError(f"{where}: field {key} is required (a non-empty string), got {raw.get(key)!r}")
+    for key in ("key", "bin_dir", "work_dir") + (("name", "role") if node else ()):
+        _text(raw.get(key), where, key)
+    host = check_ssh_host(raw.get("host"), where)
+    user = _text(raw.get("user"), where, "user")
+    if not USER.match(user):
+        raise ClusterConfigError(f"{where}: field user {user!r} is not a user name (letters, digits, '_', '.', '-')")
     name = raw.get("name", "quant-host")
-    if not NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise ClusterConfigError(f"{where}: field name {name!r} is not a simple name")
     role = raw.get("role", "quant")
     if node and role not in ROLES:
         raise ClusterConfigError(f"{where}: field role {role!r} is not one of {ROLES}")
-    port = raw.get("port", 22)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise ClusterConfigError(f"{where}: field port {port!r} is not a TCP port")
-    rpc_port = raw.get("rpc_port", 50052)
-    if not isinstance(rpc_port, int) or not 0 < rpc_port < 65536:
-        raise ClusterConfigError(f"{where}: field rpc_port {rpc_port!r} is not a TCP port")
+    port = _int(raw, "port", where, 22, 1, 65535, "a TCP port")
+    rpc_port = _int(raw, "rpc_port", where, 50052, 1, 65535, "a TCP port")
     rpc_address = raw.get("rpc_address")
-    if node and role == "worker":
-        if not isinstance(rpc_address, str):
-            raise ClusterConfigError(f"{where}: field rpc_address is required for a worker (its private interface)")
-        try:
-            address = ipaddress.ip_address(rpc_address)
-        except ValueError:
-            raise ClusterConfigError(f"{where}: field rpc_address {rpc_address!r} is not an IP address") from None
-        if address.is_unspecified and not private:
-            raise ClusterConfigError(
-                f"{where}: field rpc_address {rpc_address!r} binds every interface; the llama.cpp RPC server has no "
-                "authentication: use the private interface's address, or set private_network = true if it is one")
-        if not (address.is_loopback or address.is_private or private):
-            raise ClusterConfigError(
-                f"{where}: field rpc_address {rpc_address!r} is not a loopback or private address; the RPC server has "
-                "no authentication (set private_network = true only if that network is private)")
-    for key in ("meter_channel", "memory_mb"):
-        value = raw.get(key)
-        if value is not None and (not isinstance(value, int) or value < 0):
-            raise ClusterConfigError(f"{where}: field {key} {value!r} is not a non-negative integer")
-    return Host(name=name, host=raw["host"], port=port, user=raw["user"], key=str(Path(raw["key"]).expanduser()),
+    if node and role == "worker" and rpc_address is None:
+        raise ClusterConfigError(f"{where}: field rpc_address is required for a worker (its private interface)")
+    if rpc_address is not None:
+        check_rpc_address(rpc_address, where, private=private)
+    meter_channel = _int(raw, "meter_channel", where, None, 0, None, "a non-negative integer")
+    memory_mb = _int(raw, "memory_mb", where, None, 0, None, "a non-negative integer")
+    return Host(name=name, host=host, port=port, user=user, key=str(Path(raw["key"]).expanduser()),
                 bin_dir=raw["bin_dir"], work_dir=raw["work_dir"], role=role, rpc_address=rpc_address,
-                rpc_port=rpc_port, meter_channel=raw.get("meter_channel"), memory_mb=raw.get("memory_mb"))
+                rpc_port=rpc_port, meter_channel=meter_channel, memory_mb=memory_mb)

@@ -7,6 +7,12 @@ status and each line stamped with UTC ns on arrival (the quality windows are cut
 stamps). Files move through three calls: ``stage_file`` puts bytes where a tool can read
 them, ``provide`` makes a local file available there (copied and sha256-checked when
 remote), ``fetch`` brings a file the tool wrote back here (checked the same way).
+
+Command lines are never formatted by hand. An argument list goes through :func:`shell_join`
+(every word quoted for a POSIX shell); a command that needs the shell (pipes, redirections,
+``&``) is a constant script whose values arrive as positional parameters (:func:`shell_script`);
+numbers are checked as integers (:func:`int_arg`). No config or data value is ever spliced into
+shell syntax, so a path with spaces, quotes, ``$(...)`` or ``;`` reaches the tool literally.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +36,57 @@ from mqepi.lake.durable import write_atomic
 
 class ExecutorError(MqepiError):
     """A command failed where it ran (``check=True``), or a file could not be moved there."""
+
+
+class CommandError(MqepiError):
+    """A command could not be built: an argument that is not a string, path or integer, or one
+    that no command line can carry (a NUL byte)."""
+
+
+def argv_words(argv: Sequence) -> list[str]:
+    """``argv`` as strings: each item a ``str``, an ``os.PathLike`` or an ``int`` (never a bool,
+    a float or None, which would only be a bug upstream); a NUL byte is refused."""
+    if isinstance(argv, str | bytes) or not argv:
+        raise CommandError(f"a command is a non-empty list of arguments, not {argv!r}")
+    words = []
+    for arg in argv:
+        if isinstance(arg, bool) or not isinstance(arg, str | int | os.PathLike):
+            raise CommandError(f"command argument {arg!r} is not a string, path or integer")
+        word = os.fspath(arg) if isinstance(arg, os.PathLike) else str(arg)
+        if not isinstance(word, str) or "\0" in word:
+            raise CommandError(f"command argument {word!r} cannot be passed to a command")
+        words.append(word)
+    return words
+
+
+def shell_join(argv: Sequence) -> str:
+    """One POSIX shell command line running exactly ``argv`` (each word quoted; ``shlex.split``
+    gives ``argv`` back). The only way a command line is built from values."""
+    return shlex.join(argv_words(argv))
+
+
+def shell_script(script: str, *args, shell: str = "sh") -> str:
+    """A command line running the constant ``script`` with ``shell -c``; the values arrive as
+    ``"$1"``, ``"$2"`` ... and are never parsed as shell syntax. ``script`` must be a constant."""
+    return shell_join([shell, "-c", script, "mqepi", *args])
+
+
+def int_arg(value, what: str, minimum: int = 0, maximum: int | None = None) -> str:
+    """``value`` as a command argument, checked to be an integer (not a bool, a float or a
+    string of digits) within ``minimum..maximum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandError(f"{what} {value!r} is not an integer")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise CommandError(f"{what} {value} is outside {minimum}..{maximum if maximum is not None else 'any'}")
+    return str(value)
+
+
+def file_name(name: str, what: str = "file name") -> str:
+    """``name`` checked to be one path component (no ``/``, not ``.`` or ``..``, no control
+    characters), so a staged or work file stays in its folder."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise CommandError(f"{what} {name!r} is not a single file name")
+    return name
 
 
 @dataclass
@@ -57,9 +114,10 @@ class Executor(Protocol):
     def stream(self, cmd: list[str], progress: Callable[[str], None] = ..., timeout: float | None = ...) -> Result:
         """Run an argument list; ``progress`` sees each output line as it arrives."""
 
-    def run(self, command: str, *, timeout: float | None = ..., on_line: Callable[[str], None] | None = ...,
+    def run(self, command: str | Sequence, *, timeout: float | None = ..., on_line: Callable[[str], None] | None = ...,
             check: bool = ...) -> Result:
-        """Run a shell command line (built from constants and quoted values only)."""
+        """Run an argument list, or a shell command line built by :func:`shell_join` or
+        :func:`shell_script` (a literal string only when it is a constant)."""
 
     def stage_file(self, name: str, data: bytes) -> str:
         """Put ``data`` into the host's staging folder under ``name``; return its path there."""
@@ -118,17 +176,20 @@ class LocalExecutor:
 
     def stream(self, cmd: list[str], progress: Callable[[str], None] = lambda line: None,
                timeout: float | None = None) -> Result:
-        return run_stamped([str(c) for c in cmd], progress, timeout)
+        """Run an argument list here (no shell), stamped per line."""
+        return run_stamped(argv_words(cmd), progress, timeout)
 
-    def run(self, command: str, *, timeout: float | None = 600, on_line: Callable[[str], None] | None = None,
+    def run(self, command: str | Sequence, *, timeout: float | None = 600, on_line: Callable[[str], None] | None = None,
             check: bool = False) -> Result:
-        result = run_stamped(["sh", "-c", command], on_line or (lambda line: None), timeout)
+        """Run an argument list directly, or a command line with ``sh -c``."""
+        argv = ["sh", "-c", command] if isinstance(command, str) else argv_words(command)
+        result = run_stamped(argv, on_line or (lambda line: None), timeout)
         if check and result.returncode != 0:
             raise ExecutorError(f"{self.name}: {command!r} exited {result.returncode}: {result.tail()}")
         return result
 
     def stage_file(self, name: str, data: bytes) -> str:
-        target = self.work_dir / "staging" / name
+        target = self.work_dir / "staging" / file_name(name, "staged file name")
         if not target.is_file() or target.read_bytes() != data:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(target, data)
@@ -138,7 +199,7 @@ class LocalExecutor:
         return str(local)
 
     def work_path(self, *parts: str) -> str:
-        path = self.work_dir.joinpath(*parts)
+        path = self.work_dir.joinpath(*(file_name(part, "work path part") for part in parts))
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)
 

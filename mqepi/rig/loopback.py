@@ -27,6 +27,20 @@ from mqepi.rig import config as cfg
 from mqepi.rig.processes import descendants
 
 
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string: quotes, backslashes and control characters escaped, so
+    a root folder with quotes or ``$(...)`` in its name still gives a faithful config."""
+    out = []
+    for c in str(value):
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 32 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,18 +148,20 @@ class LoopbackCluster:
             process_factory=lambda p, w=str(node.work_dir): _handle(p, w, node.running))
 
     def _toml(self, keys: Path) -> str:
-        lines = [f'known_hosts = "{keys / "known_hosts"}"', ""]
-        key = keys / "id_ed25519"
-        user = os.environ.get("USER", "mqepi")
+        """The cluster config of these nodes (every string escaped for TOML)."""
+        q = toml_string
+        lines = [f"known_hosts = {q(keys / 'known_hosts')}", ""]
+        key, bin_dir = q(keys / "id_ed25519"), q(self.bin_dir)
+        user = q(os.environ.get("USER", "mqepi"))
         for node in self.nodes:
             if node.name == "quant":
-                lines += ["[quant_host]", 'host = "127.0.0.1"', f"port = {node.port}", f'user = "{user}"',
-                          f'key = "{key}"', f'bin_dir = "{self.bin_dir}"', f'work_dir = "{node.work_dir}"', ""]
+                lines += ["[quant_host]", 'host = "127.0.0.1"', f"port = {node.port}", f"user = {user}",
+                          f"key = {key}", f"bin_dir = {bin_dir}", f"work_dir = {q(node.work_dir)}", ""]
         for i, node in enumerate(n for n in self.nodes if n.name != "quant"):
             role = "head" if i == 0 else "worker"
-            lines += ["[[nodes]]", f'name = "{node.name}"', f'role = "{role}"', 'host = "127.0.0.1"',
-                      f"port = {node.port}", f'user = "{user}"', f'key = "{key}"', f'bin_dir = "{self.bin_dir}"',
-                      f'work_dir = "{node.work_dir}"', 'rpc_address = "127.0.0.1"', f"rpc_port = {node.rpc_port}",
+            lines += ["[[nodes]]", f"name = {q(node.name)}", f'role = "{role}"', 'host = "127.0.0.1"',
+                      f"port = {node.port}", f"user = {user}", f"key = {key}", f"bin_dir = {bin_dir}",
+                      f"work_dir = {q(node.work_dir)}", 'rpc_address = "127.0.0.1"', f"rpc_port = {node.rpc_port}",
                       f"meter_channel = {i}", ""]
         return "\n".join(lines)
 

@@ -5,20 +5,25 @@ bound to the worker's private address, and the quality tools on the head with
 ``--rpc host:port,... -ngl 99`` (without ``-ngl`` nothing is offloaded to CPU workers).
 distributed-llama, named in the paper, cannot load GGUF or mix types per tensor, so the
 per-layer maps run on llama.cpp RPC instead.
+
+Every command is built by a function below from an argument list or a constant script whose
+values arrive as positional parameters (see :mod:`mqepi.rig.executor`); none formats a config
+or data value into shell syntax.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqepi.errors import MqepiError
+from mqepi.rig import config as cfg
 from mqepi.rig.config import ClusterConfig, Host
-from mqepi.rig.ssh import ConnectionDropped, Remote, RemoteError
+from mqepi.rig.executor import int_arg, shell_join, shell_script
+from mqepi.rig.ssh import ConnectionDropped, Remote, RemoteError, remove_command
 
 MANIFEST = "toolchain.json"  # written beside bin/ by mqepi toolchain build
 RPC_SERVER = "ggml-rpc-server"
@@ -41,13 +46,37 @@ class NodeReport:
     problems: list[str] = field(default_factory=list)
 
 
+#: $1 the manifest, $2 bin_dir, $3 work_dir, then the tools to find in bin_dir.
 CHECK_SCRIPT = r"""
-cat {manifest} 2>/dev/null | tr -d '\n'; echo
-for t in {tools}; do [ -x {bin_dir}/$t ] || echo "missing:$t"; done
-df -Pk {work_dir} 2>/dev/null | awk 'NR==2 {{print "disk_kb:" $4}}'
-awk '/MemAvailable/ {{print "mem_kb:" $2}}' /proc/meminfo
-cat /sys/class/thermal/thermal_zone0/temp 2>/dev/null | awk '{{print "temp_mc:" $1}}'
+manifest=$1; bin_dir=$2; work_dir=$3; shift 3
+cat -- "$manifest" 2>/dev/null | tr -d '\n'; echo
+for t in "$@"; do [ -x "$bin_dir/$t" ] || printf 'missing:%s\n' "$t"; done
+df -Pk -- "$work_dir" 2>/dev/null | awk 'NR==2 {print "disk_kb:" $4}'
+awk '/MemAvailable/ {print "mem_kb:" $2}' /proc/meminfo
+cat /sys/class/thermal/thermal_zone0/temp 2>/dev/null | awk '{print "temp_mc:" $1}'
 """
+#: $1 address, $2 port: prints "open" when something accepts a TCP connection there (bash's /dev/tcp).
+PORT_PROBE_SCRIPT = '(exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && echo open || echo closed'
+#: $1 the deploy ledger: its lines, nothing when it is missing.
+LEDGER_READ_SCRIPT = 'cat -- "$1" 2>/dev/null || true'
+#: $1 the deploy ledger, then its new lines.
+LEDGER_WRITE_SCRIPT = 'ledger=$1; shift; printf \'%s\\n\' "$@" > "$ledger"'
+
+
+def check_command(host: Host, tools: tuple[str, ...]) -> str:
+    """The health check's command line for ``host``: manifest, missing tools, disk, memory, temperature."""
+    return shell_script(CHECK_SCRIPT, str(Path(host.bin_dir).parent / MANIFEST), host.bin_dir, host.work_dir, *tools)
+
+
+def port_probe_command(address: str, port: int) -> str:
+    """Whether ``address:port`` accepts a connection on that host: prints ``open`` or ``closed``."""
+    return shell_script(PORT_PROBE_SCRIPT, address, int_arg(port, "TCP port", 1, 65535), shell="bash")
+
+
+def rpc_server_argv(worker: Host) -> list[str]:
+    """``ggml-rpc-server`` bound to the worker's RPC address and port, with its tensor cache."""
+    return [f"{worker.bin_dir.rstrip('/')}/{RPC_SERVER}", "-H", worker.rpc_address, "-p",
+            int_arg(worker.rpc_port, f"{worker.name}: rpc_port", 1, 65535), "-c"]
 
 
 def check(config: ClusterConfig, tools: tuple[str, ...] = ("llama-perplexity", "llama-bench", RPC_SERVER)) -> list[NodeReport]:
@@ -60,10 +89,7 @@ def check(config: ClusterConfig, tools: tuple[str, ...] = ("llama-perplexity", "
         wanted = ("llama-quantize",) if host.role == "quant" else tools
         try:
             with Remote(host, config) as remote:
-                script = CHECK_SCRIPT.format(manifest=shlex.quote(str(Path(host.bin_dir).parent / MANIFEST)),
-                                             tools=" ".join(wanted), bin_dir=shlex.quote(host.bin_dir),
-                                             work_dir=shlex.quote(host.work_dir))
-                result = remote.run(script, timeout=60)
+                result = remote.run(check_command(host, wanted), timeout=60)
         except RemoteError as exc:
             report.problems.append(str(exc))
             reports.append(report)
@@ -128,19 +154,26 @@ def deploy(config: ClusterConfig, local: str | Path, sha256: str, *, keep: int =
         if copied:
             remote.put(local, target, sha256)
         ledger = f"{models}/.deployed"
-        listing = remote.run(f"cat {shlex.quote(ledger)} 2>/dev/null || true", timeout=60).text.split()
-        order = [p for p in listing if p != target] + [target]
+        listing = remote.run(shell_script(LEDGER_READ_SCRIPT, ledger), timeout=60).text.splitlines()
+        # only files this tool put in models/ are ever removed, whatever the ledger says
+        order = [p for p in listing if _deployed_here(p, models) and p != target] + [target]
         for old in order[:-keep] if keep > 0 else []:
-            remote.run(f"rm -f {shlex.quote(old)}", timeout=60, check=True)
+            remote.run(remove_command(old), timeout=60, check=True)
             removed.append(old)
         kept = order[-keep:] if keep > 0 else order
-        remote.run(f"printf '%s\\n' {' '.join(shlex.quote(p) for p in kept)} > {shlex.quote(ledger)}", timeout=60,
-                   check=True)
+        remote.run(shell_script(LEDGER_WRITE_SCRIPT, ledger, *kept), timeout=60, check=True)
     return Deployed(target, sha256, copied, removed)
 
 
+def _deployed_here(path: str, models: str) -> bool:
+    """Whether a ledger line names a file directly in ``models`` (not the ledger, not elsewhere)."""
+    name = path[len(models) + 1:] if path.startswith(models + "/") else ""
+    return name not in ("", ".", "..", ".deployed") and "/" not in name
+
+
 def rpc_endpoints(config: ClusterConfig) -> list[str]:
-    return [f"{w.rpc_address}:{w.rpc_port}" for w in config.workers]
+    """The workers' ``address:port`` list for ``--rpc``."""
+    return [f"{w.rpc_address}:{int_arg(w.rpc_port, f'{w.name}: rpc_port', 1, 65535)}" for w in config.workers]
 
 
 @contextmanager
@@ -151,34 +184,40 @@ def rpc_workers(config: ClusterConfig, *, wait_s: float = 15.0):
     try:
         for worker in config.workers:
             remote = Remote(worker, config)
-            busy = remote.run(f"(exec 3<>/dev/tcp/{worker.rpc_address}/{worker.rpc_port}) 2>/dev/null && echo busy || echo free",
-                              timeout=30).text.strip()
-            if busy == "busy":
-                raise ClusterError(f"{worker.name}: RPC port {worker.rpc_address}:{worker.rpc_port} is already in use")
-            cache = f"{worker.work_dir.rstrip('/')}/rpc-cache"
-            log = f"{worker.work_dir.rstrip('/')}/rpc-server.log"
-            command = (f"env LLAMA_CACHE={shlex.quote(cache)} {shlex.quote(worker.bin_dir + '/' + RPC_SERVER)} "
-                       f"-H {shlex.quote(worker.rpc_address)} -p {worker.rpc_port} -c")
-            pid = remote.start_background(command, log)
-            remotes.append((worker, remote, pid))
+            remotes.append((worker, remote, _start_rpc_server(config, worker, remote)))
         deadline = time.monotonic() + wait_s
         for worker, remote, pid in remotes:
-            while True:
-                if not remote.alive(pid):
-                    log = remote.run(f"tail -5 {shlex.quote(worker.work_dir.rstrip('/') + '/rpc-server.log')}", timeout=30).text
-                    raise ClusterError(f"{worker.name}: the RPC server exited: {log.strip()}")
-                up = remote.run(f"(exec 3<>/dev/tcp/{worker.rpc_address}/{worker.rpc_port}) 2>/dev/null && echo up || echo down",
-                                timeout=30).text.strip()
-                if up == "up":
-                    break
-                if time.monotonic() > deadline:
-                    raise ClusterError(f"{worker.name}: the RPC server is not listening on "
-                                       f"{worker.rpc_address}:{worker.rpc_port} after {wait_s} s")
-                time.sleep(0.3)
+            _wait_listening(worker, remote, pid, deadline, wait_s)
         yield rpc_endpoints(config)
     finally:
         for _worker, remote, _pid in remotes:
             remote.close()
+
+
+def _start_rpc_server(config: ClusterConfig, worker: Host, remote: Remote) -> int:
+    """Start one worker's RPC server (its address checked again: the config may not come
+    from :func:`mqepi.rig.config.load`); refuse a port already in use. Returns the pid."""
+    cfg.check_rpc_address(worker.rpc_address, f"{config.path}: node {worker.name}", private=config.private_network)
+    probe = remote.run(port_probe_command(worker.rpc_address, worker.rpc_port), timeout=30).text.strip()
+    if probe == "open":
+        raise ClusterError(f"{worker.name}: RPC port {worker.rpc_address}:{worker.rpc_port} is already in use")
+    work = worker.work_dir.rstrip("/")
+    return remote.start_background(rpc_server_argv(worker), f"{work}/rpc-server.log", env={"LLAMA_CACHE": f"{work}/rpc-cache"})
+
+
+def _wait_listening(worker: Host, remote: Remote, pid: int, deadline: float, wait_s: float) -> None:
+    """Until the worker's RPC server accepts connections; a clear error if it exits or is late."""
+    while True:
+        if not remote.alive(pid):
+            log = f"{worker.work_dir.rstrip('/')}/rpc-server.log"
+            tail = remote.run(shell_join(["tail", "-n", "5", "--", log]), timeout=30).text
+            raise ClusterError(f"{worker.name}: the RPC server exited: {tail.strip()}")
+        if remote.run(port_probe_command(worker.rpc_address, worker.rpc_port), timeout=30).text.strip() == "open":
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{worker.name}: the RPC server is not listening on "
+                               f"{worker.rpc_address}:{worker.rpc_port} after {wait_s} s")
+        time.sleep(0.3)
 
 
 def rpc_args(endpoints: list[str]) -> list[str]:

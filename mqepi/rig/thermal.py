@@ -32,7 +32,7 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,7 @@ THROTTLE_BITS = {
     19: "soft temperature limit occurred",
 }
 THROTTLED_NOW_MASK = 0xF
+#: A constant: no value is formatted into it.
 REMOTE_COMMAND = ("cat /sys/class/thermal/thermal_zone0/temp; "
                   "(vcgencmd get_throttled 2>/dev/null || echo throttled=none)")
 
@@ -145,10 +146,11 @@ class SysfsProbe(ThermalProbe):
 
 
 class CommandProbe(ThermalProbe):
-    """A node read by one shell command through its executor (e.g. SSH): the temperature
-    file, then ``vcgencmd get_throttled``."""
+    """A node read by one command through its executor (e.g. SSH): the temperature file, then
+    ``vcgencmd get_throttled``. ``command`` is a constant shell line (the default) or an
+    argument list; never a line formatted from values (see :func:`mqepi.rig.executor.shell_join`)."""
 
-    def __init__(self, node: str, executor: Executor, sensor: str = "cpu-thermal", command: str = REMOTE_COMMAND,
+    def __init__(self, node: str, executor: Executor, sensor: str = "cpu-thermal", command: str | Sequence = REMOTE_COMMAND,
                  timeout_s: float = 30.0):
         self.node, self.executor, self.sensor, self.command, self.timeout_s = node, executor, sensor, command, timeout_s
 
