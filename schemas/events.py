@@ -14,6 +14,8 @@ Importing this module needs pandera and polars only (no Prefect).
 
 from __future__ import annotations
 
+import re
+
 import pandera.polars as pa
 import polars as pl
 
@@ -23,8 +25,19 @@ from mqepi.quant.ggml import GGML_TYPE_NAMES, QUANT_TYPE_NAMES
 #: Version of every model below; bump a model's own ``SCHEMA_VERSIONS`` entry when it changes.
 SCHEMA_VERSION = 1
 
+# The patterns below are checked by polars (Rust regex), where ``$`` matches only at the very
+# end of the text: "c1\n" is refused. Python's ``re`` lets ``$`` match before a trailing
+# newline, so Python code must use :func:`is_slug` / :func:`is_name` (``re.fullmatch``),
+# never ``re.match`` with these strings.
+
 #: A value that is also a path component of the lake: no separators, no leading dot.
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: The name of a host, node or meter: a slug that may also hold ``:``, ``@``, ``%`` and
+#: ``+`` (an executor is recorded as ``node:address``, e.g. ``pi0:192.168.1.20`` or ``head:::1``).
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._:@%+-]{0,127}$"
+#: Free text of one line shown to people (tensor names, question ids, producer ...): no control
+#: character (C0, DEL, C1), so nothing stored can drive the terminal that prints it.
+LABEL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 #: lab, or community/<submitter> with a safe submitter slug.
 ORIGIN = r"^(lab|community/[a-z0-9][a-z0-9_-]{0,63})$"
 SHA256 = r"^[0-9a-f]{64}$"
@@ -34,6 +47,16 @@ RUN_STATUSES = ("started", "finished", "failed")
 #: A run may measure no power at all (a quality-only evaluation): "none".
 RUN_POWER_SOURCES = (*POWER_SOURCES, "none")
 THROUGHPUT_TESTS = ("pp", "tg", "pg")
+
+
+def is_slug(value: object) -> bool:
+    """True if ``value`` is a string matching :data:`SLUG` as a whole (no trailing newline)."""
+    return isinstance(value, str) and re.fullmatch(SLUG[1:-1], value) is not None
+
+
+def is_name(value: object) -> bool:
+    """True if ``value`` is a string matching :data:`NAME` as a whole (no trailing newline)."""
+    return isinstance(value, str) and re.fullmatch(NAME[1:-1], value) is not None
 
 
 def _non_decreasing(column: str, by: list[str]):
@@ -65,7 +88,7 @@ class Event(pa.DataFrameModel):
     run_id: pl.Utf8 = pa.Field(nullable=True, str_matches=SLUG, description="run, null if not run-bound")
     recorded_at_ns: pl.Int64 = pa.Field(gt=0, description="when the event was recorded, UTC ns")
     origin: pl.Utf8 = pa.Field(str_matches=ORIGIN, description="lab or community/<submitter>")
-    producer: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 200}, description="tool/version")
+    producer: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 200}, str_matches=LABEL, description="tool/version")
 
     class Config:
         strict = True
@@ -102,13 +125,13 @@ class Quantization(ConfigBound):
     map_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
     base_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
     base_ftype: pl.Utf8 = pa.Field(isin=sorted(QUANT_TYPE_NAMES), description="FTYPE given to llama-quantize")
-    llama_cpp_commit: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 64})
+    llama_cpp_commit: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 64}, str_matches=LABEL)
     file_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
     effective_map_sha256: pl.Utf8 = pa.Field(str_matches=SHA256, description="hash of the per-tensor types written")
     file_size_bytes: pl.Int64 = pa.Field(gt=0)
     bits_per_weight: pl.Float64 = pa.Field(gt=0, le=64)
     duration_s: pl.Float64 = pa.Field(ge=0)
-    host: pl.Utf8 = pa.Field(str_length={"min_value": 1})
+    host: pl.Utf8 = pa.Field(str_matches=NAME, description="where llama-quantize ran")
 
     _finite = _finite("bits_per_weight", "duration_s")
 
@@ -117,9 +140,10 @@ class TensorInventory(ConfigBound):
     """One tensor of a quantized file: requested vs effective type."""
 
     file_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
-    tensor: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 256})
+    tensor: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 256}, str_matches=LABEL)
     layer: pl.Int32 = pa.Field(nullable=True, ge=0, description="block index, null for global tensors")
-    group: pl.Utf8 = pa.Field(nullable=True, description="layer group of the map")
+    group: pl.Utf8 = pa.Field(nullable=True, str_length={"min_value": 1, "max_value": 128}, str_matches=LABEL,
+                              description="layer group of the map")
     requested_type: pl.Utf8 = pa.Field(nullable=True, isin=sorted(GGML_TYPE_NAMES), description="null if not quantizable")
     effective_type: pl.Utf8 = pa.Field(isin=sorted(GGML_TYPE_NAMES))
     fallback: pl.Boolean = pa.Field(description="effective differs from requested by llama.cpp's shape fallback")
@@ -137,7 +161,7 @@ class Run(RunBound):
     repeat: pl.Int32 = pa.Field(ge=0)
     file_sha256: pl.Utf8 = pa.Field(nullable=True, str_matches=SHA256)
     power_source: pl.Utf8 = pa.Field(isin=list(RUN_POWER_SOURCES))
-    host: pl.Utf8 = pa.Field(str_length={"min_value": 1})
+    host: pl.Utf8 = pa.Field(str_matches=NAME, description="the head node or this machine")
     provenance_json: pl.Utf8 = pa.Field(description="versions, hashes, settings as JSON")
     message: pl.Utf8 = pa.Field(nullable=True, description="why a run failed")
 
@@ -146,7 +170,7 @@ class Phase(RunBound):
     """A named measurement window, bracketing exactly the work it measures."""
 
     phase: pl.Utf8 = pa.Field(str_matches=SLUG, description="idle_baseline, mmlu, perplexity, pp, tg ...")
-    node: pl.Utf8 = pa.Field(nullable=True, description="node the window is about, null for the cluster")
+    node: pl.Utf8 = pa.Field(nullable=True, str_matches=NAME, description="node the window is about, null for the cluster")
     start_ns: pl.Int64 = pa.Field(gt=0)
     end_ns: pl.Int64 = pa.Field(gt=0)
     tokens: pl.Int64 = pa.Field(nullable=True, ge=0, description="tokens processed inside the window")
@@ -160,9 +184,9 @@ class PowerSample(RunBound):
     """One reading of one meter channel."""
 
     power_source: pl.Utf8 = pa.Field(isin=list(POWER_SOURCES))
-    meter_id: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 128})
+    meter_id: pl.Utf8 = pa.Field(str_matches=NAME)
     channel: pl.Int32 = pa.Field(ge=0, le=63)
-    node: pl.Utf8 = pa.Field(nullable=True)
+    node: pl.Utf8 = pa.Field(nullable=True, str_matches=NAME)
     seq: pl.Int64 = pa.Field(ge=0, description="meter sequence number")
     meter_time_ns: pl.Int64 = pa.Field(nullable=True, description="meter clock")
     host_time_ns: pl.Int64 = pa.Field(gt=0, description="host UTC time on arrival")
@@ -182,8 +206,9 @@ class PowerSample(RunBound):
 class ThermalSample(RunBound):
     """One temperature reading of one node."""
 
-    node: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 128})
-    sensor: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 128})
+    node: pl.Utf8 = pa.Field(str_matches=NAME)
+    sensor: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 128}, str_matches=LABEL,
+                               description="thermal zone type, e.g. cpu-thermal (may hold spaces)")
     host_time_ns: pl.Int64 = pa.Field(gt=0)
     temperature_c: pl.Float64 = pa.Field(ge=-60, le=150)
     throttled: pl.Boolean = pa.Field()
@@ -202,8 +227,8 @@ class BenchmarkAnswer(RunBound):
 
     benchmark: pl.Utf8 = pa.Field(isin=list(BENCHMARKS))
     question_set_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
-    question_id: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 256})
-    subject: pl.Utf8 = pa.Field(nullable=True)
+    question_id: pl.Utf8 = pa.Field(str_length={"min_value": 1, "max_value": 256}, str_matches=LABEL)
+    subject: pl.Utf8 = pa.Field(nullable=True, str_length={"max_value": 256}, str_matches=LABEL)
     shots: pl.Int32 = pa.Field(ge=0, le=64)
     prompt_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
     predicted: pl.Int32 = pa.Field(nullable=True, ge=0, le=63,

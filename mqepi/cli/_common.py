@@ -1,13 +1,22 @@
 """What every command module shares: the lake option's value, the consoles, the error edge,
-progress and table printing.
+progress and table printing, and the one rule for printing untrusted text.
 
 Library errors (:class:`~mqepi.errors.MqepiError`) become one-line messages and exit status 1
 here, and only here (:func:`edge`).
+
+Every value a command prints may come from a community bundle, a file or a tool's output, so
+every printing path goes through :func:`plain`: control characters (C0, DEL, C1) and the
+invisible characters that reorder or break lines become visible escapes (``\\x1b``), so
+nothing printed can move the cursor, clear the screen or set the terminal's title. A value
+put into a rich markup string goes through :func:`safe` (``plain`` + markup escaped), a table
+cell or title through :func:`cell` (a rich ``Text``, never read as markup).
 """
 
 from __future__ import annotations
 
 import functools
+import re
+import sys
 from collections.abc import Callable
 
 import polars as pl
@@ -15,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mqepi.errors import MqepiError
 from mqepi.lake.store import Lake
@@ -25,6 +35,45 @@ err = Console(stderr=True)
 
 #: What every simulated power figure printed by a command carries.
 SIMULATED_NOTE = "[bold yellow]SIMULATED[/]: power_source=simulated; these numbers are not measurements."
+
+
+#: Characters a terminal may act on or that hide or reorder text: C0 controls, DEL, C1
+#: controls, the Arabic letter mark, left-to-right / right-to-left marks, the line and
+#: paragraph separators, and the bidi embeddings, overrides and isolates.
+_HIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(value: object, keep: str = "") -> str:
+    """``value`` as text that shows as itself on a terminal: every control character (C0,
+    DEL, C1) and invisible bidi or line-separator character becomes its escape (``\\x1b``,
+    ``\\u202e``); characters in ``keep`` (``"\\n"`` for a multi-line message) stay."""
+    text = value if isinstance(value, str) else str(value)
+    return _HIDDEN.sub(lambda m: m.group() if m.group() in keep else _escaped(m.group()), text)
+
+
+def _escaped(char: str) -> str:
+    """``\\xNN`` for a character below U+0100, ``\\uNNNN`` otherwise."""
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(value: object, keep: str = "") -> str:
+    """:func:`plain`, with rich markup escaped: for a value put into a markup string."""
+    return escape(plain(value, keep))
+
+
+def cell(value: object, style: str = "") -> Text:
+    """:func:`plain` as a rich ``Text`` (never read as markup): a table cell, title or header;
+    None is empty."""
+    return Text("" if value is None else plain(value), style=style)
+
+
+def write_data(data: str) -> None:
+    """Write CSV / JSON output to stdout: as is into a pipe or file, with control characters
+    made visible (:func:`plain`, newlines kept) on a terminal."""
+    if sys.stdout.isatty():
+        data = plain(data, keep="\n")
+    sys.stdout.write(data)
 
 
 class State:
@@ -46,25 +95,27 @@ def edge(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except MqepiError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err.print(Text.assemble(("error:", "bold red"), " ", plain(str(exc), keep="\n\t")), highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
 
 
 def print_frame(df: pl.DataFrame, title: str | None = None) -> None:
-    """Print a polars frame as a rich table."""
-    table = Table(title=title, show_lines=False)
+    """Print a polars frame as a rich table; every title, header and cell through :func:`cell`."""
+    table = Table(title=None if title is None else cell(title), show_lines=False)
     for column in df.columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(cell(column), overflow="fold")
     for row in df.iter_rows():
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(cell(v) for v in row))
     out.print(table)
 
 
-def say(line: str) -> None:
-    """Print one progress line as it is (no markup, no highlighting)."""
-    out.print(line, highlight=False, markup=False)
+def say(line: str, console: Console | None = None) -> None:
+    """Print one progress line as text (:func:`plain`; no markup, no highlighting), on ``out``
+    or on ``console``."""
+    (console or out).print(plain(line), highlight=False, markup=False, soft_wrap=True)
 
 
 def progress_printer() -> Callable[[str], None]:
@@ -75,7 +126,7 @@ def progress_printer() -> Callable[[str], None]:
 
     def progress(line: str) -> None:
         if line:
-            status.update(line[:120])
+            status.update(cell(line[:120]))
 
     progress.stop = status.stop  # type: ignore[attr-defined]
     return progress

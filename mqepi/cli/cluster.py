@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from mqepi.cli._common import edge, out, print_frame
+from mqepi.cli._common import edge, print_frame, say
 from mqepi.quant import toolchain
 from mqepi.rig import config as cfg
 from mqepi.rig import ops
@@ -41,8 +41,8 @@ def cluster_local(
     """Start a loopback cluster (SSH servers on 127.0.0.1 with generated keys) and write its config."""
     tc = toolchain.ensure()
     with LoopbackCluster(nodes, tc.bin_dir, root) as lc:
-        out.print(f"loopback cluster of {nodes} nodes + a quant host; config: {lc.config_path}")
-        out.print(f"try: mqepi cluster check {lc.config_path}   (Ctrl-C stops and tears everything down)")
+        say(f"loopback cluster of {nodes} nodes + a quant host; config: {lc.config_path}")
+        say(f"try: mqepi cluster check {lc.config_path}   (Ctrl-C stops and tears everything down)")
         try:
             time.sleep(duration) if duration is not None else time.sleep(10**9)
         except KeyboardInterrupt:

@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from mqepi.cli._common import edge, err, lake, out, split_list
+from mqepi.cli._common import cell, edge, err, lake, out, safe, split_list
 from mqepi.community.ingest import ingest
 from mqepi.community.manifest import LICENCES, origin_for
 from mqepi.community.problems import BundleRejected, CommunityError, short
@@ -56,7 +54,7 @@ def submit_command(
         meter_calibration=meter_calibration, node_max_w=node_max_w, llama_cpp_commit=llama_cpp_commit,
         base_sha256=base_sha256,
     )
-    out.print(f"bundle {escape(str(path))}: {len(set(ids))} runs from {escape(lk.uri)}, origin {origin_for(submitter)}; "
+    out.print(f"bundle {safe(path)}: {len(set(ids))} runs from {safe(lk.uri)}, origin {safe(origin_for(submitter))}; "
               f"checked with the ingest rules", highlight=False, soft_wrap=True)
 
 
@@ -74,23 +72,24 @@ def ingest_command(
     try:
         result = ingest(bundle, lk, quarantine_dir=quarantine, dry_run=dry_run)
     except BundleRejected as exc:
-        table = Table(title=Text(f"{len(exc.report.problems)} problems in {bundle}"))
+        table = Table(title=cell(f"{len(exc.report.problems)} problems in {bundle}"))
         for column in ("check", "file", "column", "row", "value", "detail"):
             table.add_column(column, overflow="fold")
         for p in exc.report.problems:
             cells = (p.check, p.file or "", p.column or "", "" if p.row is None else str(p.row),
                      "" if p.value is None else short(p.value), p.detail)
-            table.add_row(*(Text(c) for c in cells))  # bundle text is never read as rich markup
+            table.add_row(*(cell(c) for c in cells))  # bundle text: never markup, controls made visible
         out.print(table)
         if exc.quarantined_to is not None:
-            err.print(f"quarantined to {escape(str(exc.quarantined_to))}", highlight=False, soft_wrap=True)
+            err.print(f"quarantined to {safe(exc.quarantined_to)}", highlight=False, soft_wrap=True)
         raise
     if result.status == "valid":
-        out.print(f"[green]valid[/]: {result.events} events from {result.origin}; nothing written (--dry-run)", highlight=False)
+        out.print(f"[green]valid[/]: {result.events} events from {safe(result.origin)}; nothing written (--dry-run)",
+                  highlight=False, soft_wrap=True)
     elif result.status == "already-ingested":
-        out.print(f"already ingested: every event of {escape(result.bundle)} ({result.events}) is in {escape(lk.uri)}; "
+        out.print(f"already ingested: every event of {safe(result.bundle)} ({result.events}) is in {safe(lk.uri)}; "
                   "nothing written", highlight=False, soft_wrap=True)
     else:
         written = ", ".join(f"{t} {n}" for t, n in result.rows_written.items() if n)
-        out.print(f"[green]ingested[/] {escape(result.bundle)} as {result.origin}: {sum(result.rows_written.values())} events "
-                  f"written to {escape(lk.uri)} ({written or 'none new'})", highlight=False, soft_wrap=True)
+        out.print(f"[green]ingested[/] {safe(result.bundle)} as {safe(result.origin)}: {sum(result.rows_written.values())} "
+                  f"events written to {safe(lk.uri)} ({safe(written or 'none new')})", highlight=False, soft_wrap=True)

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mqepi.cli._common import edge, lake, out, split_list
+from mqepi.cli._common import cell, edge, lake, out, say, split_list
 from mqepi.flows import prefect_environment
 from mqepi.lake.store import Lake
 from mqepi.quant import expansion, maps, toolchain
@@ -232,16 +232,16 @@ def print_results(snap, console: Console) -> None:
     for column in ("config", "kind", "size MB", "PPL", "J/token", "accuracy", "EPI", "n", "origin"):
         table.add_column(column)
     for r in summary.iter_rows(named=True):
-        table.add_row(r["config_id"], r["kind"] or "", f"{(r['file_size_bytes'] or 0) / 1e6:.1f}",
+        table.add_row(cell(r["config_id"]), cell(r["kind"]), f"{(r['file_size_bytes'] or 0) / 1e6:.1f}",
                       _fmt(r["ppl"], ".2f"), _fmt(r["j_per_token"], ".4f"), _fmt(r["accuracy"], ".2f"),
-                      _fmt(r["epi"], ".4f"), str(r["n_repeats"]), r["origin"])
+                      _fmt(r["epi"], ".4f"), str(r["n_repeats"]), cell(r["origin"]))
     console.print(table)
     pairs = pl.read_parquet(snap.tables["matched_pairs"])
     table = Table(title=f"Perplexity-matched pairs{sim}")
     for column in ("config A", "config B", "PPL A", "PPL B", "EPI A", "EPI B", "EPI B-A", "McNemar p"):
         table.add_column(column)
     for r in pairs.sort("ppl_diff").head(12).iter_rows(named=True):
-        table.add_row(r["config_a"], r["config_b"], _fmt(r["ppl_a"], ".2f"), _fmt(r["ppl_b"], ".2f"),
+        table.add_row(cell(r["config_a"]), cell(r["config_b"]), _fmt(r["ppl_a"], ".2f"), _fmt(r["ppl_b"], ".2f"),
                       _fmt(r["epi_a"], ".4f"), _fmt(r["epi_b"], ".4f"), _fmt(r["epi_diff"], "+.4f"),
                       _fmt(r["mcnemar_p"], ".3f"))
     console.print(table)
@@ -250,7 +250,7 @@ def print_results(snap, console: Console) -> None:
     for column in ("config", "kind", "accuracy", "J/token", "P(on frontier)", "mixed, no uniform matches"):
         table.add_column(column)
     for r in front.iter_rows(named=True):
-        table.add_row(r["config_id"], r["kind"] or "", _fmt(r["accuracy"], ".2f"), _fmt(r["j_per_token"], ".4f"),
+        table.add_row(cell(r["config_id"]), cell(r["kind"]), _fmt(r["accuracy"], ".2f"), _fmt(r["j_per_token"], ".4f"),
                       _fmt(r["frontier_probability"], ".2f"), "yes" if r["mixed_unmatched"] else "")
     console.print(table)
 
@@ -295,16 +295,16 @@ def run_demo(lake: Lake, console: Console, settings: DemoSettings | None = None)
     try:
         for stage in stages(state, console):
             if not ok:
-                table.add_row(stage.name, "[dim]skipped[/]", "an earlier stage failed", "")
+                table.add_row(cell(stage.name), "[dim]skipped[/]", "an earlier stage failed", "")
                 continue
-            console.print(f"[bold]>[/] {stage.name} ...")
+            console.print(cell(">", "bold") + cell(f" {stage.name} ..."))
             start = time.perf_counter()
             try:
-                detail = stage.run(lake, lambda message: console.print(f"  {message}", highlight=False, markup=False))
-                table.add_row(stage.name, "[green]done[/]", detail, f"{time.perf_counter() - start:.1f}")
+                detail = stage.run(lake, lambda message: say(f"  {message}", console))
+                table.add_row(cell(stage.name), "[green]done[/]", cell(detail), f"{time.perf_counter() - start:.1f}")
             except Exception as exc:  # reported as the stage's failure, and the demo fails
                 ok = False
-                table.add_row(stage.name, "[bold red]failed[/]", f"{type(exc).__name__}: {exc}",
+                table.add_row(cell(stage.name), "[bold red]failed[/]", cell(f"{type(exc).__name__}: {exc}"),
                               f"{time.perf_counter() - start:.1f}")
     finally:
         if state.cluster is not None:

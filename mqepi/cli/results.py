@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from mqepi.cli._common import edge, lake, out, say
+from mqepi.cli._common import edge, lake, out, safe, say
 from mqepi.results.report.labels import power_banner
 from mqepi.results.report.write import build_report
 from mqepi.results.snapshots import default_out_dir, recompute
@@ -25,8 +24,9 @@ def recompute_command(
     last snapshot when the lake has not changed."""
     lk = lake()
     snap = recompute(lk, out_dir or default_out_dir(lk), progress=say)
-    out.print(f"{'reused' if snap.reused else 'wrote'} {snap.path}: {snap.runs_total} runs ({snap.runs_new} new), "
-              f"lake state {snap.lake_state_sha256[:12]} ({snap.lake_files} files), {snap.seconds:.2f} s", highlight=False)
+    out.print(f"{'reused' if snap.reused else 'wrote'} {safe(snap.path)}: {snap.runs_total} runs ({snap.runs_new} new), "
+              f"lake state {snap.lake_state_sha256[:12]} ({snap.lake_files} files), {snap.seconds:.2f} s", highlight=False,
+              soft_wrap=True)
 
 
 @app.command("report")
@@ -45,15 +45,15 @@ def report_command(
     lk = lake()
     built = build_report(lk, out_dir, origin=origin, bandwidth_gbs=bandwidth_gbs, write=not summary_only)
     if built.files is None:
-        out.print(escape(built.summary), highlight=False, soft_wrap=True, end="")
+        out.print(safe(built.summary, keep="\n"), highlight=False, soft_wrap=True, end="")
         return
     files = built.files
     severity, banner = power_banner(built.data.power_sources())
     style = {"simulated": "bold red", "measured": "green"}.get(severity, "bold")
-    out.print(f"[{style}]{escape(banner)}[/]", highlight=False, soft_wrap=True)
-    out.print(f"report of {len(built.data.groups())} groups from {escape(lk.uri)}:", highlight=False, soft_wrap=True)
-    out.print(f"  {escape(str(files.markdown))}", highlight=False, soft_wrap=True)
-    out.print(f"  {escape(str(files.html))} (self-contained)", highlight=False, soft_wrap=True)
+    out.print(f"[{style}]{safe(banner)}[/]", highlight=False, soft_wrap=True)
+    out.print(f"report of {len(built.data.groups())} groups from {safe(lk.uri)}:", highlight=False, soft_wrap=True)
+    out.print(f"  {safe(files.markdown)}", highlight=False, soft_wrap=True)
+    out.print(f"  {safe(files.html)} (self-contained)", highlight=False, soft_wrap=True)
     if files.figures:
-        out.print(f"  {len(files.figures)} figure files in {escape(str(files.figures[0].parent))}", highlight=False,
+        out.print(f"  {len(files.figures)} figure files in {safe(files.figures[0].parent)}", highlight=False,
                   soft_wrap=True)

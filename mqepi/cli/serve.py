@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from mqepi.cli._common import State, edge, out
+from mqepi.cli._common import State, edge, say
 from mqepi.errors import MqepiError
 
 app = typer.Typer()
@@ -29,7 +29,7 @@ def serve_command(
                          "PREFECT_API_URL=http://127.0.0.1:4200/api")
     from mqepi.flows.serve import serve_all  # Prefect is heavy: imported only when serving
 
-    out.print(f"serving sweep/{name}, recompute-frontier/{name} ({frontier_cron}), ingest-submissions/{name} "
-              f"on {os.environ['PREFECT_API_URL']}", highlight=False)
+    say(f"serving sweep/{name} (one run at a time), recompute-frontier/{name} ({frontier_cron}), "
+        f"ingest-submissions/{name} on {os.environ['PREFECT_API_URL']}")
     serve_all(name, lake=State.lake_root, frontier_cron=frontier_cron, drop=drop, ingest_cron=ingest_cron,
               cluster=cluster)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import polars as pl
 import typer
 
-from mqepi.cli._common import edge, lake, out, print_frame
+from mqepi.cli._common import edge, lake, out, print_frame, safe, write_data
 from mqepi.errors import QueryError
 from mqepi.results import sql
 
@@ -30,7 +29,8 @@ def sql_command(
     con = sql.connect(lake())
     if list_views:
         for view in sql.views(con):
-            out.print(f"[bold]{view.name}[/]: " + ", ".join(f"{c} {t}" for c, t in view.columns), soft_wrap=True)
+            out.print(f"[bold]{safe(view.name)}[/]: " + ", ".join(f"{safe(c)} {safe(t)}" for c, t in view.columns),
+                      soft_wrap=True, highlight=False)
         return
     if not query:
         raise QueryError("give a query, e.g. mqepi sql \"SELECT * FROM run\", or --views")
@@ -47,7 +47,7 @@ def sql_command(
         if fmt == "parquet":
             raise QueryError("--format parquet needs --output FILE")
         df = pl.from_arrow(result)
-        sys.stdout.write(df.write_csv() if fmt == "csv" else df.write_json())
+        write_data(df.write_csv() if fmt == "csv" else df.write_json())
         return
     sql.export(result, fmt, output)
-    out.print(f"wrote {result.num_rows} rows to {output}")
+    out.print(f"wrote {result.num_rows} rows to {safe(output)}", highlight=False, soft_wrap=True)

@@ -8,9 +8,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mqepi.cli._common import edge, lake, out, say, split_list
+from mqepi.cli._common import edge, lake, out, say, split_list, write_data
 from mqepi.flows import prefect_environment
 from mqepi.sweep import forecast as plan
+from mqepi.sweep.exclusive import check_free
 from mqepi.sweep.run import run_sweep
 from mqepi.sweep.spec import SweepError, SweepSpec, spec_from_json
 
@@ -74,18 +75,20 @@ def sweep_command(
 ) -> None:
     """Measure every (configuration, repeat) not yet finished in the lake: quantize, deploy,
     stabilise, idle window, benchmark windows, perplexity/KLD, throughput. Rerunning the same
-    settings resumes; an interrupted run is marked failed and redone."""
+    settings resumes; an interrupted run is marked failed and redone. While another process
+    runs the same sweep or measures one of its nodes, exits at once naming that process."""
     spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
     lk = lake()
+    check_free(spec, lk)  # before starting Prefect; the sweep's own locks are what exclude
     if prefect:
         prefect_environment()
         from mqepi.flows.sweep import run_flow  # Prefect is heavy: imported only when a flow runs
 
-        out.print(json.dumps(run_flow(spec, lk.uri), indent=1))
+        write_data(json.dumps(run_flow(spec, lk.uri), indent=1) + "\n")
         return
     result = run_sweep(spec, lk, progress=say)
-    out.print(f"sweep {result.sweep_id}: {len(result.finished)} runs finished in {result.wall_s:.0f} s, "
-              f"{len(result.skipped)} finished before, {len(result.marked_failed)} interrupted runs marked failed")
+    say(f"sweep {result.sweep_id}: {len(result.finished)} runs finished in {result.wall_s:.0f} s, "
+        f"{len(result.skipped)} finished before, {len(result.marked_failed)} interrupted runs marked failed")
 
 
 @app.command("plan")

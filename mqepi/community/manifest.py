@@ -24,7 +24,7 @@ MANIFEST_SCHEMA = json.loads(Path(__file__).with_name("manifest.schema.json").re
 LICENCES = tuple(MANIFEST_SCHEMA["properties"]["licence"]["enum"])
 #: A submitter id: the origin's slug (schemas/events.py ORIGIN), so also a safe path component.
 SUBMITTER_MAX_LEN = 64
-SUBMITTER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SUBMITTER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 
 
 def file_name(event_type: str) -> str:

@@ -3,7 +3,10 @@
 :func:`build_bundle` gathers every run-bound event of the chosen runs and the config-bound
 events of their configurations, re-stamps them ``origin = community/<submitter>``, states
 what the data cannot tell (hardware, meter calibration) in ``manifest.json``, writes the
-bundle under a temporary name and renames it, then checks it with the ingest rules.
+bundle under a temporary name beside the target, checks it there with the ingest rules and
+only then renames it into place: a failed submit leaves nothing at ``out``. Every input (the
+submitter id as a whole, the free texts without control characters) is checked before
+anything is read or written.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
+import uuid
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,11 +39,15 @@ from mqepi.community.manifest import (
 )
 from mqepi.community.problems import BundleRejected, BundleReport, CommunityError
 from mqepi.community.validate import restamp, validate_bundle
+from mqepi.lake.durable import fsync_dir, fsync_file
 from mqepi.lake.store import Lake
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND
+from mqepi.schemas.events import ORIGIN
 
 #: Zip entries get this fixed time, so a bundle's bytes depend only on its content.
 ZIP_DATE_TIME = (2020, 1, 1, 0, 0, 0)
+#: Control characters (C0, DEL, C1): never in a text a submitter states.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def build_bundle(lake: Lake, run_ids: list[str], out: str | os.PathLike, *, submitter: str, contact: str,
@@ -55,6 +64,9 @@ def build_bundle(lake: Lake, run_ids: list[str], out: str | os.PathLike, *, subm
     The bundle is validated before this returns; ``out`` must not exist.
     """
     out, runs = _check_request(run_ids, out, submitter, licence)
+    _check_texts({"--contact": contact, "--name": submitter_name, "--hardware": hardware,
+                  "--meter-calibration": meter_calibration, "--llama-cpp-commit": llama_cpp_commit,
+                  "--base-sha256": base_sha256})
     frames = _gather(lake, runs, origin_for(submitter))
     models = sorted(set().union(*(set(df["model"].to_list()) for df in frames.values())))
     if len(models) != 1:
@@ -81,16 +93,14 @@ def build_bundle(lake: Lake, run_ids: list[str], out: str | os.PathLike, *, subm
         raise CommunityError(f"the manifest for {out} is invalid: {report.problems[0]}")
     files[MANIFEST] = (json.dumps(manifest, indent=1) + "\n").encode()
     _write_bundle(out, files)
-    try:
-        validate_bundle(out)
-    except BundleRejected as exc:
-        raise CommunityError(f"the bundle written to {out} does not pass ingest checks: {exc.report.problems[0]}") from exc
     return out
 
 
 def _check_request(run_ids: list[str], out: str | os.PathLike, submitter: str, licence: str) -> tuple[Path, list[str]]:
     """The bundle path (which must not exist) and the run ids, once the submitter and licence are known good."""
     why = submitter_problems(submitter)
+    if not why and (not isinstance(submitter, str) or re.fullmatch(ORIGIN[1:-1], origin_for(submitter)) is None):
+        why = ["is not a lowercase slug (a-z, 0-9, '_', '-'; starting with a letter or digit), as a whole"]
     if why:
         raise CommunityError(f"--submitter {submitter!r} {why[0]}")
     if licence not in LICENCES:
@@ -102,6 +112,20 @@ def _check_request(run_ids: list[str], out: str | os.PathLike, submitter: str, l
     if not runs:
         raise CommunityError("no runs given")
     return out, runs
+
+
+def _check_texts(texts: dict[str, object]) -> None:
+    """Every string in ``texts`` (option -> value; lists and objects walked) is free of control
+    characters; else :class:`CommunityError` naming the option, where in it, and the value."""
+    stack: list[tuple[str, object]] = list(texts.items())
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{where} {key!r}", key) for key in value] + [(f"{where}/{key}", v) for key, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{where}/{i}", v) for i, v in enumerate(value)]
+        elif isinstance(value, str) and CONTROL.search(value):
+            raise CommunityError(f"{where}: {value[:80]!r} holds a control character; a bundle states text without them")
 
 
 def _gather(lake: Lake, runs: list[str], origin: str) -> dict[str, pl.DataFrame]:
@@ -190,28 +214,47 @@ def _encode(frames: dict[str, pl.DataFrame], row_group_rows: int) -> tuple[dict[
 
 
 def _write_bundle(out: Path, files: dict[str, bytes]) -> None:
-    """Write under a temporary name beside ``out``, then rename (no partial bundle is visible)."""
+    """Write the bundle under a temporary name beside ``out``, check it there with the ingest
+    rules, then rename it into place; on any failure (an interrupt included) the temporary
+    bundle is removed and nothing appears at ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    temp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
-        if out.suffix == ".zip":
-            with zipfile.ZipFile(temp, "w") as zf:
-                for name, data in files.items():
-                    info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
-                    info.external_attr = (stat.S_IFREG | 0o644) << 16
-                    info.compress_type = zipfile.ZIP_DEFLATED if name == MANIFEST else zipfile.ZIP_STORED
-                    zf.writestr(info, data)
-        else:
-            temp.mkdir()
-            for name, data in files.items():
-                (temp / name).write_bytes(data)
-        if out.exists():
+        try:
+            _write_files(temp, files, zipped=out.suffix == ".zip")
+        except OSError as exc:
+            raise CommunityError(f"cannot write bundle {out}: {exc}") from exc
+        try:
+            validate_bundle(temp)
+        except BundleRejected as exc:
+            raise CommunityError(f"the bundle for {out} does not pass ingest checks: {exc.report.problems[0]}") from exc
+        if out.exists() or out.is_symlink():
             raise CommunityError(f"{out} appeared while the bundle was written")
-        os.rename(temp, out)
-    except OSError as exc:
-        raise CommunityError(f"cannot write bundle {out}: {exc}") from exc
+        try:
+            os.rename(temp, out)
+            fsync_dir(out.parent)
+        except OSError as exc:
+            raise CommunityError(f"cannot write bundle {out}: {exc}") from exc
     finally:
-        if temp.is_dir():
+        if temp.is_dir() and not temp.is_symlink():
             shutil.rmtree(temp)
-        elif temp.exists():
+        elif temp.exists() or temp.is_symlink():
             temp.unlink()
+
+
+def _write_files(temp: Path, files: dict[str, bytes], *, zipped: bool) -> None:
+    """``files`` as a zip file or a folder at ``temp`` (a new name), flushed to disk."""
+    if zipped:
+        with zipfile.ZipFile(temp, "x") as zf:
+            for name, data in files.items():
+                info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED if name == MANIFEST else zipfile.ZIP_STORED
+                zf.writestr(info, data)
+        fsync_file(temp)
+        return
+    temp.mkdir()
+    for name, data in files.items():
+        (temp / name).write_bytes(data)
+        fsync_file(temp / name)
+    fsync_dir(temp)

@@ -57,7 +57,7 @@ class RunKey:
     def __post_init__(self) -> None:
         for name in ("model", "config_id", "run_id"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not _SLUG.match(value):
+            if not isinstance(value, str) or not _SLUG.fullmatch(value):
                 raise MeterError(f"{name} {value!r} is not a slug ({SLUG[1:-1]})")
 
     def columns(self, n: int) -> dict[str, pl.Series]:

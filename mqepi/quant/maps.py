@@ -14,6 +14,8 @@ Defaults where a map is silent (documented in docs/quant_maps.md):
 * ``token_embd.weight`` gets the base type of the *first* layer's group file type, or, when
   the model ties its embeddings (no output.weight), the output rule above.
 For a uniform map these equal what plain ``llama-quantize <FTYPE>`` does.
+Maps and profiles are read strictly (:func:`read_json`, docs/quant_maps.md "Parsing rules");
+every problem is one :class:`MapError` line naming the file, the field and the value.
 """
 
 from __future__ import annotations
@@ -37,8 +39,16 @@ REPO = Path(__file__).resolve().parents[2]
 MAPS_DIR = REPO / "quant_maps"
 PROFILES_DIR = MAPS_DIR / "models"
 MAP_SCHEMA = json.loads(resources.files("mqepi.schemas").joinpath("quant_map.schema.json").read_text())
-SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-BLOCK = re.compile(r"^blk\.(\d+)\.(.+)\.weight$")
+#: ``\Z``, not ``$`` (which also matches before a trailing newline): ``SLUG.match`` is a full match.
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+BLOCK = re.compile(r"blk\.([0-9]{1,9})\.(.+)\.weight\Z")
+#: The largest map or profile file read, in bytes (the biggest committed profile is under 50 kB).
+MAX_JSON_BYTES = 4 << 20
+#: The deepest nesting of JSON objects and arrays in a map or profile (a map needs 4).
+MAX_JSON_DEPTH = 32
+#: Layer numbers run from 0 to MAX_LAYERS - 1; a profile has at most MAX_LAYERS layers.
+MAX_LAYERS = 1024
+_MAX_INT_DIGITS = 30  # a JSON integer of more digits is kept as a _HugeInt, never converted
 #: Tensors llama.cpp never quantizes, besides 1-D ones: the MoE router.
 NEVER_QUANTIZED = ("ffn_gate_inp",)
 
@@ -73,6 +83,81 @@ PAPER_MATRIX: tuple[tuple[str, str, str, str, str], ...] = (
 
 class MapError(MqepiError):
     """A quant map or model profile is invalid. The message names file, field and value."""
+
+
+class _HugeInt:
+    """A JSON integer too long to be a layer number or a size, kept as its text so that a message
+    can name it (Python refuses to convert integers of over 4300 digits). Neither int nor str."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"{self.text[:12]}... ({len(self.text.lstrip('-'))} digits)"
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refusing a key that appears twice (json would keep the last silently)."""
+    obj: dict = {}
+    for key, value in pairs:
+        if key in obj:
+            raise MapError(f"field {_show(key)} appears twice in one object")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str):
+    """Refuse NaN, Infinity and -Infinity (not JSON)."""
+    raise MapError(f"non-standard JSON constant {name}")
+
+
+def _depth(value: object) -> int:
+    """How deeply objects and arrays nest in ``value`` (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)) and level <= MAX_JSON_DEPTH + 1:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def decode_json(data: bytes | str, where: str) -> object:
+    """Strict JSON of a map or profile: at most :data:`MAX_JSON_BYTES`, UTF-8, no key twice in one
+    object, no NaN / Infinity, nested at most :data:`MAX_JSON_DEPTH` deep; else :class:`MapError`."""
+    if len(data) > MAX_JSON_BYTES:
+        raise MapError(f"{where}: {len(data)} bytes, more than the {MAX_JSON_BYTES} a map or profile may have")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MapError(f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        value = json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                           parse_int=lambda t: _HugeInt(t) if len(t.lstrip("-")) > _MAX_INT_DIGITS else int(t))
+    except MapError as exc:
+        raise MapError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise MapError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as exc:
+        raise MapError(f"{where}: not JSON: {exc}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise MapError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def read_json(path: str | Path, what: str = "map") -> object:
+    """A map or profile file through :func:`decode_json`, never reading more than
+    :data:`MAX_JSON_BYTES` + 1 bytes; :class:`MapError` naming the file otherwise."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise MapError(f"{path}: no such {what} file") from None
+    except OSError as exc:
+        raise MapError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from None
+    return decode_json(data, str(path))
 
 
 # ------------------------------------------------------------------ profiles
@@ -128,8 +213,16 @@ class ModelProfile:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "<profile>") -> ModelProfile:
+        """A profile from its decoded JSON; :class:`MapError` naming ``where``, the field and the value."""
+        if not isinstance(data, dict):
+            raise MapError(f"{where}: a model profile must be a JSON object, not {type(data).__name__}")
+        if not isinstance(data.get("id"), str) or not SLUG.match(data["id"]):
+            raise MapError(f"{where}: field id: {_show(data.get('id'))} is not a slug")
+        for key, high in (("n_layers", MAX_LAYERS), ("n_head", 1 << 20), ("n_head_kv", 1 << 20), ("n_expert", 1 << 20)):
+            if type(data.get(key, 0)) is not int or not 0 <= data.get(key, 0) <= high:
+                raise MapError(f"{where}: field {key}: {_show(data.get(key))} is not an integer in 0-{high}")
         try:
-            tensors = tuple(TensorInfo(t["name"], tuple(int(d) for d in t["shape"]), t.get("type")) for t in data["tensors"])
+            tensors = tuple(TensorInfo(t["name"], tuple(_dim(d) for d in t["shape"]), t.get("type")) for t in data["tensors"])
             return cls(str(data["id"]), str(data["arch"]), int(data["n_layers"]), int(data["n_head"]),
                        int(data["n_head_kv"]), int(data.get("n_expert", 0)), bool(data["tied_embeddings"]),
                        tensors, str(data.get("source", "")))
@@ -137,19 +230,23 @@ class ModelProfile:
             raise MapError(f"{where}: invalid model profile: {type(exc).__name__} {exc}") from None
 
 
+def _dim(value: object) -> int:
+    """A tensor dimension: a plain positive integer (not a bool, a float or a string)."""
+    if type(value) is not int or value <= 0:
+        raise ValueError(f"tensor dimension {_show(value)} is not a positive integer")
+    return value
+
+
 def load_profile(name_or_path: str | Path) -> ModelProfile:
-    """A profile by id (``quant_maps/models/<id>.json``) or by path."""
+    """A profile by id (``quant_maps/models/<id>.json``, the id a slug) or by path, read strictly."""
     path = Path(name_or_path)
-    if path.suffix != ".json" and not path.is_file():
+    by_id = path.suffix != ".json" and not path.is_file()
+    if by_id:
         path = PROFILES_DIR / f"{name_or_path}.json"
-    if not path.is_file():
+    if not path.is_file() or (by_id and not SLUG.match(str(name_or_path))):
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
-        raise MapError(f"no model profile {str(name_or_path)!r} (known: {', '.join(known)}; or pass a .json path)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MapError(f"{path}: not JSON: {exc}") from None
-    return ModelProfile.from_dict(data, str(path))
+        raise MapError(f"no model profile {_show(str(name_or_path))} (known: {', '.join(known)}; or pass a .json path)")
+    return ModelProfile.from_dict(read_json(path, "model profile"), str(path))
 
 
 def profile_from_gguf(path: str | Path, profile_id: str | None = None) -> ModelProfile:
@@ -278,12 +375,7 @@ def identical_maps(maps: list[QuantMap]) -> list[tuple[str, str]]:
 
 def parse_map(data, where: str = "<map>", profile: ModelProfile | None = None) -> QuantMap:
     """Validate a decoded JSON map; raise :class:`MapError` naming ``where``, field and value."""
-    if not isinstance(data, dict):
-        raise MapError(f"{where}: a map must be a JSON object, not {type(data).__name__}")
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(MAP_SCHEMA).iter_errors(data))
-    if error is not None:
-        field_path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise MapError(f"{where}: field {field_path}: {error.message}")
+    _check_document(data, where)
     groups = []
     for k, g in enumerate(data["layer_groups"]):
         quant = g["quant"]
@@ -313,6 +405,28 @@ def parse_map(data, where: str = "<map>", profile: ModelProfile | None = None) -
     return qmap
 
 
+def _check_document(data, where: str) -> None:
+    """A JSON object, nested at most :data:`MAX_JSON_DEPTH` deep, every layer number a plain
+    integer (not a bool, not a float) in 0..MAX_LAYERS-1, and valid against the JSON Schema."""
+    if not isinstance(data, dict):
+        raise MapError(f"{where}: a map must be a JSON object, not {type(data).__name__}")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise MapError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep")
+    groups = data.get("layer_groups")
+    for k, g in enumerate(groups if isinstance(groups, list) else []):
+        layers = g.get("layers") if isinstance(g, dict) else None
+        for i, layer in enumerate(layers if isinstance(layers, list) else []):
+            field = f"{where}: field layer_groups/{k}/layers/{i}"
+            if isinstance(layer, bool) or not isinstance(layer, (int, _HugeInt)):
+                raise MapError(f"{field}: {_show(layer)} is not an integer layer number")
+            if isinstance(layer, _HugeInt) or not 0 <= layer < MAX_LAYERS:
+                raise MapError(f"{field}: layer {layer!r} is outside 0-{MAX_LAYERS - 1}")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(MAP_SCHEMA).iter_errors(data))
+    if error is not None:
+        field_path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise MapError(f"{where}: field {_show(field_path, 80, True)}: {_show(error.message, 200, True)}")
+
+
 def check_against_profile(qmap: QuantMap, profile: ModelProfile) -> None:
     where = qmap.source or qmap.config_id
     if qmap.model != profile.id:
@@ -328,14 +442,8 @@ def check_against_profile(qmap: QuantMap, profile: ModelProfile) -> None:
 
 
 def load_map(path: str | Path, profile: ModelProfile | None = None) -> QuantMap:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MapError(f"{path}: no such map file") from None
-    except json.JSONDecodeError as exc:
-        raise MapError(f"{path}: not JSON: {exc}") from None
-    return parse_map(data, str(path), profile)
+    """A map file, read strictly (:func:`read_json`) and checked (:func:`parse_map`)."""
+    return parse_map(read_json(path, "map"), str(path), profile)
 
 
 def load_maps(paths: list[Path], profile: ModelProfile | None = None) -> list[QuantMap]:
@@ -366,6 +474,12 @@ def write_maps(maps: list[QuantMap], directory: Path) -> list[Path]:
 
 def _default_group_name(k: int, n: int) -> str:
     return ("early", "middle", "late")[k] if n == 3 else f"g{k}"
+
+
+def _show(value: object, limit: int = 60, as_is: bool = False) -> str:
+    """``repr(value)`` (``value`` itself with ``as_is``), cut to ``limit`` characters."""
+    text = str(value) if as_is else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _suggest(value: str) -> str:

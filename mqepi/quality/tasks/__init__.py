@@ -26,7 +26,7 @@ from mqepi.errors import MqepiError
 IDENTITY_FIELDS = ("position", "phase", "loader", "data")
 ANSWER_KINDS = ("letters", "texts")
 SHOT_SELECTIONS = ("first_per_subject", "first_k")
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_]*\Z")
 
 
 class TaskError(MqepiError):
