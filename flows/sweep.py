@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from mqepi import Lake, SweepSpec, run_sweep
 from mqepi.flows.stages import PrefectStages
@@ -26,11 +27,16 @@ def sweep(model: str = "smollm2-135m", configs: list[str] | None = None, repeats
     any other :class:`mqepi.SweepSpec` field (ppl_context, idle_s, rpc, ...).
     Rerunning the same parameters resumes the sweep. ``node_pids`` and ``progress`` are
     for a caller in the same process (the demo): the processes that drive each node's
-    simulated power, and where progress lines go (default: the flow's log)."""
+    simulated power, and where progress lines go (default: the flow's log).
+    One process per sweep id and node: a run started while another holds the sweep fails at
+    once, naming the holder (its flow run among them)."""
     logger = get_run_logger()
     spec = SweepSpec(model=model, configs=configs, repeats=repeats, benchmarks=benchmarks or {"mmlu": 20},
                      cluster=cluster, meter=meter, name=name, **(settings or {}))
-    result = run_sweep(spec, Lake(lake), stages=PrefectStages(), progress=progress or logger.info, node_pids=node_pids)
+    owner = {"prefect_flow_run": str(flow_run.id) if flow_run.id else None,
+             "prefect_flow_run_name": flow_run.name or None}
+    result = run_sweep(spec, Lake(lake), stages=PrefectStages(), progress=progress or logger.info, node_pids=node_pids,
+                       owner=owner)
     logger.info(f"sweep {result.sweep_id}: {len(result.finished)} runs finished, {len(result.skipped)} skipped "
                 f"(finished before), {len(result.marked_failed)} interrupted runs marked failed")
     return result.summary()

@@ -107,13 +107,13 @@ def test_served_deployments_run_and_schedule(server, tmp_path):
                                      "-p", "name=served", "--watch"], env, 900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         runs = lake.read("run", columns=["run_id", "status", "power_source"])
-        assert runs.filter(pl.col("status") == "finished")["run_id"].to_list() == ["served-uniform_q8-r0-a1"]
-        assert lake.read("benchmark_answer")["run_id"].unique().to_list() == ["served-uniform_q8-r0-a1"]
+        assert runs.filter(pl.col("status") == "finished")["run_id"].to_list() == ["served-smollm2-135m-uniform_q8-r0-a1"]
+        assert lake.read("benchmark_answer")["run_id"].unique().to_list() == ["served-smollm2-135m-uniform_q8-r0-a1"]
         assert lake.verify().ok
 
         # a community bundle of that run, dropped and ingested by the served flow
         submit = _run([sys.executable, "-m", "mqepi", "--lake", str(lake.root), "submit", "--runs",
-                       "served-uniform_q8-r0-a1", "--out", str(drop / "bundle-1"), "--submitter", "alice",
+                       "served-smollm2-135m-uniform_q8-r0-a1", "--out", str(drop / "bundle-1"), "--submitter", "alice",
                        "--contact", "alice@example.org"], env, 300)
         assert submit.returncode == 0, submit.stderr
         # ... into a second lake (the lab lake refuses a community run id it already holds)

@@ -84,7 +84,7 @@ def test_kill_mid_sweep_then_resume_matches_an_uninterrupted_sweep(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        second = f"resume-{CONFIGS[1]}-r0-a1"
+        second = f"resume-smollm2-135m-{CONFIGS[1]}-r0-a1"
         # wait until the second run has started and its MMLU window is under way
         while time.monotonic() < deadline:
             if killed.exists() and second in set(_runs(killed)["run_id"]) and proc.poll() is None:
@@ -104,14 +104,14 @@ def test_kill_mid_sweep_then_resume_matches_an_uninterrupted_sweep(tmp_path):
 
     result = run_sweep(spec, killed)
     assert result.marked_failed == [second]
-    assert result.finished == [f"resume-{CONFIGS[1]}-r0-a2"]
+    assert result.finished == [f"resume-smollm2-135m-{CONFIGS[1]}-r0-a2"]
     assert result.skipped == [(CONFIGS[0], 0)]
     runs = _runs(killed)
     stale = runs.filter(pl.col("run_id") == second).sort("status")
     assert stale["status"].to_list() == ["failed", "started"]
     assert "interrupted" in stale["message"][0]
     finished = sorted(runs.filter(pl.col("status") == "finished")["run_id"])
-    assert finished == sorted([f"resume-{CONFIGS[0]}-r0-a1", f"resume-{CONFIGS[1]}-r0-a2"])
+    assert finished == sorted([f"resume-smollm2-135m-{CONFIGS[0]}-r0-a1", f"resume-smollm2-135m-{CONFIGS[1]}-r0-a2"])
     assert set(runs["power_source"]) == {"simulated"}
 
     # a third call has nothing to do and writes nothing

@@ -11,9 +11,12 @@ flow's stages make each one a Prefect task. Rules it keeps:
 * measured windows never overlap other work on the measured nodes: all stages of a run go
   one after another; the only concurrent work is quantizing the next configuration on a
   quant host that is not a cluster node;
+* one process per sweep id and per measured node: the sweep's locks
+  (:mod:`mqepi.sweep.exclusive`) are taken before anything is planned and held to the end;
+  a second process is refused at once with :class:`~mqepi.sweep.exclusive.SweepBusy`;
 * resume: a rerun with the same spec skips each (configuration, repeat) finished in the
-  lake; a run that started and never ended (the sweep was killed) is marked failed first
-  and redone under a new run id (``...-a2``), never continued;
+  lake; a run that started and never ended (the sweep was killed) is marked failed first,
+  under the sweep's lock, and redone under a new run id (``...-a2``), never continued;
 * only I/O stages retry (a dropped SSH connection); a validation error ends the sweep.
 """
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 
 from mqepi.quant.quantize import Quantized
 from mqepi.rig.ssh import ConnectionDropped
+from mqepi.sweep.exclusive import hold
 from mqepi.sweep.resume import RunPlan, mark_failed, plan_runs
 from mqepi.sweep.rig import Rig
 from mqepi.sweep.session import RunSession
@@ -73,8 +77,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], None] = lambda line: None,
-              node_pids: dict[str, Callable[[], list[int]]] | None = None) -> SweepResult:
-    """Measure every (configuration, repeat) of ``spec`` not yet finished in ``lake``."""
+              node_pids: dict[str, Callable[[], list[int]]] | None = None, owner: dict | None = None) -> SweepResult:
+    """Measure every (configuration, repeat) of ``spec`` not yet finished in ``lake``.
+
+    Holds the sweep id's and the measured nodes' locks throughout (``owner`` adds fields to the
+    holder record, e.g. ``prefect_flow_run``); raises :class:`~mqepi.sweep.exclusive.SweepBusy`
+    at once if another process holds one."""
     stages = stages or DirectStages()
     own = isinstance(stages, DirectStages)
     t0 = time.perf_counter()
@@ -90,12 +98,13 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
     finished, marked, skipped = [], [], []
     try:
         with contextlib.ExitStack() as stack:
+            held = stack.enter_context(hold(spec, lake, owner=owner))
             rig = timed("set-up", stack.enter_context, Rig(spec, lake, progress=progress, node_pids=node_pids))
             config_ids = [m.config_id for m in rig.maps]
             plans = timed("plan", plan_runs, lake, spec, config_ids)
             for plan in plans:
                 for stale in plan.interrupted:
-                    mark_failed(lake, spec, plan, stale)
+                    mark_failed(lake, spec, plan, stale, held)
                     marked.append(stale)
                     progress(f"{stale}: started and never ended (interrupted); marked failed, redone as {plan.run_id}")
             todo = [p for p in plans if not p.done]

@@ -1,6 +1,13 @@
 """One run of a sweep: its ``run`` events, its meter (simulated, or the epi-meter on a serial
 port) and thermal sampler, and its measured stages in order: stabilisation, the idle
-baseline window, one window per benchmark, perplexity/KLD, throughput."""
+baseline window, one window per benchmark, perplexity/KLD, throughput.
+
+A run id takes events from one session only: ``begin`` refuses a run id that already has
+``run`` events, ``finish`` refuses a run that ended meanwhile (or that another process began
+too), and ``fail`` writes nothing to a run this session did not begin or that has ended. Each
+check reads only the run's own partition. (The sweep's locks already keep a second process
+away; these checks hold where the locks cannot, e.g. sweeps on two machines into one lake.)
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,10 @@ from mqepi.sweep.rig import Rig
 from mqepi.sweep.spec import SweepError
 
 
+class RunTaken(SweepError):
+    """The run id already has events another session wrote, or the run has ended."""
+
+
 class RunSession:
     """One run: its meter, its windows, its run events. Stages are methods, called in order."""
 
@@ -32,6 +43,21 @@ class RunSession:
         self.key = RunKey(rig.spec.model, plan.config_id, plan.run_id)
         self.sim = self.reader = self.sampler = None
         self.provenance = rig.provenance(plan, q)
+        self.begun = False  # this session recorded the run's ``started``
+
+    def _statuses(self) -> list[str]:
+        """The ``run`` statuses this run id has in the lake (its partition only)."""
+        k = self.key
+        runs = self.rig.lake.read("run", columns=["status"], model=k.model, config_id=k.config_id, run_id=k.run_id)
+        return runs["status"].to_list()
+
+    def _require_open(self) -> None:
+        """Raise :class:`RunTaken` if the run has ended or another session began it too."""
+        statuses = self._statuses()
+        ended = sorted({s for s in statuses if s != "started"})
+        if ended or statuses.count("started") != 1:
+            raise RunTaken(f"run {self.key.run_id}: the lake has {', '.join(sorted(statuses))} for it; "
+                           "another process or attempt wrote to this run, so this session adds nothing more")
 
     def _record_run(self, status: str, message: str | None = None) -> None:
         head = self.rig.nodes[0].name
@@ -45,7 +71,12 @@ class RunSession:
     def begin(self) -> None:
         """Record ``run started`` and start the meter (and the thermal sampler)."""
         rig, spec = self.rig, self.rig.spec
+        taken = self._statuses()
+        if taken:
+            raise RunTaken(f"run {self.key.run_id} already has run events ({', '.join(sorted(set(taken)))}) in the "
+                           "lake: a run id is never reused; another process may be running this sweep")
         self._record_run("started")
+        self.begun = True
         channels = {n.channel: n.name for n in rig.nodes}
         if spec.meter == "simulated":
             self.sim = SimulatedMeter(channels, rate_hz=spec.meter_rate_hz, seed=None).start()
@@ -84,12 +115,16 @@ class RunSession:
         if self.reader is not None:
             self.reader.wait_past(time.time_ns(), timeout_s=10.0)
         self._stop_meter()
+        self._require_open()
         self._record_run("finished")
 
     def fail(self, exc: BaseException) -> None:
-        """Stop the meter as far as it stops, record ``run failed`` with the error."""
+        """Stop the meter as far as it stops, record ``run failed`` with the error - only for
+        a run this session began and that has not ended."""
         with contextlib.suppress(BaseException):
             self._stop_meter()
+        if not self.begun or {"finished", "failed"} & set(self._statuses()):
+            return
         self._record_run("failed", f"{type(exc).__name__}: {exc}"[:2000])
 
     # -- measured stages

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ class SweepError(MqepiError):
 
 
 METERS = ("simulated", "none")  # plus "epi-meter:<serial port>"
+#: A sweep name: it starts every run id and names the sweep's lock file.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 @dataclass
@@ -41,6 +44,9 @@ class SweepSpec(Settings):
     name: str | None = None
 
     def __post_init__(self) -> None:
+        if self.name and not NAME.match(self.name):
+            raise SweepError(f"name = {self.name!r}: 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', "
+                             "starting with a letter or digit")
         if self.repeats < 1:
             raise SweepError(f"repeats = {self.repeats}: at least 1")
         if not self.benchmarks:
