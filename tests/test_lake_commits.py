@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import polars as pl
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from factories import batch
@@ -253,3 +254,24 @@ def test_lock_files_and_the_log_are_not_event_data(tmp_path):
     assert {"commits.jsonl", "commit.lock"} <= names
     assert lake.verify().ok and os.path.exists(lake.lock_path("commit"))
     assert sum(pq.read_metadata(f).num_rows for f in lake.files("run")) == 2
+
+
+def test_a_lake_on_a_filesystem_without_append_commits_one_object_per_transaction(tmp_path, monkeypatch):
+    """Object stores have no append: each commit is one object under _log/ (a pyarrow
+    filesystem that is not the local one takes that path)."""
+    monkeypatch.setenv("MQEPI_CACHE", str(tmp_path / "cache"))
+    fs = pafs.SubTreeFileSystem(str(tmp_path / "store"), pafs.LocalFileSystem())
+    (tmp_path / "store").mkdir()
+    lake = Lake("lake", filesystem=fs)
+    lake.init()
+    with pytest.raises(RuntimeError), lake.transaction("fails"):
+        lake.append(batch("phase", 2, run_id="r0"))
+        raise RuntimeError("stage failed")
+    lake.append(batch("run", 3))
+    lake.append(batch("phase", 2))
+    commits = [i for i in fs.get_file_info(pafs.FileSelector("lake/_log")) if i.base_name.startswith("c-")]
+    assert len(commits) == 3  # init, run, phase: the failed transaction committed nothing
+    again = Lake("lake", filesystem=fs)
+    assert (again.read("run").height, again.read("phase").height) == (3, 2)
+    assert [p.kind for p in again.verify().problems] == ["uncommitted"]
+    assert str(tmp_path / "cache") in str(again.lock_path("commit"))
