@@ -193,8 +193,11 @@ class Lake:
     # ------------------------------------------------------------------ writing
 
     def init(self) -> list[str]:
-        """Create the root, the commit log and every event type's seed file; return the seeds written."""
+        """Create the root, the commit log and every event type's seed file; return the seeds
+        written. On a lake that has them all it writes nothing (not even the lock file)."""
         written = []
+        if self.exists() and self.log.exists() and all(self._seed_committed(spec) for spec in EVENT_TYPES.values()):
+            return written
         try:
             self.fs.create_dir(self.root, recursive=True)
         except OSError as exc:
@@ -204,6 +207,14 @@ class Lake:
                 if self._ensure_seed(spec):
                     written.append(spec.name)
         return written
+
+    def _seed_path(self, spec: EventSpec) -> str:
+        values = (SEED_VALUE,) * len(spec.partition_by)
+        return f"{self._rel(self.partition_dir(spec, values))}/schema-v{spec.version}.parquet"
+
+    def _seed_committed(self, spec: EventSpec) -> bool:
+        self.index()
+        return self._seed_path(spec) in self.log.state.files
 
     def _ensure_seed(self, spec: EventSpec) -> bool:
         if spec.name in self._seeded:
