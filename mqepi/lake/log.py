@@ -61,6 +61,7 @@ class LogState:
     """What the log says so far: committed files in commit order, unreadable records."""
 
     files: dict[str, CommittedFile] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # the files' paths in commit order (indexed incrementally)
     problems: list[LogProblem] = field(default_factory=list)
     commits: int = 0
     exists: bool = False
@@ -152,7 +153,9 @@ class CommitLog:
                                                          "or damaged): the files it named are not data"))
             return
         for path, rows, size in files:
-            self.state.files.setdefault(path, CommittedFile(path, rows, size, self.state.commits))
+            if path not in self.state.files:
+                self.state.files[path] = CommittedFile(path, rows, size, self.state.commits)
+                self.state.order.append(path)
 
     def create(self) -> None:
         """Make the log folder (and, on a local lake, the empty log file)."""

@@ -143,10 +143,9 @@ class Lake:
                 for path in self._list(self.root):
                     legacy.add(self._rel(path))
                 return legacy
-            order = list(state.files)
-            for rel in order[self._indexed:]:
+            for rel in state.order[self._indexed:]:
                 self._index.add(rel)
-            self._indexed = len(order)
+            self._indexed = len(state.order)
             return self._index
 
     @contextlib.contextmanager
@@ -262,7 +261,7 @@ class Lake:
             self._ensure_seed(spec)
             parts = unique.partition_by(list(spec.partition_by), as_dict=True, maintain_order=True)
             if spec.name in RUN_BOUND:
-                self._claim_runs(tx, [values for values in parts])
+                self._claim_runs(tx, list(parts))
             for values, part in parts.items():
                 directory = self.partition_dir(spec, values)
                 if not spec.high_volume:
