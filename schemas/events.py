@@ -54,6 +54,11 @@ def is_slug(value: object) -> bool:
     return isinstance(value, str) and re.fullmatch(SLUG[1:-1], value) is not None
 
 
+def is_label(value: object) -> bool:
+    """True if ``value`` is a string with no control character (:data:`LABEL`)."""
+    return isinstance(value, str) and re.fullmatch(LABEL[1:-1], value) is not None
+
+
 def is_name(value: object) -> bool:
     """True if ``value`` is a string matching :data:`NAME` as a whole (no trailing newline)."""
     return isinstance(value, str) and re.fullmatch(NAME[1:-1], value) is not None

@@ -435,6 +435,8 @@ CASES = [
     Case("map_not_parsing", edit("quant_config", set_row("map_json", 0, '{"config_id": "uniform_q4km", "layer_groups": 5}')),
          "map_json does not parse"),
     Case("map_json_not_json", edit("quant_config", set_row("map_json", 0, "{not json")), "map_json is not JSON"),
+    Case("map_json_duplicate_key", edit("quant_config", set_row("map_json", 0, '{"config_id": "a", "config_id": "b"}')),
+         "appears twice in one object"),
     Case("node_not_in_hardware", edit(PS, set_row("node", 0, "node9")),
          "value node9: node is not in the manifest's hardware nodes"),
     Case("meter_type_mismatch", edit(PS, lambda d: d.with_columns(power_source=pl.lit("epi-meter"))),

@@ -12,7 +12,6 @@ that passed with what the lake already holds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -224,13 +223,14 @@ def check_maps(b: Frames, report: BundleReport) -> None:
 
 def _parse_map(r: dict, report: BundleReport) -> maps.QuantMap | None:
     name = file_name("quant_config")
+    where = f"{name} row {r['_row']} map_json"
     try:
-        data = json.loads(r["map_json"])
-    except (ValueError, RecursionError) as exc:
-        report.add("map", name, f"map_json is not JSON: {short(str(exc), 120)}", column="map_json", row=r["_row"])
+        data = maps.decode_json(r["map_json"], where)  # strict: no key twice, bounded size and depth
+    except maps.MapError as exc:
+        report.add("map", name, f"map_json is not JSON (strict: {short(str(exc), 160)})", column="map_json", row=r["_row"])
         return None
     try:
-        return maps.parse_map(data, f"{name} row {r['_row']} map_json")
+        return maps.parse_map(data, where)
     except maps.MapError as exc:
         report.add("map", name, f"map_json does not parse: {exc}", column="map_json", row=r["_row"])
         return None

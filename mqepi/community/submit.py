@@ -42,12 +42,10 @@ from mqepi.community.validate import restamp, validate_bundle
 from mqepi.lake.durable import fsync_dir, fsync_file
 from mqepi.lake.store import Lake
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND
-from mqepi.schemas.events import ORIGIN
+from mqepi.schemas.events import ORIGIN, is_label
 
 #: Zip entries get this fixed time, so a bundle's bytes depend only on its content.
 ZIP_DATE_TIME = (2020, 1, 1, 0, 0, 0)
-#: Control characters (C0, DEL, C1): never in a text a submitter states.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def build_bundle(lake: Lake, run_ids: list[str], out: str | os.PathLike, *, submitter: str, contact: str,
@@ -124,7 +122,7 @@ def _check_texts(texts: dict[str, object]) -> None:
             stack += [(f"{where} {key!r}", key) for key in value] + [(f"{where}/{key}", v) for key, v in value.items()]
         elif isinstance(value, list):
             stack += [(f"{where}/{i}", v) for i, v in enumerate(value)]
-        elif isinstance(value, str) and CONTROL.search(value):
+        elif isinstance(value, str) and not is_label(value):
             raise CommunityError(f"{where}: {value[:80]!r} holds a control character; a bundle states text without them")
 
 
