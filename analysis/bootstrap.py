@@ -18,6 +18,7 @@ leaves out NULL.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 
@@ -45,9 +46,19 @@ def check_params(seed: int, n_boot: int = 1) -> None:
         raise ValueError(f"mqepi_bootstrap must be >= 1, got {n_boot}")
 
 
-def index_matrix(seed: int, n: int, n_boot: int | None = None, *, b_values: Iterable[int] | None = None) -> np.ndarray:
-    """All draws at once, shape ``(B, n)``, int64: row ``k`` holds the item indices (0..n-1)
-    of resample ``b = k + 1`` (or of ``b_values[k]``)."""
+#: Streams of the hierarchical bootstrap (macros.sql mqepi_bootstrap_draw): 0 the repeats,
+#: 1.. the questions of each benchmark (in this order), 101 / 102 the meter's noise.
+STREAM_FACTOR = 999_999_937
+REPEAT_STREAM = 0
+QUESTION_STREAMS = {"mmlu": 1, "arc_challenge": 2, "hellaswag": 3}
+NOISE_STREAMS = (101, 102)
+
+
+def index_matrix(seed: int, n: int, n_boot: int | None = None, *, b_values: Iterable[int] | None = None,
+                 stream: int = REPEAT_STREAM, j_values: Iterable[int] | None = None) -> np.ndarray:
+    """All draws at once, shape ``(B, J)``, int64: row ``k`` holds the item indices (0..n-1)
+    of resample ``b = k + 1`` (or of ``b_values[k]``) for draws ``j = 0..n-1`` (or
+    ``j_values``), of ``stream`` (0: the repeats, the original scheme)."""
     if b_values is None:
         b = np.arange(1, (n_boot or 0) + 1, dtype=np.int64)
     else:
@@ -57,13 +68,36 @@ def index_matrix(seed: int, n: int, n_boot: int | None = None, *, b_values: Iter
         raise ValueError(f"a resample needs at least one item, got n = {n}")
     if b.size and (b.min() < 0 or b.max() > MAX_RESAMPLE):
         raise ValueError(f"resample numbers must be in 0 .. {MAX_RESAMPLE}")
-    j = np.arange(n, dtype=np.int64)
+    j = np.arange(n, dtype=np.int64) if j_values is None else np.asarray(list(j_values), dtype=np.int64)
     # every intermediate stays below 2**63: seed*1000003 < 2**52, x*48271 < 2**47
-    x = (np.int64(seed) * SEED_FACTOR + b[:, None] * RESAMPLE_FACTOR + j[None, :] * DRAW_FACTOR) % MODULUS
+    start = np.int64(seed) * SEED_FACTOR + np.int64(stream) * STREAM_FACTOR
+    x = (start + b[:, None] * RESAMPLE_FACTOR + j[None, :] * DRAW_FACTOR) % MODULUS
     for _ in range(2):
         x = (x * MULTIPLIER) % MODULUS
         x ^= x >> XOR_SHIFT
     return x % n
+
+
+def run_hash(run_key: str) -> int:
+    """A run's item key for the meter's noise (macros.sql mqepi_run_hash): the first 28 bits
+    of md5('model/config_id/run_id')."""
+    return int(hashlib.md5(run_key.encode()).hexdigest()[:7], 16)
+
+
+def normal_matrix(seed: int, n_boot: int, keys: Iterable[int]) -> np.ndarray:
+    """Standard normal deviates, shape ``(B, len(keys))``: Box-Muller on the uniforms
+    (x + 0.5) / 2147483647 of streams 101 and 102 (macros.sql mqepi_bootstrap_normal)."""
+    keys = list(keys)
+    if not keys:
+        return np.zeros((n_boot, 0))
+    u1 = (index_matrix(seed, MODULUS, n_boot, stream=NOISE_STREAMS[0], j_values=keys) + 0.5) / MODULUS
+    u2 = (index_matrix(seed, MODULUS, n_boot, stream=NOISE_STREAMS[1], j_values=keys) + 0.5) / MODULUS
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def degenerate(lo: float | None, hi: float | None) -> bool:
+    """Every resample gave the same value (macros.sql mqepi_degenerate): no interval."""
+    return lo is not None and hi is not None and hi - lo <= 1e-12 * max(1.0, abs(hi))
 
 
 def resample_indices(seed: int, b: int, n: int) -> np.ndarray:

@@ -30,17 +30,22 @@ RUN_ACCURACY = {
 }
 RUN_METRICS = {
     "model": _S, "config_id": _S, "run_id": _S, "origin": _S, "repeat": _I32, "power_source": _S, "simulated": _B,
-    "valid": _B, "n_benchmarks": _I, "benchmark_energy_j": _F, "benchmark_tokens": _I, "j_per_token": _F,
+    "valid": _B, "n_benchmarks": _I, "benchmark_energy_j": _F, "benchmark_energy_uncertainty_j": _F,
+    "benchmark_tokens": _I, "j_per_token": _F,
     "net_j_per_token": _F, "prefill_j_per_token": _F, "decode_j_per_token": _F, "accuracy": _F, "epi": _F,
     "epi_mmlu": _F, "epi_arc_challenge": _F, "epi_hellaswag": _F, "ppl": _F, "ppl_stderr": _F, "kld_mean": _F,
     "same_top_p": _F, "file_size_bytes": _I, "bits_per_weight": _F, "prefill_tokens_per_s": _F,
     "decode_tokens_per_s": _F, "avg_power_w": _F, "idle_power_w": _F, "invalid_reasons": _S,
 }
+CONFIG_IDENTITY = {
+    "model": _S, "origin": _S, "config_id": _S, "effective_key": _S, "canonical_id": _S, "config_ids": pl.List(_S),
+}
 CONFIG_SUMMARY = {
-    "model": _S, "config_id": _S, "origin": _S, "power_source": _S, "simulated": _B, "kind": _S, "early_type": _S,
-    "middle_type": _S, "late_type": _S, "n_repeats": _I, "n_excluded": _I, "j_per_token": _F,
-    "j_per_token_ci_low": _F, "j_per_token_ci_high": _F, "accuracy": _F, "accuracy_ci_low": _F,
-    "accuracy_ci_high": _F, "epi": _F, "epi_ci_low": _F, "epi_ci_high": _F, "ppl": _F, "ppl_stderr": _F,
+    "model": _S, "config_id": _S, "origin": _S, "power_source": _S, "config_ids": pl.List(_S), "simulated": _B,
+    "kind": _S, "early_type": _S, "middle_type": _S, "late_type": _S, "n_repeats": _I, "n_excluded": _I,
+    "n_questions": _I, "j_per_token": _F, "j_per_token_ci_low": _F, "j_per_token_ci_high": _F, "accuracy": _F,
+    "accuracy_ci_low": _F, "accuracy_ci_high": _F, "epi": _F, "epi_ci_low": _F, "epi_ci_high": _F,
+    "interval_note": _S, "ppl": _F, "ppl_stderr": _F,
     "kld_mean": _F, "file_size_bytes": _F, "bits_per_weight": _F, "decode_tokens_per_s": _F,
     "prefill_j_per_token": _F, "decode_j_per_token": _F, "avg_power_w": _F,
 }
@@ -60,5 +65,6 @@ PARETO_FRONTIER = {
 #: View name -> {column: polars dtype}, in the view's column order.
 VIEWS: dict[str, dict[str, pl.DataType]] = {
     "run_energy": RUN_ENERGY, "run_accuracy": RUN_ACCURACY, "run_metrics": RUN_METRICS,
-    "config_summary": CONFIG_SUMMARY, "matched_pairs": MATCHED_PAIRS, "pareto_frontier": PARETO_FRONTIER,
+    "config_identity": CONFIG_IDENTITY, "config_summary": CONFIG_SUMMARY, "matched_pairs": MATCHED_PAIRS,
+    "pareto_frontier": PARETO_FRONTIER,
 }

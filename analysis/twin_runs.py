@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import polars as pl
 
-from mqepi.analysis import bootstrap
+from mqepi.analysis import bootstrap, hierarchical
 from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 from mqepi.analysis.contract import CONFIG_KEY, VIEWS
 from mqepi.analysis.stats import DEFAULT_Z, wilson_interval
@@ -168,11 +169,13 @@ def _benchmark_windows(energy: pl.DataFrame) -> pl.DataFrame:
     reasons = invalid.group_by(RUN_KEY, maintain_order=True).agg(
         window_reasons=pl.concat_str(pl.col("phase"), pl.lit(": "), pl.col("invalid_reasons").fill_null("invalid"))
         .str.join("; "))
+    energy = energy.with_columns(_u2=pl.col("energy_uncertainty_j") * pl.col("energy_uncertainty_j"))
     return energy.group_by(RUN_KEY).agg(
         n_windows=bench.sum(),
         all_valid=pl.col("valid").filter(bench).all(),
         samples_simulated=pl.col("simulated").filter(bench).any(),
         benchmark_energy_j=_all_or_none("energy_j", bench),
+        benchmark_energy_uncertainty_j=_all_or_none("_u2", bench).sqrt(),
         net_energy_j=_all_or_none("net_energy_j", bench),
         benchmark_tokens=_all_or_none("tokens", bench),
         elapsed_s=pl.col("elapsed_s").filter(bench).sum(),
@@ -260,15 +263,84 @@ def _layer_types(map_json: str | None) -> dict[str, str | None]:
     return out
 
 
-def _group_medians(runs: pl.DataFrame, seed: int, n_boot: int) -> dict:
-    """config_summary's counts, medians and bootstrap intervals over one group's runs."""
-    valid = runs.filter(pl.col("valid")).sort(["repeat", "run_id"])
-    row = {"simulated": bool(runs["simulated"].any()), "n_repeats": valid.height, "n_excluded": runs.height - valid.height}
-    indices = bootstrap.index_matrix(seed, valid.height, n_boot) if valid.height else None
+def config_identity(lake: Lake, metrics: pl.DataFrame) -> pl.DataFrame:
+    """The view ``config_identity``: per (model, origin, config_id) its effective model."""
+    keyed = [lake.read(t).select("model", "origin", "config_id", "recorded_at_ns", "event_id",
+                                 effective_key=pl.concat_str("base_sha256", "effective_map_sha256", separator="/"))
+             for t in ("quantization", "config_alias")]
+    latest = (pl.concat(keyed).sort(["recorded_at_ns", "event_id"], descending=True)
+              .group_by("model", "origin", "config_id", maintain_order=True).first()
+              .select("model", "origin", "config_id", "effective_key"))
+    ran = metrics.group_by("model", "origin", "config_id").agg(measured=pl.col("valid").any())
+    configs = (latest.join(ran, on=["model", "origin", "config_id"], how="full", coalesce=True)
+               .with_columns(measured=pl.col("measured").fill_null(False),
+                             _model_key=pl.coalesce("effective_key", pl.lit("config:") + pl.col("config_id"))))
+    over = ["model", "origin", "_model_key"]
+    return (configs.with_columns(
+        canonical_id=pl.coalesce(pl.col("config_id").filter(pl.col("measured")).min().over(over),
+                                 pl.col("config_id").min().over(over)),
+        config_ids=pl.col("config_id").sort().implode().over(over))
+        .select(list(VIEWS["config_identity"])).sort(["model", "origin", "config_id"]))
+
+
+def _canonical(metrics: pl.DataFrame, identity: pl.DataFrame) -> pl.DataFrame:
+    """run_metrics with each run's effective model: canonical_id and config_ids."""
+    ident = identity.select("model", "origin", "config_id", "canonical_id", "config_ids")
+    return (metrics.join(ident, on=["model", "origin", "config_id"], how="left")
+            .with_columns(canonical_id=pl.coalesce("canonical_id", "config_id"),
+                          config_ids=pl.coalesce("config_ids", pl.concat_list("config_id"))))
+
+
+def boot_items(metrics: pl.DataFrame, identity: pl.DataFrame) -> pl.DataFrame:
+    """The bootstrap's items (runs.sql mqepi_boot_items): every valid run with its family g,
+    configuration key ckey, run_key, item index i and item count n."""
+    return (_canonical(metrics, identity).filter(pl.col("valid"))
+            .with_columns(g=pl.concat_str("model", "origin", "power_source", separator="/"),
+                          ckey=pl.concat_str("model", "origin", "power_source", "canonical_id", separator="/"),
+                          run_key=pl.concat_str("model", "config_id", "run_id", separator="/"))
+            .sort(["ckey", "repeat", "run_id"])
+            .with_columns(i=pl.int_range(pl.len()).over("ckey"), n=pl.len().over("ckey")))
+
+
+def _interval_note(n_repeats: int, meter: bool, flat: dict[str, bool], acc: float | None, n_questions: int) -> str | None:
+    notes = []
+    if n_repeats == 1 and meter and not flat["j_per_token"]:
+        notes.append("one repeat: the J/token interval covers the meter's uncertainty only, not run-to-run variation")
+    elif n_repeats == 1:
+        notes.append("one repeat: run-to-run variation is not in any interval")
+    if flat["accuracy"]:
+        notes.append(f"accuracy: no interval, every resample gives {acc:.4g} ({n_questions} questions, "
+                     f"{n_repeats} repeat{'' if n_repeats == 1 else 's'})")
+    if flat["j_per_token"]:
+        notes.append("J/token: no interval, every resample gives the same value (no repeat or meter variation)")
+    if flat["epi"]:
+        notes.append("EPI: no interval, every resample gives the same value")
+    return "; ".join(notes) or None
+
+
+def _group_medians(runs: pl.DataFrame, items: pl.DataFrame, resampled: hierarchical.RunResamples,
+                   n_questions: int, seed: int, n_boot: int) -> dict:
+    """config_summary's counts, medians and hierarchical bootstrap intervals over one
+    effective model's runs."""
+    valid = runs.filter(pl.col("valid"))
+    row = {"simulated": bool(runs["simulated"].any()), "n_repeats": valid.height, "n_excluded": runs.height - valid.height,
+           "n_questions": n_questions}
+    keys = items["run_key"].to_list()
+    flat = {}
     for name in BOOTSTRAPPED:
         row[name] = valid[name].cast(pl.Float64).median()
-        low, high = bootstrap.median_interval(valid[name].to_list(), indices=indices) if valid.height else (None, None)
+        low = high = None
+        flat[name] = False
+        if keys:
+            stats = hierarchical.pick_medians([getattr(resampled, name)[k] for k in keys], seed, n_boot)
+            low, high, flat[name] = hierarchical.interval(stats)
+            if flat[name]:
+                row[f"_{name}_flat"] = float(np.nanmin(stats))
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+    meter = bool(((valid["benchmark_energy_uncertainty_j"].fill_null(0)) > 0).any())
+    row["interval_note"] = _interval_note(valid.height, meter, flat, row.pop("_accuracy_flat", None), n_questions)
+    row.pop("_j_per_token_flat", None)
+    row.pop("_epi_flat", None)
     for name in MEDIANS:
         row[name] = valid[name].cast(pl.Float64).median()
     return row
@@ -284,17 +356,30 @@ def _group_config(configs: pl.DataFrame, group: dict) -> dict:
 
 
 def config_summary(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP, z: float = DEFAULT_Z,
-                   metrics: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The view ``config_summary``: medians over the valid runs of each (model, config_id,
-    origin, power_source) with seeded bootstrap intervals."""
+                   metrics: pl.DataFrame | None = None, identity: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The view ``config_summary``: medians over the valid runs of each effective model and
+    (model, origin, power_source), with the hierarchical bootstrap's intervals."""
     bootstrap.check_params(seed, n_boot)
     metrics = run_metrics(lake, z=z) if metrics is None else metrics
+    identity = config_identity(lake, metrics) if identity is None else identity
     configs = lake.read("quant_config").select("model", "config_id", "origin", "recorded_at_ns", "event_id", "kind",
                                                "map_json")
+    items = boot_items(metrics, identity)
+    answers = lake.read("benchmark_answer")
+    resampled = hierarchical.run_resamples(items, answers, seed, n_boot)
+    answered = (answers.with_columns(run_key=pl.concat_str("model", "config_id", "run_id", separator="/"))
+                .join(items.select("run_key", "ckey"), on="run_key")
+                .group_by("ckey").agg(n=pl.struct("benchmark", "question_set_sha256", "question_id").n_unique()))
+    n_questions = dict(zip(answered["ckey"].to_list(), answered["n"].to_list()))
     rows = []
-    for key, runs in metrics.partition_by(GROUP_KEY, as_dict=True, maintain_order=True).items():
+    runs_by = _canonical(metrics, identity).with_columns(config_id=pl.col("canonical_id"))
+    for key, runs in runs_by.partition_by(GROUP_KEY, as_dict=True, maintain_order=True).items():
         group = dict(zip(GROUP_KEY, key))
-        rows.append({**group, **_group_medians(runs, seed, n_boot), **_group_config(configs, group)})
+        ckey = "/".join([group["model"], group["origin"], group["power_source"], group["config_id"]])
+        mine = items.filter(pl.col("ckey") == ckey)
+        rows.append({**group, "config_ids": runs["config_ids"][0].to_list(),
+                     **_group_medians(runs, mine, resampled, n_questions.get(ckey, 0), seed, n_boot),
+                     **_group_config(configs, group)})
     return pl.DataFrame(rows, schema=VIEWS["config_summary"]).sort(GROUP_KEY)
 
 
@@ -305,5 +390,7 @@ def all_views(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOO
     energy = run_energy(lake, runs)
     accuracy = run_accuracy(lake, runs, z=z)
     metrics = run_metrics(lake, z=z, runs=runs, energy=energy, accuracy=accuracy)
-    summary = config_summary(lake, seed=seed, n_boot=n_boot, z=z, metrics=metrics)
-    return {"run_energy": energy, "run_accuracy": accuracy, "run_metrics": metrics, "config_summary": summary}
+    identity = config_identity(lake, metrics)
+    summary = config_summary(lake, seed=seed, n_boot=n_boot, z=z, metrics=metrics, identity=identity)
+    return {"run_energy": energy, "run_accuracy": accuracy, "run_metrics": metrics, "config_identity": identity,
+            "config_summary": summary}

@@ -27,6 +27,7 @@ SET disabled_optimizers = 'join_filter_pushdown';
 
 CREATE OR REPLACE VIEW quant_config AS FROM mqepi_config_events('quant_config');
 CREATE OR REPLACE VIEW quantization AS FROM mqepi_config_events('quantization');
+CREATE OR REPLACE VIEW config_alias AS FROM mqepi_config_events('config_alias');
 CREATE OR REPLACE VIEW tensor_inventory AS FROM mqepi_config_events('tensor_inventory');
 
 -- ---------------------------------------------------------------- runs (model/config_id/run_id)

@@ -33,6 +33,9 @@ class EventSpec:
     partition_by: tuple[str, ...]
     version: int = _m.SCHEMA_VERSION
     high_volume: bool = False
+    #: Nullable columns added by a later version: a batch without them gets them as nulls
+    #: (a writer of the older version still writes valid events; old files read as null).
+    added: tuple[str, ...] = ()
 
     @cached_property
     def schema(self) -> pa.DataFrameSchema:
@@ -56,14 +59,15 @@ EVENT_TYPES: dict[str, EventSpec] = {
     for spec in (
         EventSpec("quant_config", _m.QuantConfig, CONFIG_KEYS),
         EventSpec("quantization", _m.Quantization, CONFIG_KEYS),
+        EventSpec("config_alias", _m.ConfigAlias, CONFIG_KEYS),
         EventSpec("tensor_inventory", _m.TensorInventory, CONFIG_KEYS),
         EventSpec("run", _m.Run, RUN_KEYS),
         EventSpec("phase", _m.Phase, RUN_KEYS),
         EventSpec("power_sample", _m.PowerSample, RUN_KEYS, high_volume=True),
         EventSpec("thermal_sample", _m.ThermalSample, RUN_KEYS, high_volume=True),
         EventSpec("benchmark_answer", _m.BenchmarkAnswer, RUN_KEYS),
-        EventSpec("perplexity", _m.Perplexity, RUN_KEYS),
-        EventSpec("kld", _m.Kld, RUN_KEYS),
+        EventSpec("perplexity", _m.Perplexity, RUN_KEYS, version=2, added=("chunk_nll", "chunk_tokens")),
+        EventSpec("kld", _m.Kld, RUN_KEYS, version=2, added=("chunk_kld", "chunk_tokens")),
         EventSpec("throughput", _m.Throughput, RUN_KEYS),
     )
 }

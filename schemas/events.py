@@ -22,7 +22,8 @@ import polars as pl
 from mqepi.quality.tasks import BENCHMARKS
 from mqepi.quant.ggml import GGML_TYPE_NAMES, QUANT_TYPE_NAMES
 
-#: Version of every model below; bump a model's own ``SCHEMA_VERSIONS`` entry when it changes.
+#: Version of a model below until it changes; a changed model's version is its EventSpec's
+#: ``version`` (schemas/__init__.py): perplexity and kld are at 2 (their chunks).
 SCHEMA_VERSION = 1
 
 # The patterns below are checked by polars (Rust regex), where ``$`` matches only at the very
@@ -122,6 +123,20 @@ class QuantConfig(ConfigBound):
     map_json: pl.Utf8 = pa.Field(str_length={"min_value": 2}, description="canonical JSON of the map")
     n_layers: pl.Int32 = pa.Field(ge=1)
     kind: pl.Utf8 = pa.Field(isin=["uniform", "mixed"])
+
+
+class ConfigAlias(ConfigBound):
+    """A configuration not measured because its effective per-tensor map equals another's: the
+    sweep measured ``alias_of`` in its place (same base, same tensor types: the same model)."""
+
+    alias_of: pl.Utf8 = pa.Field(str_matches=SLUG, description="the configuration measured in its place")
+    map_sha256: pl.Utf8 = pa.Field(str_matches=SHA256, description="this configuration's map")
+    base_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
+    effective_map_sha256: pl.Utf8 = pa.Field(str_matches=SHA256, description="hash of the per-tensor types, shared")
+
+    @pa.dataframe_check
+    def not_itself(cls, data) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col("alias_of") != pl.col("config_id"))
 
 
 class Quantization(ConfigBound):
@@ -263,8 +278,18 @@ class Perplexity(RunBound):
     tokens: pl.Int64 = pa.Field(gt=0)
     ppl: pl.Float64 = pa.Field(ge=1, le=1e9)
     ppl_stderr: pl.Float64 = pa.Field(ge=0, le=1e9)
+    # schema 2: the chunks, for paired tests between configurations on the same text
+    chunk_nll: pl.List(pl.Float64) = pa.Field(
+        nullable=True, description="mean negative log-likelihood per scored token of each chunk, nats, in text order "
+                                   "(null: not recorded, schema 1)")
+    chunk_tokens: pl.Int32 = pa.Field(nullable=True, gt=0, description="tokens scored in each chunk")
 
     _finite = _finite("ppl", "ppl_stderr")
+
+    @pa.check("chunk_nll", name="finite")
+    def chunk_nll_finite(cls, data) -> pl.LazyFrame:
+        v = pl.col("chunk_nll")
+        return data.lazyframe.select(v.is_null() | v.list.eval(pl.element().is_finite()).list.all())
 
 
 class Kld(RunBound):
@@ -279,10 +304,20 @@ class Kld(RunBound):
     ppl_ratio: pl.Float64 = pa.Field(gt=0, le=1e6)
     ppl_ratio_stderr: pl.Float64 = pa.Field(nullable=True, ge=0)
     same_top_p: pl.Float64 = pa.Field(ge=0, le=1, description="share of tokens whose argmax agrees")
+    # schema 2: the chunks, for paired tests between configurations on the same text
+    chunk_kld: pl.List(pl.Float64) = pa.Field(
+        nullable=True, description="mean KL divergence per scored token of each chunk, nats, in text order "
+                                   "(null: not recorded, schema 1)")
+    chunk_tokens: pl.Int32 = pa.Field(nullable=True, gt=0, description="tokens scored in each chunk")
 
     _finite = _finite(
         "kld_mean", "kld_mean_stderr", "kld_median", "kld_p99", "ppl_ratio", "ppl_ratio_stderr", "same_top_p"
     )
+
+    @pa.check("chunk_kld", name="finite")
+    def chunk_kld_finite(cls, data) -> pl.LazyFrame:
+        v = pl.col("chunk_kld")
+        return data.lazyframe.select(v.is_null() | v.list.eval(pl.element().is_finite()).list.all())
 
 
 class Throughput(RunBound):

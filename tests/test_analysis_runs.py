@@ -4,6 +4,7 @@ and community runs, the seeded bootstrap, and what is excluded or never pooled."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -278,6 +279,74 @@ def bootstrap_by_hand(values, seed=1234, n_boot=1000):
     return quantile(0.025), quantile(0.975)
 
 
+def _draw(seed, stream, b, j, n):
+    """macros.sql mqepi_bootstrap_draw, with Python integers."""
+    x = (seed * 1000003 + stream * 999999937 + b * 10007 + j * 101) % 2147483647
+    for _ in range(2):
+        x = (x * 48271) % 2147483647
+        x ^= x >> 13
+    return x % n
+
+
+def _quantile(values, q):  # linear interpolation between closest ranks
+    values = sorted(values)
+    pos = q * (len(values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def hierarchical_by_hand(runs, questions, seed=1234, n_boot=1000):
+    """The hierarchical bootstrap (docs/analysis.md, "Uncertainty") written out with Python
+    integers, math and statistics, for one configuration's valid runs in item order. ``runs``:
+    dicts with run_key, energy_j, energy_u, tokens and answers {benchmark: {question: correct}};
+    ``questions``: {benchmark: sorted question keys of the family}. Returns
+    {metric: (low, high)} and the resample medians."""
+    streams = {"mmlu": 1, "arc_challenge": 2, "hellaswag": 3}
+    medians = {"j_per_token": [], "accuracy": [], "epi": []}
+    n = len(runs)
+    for b in range(1, n_boot + 1):
+        drawn_q = {k: [qs[_draw(seed, streams[k], b, j, len(qs))] for j in range(len(qs))] for k, qs in questions.items()}
+        values = []
+        for run in runs:
+            h = int(hashlib.md5(run["run_key"].encode()).hexdigest()[:7], 16)
+            u1 = (_draw(seed, 101, b, h, 2147483647) + 0.5) / 2147483647
+            u2 = (_draw(seed, 102, b, h, 2147483647) + 0.5) / 2147483647
+            z = math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
+            jpt = (run["energy_j"] + run["energy_u"] * z) / run["tokens"]
+            accs = []
+            for k in sorted(run["answers"]):
+                picked = [q for q in drawn_q[k] if q in run["answers"][k]]
+                accs.append(sum(run["answers"][k][q] for q in picked) / len(picked))
+            acc = sum(accs) / len(accs)
+            values.append((jpt, acc, jpt / acc if acc else None))
+        picks = [values[_draw(seed, 0, b, j, n)] for j in range(n)]
+        for m, col in (("j_per_token", 0), ("accuracy", 1), ("epi", 2)):
+            vals = [v[col] for v in picks if v[col] is not None]
+            medians[m].append(statistics.median(vals) if vals else None)
+    out = {}
+    for m, ms in medians.items():
+        ms = [x for x in ms if x is not None]
+        out[m] = (_quantile(ms, 0.025), _quantile(ms, 0.975))
+    return out, medians
+
+
+def hand_items(con, run_ids):
+    """The hand lake's runs as hierarchical_by_hand wants them (energies and their
+    uncertainty as run_metrics states them; answers as the Builder wrote them)."""
+    rm = view(con, "run_metrics").filter(pl.col("run_id").is_in(run_ids)).sort("repeat")
+    runs = []
+    for row in rm.iter_rows(named=True):
+        mmlu, arc = HAND_CORRECT[row["repeat"]]
+        answers = {"mmlu": {f"{sha('mmlu')}/mmlu-{i}": i < mmlu for i in range(4)},
+                   "arc_challenge": {f"{sha('arc_challenge')}/arc_challenge-{i}": i < arc for i in range(5)}}
+        runs.append({"run_key": f"tiny/hand_q4/{row['run_id']}", "energy_j": row["benchmark_energy_j"],
+                     "energy_u": row["benchmark_energy_uncertainty_j"], "tokens": row["benchmark_tokens"],
+                     "answers": answers})
+    questions = {k: sorted({q for r in runs for q in r["answers"][k]}) for k in ("mmlu", "arc_challenge")}
+    return runs, questions
+
+
 def test_hand_config_summary(hand_lake):
     rows = view(connect(hand_lake), "config_summary")
     assert rows.height == 1
@@ -293,10 +362,18 @@ def test_hand_config_summary(hand_lake):
     assert s["j_per_token"] == approx(0.066) and s["accuracy"] == approx(0.575)
     assert s["epi"] == approx(0.06 / 0.575)  # the median of the runs' EPI (repeat 0), not a ratio of medians
     assert (s["ppl_stderr"], s["file_size_bytes"], s["bits_per_weight"]) == (0.5, 1_000_000, 4.5)
+    assert s["n_questions"] == 9 and s["config_ids"] == ["hand_q4"] and s["interval_note"] is None
+    items, questions = hand_items(connect(hand_lake), ["hand-r0", "hand-r1", "hand-r2"])
+    assert all(r["energy_u"] > 0 for r in items)
+    by_hand, _ = hierarchical_by_hand(items, questions)
     for column in ("j_per_token", "accuracy", "epi"):
-        low, high = bootstrap_by_hand([r[column] for r in runs])
+        low, high = by_hand[column]
         assert (s[f"{column}_ci_low"], s[f"{column}_ci_high"]) == (approx(low), approx(high)), column
         assert s[f"{column}_ci_low"] <= s[column] <= s[f"{column}_ci_high"]
+    # questions and the meter widen the intervals beyond what the three repeats alone give
+    for column in ("j_per_token", "accuracy"):
+        low, high = bootstrap_by_hand([r[column] for r in runs])
+        assert s[f"{column}_ci_high"] - s[f"{column}_ci_low"] > high - low, column
 
 
 def test_columns_are_the_contract(hand_lake):
@@ -305,9 +382,9 @@ def test_columns_are_the_contract(hand_lake):
     assert views["run_accuracy"] == twin_runs.RUN_ACCURACY_COLUMNS
     assert views["run_metrics"] == twin_runs.RUN_METRICS_COLUMNS
     assert views["config_summary"] == twin_runs.CONFIG_SUMMARY_COLUMNS
-    assert twin_runs.CONFIG_SUMMARY_COLUMNS[:11] == [
-        "model", "config_id", "origin", "power_source", "simulated", "kind", "early_type", "middle_type", "late_type",
-        "n_repeats", "n_excluded"]
+    assert twin_runs.CONFIG_SUMMARY_COLUMNS[:13] == [
+        "model", "config_id", "origin", "power_source", "config_ids", "simulated", "kind", "early_type", "middle_type",
+        "late_type", "n_repeats", "n_excluded", "n_questions"]
 
 
 # --------------------------------------------------------------------------- 2. SQL = Polars on a sweep
@@ -370,6 +447,14 @@ def sweep_lake(tmp_path_factory):
     for r, statuses in enumerate([("started", "finished")] * 3 + [("started", "failed"), ("started",)]):
         sweep_run(b, rng, model="m1", config_id="mix_a", run_id=f"mix-r{r}", repeat=r, source="replay", level=7.0,
                   acc=0.6, channels=2, statuses=statuses)
+    # the same effective model as mix_a under another name (its latest file's tensors), measured
+    # twice: pooled into mix_a's row; and an alias of uniform_q4 the sweep did not measure
+    b.quantization("m1", "mix_b", sha("mix-new"), 91_000_000, 5.2)
+    for r in range(2):
+        sweep_run(b, rng, model="m1", config_id="mix_b", run_id=f"mixb-r{r}", repeat=r, source="replay", level=7.1,
+                  acc=0.6, channels=2)
+    b.add("config_alias", "lab", model="m1", config_id="uniform_q4_twin", alias_of="uniform_q4",
+          map_sha256=sha("uniform_q4_twin"), base_sha256=sha("base"), effective_map_sha256=sha(sha("q4")))
     for r in range(8):
         sweep_run(b, rng, model="m1", config_id="uniform_q8", run_id=f"q8-r{r}", repeat=r, level=8.0, acc=0.65,
                   file_sha=sha("q8"), all_wrong=("mmlu",) if r == 7 else ())
@@ -380,13 +465,15 @@ def sweep_lake(tmp_path_factory):
 def sweep(sweep_lake):
     """(SQL views, Polars twin) of the sweep lake."""
     con = connect(sweep_lake)
-    via_sql = {name: view(con, name) for name in ("run_energy", "run_accuracy", "run_metrics", "config_summary")}
+    via_sql = {name: view(con, name) for name in ("run_energy", "run_accuracy", "run_metrics", "config_identity",
+                                                  "config_summary")}
     return via_sql, twin_runs.all_views(sweep_lake)
 
 
 KEYS = {"run_energy": ["model", "config_id", "run_id", "start_ns", "phase"],
         "run_accuracy": ["model", "config_id", "run_id", "benchmark"],
         "run_metrics": ["model", "config_id", "run_id"],
+        "config_identity": ["model", "origin", "config_id"],
         "config_summary": ["model", "config_id", "origin", "power_source"]}
 
 
@@ -406,7 +493,8 @@ def assert_frames_agree(a: pl.DataFrame, b: pl.DataFrame, key: list[str], what: 
                 assert u == v, (*where, u, v)
 
 
-SWEEP_ROWS = {"run_energy": 20 * len(SWEEP_WINDOWS), "run_accuracy": 20 * 4, "run_metrics": 18, "config_summary": 4}
+SWEEP_ROWS = {"run_energy": 22 * len(SWEEP_WINDOWS), "run_accuracy": 22 * 4, "run_metrics": 20, "config_identity": 6,
+              "config_summary": 4}
 
 
 @pytest.mark.parametrize("name", list(KEYS))
@@ -509,7 +597,8 @@ def test_failed_and_unfinished_runs_are_not_results(sweep):
     status = dict(via_sql["run_energy"].select("run_id", "run_status").unique().iter_rows())
     assert (status["mix-r3"], status["mix-r4"], status["mix-r0"]) == ("failed", "started", "finished")
     mix = via_sql["config_summary"].filter(pl.col("config_id") == "mix_a").row(0, named=True)
-    assert (mix["n_repeats"], mix["n_excluded"]) == (3, 0)
+    assert (mix["n_repeats"], mix["n_excluded"]) == (5, 0)  # mix_b's two runs are the same model's
+    assert mix["config_ids"] == ["mix_a", "mix_b"]
     q4 = via_sql["config_summary"].filter((pl.col("config_id") == "uniform_q4") & (pl.col("origin") == "lab"))
     assert (q4["n_repeats"][0], q4["n_excluded"][0]) == (3, 1)
 

@@ -89,6 +89,9 @@ def build(
     }
     if "run_id" not in df.columns:
         fill["run_id"] = pl.repeat(None, n, eager=True, dtype=pl.Utf8)
+    for column in spec.added:
+        if column not in df.columns:
+            fill[column] = pl.repeat(None, n, eager=True, dtype=spec.polars_schema[column])
     df = df.with_columns(**fill)
     casts = [
         pl.col(column).cast(dtype, strict=True)
