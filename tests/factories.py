@@ -30,6 +30,9 @@ def rows_for(event_type: str, n: int = 3, *, run_id: str = "run-a", model: str =
                 "file_sha256": [sha(f"f{i}") for i in idx], "effective_map_sha256": [sha(f"e{i}") for i in idx],
                 "file_size_bytes": [100_000 + i for i in idx], "bits_per_weight": [4.5 + i / 100 for i in idx],
                 "duration_s": [1.25] * n, "host": ["localhost"] * n}
+    if event_type == "config_alias":
+        return {**cfg, "alias_of": [f"measured{i}" for i in idx], "map_sha256": [sha(f"map{i}") for i in idx],
+                "base_sha256": [sha("base")] * n, "effective_map_sha256": [sha(f"e{i}") for i in idx]}
     if event_type == "tensor_inventory":
         return {**cfg, "file_sha256": [sha("f")] * n, "tensor": [f"blk.{i}.attn_v.weight" for i in idx],
                 "layer": idx, "group": ["early"] * n, "requested_type": ["q6_K"] * n,

@@ -355,8 +355,8 @@ CASES = [
     Case("extra_column", edit("phase", lambda d: d.with_columns(notes=pl.lit("hi"))), "unknown column 'notes'"),
     Case("schema_value", edit("thermal_sample", set_row("temperature_c", 2, 500.0)),
          "column temperature_c: failed less_than_or_equal_to(150)"),
-    Case("schema_version", edit("perplexity", lambda d: d.with_columns(schema_version=pl.lit(2, pl.Int32))),
-         "schema_version is not the current 1"),
+    Case("schema_version", edit("perplexity", lambda d: d.with_columns(schema_version=pl.lit(3, pl.Int32))),
+         "schema_version is newer than the current 2 of perplexity"),
     Case("wrong_event_type", edit("throughput", lambda d: d.with_columns(event_type=pl.lit("kld"))),
          "event_type differs from the file's type 'throughput'"),
     # physics

@@ -10,6 +10,10 @@ bundle, and every string's length) is checked against the limits *before* the ba
 decoded, so a small file that decodes to gigabytes is stopped before it takes the memory.
 Then its values are checked on their own (event schema, ids, origin, list sizes, times,
 declared numbers).
+
+A file may hold events of an older schema version of its type (1 .. current): such a file
+lacks the columns added since (``EventSpec.added``), its ids hash the columns it has, and its
+frame gets those columns as nulls once checked (:func:`mqepi.lake.verify.with_added_columns`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from mqepi.community.manifest import MANIFEST, origin_for
 from mqepi.community.problems import BundleReport, Limits, short
 from mqepi.errors import EventValidationError
 from mqepi.lake import events
+from mqepi.lake.verify import version_checks, with_added_columns
 from mqepi.meter.atm90e26 import ATM_BAUDRATES
 from mqepi.meter.protocol import BAUDRATE, encode_line
 from mqepi.meter.stream import MAX_RATE_HZ, POWER_RESOLUTION_W
@@ -52,8 +57,8 @@ DECLARED_MAX: dict[str, dict[str, int | None]] = {
     "run": {"repeat": 1 << 16},
     "phase": {"tokens": 1 << 40},
     "benchmark_answer": {"tokens_evaluated": 1 << 24},
-    "perplexity": {"context": 1 << 24, "chunks": 1 << 24, "tokens": 1 << 40},
-    "kld": {"context": 1 << 24, "chunks": 1 << 24},
+    "perplexity": {"context": 1 << 24, "chunks": 1 << 24, "tokens": 1 << 40, "chunk_tokens": 1 << 24},
+    "kld": {"context": 1 << 24, "chunks": 1 << 24, "chunk_tokens": 1 << 24},
     "throughput": {"n_prompt": 1 << 24, "n_gen": 1 << 24, "repetitions": 1 << 16, "n_threads": 1 << 12, "rpc_nodes": 64},
 }
 
@@ -108,7 +113,7 @@ def read_files(source: Source, manifest: dict, limits: Limits, report: BundleRep
             continue
         spec = EVENT_TYPES[entry["event_type"]]
         check_values(name, spec, df, manifest["submitter"]["id"], limits, report)
-        frames[spec.name] = df
+        frames[spec.name] = with_added_columns(spec, df)
     return frames, unusable
 
 
@@ -136,6 +141,8 @@ def read_parquet(name: str, data: bytes, spec: EventSpec, declared_rows: int, li
                  report: BundleReport, budget: DecodeBudget | None = None) -> pl.DataFrame | None:
     """Footer first (limits, exact columns and dtypes), then the data in bounded batches; None on any problem.
 
+    The frame has the file's columns in schema order: every column of the schema but, in a file
+    of an older schema version, the columns added since (``spec.added``).
     ``budget`` carries what the bundle's other files decoded to (a fresh one when not given)."""
     opened = _open_parquet(name, data, report)
     if opened is None:
@@ -160,13 +167,14 @@ def read_parquet(name: str, data: bytes, spec: EventSpec, declared_rows: int, li
     _check_dtypes(name, df.schema, spec, report)
     if len(report.problems) > before:
         return None
-    return df.select(list(spec.polars_schema))
+    return df.select([c for c in spec.polars_schema if c in df.columns])
 
 
 def _check_dtypes(name: str, schema: pl.Schema, spec: EventSpec, report: BundleReport) -> None:
-    """Exactly the schema's dtypes (no coercion), column by column."""
+    """Exactly the schema's dtypes (no coercion), column by column (a missing column is reported by
+    :func:`_check_columns`)."""
     for column, dtype in spec.polars_schema.items():
-        if schema[column] != dtype:
+        if column in schema and schema[column] != dtype:
             report.add("schema", name, f"dtype {schema[column]}, expected {dtype} (exact dtypes, no coercion)", column=column)
 
 
@@ -226,12 +234,14 @@ def _check_lists(name: str, md: pq.FileMetaData, limits: Limits, report: BundleR
 
 
 def _check_columns(name: str, names: list[str], spec: EventSpec, report: BundleReport) -> None:
-    """Exactly the schema's columns: none twice, none missing, none unknown."""
+    """Exactly the schema's columns: none twice, none missing, none unknown. A column added by a
+    later schema version (``spec.added``) may be missing: the file then holds events of an older
+    version (checked with its values, :func:`_check_type_and_sizes`)."""
     for dup in sorted({n for n in names if names.count(n) > 1}):
         report.add("schema", name, "column appears twice", column=dup)
     expected = spec.polars_schema
     for column in expected:
-        if column not in names:
+        if column not in names and column not in spec.added:
             report.add("schema", name, f"missing column {column!r}", column=column)
     for column in names:
         if column not in expected:
@@ -331,11 +341,13 @@ def _decode(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def check_values(name: str, spec: EventSpec, df: pl.DataFrame, submitter: str, limits: Limits, report: BundleReport) -> None:
-    """Checks of one file on its own: schema values, ids, origin, limits on values."""
+    """Checks of one file on its own: schema values, ids, origin, limits on values. ``df`` has the
+    file's columns (an older version's lack those added since, which are checked as nulls; the
+    ids hash the columns the file has)."""
     ix = df.with_row_index("_row")
     _check_type_and_sizes(name, spec, ix, limits, report)
     try:
-        events.validate(df, source=name, check_ids=False)
+        events.validate(with_added_columns(spec, df), source=name, check_ids=False)
     except EventValidationError as exc:
         for failure in exc.failures:
             rows = f" ({failure['rows']} rows)" if failure.get("rows") else ""
@@ -387,17 +399,21 @@ def _check_times(name: str, spec: EventSpec, ix: pl.DataFrame, report: BundleRep
 
 
 def _check_type_and_sizes(name: str, spec: EventSpec, ix: pl.DataFrame, limits: Limits, report: BundleReport) -> None:
-    """Type and version of every event; lists within ``max_list_len`` (strings were bounded while
-    reading); every number the file declares within :data:`DECLARED_MAX`."""
+    """Type and version of every event (a version 1 .. current of the type, the columns the file
+    has as that version has them: :func:`mqepi.lake.verify.version_checks`); lists within
+    ``max_list_len`` (strings were bounded while reading); every number the file declares within
+    :data:`DECLARED_MAX`."""
     report.flag("schema", name, ix.filter(pl.col("event_type") != spec.name), "event_type",
                 f"event_type differs from the file's type {spec.name!r}")
-    report.flag("schema", name, ix.filter(pl.col("schema_version") != spec.version), "schema_version",
-                f"schema_version is not the current {spec.version}")
+    for column, bad, detail in version_checks(spec, ix.columns):
+        report.flag("schema", name, ix.filter(bad), column, detail)
     for column, dtype in spec.polars_schema.items():
-        if isinstance(dtype, pl.List):
+        if isinstance(dtype, pl.List) and column in ix.columns:
             report.flag("limit", name, ix.filter(pl.col(column).list.len() > limits.max_list_len), None,
                         f"column {column}: list longer than {limits.max_list_len}")
     for column, bound in DECLARED_MAX.get(spec.name, {}).items():
+        if column not in ix.columns:  # a column added after the file's schema version
+            continue
         bound = limits.max_layers if bound is None else bound
         report.flag("limit", name, ix.filter(pl.col(column) > bound), column, f"{column} above the sane bound {bound}")
 

@@ -5,6 +5,7 @@ Layout (hive partitions; the partition columns live in the path, not in the file
     <root>/<event_type>/model=<m>/config_id=<c>/ev-<batch sha256>.parquet            configs
     <root>/<event_type>/model=<m>/config_id=<c>/run_id=<r>/ev-<batch sha256>.parquet  run-bound
     <root>/<event_type>/model=_seed/.../schema-v<N>.parquet                           zero-row seed
+                                                                                       (one per schema version met)
 
 A query by model, configuration or run reads only that folder. File names derive from the
 batch content (sha256 over the sorted event ids), so appending the same batch twice writes
@@ -19,6 +20,12 @@ Nothing here deletes or rewrites a committed file.
 
 All I/O goes through a ``pyarrow.fs`` filesystem: a local folder by default, an object store
 URI (``s3://...``) where pyarrow supports one.
+
+Schema versions are per event type (``EventSpec.version``); a new version only adds nullable
+columns (``EventSpec.added``). The seed of the current version is written by ``init`` (which
+``mqepi.results.sql.connect`` runs) and by the first append of the type, beside the seeds of
+older versions (never replaced), so readers that union files by column name (the SQL views)
+see every column, and the files of older versions read the columns added since as null.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from mqepi.lake.durable import fsync_dir, fsync_file
 from mqepi.lake.index import SEED_VALUE, FileIndex, parse
 from mqepi.lake.locks import LockHeld, exclusive, holder_record
 from mqepi.lake.log import CommitLog
-from mqepi.lake.verify import DATA_PREFIX, LOCKS_DIR, TEMP_PREFIX, VerifyReport, verify
+from mqepi.lake.verify import DATA_PREFIX, LOCKS_DIR, TEMP_PREFIX, VerifyReport, seed_name, verify
 from mqepi.schemas import EVENT_TYPES, RUN_BOUND, EventSpec, spec_for
 
 #: Environment variable naming the lake root when no option is given.
@@ -192,8 +199,10 @@ class Lake:
     # ------------------------------------------------------------------ writing
 
     def init(self) -> list[str]:
-        """Create the root, the commit log and every event type's seed file; return the seeds
-        written. On a lake that has them all it writes nothing (not even the lock file)."""
+        """Create the root, the commit log and every event type's seed file of its current schema
+        version; return the types whose seed was written. A lake made by an older mqepi gains the
+        seeds of the versions since (its older seeds stay). On a lake that has them all it writes
+        nothing (not even the lock file)."""
         written = []
         if self.exists() and self.log.exists() and all(self._seed_committed(spec) for spec in EVENT_TYPES.values()):
             return written
@@ -209,7 +218,7 @@ class Lake:
 
     def _seed_path(self, spec: EventSpec) -> str:
         values = (SEED_VALUE,) * len(spec.partition_by)
-        return f"{self._rel(self.partition_dir(spec, values))}/schema-v{spec.version}.parquet"
+        return f"{self._rel(self.partition_dir(spec, values))}/{seed_name(spec.version)}"
 
     def _seed_committed(self, spec: EventSpec) -> bool:
         self.index()
@@ -219,7 +228,7 @@ class Lake:
         if spec.name in self._seeded:
             return False
         directory = self.partition_dir(spec, (SEED_VALUE,) * len(spec.partition_by))
-        name = f"schema-v{spec.version}.parquet"
+        name = seed_name(spec.version)
         empty = pl.DataFrame(schema=spec.polars_schema).select(spec.file_columns)
         wrote = self._commit_file(directory, name, empty.to_arrow())
         self._seeded.add(spec.name)

@@ -5,10 +5,17 @@ no commit names (``uncommitted``: an interrupted write or ingest, never read as 
 ``stray-temp``: a temporary file), unreadable log records (``log``), schema violations, hash
 and name mismatches, duplicate ids, run ids under two models or configurations
 (``collision``) and anything else that does not belong. Reads only.
+
+Schema versions are per event type (``EventSpec.version``). A later version only adds
+nullable columns (``EventSpec.added``), so every older event stays valid: a file of an older
+version lacks the columns added since, which read as null, and its event ids are the hash of
+the columns it stores. Each type's seed folder holds one empty ``schema-v<N>.parquet`` per
+version the lake has met, each with that version's columns.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -22,7 +29,7 @@ from mqepi.errors import EventValidationError
 from mqepi.lake import durable, events
 from mqepi.lake.index import SEED_VALUE, FileIndex, parse
 from mqepi.lake.log import LOG_DIR
-from mqepi.schemas import EVENT_TYPES
+from mqepi.schemas import EVENT_TYPES, EventSpec
 
 DATA_PREFIX = "ev-"
 TEMP_PREFIX = durable.TEMP_PREFIX
@@ -32,6 +39,44 @@ ROOT_EXTRAS = ("README.md",)
 LOCKS_DIR = "_locks"
 #: Folders of the root that hold no events (the commit log, the locks).
 SYSTEM_DIRS = (LOG_DIR, LOCKS_DIR)
+#: Name of a seed file: ``schema-v<version>.parquet``.
+SEED_NAME = re.compile(r"schema-v([1-9][0-9]{0,5})\.parquet")
+
+
+def seed_name(version: int) -> str:
+    """The name of the seed file of schema ``version``."""
+    return f"schema-v{version}.parquet"
+
+
+def with_added_columns(spec: EventSpec, df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with each column of ``spec.added`` it lacks (events of an older schema version)
+    as typed nulls, columns in schema order; any other missing column stays missing, for
+    validation to report. Its event ids still hash the columns ``df`` had: compute them on
+    ``df`` (:func:`mqepi.lake.events.content_ids`)."""
+    missing = [c for c in spec.added if c not in df.columns]
+    if missing:
+        df = df.with_columns(pl.lit(None, dtype=spec.polars_schema[c]).alias(c) for c in missing)
+    return df.select([c for c in spec.polars_schema if c in df.columns])
+
+
+def version_checks(spec: EventSpec, present: list[str] | tuple[str, ...]) -> list[tuple[str, pl.Expr, str]]:
+    """(column, rows-that-fail expression, detail) of the version rules for a file of ``spec``'s
+    type holding the columns ``present``: every event's ``schema_version`` is one this mqepi
+    knows (1 .. current); a file that lacks a column of ``spec.added`` holds no event of the
+    current version (a file of the current version has every column); an event of version 1
+    has every column of ``spec.added`` (all added after version 1) null."""
+    version = pl.col("schema_version")
+    checks = [("schema_version", version > spec.version,
+               f"schema_version is newer than the current {spec.version} of {spec.name} (written by a newer mqepi)"),
+              ("schema_version", version < 1, "schema_version is below 1")]
+    for column in spec.added:
+        if column not in present:
+            checks.append((column, version == spec.version, f"the file lacks column {column!r}, which events of the "
+                           f"current schema version {spec.version} have"))
+        else:
+            checks.append((column, (version == 1) & pl.col(column).is_not_null(),
+                           f"column {column!r} holds a value in an event of schema version 1, which has no such column"))
+    return checks
 
 
 @dataclass
@@ -143,9 +188,7 @@ def _verify_file(lake, info: pafs.FileInfo, relative: PurePosixPath, record, rep
     if record is not None and df.height != record.rows:
         report.problems.append(Problem("changed", path, f"{df.height} rows, committed with {record.rows}"))
     if values == [SEED_VALUE] * len(values):
-        expected_name = f"schema-v{spec.version}.parquet"
-        if relative.name != expected_name or df.height:
-            report.problems.append(Problem("layout", path, f"a seed file must be an empty {expected_name}"))
+        _verify_seed(spec, path, relative.name, df, report)
         return
     unknown = [c for c in df.columns if c not in spec.file_columns]
     if unknown:
@@ -153,8 +196,16 @@ def _verify_file(lake, info: pafs.FileInfo, relative: PurePosixPath, record, rep
         return
     df = df.with_columns(pl.lit(v, dtype=pl.Utf8).alias(k) for k, v in zip(spec.partition_by, values))
     df = df.select([c for c in spec.polars_schema if c in df.columns])
+    if "schema_version" in df.columns and df.schema["schema_version"].is_integer():
+        for _, bad, detail in version_checks(spec, df.columns):
+            rows = df.filter(bad.fill_null(False)).height
+            if rows:
+                report.problems.append(Problem("schema", path, f"{spec.name}: {detail} ({rows} rows)"))
+                return
     try:
-        events.validate(df, source=path)
+        # the columns a file of an older version lacks are null; its ids hash the columns it has
+        events.validate(with_added_columns(spec, df), source=path, check_ids=False)
+        _check_ids(spec, df, path)
     except EventValidationError as exc:
         hash_failed = any(f.get("column") == "event_id" and "sha256" in str(f.get("check")) for f in exc.failures)
         report.problems.append(Problem("hash" if hash_failed else "schema", path, str(exc)))
@@ -164,3 +215,42 @@ def _verify_file(lake, info: pafs.FileInfo, relative: PurePosixPath, record, rep
         report.problems.append(Problem("name", path, f"file name does not match its content (expected {expected})"))
     for event_id in df["event_id"]:
         seen[event_id].append((spec.name, path))
+
+
+def _check_ids(spec: EventSpec, df: pl.DataFrame, path: str) -> None:
+    """Every ``event_id`` of ``df`` (the file's own columns) the hash of its content; else the
+    error :func:`mqepi.lake.events.validate` raises for it."""
+    expected = events.content_ids(df)
+    bad = df.select(pl.col("event_id"), expected.alias("expected")).filter(pl.col("event_id") != pl.col("expected"))
+    if bad.height:
+        raise EventValidationError(spec.name, [{"column": "event_id", "check": "equals sha256 of content",
+                                                "values": bad["event_id"].head(events.QUOTED_VALUES).to_list(),
+                                                "rows": bad.height}], path)
+
+
+def _verify_seed(spec: EventSpec, path: str, name: str, df: pl.DataFrame, report: VerifyReport) -> None:
+    """A seed: an empty ``schema-v<N>.parquet`` of a version 1 .. current with that version's file
+    columns and dtypes (what ``Lake.init`` of an mqepi at version N wrote): every column of the
+    current model but ``spec.added`` (version 1), all of them (the current version), in
+    between some of ``spec.added``."""
+    m = SEED_NAME.fullmatch(name)
+    version = int(m.group(1)) if m else None
+    if version is None or df.height:
+        report.problems.append(Problem("layout", path, f"a seed file must be an empty schema-v<N>.parquet, N in "
+                                       f"1 .. {spec.version} (the current {seed_name(spec.version)})"))
+        return
+    if version > spec.version:
+        report.problems.append(Problem("layout", path, f"seed of schema version {version}, newer than the current "
+                                       f"{spec.version} of {spec.name} (a lake written by a newer mqepi)"))
+        return
+    current = {c: spec.polars_schema[c] for c in spec.file_columns}
+    required = [c for c in current if c not in spec.added or version == spec.version]
+    allowed = [c for c in current if c not in spec.added or version > 1]
+    wrong = [c for c in df.columns if c not in allowed or df.schema[c] != current[c]]
+    missing = [c for c in required if c not in df.columns]
+    if wrong or missing:
+        detail = "; ".join(part for part in (
+            f"unexpected {', '.join(f'{c} {df.schema[c]}' for c in wrong)}" if wrong else "",
+            f"missing {', '.join(missing)}" if missing else "") if part)
+        report.problems.append(Problem("schema", path, f"seed of {spec.name} schema version {version} does not have "
+                                       f"that version's columns: {detail}"))
