@@ -46,20 +46,19 @@ def maps_generate(
     _report_identical(generated, profile)
 
 
-def _report_identical(generated, profile) -> None:
-    same = maps.identical_maps(generated)
+def _report_identical(qmaps, profile) -> None:
+    """Notes (stderr) on maps of ``profile`` that are one model: the same layer types under two
+    names, or different maps that write identical tensors after llama.cpp's shape fallbacks
+    (:func:`mqepi.quant.expansion.effectively_identical`). A sweep measures each model once."""
+    qmaps = [m for m in qmaps if m.model == profile.id]
+    same = maps.identical_maps(qmaps)
     for a, b in same:
-        err.print(f"[yellow]note[/]: {safe(b)} is the same map as {safe(a)} (the paper lists both); measure it once",
-                  highlight=False, soft_wrap=True)
+        err.print(f"[yellow]note[/]: {safe(b)} is the same map as {safe(a)} (the paper lists both); a sweep measures "
+                  "it once", highlight=False, soft_wrap=True)
     duplicates = {b for _, b in same}
-    by_effective: dict[str, list[str]] = {}
-    for m in generated:
-        if m.config_id not in duplicates:
-            by_effective.setdefault(expansion.expand(m, profile).effective_sha256, []).append(m.config_id)
-    for ids in by_effective.values():
-        if len(ids) > 1:
-            err.print(f"[yellow]note[/]: on {safe(profile.id)} these maps write identical tensors (shape fallback): "
-                      f"{safe(', '.join(ids))}", highlight=False, soft_wrap=True)
+    for ids in expansion.effectively_identical([m for m in qmaps if m.config_id not in duplicates], profile):
+        err.print(f"[yellow]note[/]: {safe(' = '.join(ids))} on {safe(profile.id)} (identical tensor types after "
+                  "llama.cpp's fallbacks); a sweep measures them once", highlight=False, soft_wrap=True)
 
 
 @app.command("show")
@@ -69,7 +68,8 @@ def maps_show(
     model: str | None = typer.Option(None, "--model", "-m", help="Profile id, when the id exists for several models."),
     tensors: bool = typer.Option(False, "--tensors", help="Also list every tensor's requested and effective type."),
 ) -> None:
-    """Predict a map's per-group and total bytes and bits/weight before quantizing."""
+    """Predict a map's per-group and total bytes and bits/weight before quantizing, and name the
+    committed maps that write identical tensors."""
     qmap, profile = _resolve_map(config, model)
     exp = expansion.expand(qmap, profile)
     layers = {g.name: f"{min(g.layers)}-{max(g.layers)} ({g.quant})" for g in qmap.groups}
@@ -79,19 +79,39 @@ def maps_show(
     out.print(f"total tensor data {exp.data_bytes:,d} bytes, {exp.bits_per_weight:.4f} bits/weight, "
               f"{sum(t.fallback for t in exp.tensors)} shape fallbacks; llama-quantize base ftype {safe(exp.base_ftype)}",
               highlight=False, soft_wrap=True)
+    for twin in _same_model_committed(qmap, exp, profile):
+        why = ("the same layer types" if twin.layer_types_sha256 == qmap.layer_types_sha256
+               else "identical tensor types after llama.cpp's fallbacks")
+        err.print(f"[yellow]note[/]: {safe(qmap.config_id)} = {safe(twin.config_id)} on {safe(profile.id)} ({why}; "
+                  "a committed map); a sweep measures them once", highlight=False, soft_wrap=True)
     if tensors:
         print_frame(pl.DataFrame([{"tensor": t.name, "group": t.group, "requested": t.requested_type,
                                    "effective": t.effective_type, "bytes": t.n_bytes} for t in exp.tensors]))
 
 
+def _same_model_committed(qmap, exp, profile) -> list:
+    """The committed maps of ``profile`` (``quant_maps/<model>/``) other than ``qmap`` whose
+    effective per-tensor types equal ``exp``'s."""
+    folder = maps.maps_dir(profile.id)
+    committed = maps.load_maps(sorted(folder.glob("*.json")), profile) if folder.is_dir() else []
+    return [m for m in committed if m.config_id != qmap.config_id
+            and expansion.expand(m, profile).effective_sha256 == exp.effective_sha256]
+
+
 @app.command("validate")
 @edge
 def maps_validate(files: list[Path] = typer.Argument(..., help="Map .json files.")) -> None:
-    """Check maps against the schema and their model profiles; exit 1 on the first problem."""
+    """Check maps against the schema and their model profiles; exit 1 on the first problem.
+    Notes which of them are one model (same layer types, or identical tensor types after
+    llama.cpp's fallbacks)."""
     loaded = maps.load_maps(files)
+    profiles = {}
     for qmap in loaded:
-        maps.check_against_profile(qmap, maps.load_profile(qmap.model))
+        profiles.setdefault(qmap.model, maps.load_profile(qmap.model))
+        maps.check_against_profile(qmap, profiles[qmap.model])
     out.print(f"[green]ok[/]: {len(loaded)} maps valid")
+    for profile in profiles.values():
+        _report_identical(loaded, profile)
 
 
 @app.command("profile")

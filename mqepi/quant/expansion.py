@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mqepi.quant import ggml
@@ -61,8 +62,19 @@ class Expansion:
     @property
     def effective_sha256(self) -> str:
         """Hash of the effective per-tensor types: equal for maps that write the same file."""
-        text = "\n".join(f"{t.name}={t.effective_type}" for t in self.tensors)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return types_sha256((t.name, t.effective_type) for t in self.tensors)
+
+    def written_sha256(self, written: Mapping[str, str]) -> str:
+        """:attr:`effective_sha256` of the types a file actually holds (tensor name -> written
+        type, e.g. a ``tensor_inventory``), over this expansion's tensors in its order: equal to
+        :attr:`effective_sha256` exactly when the file holds the predicted type everywhere.
+        A tensor missing from ``written`` counts as written ``(missing)``."""
+        return types_sha256((t.name, written.get(t.name, "(missing)")) for t in self.tensors)
+
+    def differences(self, written: Mapping[str, str]) -> list[tuple[str, str, str]]:
+        """(tensor, predicted effective type, written type) wherever they differ."""
+        return [(t.name, t.effective_type, written.get(t.name, "(missing)")) for t in self.tensors
+                if written.get(t.name, "(missing)") != t.effective_type]
 
     @property
     def data_bytes(self) -> int:
@@ -89,6 +101,26 @@ class Expansion:
         for row in rows.values():
             row["bits_per_weight"] = round(8 * row["bytes"] / row["n_elements"], 4)
         return list(rows.values())
+
+
+def types_sha256(pairs: Iterable[tuple[str, str]]) -> str:
+    """sha256 of ``name=type`` lines in the given order: the effective map hash
+    (:attr:`Expansion.effective_sha256`, ``effective_map_sha256`` in the lake)."""
+    return hashlib.sha256("\n".join(f"{name}={type_}" for name, type_ in pairs).encode()).hexdigest()
+
+
+def effectively_identical(qmaps: Iterable[QuantMap], profile: ModelProfile) -> list[list[str]]:
+    """Groups (two or more config ids, in the given order) of maps of ``profile`` whose
+    expansions give every tensor the same effective type: the same model once quantized
+    (after llama.cpp's shape fallbacks), whatever their layer groups say. Maps of another
+    model are left out."""
+    groups: dict[str, list[str]] = {}
+    for m in qmaps:
+        if m.model == profile.id:
+            ids = groups.setdefault(expand(m, profile).effective_sha256, [])
+            if m.config_id not in ids:
+                ids.append(m.config_id)
+    return [ids for ids in groups.values() if len(ids) > 1]
 
 
 def requested_type(quant: str, t: TensorInfo, profile: ModelProfile) -> str:

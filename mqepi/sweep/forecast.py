@@ -12,7 +12,9 @@ straight line in its predicted file size (least squares over measured configurat
 measured configuration: scaled in proportion to size). Between configurations, the sweep
 looks up the quantized file and deploys it: the median gap between runs of different
 configurations in earlier sweeps (1 s if none). Energy: each window kind's measured
-average power (all channels) times its forecast time; the rest at the idle power.
+average power (all channels) times its forecast time; the rest at the idle power. A
+configuration that is the same model as another of the sweep (an alias,
+:func:`mqepi.sweep.resume.plan_aliases`) is not run, so it costs nothing.
 
 Token counts are those of the chosen questions (llama-tokenize, cached); for more than
 ``SAMPLE_LIMIT`` questions they are estimated from the characters of the prompts, at the
@@ -33,6 +35,7 @@ from mqepi.quality import datasets, prompts, scoring
 from mqepi.quality.tasks import BENCHMARK_PHASES, TaskDef
 from mqepi.quant import assets, expansion, maps, toolchain
 from mqepi.results import sql
+from mqepi.sweep.resume import plan_aliases
 from mqepi.sweep.spec import SweepSpec
 
 SAMPLE_LIMIT = 300
@@ -234,10 +237,14 @@ def forecast(spec: SweepSpec, lake, *, progress=lambda line: None) -> Forecast:
     profile = maps.load_profile(spec.model)
     folder = maps.maps_dir(spec.model)
     names = spec.configs or sorted(p.stem for p in folder.glob("*.json"))
-    wanted = {}
+    wanted, identities = {}, []
     for name in names:
-        exp = expansion.expand(maps.load_map(folder / f"{name}.json", profile), profile)
+        qmap = maps.load_map(folder / f"{name}.json", profile)
+        exp = expansion.expand(qmap, profile)
         wanted[name] = exp.data_bytes
+        identities.append((name, qmap.sha256, exp.effective_sha256))
+    # the same model under two names is measured once: an alias costs nothing (run_sweep's rule)
+    aliases = plan_aliases(lake, spec, identities, base.sha256)
     spans = run_spans(lake, spec.model)
     rates = measured_rates(lake, spec.model, spans)
     sizes = lake.read("quantization", columns=["config_id", "file_size_bytes"], model=spec.model)
@@ -255,6 +262,9 @@ def forecast(spec: SweepSpec, lake, *, progress=lambda line: None) -> Forecast:
     gap = 1.0 if gap is None else gap
     out = []
     for name in names:
+        if name in aliases:
+            out.append(ConfigForecast(name, 0, 0.0, 0.0, 0.0, f"not run: the same model as {aliases[name].alias_of}"))
+            continue
         r = filled[name]
         mc_s = mc_tokens * r.mc_s_per_token
         ppl_s = ppl_tokens * r.ppl_s_per_token / 2 * (2 if spec.kld else 1)

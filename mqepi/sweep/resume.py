@@ -7,6 +7,10 @@ one sweep name used for two models gives two sets of runs. A ``<sweep>-<model>-<
 than :data:`HEAD_MAX` is cut and ends in a hash of the whole, keeping ids within the schema's
 128-character slug. Runs of the older form ``<sweep>-<config>-r<repeat>-a<attempt>`` (no model)
 are still recognised, so a lake written before resumes.
+
+Aliases (:func:`plan_aliases`): configurations of the sweep whose effective per-tensor maps are
+identical (same base, same ``effective_map_sha256``) are one model; one of them is measured,
+every other is an alias that is never to run.
 """
 
 from __future__ import annotations
@@ -76,6 +80,61 @@ def plan_runs(lake, spec: SweepSpec, config_ids: list[str]) -> list[RunPlan]:
             run_id = run_id_for(spec.sweep_id, spec.model, config_id, repeat, attempt)
             plans.append(RunPlan(config_id, repeat, attempt, run_id, done, interrupted))
     return plans
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A configuration not measured: the same model as ``alias_of`` (same base, identical
+    effective per-tensor types), which the sweep measures in its place."""
+
+    config_id: str
+    alias_of: str
+    map_sha256: str  # this configuration's map
+    base_sha256: str
+    effective_map_sha256: str  # shared with alias_of
+
+    def row(self, model: str) -> dict[str, list]:
+        """The ``config_alias`` event's columns."""
+        return {"model": [model], "config_id": [self.config_id], "alias_of": [self.alias_of],
+                "map_sha256": [self.map_sha256], "base_sha256": [self.base_sha256],
+                "effective_map_sha256": [self.effective_map_sha256]}
+
+
+def plan_aliases(lake, spec: SweepSpec, identities: list[tuple[str, str, str]], base_sha256: str,
+                 plans: list[RunPlan] | None = None) -> dict[str, Alias]:
+    """Which of the sweep's configurations are aliases (config id -> :class:`Alias`).
+
+    ``identities``: (config id, map sha256, effective map sha256) of each configuration in
+    sweep order, the effective hash from :func:`mqepi.quant.expansion.expand` (what the
+    quantize step checks the written file against). Configurations with the same base and
+    effective hash form a group; one is measured, the others are its aliases. The measured
+    one is, in this order of preference: one the lake already records as measured in place of
+    another of the group (``config_alias.alias_of``: an earlier sweep's choice stands, so the
+    lake never holds both directions), one with the most finished repeats in this sweep (a
+    sweep over a subset measured it before), the first in sweep order. ``plans``: this
+    sweep's :func:`plan_runs` (read here if not given)."""
+    identities = list({cid: (cid, m, e) for cid, m, e in identities}.values())  # a config named twice counts once
+    groups: dict[str, list[tuple[int, str, str]]] = {}
+    for index, (config_id, map_sha, effective) in enumerate(identities):
+        groups.setdefault(effective, []).append((index, config_id, map_sha))
+    groups = {e: members for e, members in groups.items() if len(members) > 1}
+    if not groups:
+        return {}
+    known = lake.read("config_alias", columns=["alias_of", "base_sha256", "effective_map_sha256"], model=spec.model)
+    known = known.filter(pl.col("base_sha256") == base_sha256)
+    measured_before = set(zip(known["effective_map_sha256"], known["alias_of"]))
+    if plans is None:
+        plans = plan_runs(lake, spec, [cid for _, cid, _ in (m for ms in groups.values() for m in ms)])
+    finished: dict[str, int] = {}
+    for p in plans:
+        finished[p.config_id] = finished.get(p.config_id, 0) + p.done
+    aliases = []
+    for effective, members in groups.items():
+        _, measured, _ = min(members, key=lambda m: ((effective, m[1]) not in measured_before,
+                                                     -finished.get(m[1], 0), m[0]))
+        aliases += [(index, Alias(config_id, measured, map_sha, base_sha256, effective))
+                    for index, config_id, map_sha in members if config_id != measured]
+    return {a.config_id: a for _, a in sorted(aliases, key=lambda ia: ia[0])}
 
 
 def mark_failed(lake, spec: SweepSpec, plan: RunPlan, stale_run_id: str, held) -> None:

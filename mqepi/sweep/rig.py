@@ -1,6 +1,7 @@
 """The rig a sweep measures with: the toolchain, the base model, the held-out text and question
 sets, the nodes (this machine, or a cluster over SSH with RPC workers and thermal probes) and
-the stages that act on a configuration (quantize, deploy) before its runs.
+the stages that act on a configuration (quantize, deploy) before its runs, and the
+effective identity of each configuration (its per-tensor expansion), which decides aliases.
 
 Set-up is a context manager: everything it starts (SSH sessions, RPC workers) stops on exit,
 also when set-up itself fails half way.
@@ -14,18 +15,21 @@ import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from mqepi import __version__
+import polars as pl
+
+from mqepi import PRODUCER, __version__
 from mqepi.lake.durable import sha256_file
 from mqepi.meter.simulated import PowerModel
 from mqepi.quality import evaluate as ev
 from mqepi.quality import perplexity, scoring
 from mqepi.quant import assets, maps, toolchain
+from mqepi.quant.expansion import Expansion, expand
 from mqepi.quant.quantize import Quantized, quantize
 from mqepi.rig import config as cfg
 from mqepi.rig import ops, thermal
 from mqepi.rig.executor import Executor, LocalExecutor
 from mqepi.rig.ssh import Remote, RemoteError
-from mqepi.sweep.resume import RunPlan
+from mqepi.sweep.resume import Alias, RunPlan
 from mqepi.sweep.spec import SweepError, SweepSpec
 
 
@@ -55,6 +59,7 @@ class Rig:
         self._stack = contextlib.ExitStack()
         self.thermal_note = ""
         self.probes: list[thermal.ThermalProbe] = []
+        self._expansions: dict[str, Expansion] = {}
 
     def __enter__(self) -> Rig:
         try:
@@ -165,9 +170,51 @@ class Rig:
         q = self.config.quant_host
         return all((n.host, n.port) != (q.host, q.port) for n in self.config.nodes)
 
+    def qmap(self, config_id: str) -> maps.QuantMap:
+        """The map of one of the sweep's configurations."""
+        return next(m for m in self.maps if m.config_id == config_id)
+
+    def expansion(self, config_id: str) -> Expansion:
+        """The configuration's per-tensor expansion on the model's profile: the same one the
+        quantize step checks the written file against (:func:`mqepi.quant.quantize.check_types`)."""
+        if config_id not in self._expansions:
+            self._expansions[config_id] = expand(self.qmap(config_id), self.profile)
+        return self._expansions[config_id]
+
+    def identities(self) -> list[tuple[str, str, str]]:
+        """(config id, map sha256, effective map sha256) of every configuration, in sweep order."""
+        return [(m.config_id, m.sha256, self.expansion(m.config_id).effective_sha256) for m in self.maps]
+
+    def check_measured(self, config_id: str, aliases: list[str]) -> None:
+        """Check that what llama-quantize wrote for ``config_id`` (every file the lake records
+        for its map, this base and this llama.cpp commit) holds exactly the predicted effective
+        types, before ``aliases`` are recorded as the same model. Quantizes it first (a cached
+        file is reused) when the lake records no such file. :class:`SweepError` otherwise."""
+        exp = self.expansion(config_id)
+        written = written_types(self.lake, exp, self.base.sha256, self.tc.llama_cpp_commit)
+        if not written:
+            self.quantize(config_id)
+            written = written_types(self.lake, exp, self.base.sha256, self.tc.llama_cpp_commit)
+        if not written:
+            raise SweepError(f"{config_id}: quantized, yet the lake records no tensor inventory of it for base "
+                             f"{self.base.sha256[:12]}; cannot check its aliases {', '.join(aliases)}")
+        check_written(exp, written, aliases)
+
+    def record_alias(self, alias: Alias) -> bool:
+        """Record an alias (never quantized): its ``quant_config`` (the map, as the quantize
+        step records it) and its ``config_alias`` event, in one commit. Recording it again adds
+        nothing (events are content-addressed). True if the ``config_alias`` event is new."""
+        qmap = self.qmap(alias.config_id)
+        with self.lake.transaction(f"alias {alias.config_id}"):
+            self.lake.record("quant_config", {
+                "model": [qmap.model], "config_id": [qmap.config_id], "map_sha256": [qmap.sha256],
+                "map_json": [qmap.canonical_json()], "n_layers": [self.profile.n_layers], "kind": [qmap.kind],
+            }, producer=PRODUCER)
+            return self.lake.record("config_alias", alias.row(qmap.model), producer=PRODUCER).rows_written > 0
+
     def quantize(self, config_id: str) -> Quantized:
         """Quantize one configuration (a cached file is reused); on the quant host if any."""
-        qmap = next(m for m in self.maps if m.config_id == config_id)
+        qmap = self.qmap(config_id)
         out_dir = self.cache / "gguf"
         if self.config is None or self.config.quant_host is None:
             return quantize(qmap, self.profile, self.base.path, self.base.sha256, self.tc.tool("llama-quantize"),
@@ -204,3 +251,40 @@ class Rig:
             "nodes": [n.name for n in self.nodes], "rpc_endpoints": self.endpoints, "meter": meter,
             "thermal": self.thermal_note, "cluster": spec.cluster,
         }
+
+
+def written_types(lake, exp: Expansion, base_sha256: str, llama_cpp_commit: str) -> dict[str, dict[str, str]]:
+    """file sha256 -> {tensor: type written} of every file the lake records (``quantization`` and
+    ``tensor_inventory`` events) for ``exp``'s map made from that base by that llama.cpp commit."""
+    qmap = exp.qmap
+    made = lake.read("quantization", columns=["map_sha256", "base_sha256", "llama_cpp_commit", "file_sha256"],
+                     model=qmap.model, config_id=qmap.config_id)
+    made = made.filter((pl.col("map_sha256") == qmap.sha256) & (pl.col("base_sha256") == base_sha256)
+                       & (pl.col("llama_cpp_commit") == llama_cpp_commit))
+    files = sorted(set(made["file_sha256"]))
+    if not files:
+        return {}
+    inv = lake.read("tensor_inventory", columns=["file_sha256", "tensor", "effective_type"], model=qmap.model,
+                    config_id=qmap.config_id)
+    out = {}
+    for file_sha in files:
+        mine = inv.filter(pl.col("file_sha256") == file_sha)
+        out[file_sha] = dict(zip(mine["tensor"], mine["effective_type"]))
+    return out
+
+
+def check_written(exp: Expansion, written: dict[str, dict[str, str]], aliases: list[str]) -> None:
+    """:class:`SweepError` unless every file in ``written`` (file sha256 -> {tensor: type}) has
+    the effective map ``exp`` predicts (:attr:`Expansion.effective_sha256`): the aliases of a
+    configuration rest on that prediction, so a difference is a bug to report, never an alias."""
+    for file_sha, types in written.items():
+        actual = exp.written_sha256(types)
+        if actual == exp.effective_sha256:
+            continue
+        diff = exp.differences(types)
+        name, predicted, wrote = diff[0]
+        raise SweepError(
+            f"{exp.qmap.config_id}: the quantized file {file_sha[:12]} has effective map {actual[:12]}, but the "
+            f"expansion predicted {exp.effective_sha256[:12]} ({len(diff)} tensor(s) differ, e.g. {name}: predicted "
+            f"{predicted}, written {wrote}); not recording {', '.join(aliases)} as the same model. This is a bug in "
+            "mqepi.quant.expansion: please report it")

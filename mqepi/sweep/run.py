@@ -17,7 +17,12 @@ flow's stages make each one a Prefect task. Rules it keeps:
 * resume: a rerun with the same spec skips each (configuration, repeat) finished in the
   lake; a run that started and never ended (the sweep was killed) is marked failed first,
   under the sweep's lock, and redone under a new run id (``...-a2``), never continued;
-* only I/O stages retry (a dropped SSH connection); a validation error ends the sweep.
+* only I/O stages retry (a dropped SSH connection); a validation error ends the sweep;
+* one model is measured once: configurations whose effective per-tensor maps are identical
+  (same base, same ``effective_map_sha256`` of the expansion) are grouped; one is measured and
+  each other one is an alias (:func:`~mqepi.sweep.resume.plan_aliases`), never quantized or
+  run: it gets its ``quant_config`` and a ``config_alias`` event naming the measured one, once
+  the measured one's quantized file is checked to hold exactly the predicted types.
 """
 
 
@@ -27,12 +32,12 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mqepi.quant.quantize import Quantized
 from mqepi.rig.ssh import ConnectionDropped
 from mqepi.sweep.exclusive import hold
-from mqepi.sweep.resume import RunPlan, mark_failed, plan_runs
+from mqepi.sweep.resume import Alias, RunPlan, mark_failed, plan_aliases, plan_runs
 from mqepi.sweep.rig import Rig
 from mqepi.sweep.session import RunSession
 from mqepi.sweep.spec import SweepSpec
@@ -62,11 +67,12 @@ class SweepResult:
     marked_failed: list[str]  # interrupted runs found and marked failed
     seconds: dict[str, float]  # stage -> wall seconds
     wall_s: float
+    aliases: dict[str, str] = field(default_factory=dict)  # alias (never run) -> the config measured in its place
 
     def summary(self) -> dict:
         """A JSON-able summary (what the ``sweep`` flow returns)."""
         return {"sweep_id": self.sweep_id, "finished": self.finished, "skipped": len(self.skipped),
-                "marked_failed": self.marked_failed, "wall_s": round(self.wall_s, 1),
+                "marked_failed": self.marked_failed, "aliases": self.aliases, "wall_s": round(self.wall_s, 1),
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
 
 
@@ -95,23 +101,24 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
         finally:
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
-    finished, marked, skipped = [], [], []
+    finished, marked, skipped, aliases = [], [], [], {}
     try:
         with contextlib.ExitStack() as stack:
             held = stack.enter_context(hold(spec, lake, owner=owner))
             rig = timed("set-up", stack.enter_context, Rig(spec, lake, progress=progress, node_pids=node_pids))
             config_ids = [m.config_id for m in rig.maps]
-            plans = timed("plan", plan_runs, lake, spec, config_ids)
-            for plan in plans:
-                for stale in plan.interrupted:
-                    mark_failed(lake, spec, plan, stale, held)
-                    marked.append(stale)
-                    progress(f"{stale}: started and never ended (interrupted); marked failed, redone as {plan.run_id}")
-            todo = [p for p in plans if not p.done]
-            skipped = [(p.config_id, p.repeat) for p in plans if p.done]
+            plans, aliases = timed("plan", _plan, rig, config_ids)
+            marked += _mark_interrupted(rig, plans, aliases, held, progress)
+            todo = [p for p in plans if not p.done and p.config_id not in aliases]
+            skipped = [(p.config_id, p.repeat) for p in plans if p.done and p.config_id not in aliases]
             progress(f"sweep {spec.sweep_id}: {len(config_ids)} configs x {spec.repeats} repeats; "
-                     f"{len(skipped)} finished before, {len(todo)} to run")
+                     f"{len(skipped)} finished before, {len(todo)} to run"
+                     + (f"; {len(aliases)} alias{'es' if len(aliases) > 1 else ''} of another configuration "
+                        "(the same model: not run)" if aliases else ""))
             todo_configs = list(dict.fromkeys(p.config_id for p in todo))
+            pending = _by_measured(aliases)  # measured config -> its aliases, recorded once it is checked
+            for measured in [c for c in pending if c not in todo_configs]:  # nothing left to run: check it now
+                timed("aliases", _record_aliases, rig, measured, pending.pop(measured), progress)
             prefetch: dict[str, Future] = {}
             for index, config_id in enumerate(todo_configs):
                 if config_id in prefetch:
@@ -121,6 +128,8 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
                 if rig.quant_overlaps and index + 1 < len(todo_configs):
                     nxt = todo_configs[index + 1]
                     prefetch[nxt] = stages.submit("quantize", rig.quantize, nxt, io=True)
+                if config_id in pending:
+                    timed("aliases", _record_aliases, rig, config_id, pending.pop(config_id), progress)
                 path = timed("deploy", rig.deploy, q, io=True)
                 for plan in (p for p in todo if p.config_id == config_id):
                     run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + 1, len(todo))
@@ -130,7 +139,48 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
     finally:
         if own:
             stages.close()
-    return SweepResult(spec.sweep_id, finished, skipped, marked, seconds, time.perf_counter() - t0)
+    return SweepResult(spec.sweep_id, finished, skipped, marked, seconds, time.perf_counter() - t0,
+                       {a.config_id: a.alias_of for a in aliases.values()})
+
+
+def _plan(rig: Rig, config_ids: list[str]) -> tuple[list[RunPlan], dict[str, Alias]]:
+    """The runs of every configuration (done or to do) and the aliases among the configurations."""
+    plans = plan_runs(rig.lake, rig.spec, config_ids)
+    return plans, plan_aliases(rig.lake, rig.spec, rig.identities(), rig.base.sha256, plans)
+
+
+def _by_measured(aliases: dict[str, Alias]) -> dict[str, list[Alias]]:
+    """The configuration measured -> its aliases."""
+    out: dict[str, list[Alias]] = {}
+    for alias in aliases.values():
+        out.setdefault(alias.alias_of, []).append(alias)
+    return out
+
+
+def _mark_interrupted(rig: Rig, plans: list[RunPlan], aliases: dict[str, Alias], held,
+                      progress: Callable[[str], None]) -> list[str]:
+    """Mark failed every run that started and never ended (under the sweep's lock); its
+    (configuration, repeat) is redone unless the configuration is an alias. The run ids."""
+    marked = []
+    for plan in plans:
+        for stale in plan.interrupted:
+            mark_failed(rig.lake, rig.spec, plan, stale, held)
+            marked.append(stale)
+            alias = aliases.get(plan.config_id)
+            progress(f"{stale}: started and never ended (interrupted); marked failed, "
+                     + (f"not redone ({plan.config_id} is the same model as {alias.alias_of})" if alias
+                        else f"redone as {plan.run_id}"))
+    return marked
+
+
+def _record_aliases(rig: Rig, measured: str, aliases: list[Alias], progress: Callable[[str], None]) -> None:
+    """Check what llama-quantize wrote for ``measured`` against the prediction the grouping used,
+    then record each alias (idempotent)."""
+    rig.check_measured(measured, [a.config_id for a in aliases])
+    for alias in aliases:
+        new = rig.record_alias(alias)
+        progress(f"{alias.config_id}: the same model as {measured} (identical tensor types); measured once, "
+                 + ("recorded as an alias" if new else "an alias recorded before"))
 
 
 def _timed_future(seconds: dict, name: str, fut: Future):
