@@ -11,6 +11,7 @@ from rich.table import Table
 from mqepi.cli._common import edge, lake, out, say, split_list, write_data
 from mqepi.flows import prefect_environment
 from mqepi.sweep import forecast as plan
+from mqepi.sweep import power
 from mqepi.sweep.exclusive import check_free
 from mqepi.sweep.run import run_sweep
 from mqepi.sweep.spec import SweepError, SweepSpec, spec_from_json
@@ -75,8 +76,10 @@ def sweep_command(
 ) -> None:
     """Measure every (configuration, repeat) not yet finished in the lake: quantize, deploy,
     stabilise, idle window, benchmark windows, perplexity/KLD, throughput. Rerunning the same
-    settings resumes; an interrupted run is marked failed and redone. While another process
-    runs the same sweep or measures one of its nodes, exits at once naming that process."""
+    settings resumes; an interrupted run is marked failed and redone. Configurations that are
+    the same model (identical effective tensor types) are measured once; the others are
+    recorded as aliases. While another process runs the same sweep or measures one of its
+    nodes, exits at once naming that process."""
     spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
     lk = lake()
     check_free(spec, lk)  # before starting Prefect; the sweep's own locks are what exclude
@@ -87,8 +90,10 @@ def sweep_command(
         write_data(json.dumps(run_flow(spec, lk.uri), indent=1) + "\n")
         return
     result = run_sweep(spec, lk, progress=say)
+    aliases = "".join(f"; {alias} = {measured} (measured once, recorded as an alias)"
+                      for alias, measured in result.aliases.items())
     say(f"sweep {result.sweep_id}: {len(result.finished)} runs finished in {result.wall_s:.0f} s, "
-        f"{len(result.skipped)} finished before, {len(result.marked_failed)} interrupted runs marked failed")
+        f"{len(result.skipped)} finished before, {len(result.marked_failed)} interrupted runs marked failed{aliases}")
 
 
 @app.command("plan")
@@ -97,11 +102,23 @@ def plan_command(
     model: str = _MODEL, configs: list[str] = _CONFIGS, repeats: int = _REPEATS, bench: list[str] = _BENCH,
     cluster: Path | None = _CLUSTER, meter: str = _METER, name: str | None = _NAME,
     spec_file: Path | None = _SPEC, settings: list[str] = _SET,
+    detect_accuracy: float | None = typer.Option(
+        None, "--detect-accuracy", metavar="D", help="Also print the questions needed to detect an accuracy difference D (0-1)."),
+    detect_epi: float | None = typer.Option(
+        None, "--detect-epi", metavar="REL",
+        help="Also print the repeats needed to detect a relative J/token and EPI difference REL (0.05 = 5%)."),
 ) -> None:
     """Forecast a sweep's wall time and energy, per configuration and in total, from the
-    runs already in the lake and the token counts of the chosen questions."""
+    runs already in the lake and the token counts of the chosen questions; then the power
+    analysis: the accuracy, J/token and EPI differences its questions and repeats detect at
+    the variance measured in the lake (alpha 0.05, power 0.8)."""
+    if detect_accuracy is not None and not 0 < detect_accuracy <= 1:
+        raise plan.PlanError(f"--detect-accuracy {detect_accuracy}: an accuracy difference is in (0, 1]")
+    if detect_epi is not None and not detect_epi > 0:
+        raise plan.PlanError(f"--detect-epi {detect_epi}: a relative difference is > 0 (0.05 = 5%)")
     spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
-    f = plan.forecast(spec, lake(), progress=say)
+    lk = lake()
+    f = plan.forecast(spec, lk, progress=say)
     label = f" ({f.power_source} power)" if f.power_source else ""
     table = Table(title=f"Forecast of sweep {f.sweep_id}{label}")
     for column in ("config", "runs", "per run", "total", "energy (Wh)", "rates"):
@@ -114,3 +131,7 @@ def plan_command(
     energy = "" if f.energy_j is None else f", {f.energy_j / 3600:.2f} Wh{label}"
     out.print(f"{spec.repeats} repeats x {len(f.configs)} configs x {benches}: "
               f"{plan.human_duration(f.seconds)}{energy}", highlight=False)
+    variance = power.measured_variance(lk, spec.model, benchmarks=list(f.questions))
+    for line in power.plan_lines(variance, f.questions, spec.repeats, detect_accuracy=detect_accuracy,
+                                 detect_epi=detect_epi):
+        say(line)

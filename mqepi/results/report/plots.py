@@ -233,6 +233,14 @@ def _slopes_panel(ax, fit, name: str) -> None:
     err = _err(vals, [fit.ci_low[f"{g}_bpw"] for g in LAYER_GROUPS], [fit.ci_high[f"{g}_bpw"] for g in LAYER_GROUPS])
     colours = ["#d62728" if fit.excludes_zero(f"{g}_bpw") else "#999" for g in LAYER_GROUPS]
     ax.bar(list(LAYER_GROUPS), vals, yerr=err, color=colours, capsize=4)
+    w = fit.without
+    if w is not None and w.coef:  # the fit without the influential configurations, beside each bar
+        wv = [w.coef[f"{g}_bpw"] for g in LAYER_GROUPS]
+        ax.errorbar([k + 0.3 for k in range(len(LAYER_GROUPS))], wv, fmt="D", color="black", markersize=3, capsize=2,
+                    elinewidth=0.8, yerr=_err(wv, [w.ci_low[f"{g}_bpw"] for g in LAYER_GROUPS],
+                                              [w.ci_high[f"{g}_bpw"] for g in LAYER_GROUPS]),
+                    label=f"without {', '.join(fit.influential)}" + ("" if w.supported else f" ({CANNOT})"))
+        ax.legend(fontsize=6, loc="best")
     ax.axhline(0.0, color="#555", linewidth=0.8)
     ax.set_ylabel(f"slope ({name} per bit/weight)")
     note = f"n = {fit.n}, R^2 = {fit.r2:.3f}" if fit.r2 is not None else f"n = {fit.n}"
@@ -281,11 +289,26 @@ def _decode_panel(ax, res, xcol: str, fit, xlabel: str, scale: float) -> None:
         b0, b1 = fit.coef["intercept"], fit.coef[xcol]
         ax.plot([lo, hi], [b0 + b1 * lo / scale, b0 + b1 * hi / scale], "-", color="#d62728", linewidth=1,
                 label=f"OLS, R^2 = {fit.r2:.3f}" + ("" if fit.supported else f" ({CANNOT})"))
-        ax.legend(fontsize=6, loc="upper left")
+        _without_line(ax, pts, xcol, fit, scale, lo, hi)
+        ax.legend(fontsize=6, loc="best" if fit.influential else "upper left")
     ax.set_xlabel(xlabel)
     _numeric_x(ax)
     ax.set_ylabel("decode J/token")
     ax.grid(alpha=0.3)
+
+
+def _without_line(ax, pts: pl.DataFrame, xcol: str, fit, scale: float, lo: float, hi: float) -> None:
+    """Ring the influential configurations (Cook's distance > 4/n) and draw the fit without them, dashed."""
+    if not fit.influential:
+        return
+    ring = pts.filter(pl.col("config_id").is_in(fit.influential))
+    ax.plot([x * scale for x in ring[xcol].to_list()], ring["decode_j_per_token"].to_list(), "o", markersize=10,
+            markerfacecolor="none", markeredgecolor="black", label="Cook's distance > 4/n")
+    w = fit.without
+    if w is not None and w.coef and all(math.isfinite(v) for v in w.coef.values()):
+        b0, b1 = w.coef["intercept"], w.coef[xcol]
+        ax.plot([lo, hi], [b0 + b1 * lo / scale, b0 + b1 * hi / scale], "--", color="black", linewidth=1,
+                label=f"without {', '.join(fit.influential)}, R^2 = {w.r2:.3f}" + ("" if w.supported else f" ({CANNOT})"))
 
 
 __all__ = ["pareto_plot", "matched_pairs_plot", "sensitivity_plot", "attribution_plot"]

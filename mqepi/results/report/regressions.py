@@ -43,11 +43,13 @@ def rq3_sensitivity(data: ReportData, *, responses: tuple[str, ...] = ("j_per_to
         cs = group_filter(data.config_summary, origin, model, ps).select("model", "config_id", "origin", "kind", *responses)
         table = with_layer_bits(data, cs).select("config_id", "kind", *RQ3_TERMS, *responses,
                                                  *[f"{g}_n_elements" for g in LAYER_GROUPS], "inventory_origin").sort("config_id")
-        fits = {r: ols({t: table[t].to_list() for t in RQ3_TERMS}, table[r].to_list(), r) for r in responses}
+        fits = {r: ols({t: table[t].to_list() for t in RQ3_TERMS}, table[r].to_list(), r,
+                       labels=table["config_id"].to_list()) for r in responses}
         n_el = {g: (table[f"{g}_n_elements"].drop_nulls().max() if table.height else None) for g in LAYER_GROUPS}
         inv_origins = sorted(set(table["inventory_origin"].drop_nulls().to_list()))
         evidence = (f"config_summary medians of {table.height} configurations; bits/weight per layer group from "
-                    f"tensor_inventory ({', '.join(inv_origins) or 'none found'}); OLS with intercept, 95% t intervals.")
+                    f"tensor_inventory ({', '.join(inv_origins) or 'none found'}); OLS with intercept, 95% t intervals; "
+                    "configurations with Cook's distance > 4/n named, with the fit without them.")
         parts = [_rq3_response(r, fits[r], n_el, no_energy(ps)) for r in responses]
         supported = any(r.startswith("j_per_token") and fits[r].supported and not no_energy(ps) for r in responses)
         results.append(Rq3Result(origin, model, ps, table, fits, n_el,
@@ -55,17 +57,24 @@ def rq3_sensitivity(data: ReportData, *, responses: tuple[str, ...] = ("j_per_to
     return results
 
 
+def _rq3_slopes(fit: Fit) -> str:
+    """'early 0.004 [0.003, 0.005]; middle ...; late ...' of a fit with coefficients."""
+    return "; ".join(f"{t.removesuffix('_bpw')} {fmt_ci(fit.coef[t], fit.ci_low[t], fit.ci_high[t], 3)}" for t in RQ3_TERMS)
+
+
 def _rq3_response(r: str, fit: Fit, n_el: dict[str, int | None], no_energy_why: str | None) -> str:
-    """The RQ3 answer about one response: its slopes and the most sensitive layer group."""
+    """The RQ3 answer about one response: its slopes, the most sensitive layer group, and
+    each influential configuration with the fit without it."""
     unit = "J/token" if "j_per_token" in r else r
     if r.startswith("j_per_token") and no_energy_why:
         return f"{r}: {no_energy_why}."
     if not fit.coef:
         return f"{r}: {CANNOT} ({fit.reason})."
-    slopes = "; ".join(f"{t.removesuffix('_bpw')} {fmt_ci(fit.coef[t], fit.ci_low[t], fit.ci_high[t], 3)}" for t in RQ3_TERMS)
-    head = f"{r} per extra bit/weight (n = {fit.n}, R^2 = {fmt(fit.r2, 3)}): {slopes}."
+    head = f"{r} per extra bit/weight (n = {fit.n}, R^2 = {fmt(fit.r2, 3)}): {_rq3_slopes(fit)}."
+    influence = fit.influence_text(lambda w: f"the slopes are {_rq3_slopes(w)}, R^2 = {fmt(w.r2, 3)}")
+    tail = f" {influence}" if influence else ""
     if not fit.supported:
-        return f"{head} {CANNOT.capitalize()} ({fit.reason})."
+        return f"{head} {CANNOT.capitalize()} ({fit.reason}).{tail}"
     sig = [t for t in RQ3_TERMS if fit.excludes_zero(t)]
     best = max(sig, key=lambda t: abs(fit.coef[t]))
     g = best.removesuffix("_bpw")
@@ -73,7 +82,7 @@ def _rq3_response(r: str, fit: Fit, n_el: dict[str, int | None], no_energy_why: 
     if n_el.get(g) and r.startswith("j_per_token"):
         per_gb = f", {fmt(fit.coef[best] * 8e9 / n_el[g], 3)} {unit} per GB of its weights"
     return (f"{head} Most sensitive: the {g} layers ({fmt(fit.coef[best], 3)} {unit} per bit/weight{per_gb}); "
-            f"intervals excluding 0: {', '.join(t.removesuffix('_bpw') for t in sig)}.")
+            f"intervals excluding 0: {', '.join(t.removesuffix('_bpw') for t in sig)}.{tail}")
 
 
 # -- RQ5 -----------------------------------------------------------------
@@ -102,15 +111,17 @@ def rq5_attribution(data: ReportData, bandwidth_gbs: float | None = None) -> lis
     for origin, model, ps in data.groups():
         table = _rq5_table(data, group_filter(data.config_summary, origin, model, ps), bw)
         decode = table["decode_j_per_token"].to_list()
-        fit_b = ols({"gb_per_token": table["gb_per_token"].to_list()}, decode, "decode_j_per_token")
-        fit_t = ols({"s_per_token": table["s_per_token"].to_list()}, decode, "decode_j_per_token")
+        ids = table["config_id"].to_list()
+        fit_b = ols({"gb_per_token": table["gb_per_token"].to_list()}, decode, "decode_j_per_token", labels=ids)
+        fit_t = ols({"s_per_token": table["s_per_token"].to_list()}, decode, "decode_j_per_token", labels=ids)
         corr = pearson(table["gb_per_token"].to_list(), table["s_per_token"].to_list())
         moe = bool(table["moe"].fill_null(False).any()) if table.height else False
         evidence = (f"config_summary decode windows (tg) of {table.height} configurations: median decode J/token and decode "
                     "tokens/s; bytes read per generated token from tensor_inventory (every tensor except an untied "
                     "token_embd.weight)"
                     + (" - an upper bound for this MoE model, which reads only its routed experts" if moe else "")
-                    + "; simple OLS with intercept, 95% t intervals.")
+                    + "; simple OLS with intercept, 95% t intervals; configurations with Cook's distance > 4/n "
+                    "named, with the fit without them.")
         why = no_energy(ps)
         supported, parts = (False, [f"{CANNOT.capitalize()}: {why}."]) if why else _rq5_fits(fit_b, fit_t, corr)
         parts.append(_roofline_text(table, bw))
@@ -142,6 +153,11 @@ def _rq5_fits(fit_b: Fit, fit_t: Fit, corr: float | None) -> tuple[bool, list[st
             parts.append(f"Decode J/token vs {label} (n = {fit.n}): slope "
                          f"{fmt_ci(fit.coef[term], fit.ci_low[term], fit.ci_high[term], 3)} {unit}, "
                          f"R^2 = {fmt(fit.r2, 3)}" + ("." if fit.supported else f"; {CANNOT} ({fit.reason})."))
+            influence = fit.influence_text(
+                lambda w, term=term, unit=unit: f"the slope is {fmt_ci(w.coef[term], w.ci_low[term], w.ci_high[term], 3)} "
+                                               f"{unit}, R^2 = {fmt(w.r2, 3)}")
+            if influence:
+                parts.append(influence)
         else:
             parts.append(f"Decode J/token vs {label}: {CANNOT} ({fit.reason}).")
     if corr is not None:
