@@ -51,10 +51,14 @@ CONFIG_SUMMARY = {
 }
 MATCHED_PAIRS = {
     "model": _S, "origin": _S, "power_source": _S, "simulated": _B, "config_a": _S, "config_b": _S, "ppl_a": _F,
-    "ppl_b": _F, "ppl_stderr_a": _F, "ppl_stderr_b": _F, "ppl_diff": _F, "match_rule": _S, "j_per_token_a": _F,
-    "j_per_token_b": _F, "j_per_token_diff": _F, "j_per_token_diff_ci_low": _F, "j_per_token_diff_ci_high": _F,
-    "epi_a": _F, "epi_b": _F, "epi_diff": _F, "epi_diff_ci_low": _F, "epi_diff_ci_high": _F, "n_paired_repeats": _I,
-    "n_questions_paired": _I, "mcnemar_b": _I, "mcnemar_c": _I, "mcnemar_p": _F,
+    "ppl_b": _F, "ppl_stderr_a": _F, "ppl_stderr_b": _F, "ppl_diff": _F, "match_rule": _S, "ppl_test": _S,
+    "n_chunks": _I, "log_ppl_ratio": _F, "log_ppl_ratio_ci_low": _F, "log_ppl_ratio_ci_high": _F, "ppl_margin": _F,
+    "ppl_verdict": _S, "kld_a": _F, "kld_b": _F, "kld_diff": _F, "kld_diff_ci_low": _F, "kld_diff_ci_high": _F,
+    "kld_margin": _F, "kld_verdict": _S, "matched": _B, "j_per_token_a": _F, "j_per_token_b": _F,
+    "j_per_token_diff": _F, "j_per_token_diff_ci_low": _F, "j_per_token_diff_ci_high": _F, "accuracy_a": _F,
+    "accuracy_b": _F, "accuracy_diff": _F, "accuracy_diff_ci_low": _F, "accuracy_diff_ci_high": _F, "epi_a": _F,
+    "epi_b": _F, "epi_diff": _F, "epi_diff_ci_low": _F, "epi_diff_ci_high": _F, "n_paired_repeats": _I,
+    "n_questions_paired": _I, "mcnemar_b": _I, "mcnemar_c": _I, "mcnemar_p": _F, "note": _S,
 }
 PARETO_FRONTIER = {
     "model": _S, "origin": _S, "power_source": _S, "simulated": _B, "config_id": _S, "kind": _S, "accuracy": _F,

@@ -271,7 +271,7 @@ def config_identity(lake: Lake, metrics: pl.DataFrame) -> pl.DataFrame:
     latest = (pl.concat(keyed).sort(["recorded_at_ns", "event_id"], descending=True)
               .group_by("model", "origin", "config_id", maintain_order=True).first()
               .select("model", "origin", "config_id", "effective_key"))
-    ran = metrics.group_by("model", "origin", "config_id").agg(measured=pl.col("valid").any())
+    ran = metrics.group_by("model", "origin", "config_id").agg(measured=pl.lit(True))
     configs = (latest.join(ran, on=["model", "origin", "config_id"], how="full", coalesce=True)
                .with_columns(measured=pl.col("measured").fill_null(False),
                              _model_key=pl.coalesce("effective_key", pl.lit("config:") + pl.col("config_id"))))

@@ -16,7 +16,7 @@ from mqepi.results.report.data import INVENTORY, RUNS, LakeSnapshot, ReportData,
 from mqepi.results.report.labels import CANNOT, SIMULATED, ReportError
 from mqepi.results.report.query import collect
 from mqepi.results.report.regressions import rq3_sensitivity, rq5_attribution
-from mqepi.results.report.statistics import ols, t_quantile
+from mqepi.results.report.statistics import ols
 from mqepi.results.report.write import write_report
 
 # ggml bits/weight of the paper's types (K-quants with their super-block scales)
@@ -117,8 +117,9 @@ def frontier_frame(cs: pl.DataFrame) -> pl.DataFrame:
 
 def pairs_frame(model="toy", origin="lab", power_source="simulated") -> pl.DataFrame:
     base = {"model": model, "origin": origin, "power_source": power_source, "simulated": power_source == "simulated",
-            "ppl_stderr_a": 0.2, "ppl_stderr_b": 0.2, "match_rule": "within uncertainty", "n_paired_repeats": 3,
-            "n_questions_paired": 400}
+            "ppl_stderr_a": 0.2, "ppl_stderr_b": 0.2, "match_rule": "TOST at 90%: perplexity ratio within 1 +/- 1%",
+            "n_paired_repeats": 3, "n_questions_paired": 400, "ppl_test": "paired t over 8 chunks", "n_chunks": 8,
+            "ppl_margin": 0.01, "ppl_verdict": "matched", "matched": True}
     return pl.DataFrame([
         {**base, "config_a": "mix_high_early", "config_b": "mix_high_late", "ppl_a": 20.1, "ppl_b": 20.1, "ppl_diff": 0.0,
          "j_per_token_a": 0.11, "j_per_token_b": 0.12, "j_per_token_diff": 0.01, "j_per_token_diff_ci_low": 0.004,
@@ -128,6 +129,12 @@ def pairs_frame(model="toy", origin="lab", power_source="simulated") -> pl.DataF
          "j_per_token_a": 0.11, "j_per_token_b": 0.111, "j_per_token_diff": 0.001, "j_per_token_diff_ci_low": -0.003,
          "j_per_token_diff_ci_high": 0.004, "epi_a": 0.25, "epi_b": 0.251, "epi_diff": 0.001, "epi_diff_ci_low": -0.01,
          "epi_diff_ci_high": 0.012, "mcnemar_b": 10, "mcnemar_c": 11, "mcnemar_p": 1.0},
+        # an inconclusive pair (its interval crosses the margin): never counted as matched
+        {**base, "config_a": "mix_q4_q6_q4", "config_b": "mix_q6_q4_q4", "ppl_a": 19.5, "ppl_b": 19.6, "ppl_diff": 0.1,
+         "ppl_verdict": "inconclusive", "matched": False, "j_per_token_a": 0.11, "j_per_token_b": 0.2,
+         "j_per_token_diff": 0.09, "j_per_token_diff_ci_low": 0.08, "j_per_token_diff_ci_high": 0.1, "epi_a": 0.25,
+         "epi_b": 0.5, "epi_diff": 0.25, "epi_diff_ci_low": 0.2, "epi_diff_ci_high": 0.3, "mcnemar_b": 10,
+         "mcnemar_c": 11, "mcnemar_p": 1.0},
     ])
 
 
@@ -141,12 +148,6 @@ def synthetic(configs=PAPER, *, noise=0.0, origin="lab", power_source="simulated
 # ------------------------------------------------------------------ statistics
 
 
-@pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (5, 2.5706), (10, 2.2281), (30, 2.0423), (1000, 1.9623)])
-def test_t_quantile_matches_tables(df, expected):
-    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
-    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-4)
-
-
 def test_ols_interval_matches_a_hand_computation():
     x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [1.1, 1.9, 3.2, 3.9, 5.1]
     fit = ols({"x": x}, y, "y")
@@ -154,7 +155,7 @@ def test_ols_interval_matches_a_hand_computation():
     # 0.06 -0.14 0.16 -0.14 0.06: RSS 0.072, TSS 10.072; se(slope) = sqrt(RSS / 3 / Sxx)
     assert fit.coef["x"] == pytest.approx(1.0)
     assert fit.coef["intercept"] == pytest.approx(0.04)
-    half = t_quantile(0.975, 3) * math.sqrt(0.072 / 3 / 10)
+    half = 3.1824463052837 * math.sqrt(0.072 / 3 / 10)  # t(0.975, 3), from tables: 3.1824
     assert fit.ci_low["x"] == pytest.approx(1.0 - half)
     assert fit.ci_high["x"] == pytest.approx(1.0 + half)
     assert fit.r2 == pytest.approx(1 - 0.072 / 10.072)
@@ -280,6 +281,36 @@ def test_rq1_rq2_rq4_answers():
     assert f"do not overlap: {r4.best_mixed['config_id']} has the lower EPI" in r4.answer.answer
     for a in (r1.answer, r2.answer, r4.answer):
         assert a.evidence and a.power == SIMULATED
+    assert "2 are shown equivalent in perplexity" in r1.answer.evidence and "1 are inconclusive" in r1.answer.evidence
+
+
+def test_rq4_states_no_lower_epi_where_the_intervals_say_nothing():
+    """Overlapping intervals, or a configuration without an interval: 'cannot support', never
+    'do not overlap'."""
+    data = synthetic()
+    (r4,) = rq4_optimum(data)
+    best, ref = r4.best_mixed["config_id"], "uniform_q4km"
+    wide = data.config_summary.with_columns(
+        epi_ci_low=pl.when(pl.col("config_id").is_in([best, ref])).then(0.0).otherwise(pl.col("epi_ci_low")),
+        epi_ci_high=pl.when(pl.col("config_id").is_in([best, ref])).then(10.0).otherwise(pl.col("epi_ci_high")))
+    (r4,) = rq4_optimum(ReportData.from_frames(config_summary=wide, pareto_frontier=data.pareto_frontier,
+                                               matched_pairs=data.matched_pairs, inventory=data.inventory))
+    assert "intervals overlap" in r4.answer.answer and CANNOT in r4.answer.answer and not r4.answer.supported
+    assert "do not overlap" not in r4.answer.answer
+    none = data.config_summary.with_columns(
+        epi_ci_low=pl.when(pl.col("config_id") == ref).then(None).otherwise(pl.col("epi_ci_low")))
+    (r4,) = rq4_optimum(ReportData.from_frames(config_summary=none, pareto_frontier=data.pareto_frontier,
+                                               matched_pairs=data.matched_pairs, inventory=data.inventory))
+    assert f"{ref} has no EPI interval" in r4.answer.answer and CANNOT in r4.answer.answer
+    assert not r4.answer.supported and "do not overlap" not in r4.answer.answer
+
+
+def test_rq1_with_only_inconclusive_pairs_cannot_support():
+    data = synthetic()
+    data.matched_pairs = data.matched_pairs.with_columns(matched=pl.lit(False), ppl_verdict=pl.lit("inconclusive"))
+    (r1,) = rq1_matched_pairs(data)
+    assert r1.pairs.height == 0 and not r1.answer.supported
+    assert "3 pairs are inconclusive" in r1.answer.answer and CANNOT in r1.answer.answer
 
 
 def test_rq1_single_repeat_pairs_are_not_testable():

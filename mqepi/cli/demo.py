@@ -34,6 +34,7 @@ from mqepi.results.snapshots import default_out_dir, recompute
 from mqepi.rig.loopback import LoopbackCluster
 from mqepi.schemas import EVENT_TYPES
 from mqepi.sweep import forecast as plan
+from mqepi.sweep import power
 from mqepi.sweep.resume import plan_runs
 from mqepi.sweep.run import run_sweep
 from mqepi.sweep.spec import SweepSpec
@@ -196,8 +197,10 @@ def _plan(state: DemoState):
         spec.configs = todo
         state.forecast = f = plan.forecast(spec, lake, progress=progress)
         energy = f"{f.energy_j / 3600:.2f} Wh (simulated power)" if f.energy_j is not None else "energy unknown"
+        accuracy = power.accuracy_sentence(
+            "mmlu", f.questions["mmlu"], power.measured_variance(lake, spec.model, benchmarks=["mmlu"]).for_benchmark("mmlu"))
         return (f"{len(todo)} configs x {spec.repeats} repeat(s), MMLU 5-shot {f.questions.get('mmlu')} questions "
-                f"({f.tokens.get('mmlu'):,d} tokens per run): {plan.human_duration(f.seconds)}, {energy}")
+                f"({f.tokens.get('mmlu'):,d} tokens per run): {plan.human_duration(f.seconds)}, {energy}; {accuracy}")
     return stage
 
 
@@ -224,25 +227,46 @@ def _frontier(state: DemoState, console: Console):
     return stage
 
 
+def _ci(value, low, high, spec: str) -> str:
+    """``value [low, high]``; the value alone where no interval could be estimated."""
+    if value is None:
+        return ""
+    if low is None or high is None:
+        return f"{value:{spec}} (no CI)"
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
 def print_results(snap, console: Console) -> None:
     """The snapshot's results table, matched pairs and frontier (lab data)."""
     summary = pl.read_parquet(snap.tables["config_summary"]).sort("epi", nulls_last=True)
     sim = " - SIMULATED power, not measured" if summary["simulated"].any() else ""
-    table = Table(title=f"Results per configuration{sim}")
-    for column in ("config", "kind", "size MB", "PPL", "J/token", "accuracy", "EPI", "n", "origin"):
+    table = Table(title=f"Results per configuration, 95% intervals over repeats, questions and meter{sim}")
+    for column in ("config", "kind", "size MB", "PPL", "J/token", "accuracy", "EPI", "n", "questions", "origin"):
         table.add_column(column)
     for r in summary.iter_rows(named=True):
-        table.add_row(cell(r["config_id"]), cell(r["kind"]), f"{(r['file_size_bytes'] or 0) / 1e6:.1f}",
-                      _fmt(r["ppl"], ".2f"), _fmt(r["j_per_token"], ".4f"), _fmt(r["accuracy"], ".2f"),
-                      _fmt(r["epi"], ".4f"), str(r["n_repeats"]), cell(r["origin"]))
+        names = " = ".join([r["config_id"], *[n for n in (r.get("config_ids") or []) if n != r["config_id"]]])
+        table.add_row(cell(names), cell(r["kind"]), f"{(r['file_size_bytes'] or 0) / 1e6:.1f}",
+                      _fmt(r["ppl"], ".2f"), _ci(r["j_per_token"], r["j_per_token_ci_low"], r["j_per_token_ci_high"], ".4f"),
+                      _ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"], ".2f"),
+                      _ci(r["epi"], r["epi_ci_low"], r["epi_ci_high"], ".4f"), str(r["n_repeats"]),
+                      str(r.get("n_questions") or 0), cell(r["origin"]))
     console.print(table)
+    notes = sorted({n for n in summary["interval_note"].drop_nulls().to_list()})
+    for note in notes:
+        console.print(f"  note: {cell(note)}", highlight=False)
     pairs = pl.read_parquet(snap.tables["matched_pairs"])
+    n_cfg = summary.filter(pl.col("ppl").is_not_null()).height
+    matched = pairs.filter(pl.col("matched"))
+    console.print(f"Perplexity equivalence (TOST, 90% interval of ln(PPL B / PPL A) within +/-1%) over "
+                  f"{n_cfg * (n_cfg - 1) // 2} pairs: {matched.height} matched, {pairs.height - matched.height} "
+                  f"inconclusive, the rest differ", highlight=False)
     table = Table(title=f"Perplexity-matched pairs{sim}")
-    for column in ("config A", "config B", "PPL A", "PPL B", "EPI A", "EPI B", "EPI B-A", "McNemar p"):
+    for column in ("config A", "config B", "PPL A", "PPL B", "ln(B/A) [90% CI]", "EPI B-A [95% CI]", "McNemar p"):
         table.add_column(column)
-    for r in pairs.sort("ppl_diff").head(12).iter_rows(named=True):
+    for r in matched.sort("log_ppl_ratio").head(12).iter_rows(named=True):
         table.add_row(cell(r["config_a"]), cell(r["config_b"]), _fmt(r["ppl_a"], ".2f"), _fmt(r["ppl_b"], ".2f"),
-                      _fmt(r["epi_a"], ".4f"), _fmt(r["epi_b"], ".4f"), _fmt(r["epi_diff"], "+.4f"),
+                      _ci(r["log_ppl_ratio"], r["log_ppl_ratio_ci_low"], r["log_ppl_ratio_ci_high"], "+.4f"),
+                      _ci(r["epi_diff"], r["epi_diff_ci_low"], r["epi_diff_ci_high"], "+.4f"),
                       _fmt(r["mcnemar_p"], ".3f"))
     console.print(table)
     front = pl.read_parquet(snap.tables["pareto_frontier"]).filter(pl.col("on_frontier")).sort("j_per_token")

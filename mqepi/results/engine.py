@@ -44,12 +44,13 @@ from mqepi.results.listing import LakeListing, family_fingerprints
 from mqepi.results.sql import set_file_lists
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND
 
-#: Per-run tables cached per batch (benchmark_answer: the base view's rows, for matched_pairs).
-RUN_TABLES = ("run_energy", "run_accuracy", "run_metrics", "benchmark_answer")
+#: Per-run tables cached per batch (benchmark_answer, perplexity, kld: the base views' rows, for
+#: the bootstrap's questions and matched_pairs' chunks).
+RUN_TABLES = ("run_energy", "run_accuracy", "run_metrics", "benchmark_answer", "perplexity", "kld")
 #: Configuration tables, recomputed per family.
 CONFIG_TABLES = ("config_summary", "matched_pairs", "pareto_frontier")
 #: The run-bound views the configuration tables may read (from the cache).
-CONFIG_INPUTS = ("run_metrics", "benchmark_answer")
+CONFIG_INPUTS = ("run_metrics", "benchmark_answer", "perplexity", "kld")
 #: Row order of the configuration tables: the views' ORDER BY (matched_pairs, pareto_frontier)
 #: spelled as columns; config_summary has none: its key.
 TABLE_ORDER = {
@@ -70,13 +71,16 @@ class Settings:
 
     seed: int = DEFAULT_SEED
     bootstrap: int = DEFAULT_BOOTSTRAP
-    ppl_tolerance: float | None = None
+    ppl_margin: float | None = None
     z: float = DEFAULT_Z
+    kld_margin: float | None = None
 
     def variables(self) -> dict[str, object]:
         out = {"mqepi_seed": int(self.seed), "mqepi_bootstrap": int(self.bootstrap), "mqepi_z": float(self.z)}
-        if self.ppl_tolerance is not None:
-            out["mqepi_ppl_tolerance"] = float(self.ppl_tolerance)
+        if self.ppl_margin is not None:
+            out["mqepi_ppl_margin"] = float(self.ppl_margin)
+        if self.kld_margin is not None:
+            out["mqepi_kld_margin"] = float(self.kld_margin)
         return out
 
 
@@ -285,8 +289,9 @@ class Engine:
         con.execute("CREATE TEMP TABLE _mq_redo_runs AS SELECT * FROM _mq_index "
                     "WHERE run_id IN (SELECT run_id FROM run_metrics)")
         redo_batches = sorted(b for (b,) in con.execute("SELECT DISTINCT batch FROM _mq_redo_runs").fetchall())
-        con.execute("DELETE FROM _mq_t_benchmark_answer")
-        con.execute("INSERT INTO _mq_t_benchmark_answer " + self._cached("benchmark_answer", redo_batches, "_mq_redo_runs"))
+        for table in ("benchmark_answer", "perplexity", "kld"):
+            con.execute(f"DELETE FROM _mq_t_{table}")
+            con.execute(f"INSERT INTO _mq_t_{table} " + self._cached(table, redo_batches, "_mq_redo_runs"))
         models = {m for (m,) in con.execute("SELECT DISTINCT model FROM _mq_redo").fetchall()}
         keys = [k for k in self.listing.config_files if k[0] in models]
         set_file_lists(con, {t: self.seeds[t] + self.listing.config_level(keys, t) for t in CONFIG_BOUND})

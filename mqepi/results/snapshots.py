@@ -247,7 +247,7 @@ def _new_snapshot(lake: Lake, out: Path, listing: LakeListing, keys: _Keys, prev
 
 
 def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress: Callable[[str], None] = lambda s: None,
-              seed: int = DEFAULT_SEED, bootstrap: int = DEFAULT_BOOTSTRAP, ppl_tolerance: float | None = None,
+              seed: int = DEFAULT_SEED, bootstrap: int = DEFAULT_BOOTSTRAP, ppl_margin: float | None = None,
               z: float = DEFAULT_Z, batch_runs: int = DEFAULT_BATCH_RUNS,
               batch_bytes: int = DEFAULT_BATCH_BYTES) -> Snapshot:
     """Materialise the derived tables of ``lake`` into a new snapshot under ``out_dir``
@@ -258,13 +258,13 @@ def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress:
     unfinished run that got its next events); the configuration tables only for the families
     (model, origin, power_source) those runs or new config-level events touch. The result
     equals a recompute into an empty folder. The lake is only read. ``seed``, ``bootstrap``,
-    ``ppl_tolerance`` and ``z`` are the SQL tunables ``mqepi_seed``, ``mqepi_bootstrap``,
-    ``mqepi_ppl_tolerance``, ``mqepi_z``; ``batch_runs`` and ``batch_bytes`` (Parquet bytes
+    ``ppl_margin`` and ``z`` are the SQL tunables ``mqepi_seed``, ``mqepi_bootstrap``,
+    ``mqepi_ppl_margin``, ``mqepi_z``; ``batch_runs`` and ``batch_bytes`` (Parquet bytes
     of the runs' files) bound one DuckDB pass of the run stage, and so its memory.
     """
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else default_out_dir(lake)
-    keys = _keys(Settings(seed, bootstrap, ppl_tolerance, z))
+    keys = _keys(Settings(seed, bootstrap, ppl_margin, z))
     listing = list_lake(lake)
     progress(f"lake {lake.uri}: {len(listing.relative)} files, state {listing.state[:12]}, "
              f"{len(listing.run_files)} runs ({time.perf_counter() - t0:.2f} s)")

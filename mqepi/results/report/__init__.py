@@ -6,7 +6,8 @@ One module per concern, from the bottom up:
 * :mod:`~mqepi.results.report.data`: :class:`ReportData`, the frames the report reads, and the
   bits/weight of each layer group;
 * :mod:`~mqepi.results.report.query`: :func:`collect`, the report's queries over the lake;
-* :mod:`~mqepi.results.report.statistics`: Student's t, OLS (:class:`Fit`), Pearson's r;
+* :mod:`~mqepi.results.report.statistics`: OLS with influence diagnostics (statsmodels, :class:`Fit`),
+  Pearson's r;
 * :mod:`~mqepi.results.report.questions`: the questions and one :class:`Answer`;
 * :mod:`~mqepi.results.report.comparisons`: RQ1 (matched pairs), RQ2 (frontier), RQ4 (optimum);
 * :mod:`~mqepi.results.report.regressions`: RQ3 (layer sensitivity), RQ5 (energy attribution);

@@ -1,7 +1,7 @@
 """RQ1, RQ2 and RQ4: configurations compared as the analysis views compare them.
 
-* :func:`rq1_matched_pairs`: perplexity-matched pairs whose EPI differs (paired bootstrap
-  interval of the difference excluding 0) or whose accuracy differs (McNemar);
+* :func:`rq1_matched_pairs`: pairs shown equivalent in perplexity (TOST) whose EPI differs
+  (paired bootstrap interval of the difference excluding 0) or whose accuracy differs (McNemar);
 * :func:`rq2_frontier`: the Pareto frontier of accuracy vs J/token, uniform vs mixed;
 * :func:`rq4_optimum`: the EPI-optimal configuration against ``uniform_q4km``.
 """
@@ -46,30 +46,40 @@ def flag_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def rq1_matched_pairs(data: ReportData) -> list[Rq1Result]:
-    """RQ1 per group: perplexity-matched pairs whose EPI differs (paired bootstrap 95%
-    interval of the difference excluding 0, with at least 2 paired repeats) and whose
-    accuracy differs on the paired questions (exact McNemar, p < 0.05)."""
+    """RQ1 per group: pairs shown equivalent in perplexity (matched_pairs.matched: the TOST's
+    90% interval inside the margin) whose EPI differs (paired hierarchical bootstrap 95%
+    interval of the difference excluding 0, with at least 2 paired repeats) and whose accuracy
+    differs on the paired questions (exact McNemar, p < 0.05). Inconclusive pairs are counted,
+    never treated as matched."""
     results = []
     for origin, model, ps in data.groups():
         n_configs = group_filter(data.config_summary, origin, model, ps).filter(pl.col("ppl").is_not_null()).height
-        pairs = flag_pairs(group_filter(data.matched_pairs, origin, model, ps))
-        rules = ", ".join(sorted(set(pairs["match_rule"].drop_nulls().to_list()))) or "the matched_pairs rule"
-        evidence = (f"matched_pairs: {pairs.height} perplexity-matched pairs among {n_configs} configurations with a perplexity "
-                    f"(matched {rules}); EPI and J/token differences by paired bootstrap over repeats "
-                    f"({data.bootstrap} resamples), accuracy by exact McNemar on the paired questions.")
-        supported, text = _rq1_answer(pairs, no_energy(ps))
+        candidates = group_filter(data.matched_pairs, origin, model, ps)
+        pairs = flag_pairs(candidates.filter(pl.col("matched").fill_null(False)))
+        n_inconclusive = candidates.height - pairs.height
+        n_all = n_configs * (n_configs - 1) // 2
+        rules = ", ".join(sorted(set(candidates["match_rule"].drop_nulls().to_list()))) or "the matched_pairs rule"
+        evidence = (f"matched_pairs: of {n_all} pairs among {n_configs} configurations with a perplexity, {pairs.height} "
+                    f"are shown equivalent in perplexity ({rules}), {n_inconclusive} are inconclusive and "
+                    f"{n_all - candidates.height} differ by more than the margin; EPI and J/token differences by the paired "
+                    f"hierarchical bootstrap over repeats, questions and the meter ({data.bootstrap} resamples), accuracy by "
+                    "exact McNemar on the paired questions.")
+        supported, text = _rq1_answer(pairs, no_energy(ps), n_inconclusive)
         results.append(Rq1Result(origin, model, ps, pairs, Answer("RQ1", origin, model, ps, text, evidence, supported)))
     return results
 
 
-def _rq1_answer(pairs: pl.DataFrame, no_energy_why: str | None) -> tuple[bool, str]:
-    """(supported, answer) of RQ1 from a group's flagged pairs."""
+def _rq1_answer(pairs: pl.DataFrame, no_energy_why: str | None, n_inconclusive: int = 0) -> tuple[bool, str]:
+    """(supported, answer) of RQ1 from a group's flagged matched pairs."""
     m = pairs.height
     n_testable = int(pairs["testable"].sum()) if m else 0
     n_epi = int(pairs["epi_differs"].sum()) if m else 0
     n_acc = int(pairs["accuracy_differs"].sum()) if m else 0
     if m == 0:
-        return False, "No configurations of this group match in perplexity, so RQ1 cannot be answered here."
+        why = (f" ({n_inconclusive} pairs are inconclusive: their perplexity intervals are too wide to show equivalence)"
+               if n_inconclusive else "")
+        return False, (f"No pair of configurations is shown to have the same perplexity{why}, so {CANNOT} about RQ1 "
+                       "here.")
     if no_energy_why:
         return False, f"{m} perplexity-matched pairs, but {no_energy_why}. {n_acc} of them differ in accuracy (McNemar p < 0.05)."
     if n_testable == 0:
@@ -78,7 +88,7 @@ def _rq1_answer(pairs: pl.DataFrame, no_energy_why: str | None) -> tuple[bool, s
     if n_epi == 0:
         return False, (f"No evidence: none of {n_testable} testable perplexity-matched pairs has an EPI difference whose 95% "
                        f"interval excludes 0; {CANNOT} that matched perplexity hides an EPI difference at this number of "
-                       f"repeats. {n_acc} of {m} pairs differ in accuracy (McNemar p < 0.05).")
+                       f"repeats and questions. {n_acc} of {m} pairs differ in accuracy (McNemar p < 0.05).")
     top = pairs.filter(pl.col("epi_differs")).sort(pl.col("epi_diff").abs(), descending=True).row(0, named=True)
     return True, (f"Yes: {n_epi} of {n_testable} testable perplexity-matched pairs differ in EPI (95% interval of the "
                   f"paired difference excludes 0; about {0.05 * n_testable:.1f} would be expected by chance). Largest: "
@@ -160,7 +170,8 @@ def rq4_optimum(data: ReportData) -> list[Rq4Result]:
         best = _first(ranked)
         best_mixed = _first(ranked.filter(pl.col("kind") == "mixed"))
         ref = _first(cs.filter(pl.col("config_id") == REFERENCE_CONFIG))
-        evidence = (f"config_summary: EPI (median over repeats, bootstrap 95% interval) of {ranked.height} configurations; "
+        evidence = (f"config_summary: EPI (median over repeats, 95% interval of the hierarchical bootstrap over repeats, "
+                    f"questions and the meter) of {ranked.height} configurations; "
                     "file size and bits/weight from the quantization events.")
         supported, text = _rq4_answer(best, best_mixed, ref, no_energy(ps))
         results.append(Rq4Result(origin, model, ps, best, best_mixed, ref,
@@ -177,22 +188,23 @@ def _epi(row: dict) -> str:
 
 
 def _rq4_answer(best: dict | None, best_mixed: dict | None, ref: dict | None, no_energy_why: str | None) -> tuple[bool, str]:
-    """(supported, answer) of RQ4: supported when the EPI intervals of the optimum and the reference do not overlap."""
+    """(supported, answer) of RQ4: supported only when the EPI intervals of the lowest-EPI mixed
+    configuration and the reference both exist and do not overlap."""
     if no_energy_why or best is None:
         return False, f"{CANNOT.capitalize()}: {no_energy_why or 'no configuration of this group has an EPI'}."
     if best_mixed is None:
-        return False, f"No mixed configuration has an EPI in this group; the EPI optimum is {best['config_id']}."
+        return False, f"No mixed configuration has an EPI in this group; the lowest EPI is {best['config_id']}'s."
     if ref is None:
-        return False, (f"The EPI-optimal mixed configuration is {best_mixed['config_id']} (EPI {_epi(best_mixed)}, "
+        return False, (f"The mixed configuration with the lowest EPI is {best_mixed['config_id']} (EPI {_epi(best_mixed)}, "
                        f"{fmt(gb(best_mixed['file_size_bytes']))} GB), but {REFERENCE_CONFIG} was not measured in this group, "
                        "so RQ4 cannot be answered.")
     overlap = _overlap(best_mixed, ref, "epi")
     return overlap is False, (
-        f"The EPI-optimal mixed configuration, {best_mixed['config_id']} (EPI {_epi(best_mixed)}; "
+        f"The mixed configuration with the lowest EPI point estimate, {best_mixed['config_id']} (EPI {_epi(best_mixed)}; "
         f"{fmt(gb(best_mixed['file_size_bytes']))} GB, {fmt(best_mixed['bits_per_weight'], 3)} bits/weight), is "
         f"{_size_relation(best_mixed['file_size_bytes'], ref['file_size_bytes'])} {REFERENCE_CONFIG} "
         f"(EPI {_epi(ref)}; {fmt(gb(ref['file_size_bytes']))} GB, {fmt(ref['bits_per_weight'], 3)} bits/weight)."
-        f"{_overlap_text(best_mixed, ref, overlap)} Lowest EPI overall: {best['config_id']} ({best['kind']}).")
+        f"{_overlap_text(best_mixed, ref, overlap)} Lowest EPI point estimate overall: {best['config_id']} ({best['kind']}).")
 
 
 def _size_relation(size_m: float | None, size_r: float | None) -> str:
@@ -213,9 +225,13 @@ def _overlap(a: dict, b: dict, key: str) -> bool | None:
 
 
 def _overlap_text(best_mixed: dict, ref: dict, overlap: bool | None) -> str:
-    if overlap is None:
+    if best_mixed["config_id"] == ref["config_id"]:
         return ""
+    if overlap is None:
+        missing = [r["config_id"] for r in (best_mixed, ref) if r.get("epi_ci_low") is None or r.get("epi_ci_high") is None]
+        return (f" {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no EPI interval, so {CANNOT} about which "
+                "has the lower EPI.")
     if overlap:
-        return " Their EPI intervals overlap, so the data do not show either to have the lower EPI."
+        return f" Their EPI intervals overlap: {CANNOT} about which has the lower EPI."
     lower = best_mixed["config_id"] if best_mixed["epi"] < ref["epi"] else REFERENCE_CONFIG
     return f" Their EPI intervals do not overlap: {lower} has the lower EPI."

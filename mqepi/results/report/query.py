@@ -87,7 +87,8 @@ _QUESTION_SETS_SQL = (
     "count(DISTINCT question_id) AS n_questions FROM benchmark_answer WHERE {where} GROUP BY ALL ORDER BY ALL")
 _SETTINGS_SQL = (
     f"SELECT coalesce(getvariable('mqepi_seed'), {DEFAULT_SEED}), coalesce(getvariable('mqepi_bootstrap'), {DEFAULT_BOOTSTRAP}), "
-    "getvariable('mqepi_ppl_tolerance'), coalesce(getvariable('mqepi_z'), 1.96)")
+    "coalesce(getvariable('mqepi_ppl_margin'), 0.01), coalesce(getvariable('mqepi_z'), 1.96), "
+    "getvariable('mqepi_kld_margin')")
 
 
 def collect(con_or_lake, *, origin: str = "all", bandwidth_gbs: float | None = None) -> ReportData:
@@ -116,7 +117,8 @@ def collect(con_or_lake, *, origin: str = "all", bandwidth_gbs: float | None = N
         runs=frame(_RUNS_SQL, RUNS),
         question_sets=frame(_QUESTION_SETS_SQL, QUESTION_SETS),
         snapshot=lake_snapshot(lake) if lake is not None and lake.exists() else None,
-        settings=dict(zip(("seed", "bootstrap", "ppl_tolerance", "z"), map(_plain, con.execute(_SETTINGS_SQL).fetchone()))),
+        settings=dict(zip(("seed", "bootstrap", "ppl_margin", "z", "kld_margin"),
+                          map(_plain, con.execute(_SETTINGS_SQL).fetchone()))),
         origin=origin,
         bandwidth_gbs=bandwidth_gbs,
     )

@@ -16,10 +16,10 @@ from mqepi.results.report.regressions import Rq3Result, Rq5Result
 Table = tuple[list[str], list[list[str]]]
 
 RESULTS_HEADERS = ["Config", "Kind", "Early", "Middle", "Late", "Size (GB)", "Bits/weight", "Perplexity",
-                   "J/Token [95% CI]", "Accuracy [95% CI]", "EPI [95% CI]", "n repeats"]
-PAIRS_HEADERS = ["Config A", "Config B", "Perplexity A", "Perplexity B", "Match", "EPI A", "EPI B",
-                 "Delta EPI (B-A) [95% CI]", "Delta J/token (B-A) [95% CI]", "McNemar b/c, p", "n paired repeats",
-                 "EPI differs"]
+                   "J/Token [95% CI]", "Accuracy [95% CI]", "EPI [95% CI]", "n repeats", "n questions", "Intervals"]
+PAIRS_HEADERS = ["Config A", "Config B", "Perplexity A", "Perplexity B", "ln(PPL B / PPL A) [90% CI]", "Verdict",
+                 "EPI A", "EPI B", "Delta EPI (B-A) [95% CI]", "Delta J/token (B-A) [95% CI]", "McNemar b/c, p",
+                 "n paired repeats", "EPI differs"]
 #: Provenance keys of run.provenance_json left out of the report (per-host or shown elsewhere).
 _PROVENANCE_SKIP = ("host", "model_file", "question_sets", "settings", "text.sources")
 
@@ -35,13 +35,16 @@ def results_rows(cs: pl.DataFrame) -> list[list[str]]:
     order = cs.with_columns(_u=(pl.col("kind") != "uniform")).sort("_u", "bits_per_weight", "config_id", nulls_last=True)
     rows = []
     for r in order.iter_rows(named=True):
-        rows.append([r["config_id"], r["kind"] or "-", r["early_type"] or "-", r["middle_type"] or "-", r["late_type"] or "-",
+        names = r.get("config_ids") or [r["config_id"]]
+        name = " = ".join([r["config_id"], *[n for n in names if n != r["config_id"]]])
+        rows.append([name, r["kind"] or "-", r["early_type"] or "-", r["middle_type"] or "-", r["late_type"] or "-",
                      fmt(gb(r["file_size_bytes"])), fmt(r["bits_per_weight"], 3),
                      "-" if r["ppl"] is None else _ppl(r["ppl"], r["ppl_stderr"]),
                      fmt_ci(r["j_per_token"], r["j_per_token_ci_low"], r["j_per_token_ci_high"]),
                      fmt_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"], 3),
                      fmt_ci(r["epi"], r["epi_ci_low"], r["epi_ci_high"]),
-                     f"{fmt(r['n_repeats'])} (+{fmt(r['n_excluded'])} excluded)" if r["n_excluded"] else fmt(r["n_repeats"])])
+                     f"{fmt(r['n_repeats'])} (+{fmt(r['n_excluded'])} excluded)" if r["n_excluded"] else fmt(r["n_repeats"]),
+                     fmt(r.get("n_questions")), r.get("interval_note") or "repeats, questions and meter"])
     return rows
 
 
@@ -51,7 +54,8 @@ def pairs_rows(pairs: pl.DataFrame) -> list[list[str]]:
     for r in pairs.iter_rows(named=True):
         mc = "-" if r["mcnemar_p"] is None else f"{fmt(r['mcnemar_b'])}/{fmt(r['mcnemar_c'])}, p = {fmt(r['mcnemar_p'], 3)}"
         rows.append([r["config_a"], r["config_b"], _ppl(r["ppl_a"], r["ppl_stderr_a"]), _ppl(r["ppl_b"], r["ppl_stderr_b"]),
-                     r["match_rule"] or "-", fmt(r["epi_a"]), fmt(r["epi_b"]),
+                     fmt_ci(r.get("log_ppl_ratio"), r.get("log_ppl_ratio_ci_low"), r.get("log_ppl_ratio_ci_high"), 3),
+                     r.get("ppl_verdict") or "-", fmt(r["epi_a"]), fmt(r["epi_b"]),
                      fmt_ci(r["epi_diff"], r["epi_diff_ci_low"], r["epi_diff_ci_high"]),
                      fmt_ci(r["j_per_token_diff"], r["j_per_token_diff_ci_low"], r["j_per_token_diff_ci_high"]),
                      mc, fmt(r["n_paired_repeats"]),

@@ -114,9 +114,13 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
             f"repeats used, {int(cs['n_excluded'].fill_null(0).sum())} finished runs excluded as invalid.")
     w.doc.h(3, "Results")
     w.doc.table(tables.RESULTS_HEADERS, tables.results_rows(cs),
-                f"{model}, origin {origin}, {label}: medians over valid repeats with bootstrap 95% intervals")
+                f"{model}, origin {origin}, {label}: medians over valid repeats; 95% intervals of the hierarchical "
+                "bootstrap (repeats, questions and the meter drawn together); a value without an interval could not be "
+                "given one (the last column says why); identical models under several names are one row")
     w.doc.h(3, "Perplexity-matched pairs")
-    w.doc.table(tables.PAIRS_HEADERS, tables.pairs_rows(rq1.pairs), f"Pairs of equal perplexity; {label}")
+    w.doc.table(tables.PAIRS_HEADERS, tables.pairs_rows(rq1.pairs),
+                f"Pairs shown equivalent in perplexity (TOST: the 90% interval of ln(PPL B / PPL A) over the same text "
+                f"chunks inside the margin); {label}")
     w.figure(f"EPI and J/token differences of perplexity-matched pairs, {model}, origin {origin}, {label}",
              plots.matched_pairs_plot(rq1.pairs, w.fig_dir / f"pairs-{stem}", model=model))
     w.doc.h(3, "Pareto analysis")
@@ -196,14 +200,19 @@ def _method_section(w: _Writer) -> None:
     w.doc.h(1, "Method")
     w.doc.bullets([
         "Every number is derived from the lake's raw events by the SQL views (docs/sql.md); medians over valid repeats with "
-        f"seeded bootstrap 95% intervals (seed {w.data.seed}, {w.data.bootstrap} resamples).",
-        "RQ1: matched_pairs; an EPI difference counts when its paired bootstrap 95% interval excludes 0 (2 or more paired "
-        "repeats); accuracy differences by exact McNemar, p < 0.05.",
+        f"95% intervals of a seeded hierarchical bootstrap (seed {w.data.seed}, {w.data.bootstrap} resamples) that draws "
+        "the repeats, the questions (once per resample, shared by every configuration) and each run's meter uncertainty "
+        "together; an interval every resample collapses to one value is not shown.",
+        "Configurations with the same base and per-tensor types are one model: measured once, shown once with all names.",
+        "RQ1: matched_pairs; two configurations are perplexity-matched when the 90% interval of ln(PPL B / PPL A) over the "
+        "same text chunks (paired t) lies within the margin (two one-sided tests); an EPI difference counts when its paired "
+        "bootstrap 95% interval excludes 0 (2 or more paired repeats); accuracy differences by exact McNemar, p < 0.05.",
         "RQ2: pareto_frontier; a configuration is on the frontier when no other configuration of its group has accuracy >= "
         "and J/token <= with one strict.",
         "RQ3: OLS of J/token and accuracy on the mean bits/weight of the early, middle and late layers (tensor_inventory); "
         f"'{CANNOT}' when n <= parameters + 2 or every slope's interval includes 0.",
-        "RQ4: the lowest-EPI mixed configuration against uniform_q4km in size and bits/weight.",
+        "RQ4: the mixed configuration with the lowest EPI point estimate against uniform_q4km in size and bits/weight; "
+        "a lower EPI is stated only when the two 95% intervals do not overlap.",
         "RQ5: decode J/token against bytes read per generated token and against time per token; roofline fraction = "
         "bytes/token x decode tokens/s / memory bandwidth.",
         "See docs/report.md for the details.",
