@@ -199,8 +199,9 @@ WITH params AS (
     FROM kept p
     JOIN reps ra ON ra.ckey = p.ckey_a
     JOIN reps rb ON rb.ckey = p.ckey_b AND rb."repeat" = ra."repeat"
-), rr AS MATERIALIZED (
-    SELECT run_key, b, j_per_token, accuracy, epi FROM mqepi_run_resamples()
+), rr AS MATERIALIZED (  -- an infinite EPI (accuracy 0) gives no EPI difference
+    SELECT run_key, b, j_per_token, accuracy, CASE WHEN NOT mqepi_infinite(epi) THEN epi END AS epi
+    FROM mqepi_run_resamples()
     WHERE run_key IN (SELECT key_a FROM paired UNION SELECT key_b FROM paired)
 ), draws AS (
     SELECT nj.n, bb.b, mqepi_bootstrap_draw(p.seed, 0, bb.b, nj.j, nj.n) AS i

@@ -5,18 +5,31 @@ A family is (model, origin, power_source); its items are its valid runs, each of
 configuration (``ckey``). Resample b = 1..B draws at once the repeats of every configuration
 (stream 0), the questions of every benchmark once for the whole family (streams 1..3), and
 each run's meter noise (streams 101/102, keyed by the run's hash). :func:`run_resamples`
-gives every run's J/token, accuracy and EPI in every resample; :func:`config_resamples` the
+gives every run's J/token, accuracy and EPI in every resample (an EPI where the resampled
+accuracy is 0 is infinite, carried as :data:`INFINITE_EPI`); :func:`config_resamples` the
 medians over each configuration's drawn repeats. NaN stands for SQL's NULL.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from mqepi.analysis import bootstrap
+
+#: A run's EPI in a resample where its accuracy is 0 (macros.sql mqepi_infinite): infinite,
+#: carried as a large finite number so that medians and linear quantiles stay arithmetic.
+INFINITE_EPI = 1e300
+#: Any statistic at or above this came from an infinite EPI: it is +Infinity.
+INFINITE_FROM = 1e200
+
+
+def unbounded(x: float | None) -> float | None:
+    """macros.sql mqepi_unbounded: a statistic at or above 1e200 is +Infinity."""
+    return None if x is None else (math.inf if x >= INFINITE_FROM else x)
 
 
 @dataclass
@@ -79,7 +92,8 @@ def run_resamples(items: pl.DataFrame, answers: pl.DataFrame, seed: int, n_boot:
         else:
             acc = np.full(n_boot, np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
-            epi = np.where(acc != 0, jpt / np.where(acc != 0, acc, 1), np.nan)
+            epi = np.where(acc != 0, jpt / np.where(acc != 0, acc, 1), INFINITE_EPI)
+        epi = np.where(np.isnan(jpt) | np.isnan(acc), np.nan, epi)
         out.j_per_token[key], out.accuracy[key], out.epi[key] = jpt, acc, epi
     return out
 

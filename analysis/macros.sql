@@ -61,6 +61,12 @@ CREATE OR REPLACE MACRO mqepi_bootstrap_normal(seed, b, h) AS
     sqrt(-2.0 * ln((mqepi_bootstrap_draw(seed, 101, b, h, 2147483647) + 0.5) / 2147483647.0))
     * cos(2.0 * pi() * ((mqepi_bootstrap_draw(seed, 102, b, h, 2147483647) + 0.5) / 2147483647.0));
 
+-- An EPI at or above 1e200 stands for +Infinity: a run's EPI in a resample where its accuracy
+-- is 0 is carried as 1e300 so that medians and linear quantiles stay finite arithmetic
+-- (Infinity - Infinity would be NaN); any statistic reaching 1e200 came from it.
+CREATE OR REPLACE MACRO mqepi_infinite(x) AS x >= 1e200;
+CREATE OR REPLACE MACRO mqepi_unbounded(x) AS CASE WHEN x >= 1e200 THEN CAST('Infinity' AS DOUBLE) ELSE x END;
+
 -- ---------------------------------------------------------------- Student's t
 -- The 95 % quantile of Student's t with df degrees of freedom (the two one-sided tests at
 -- 5 % of an equivalence test, i.e. a 90 % interval): scipy.stats.t.ppf(0.95, df) to 12

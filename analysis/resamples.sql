@@ -17,8 +17,10 @@
 -- A run's accuracy in resample b: per benchmark it answered, its correct answers over its
 -- answers, each question counted as often as it was drawn; composite: the mean over those
 -- benchmarks (NULL when a benchmark has no drawn question). Its J/token: the moved energy over
--- its tokens; its EPI: J/token / accuracy. A configuration's statistic in resample b: the
--- median over its drawn repeats of its runs' values in that resample.
+-- its tokens; its EPI: J/token / accuracy, and infinite where the resampled accuracy is 0 (a
+-- resample without a right answer is the worst EPI, not a missing one): carried as 1e300, and
+-- any statistic >= 1e200 (mqepi_infinite) is +Infinity. A configuration's statistic in
+-- resample b: the median over its drawn repeats of its runs' values in that resample.
 
 -- The items: every valid run with its family g, configuration key ckey and item index i.
 CREATE OR REPLACE MACRO mqepi_boot_items() AS TABLE
@@ -81,7 +83,9 @@ WITH params AS (
     CROSS JOIN (SELECT unnest(range(1, n_boot + 1)) AS b FROM params) bb
 )
 SELECT m.g, m.ckey, m.i, m.n, m.run_key, m."repeat", m.run_id, m.b, m.jpt AS j_per_token, r.accuracy,
-    m.jpt / nullif(r.accuracy, 0) AS epi
+    CASE WHEN m.jpt IS NULL OR r.accuracy IS NULL THEN NULL
+         WHEN r.accuracy = 0 THEN 1e300  -- infinite EPI (mqepi_infinite), not left out
+         ELSE m.jpt / r.accuracy END AS epi
 FROM moved m LEFT JOIN per_run r ON r.run_key = m.run_key AND r.b = m.b;
 
 -- One row per configuration (ckey) and resample b: the medians over its drawn repeats.

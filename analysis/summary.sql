@@ -22,9 +22,11 @@
 --   n_questions            distinct questions its valid runs answered (all benchmarks)
 --   j_per_token, accuracy, epi (+ _ci_low, _ci_high)
 --                          medians of the runs' values; 95 % percentile interval of the
---                          hierarchical bootstrap above (quantile_cont 0.025 / 0.975 of the B
---                          resample medians), NULL where degenerate (mqepi_degenerate);
---                          epi is the median of the runs' EPI, not a ratio of medians
+--                          hierarchical bootstrap (resamples.sql; quantile_cont 0.025 / 0.975 of
+--                          the B resample medians), NULL where degenerate (mqepi_degenerate);
+--                          epi is the median of the runs' EPI, not a ratio of medians; its
+--                          interval ends at +Infinity when resamples without a right answer
+--                          (infinite EPI) reach the quantile
 --   interval_note          why an interval is missing or narrower than the data's variation
 --                          ('; '-separated; NULL when every interval covers repeats, questions
 --                          and the meter)
@@ -71,7 +73,8 @@ WITH rm AS MATERIALIZED (
         quantile_cont(accuracy, 0.025) AS acc_lo, quantile_cont(accuracy, 0.975) AS acc_hi,
         min(accuracy) AS acc_min, max(accuracy) AS acc_max,
         quantile_cont(epi, 0.025) AS epi_lo, quantile_cont(epi, 0.975) AS epi_hi,
-        min(epi) AS epi_min, max(epi) AS epi_max
+        min(epi) AS epi_min, max(epi) AS epi_max,
+        count(*) FILTER (WHERE mqepi_infinite(epi)) / nullif(count(epi), 0) AS epi_infinite_share
     FROM mqepi_config_resamples() GROUP BY ckey
 ), configs AS (  -- the config's quant_config: of the group's origin first, then the latest
     SELECT s.ckey, arg_max({'kind': c.kind, 'map_json': c.map_json},
@@ -102,8 +105,8 @@ SELECT s.model, s.config_id, s.origin, s.power_source, s.config_ids, s.simulated
     CASE WHEN NOT s.jpt_flat THEN s.jpt_hi END AS j_per_token_ci_high,
     s.accuracy, CASE WHEN NOT s.acc_flat THEN s.acc_lo END AS accuracy_ci_low,
     CASE WHEN NOT s.acc_flat THEN s.acc_hi END AS accuracy_ci_high,
-    s.epi, CASE WHEN NOT s.epi_flat THEN s.epi_lo END AS epi_ci_low,
-    CASE WHEN NOT s.epi_flat THEN s.epi_hi END AS epi_ci_high,
+    s.epi, CASE WHEN NOT s.epi_flat THEN mqepi_unbounded(s.epi_lo) END AS epi_ci_low,
+    CASE WHEN NOT s.epi_flat THEN mqepi_unbounded(s.epi_hi) END AS epi_ci_high,
     nullif(concat_ws('; ',
         CASE WHEN s.n_repeats = 1 AND s.has_meter_uncertainty AND NOT s.jpt_flat
              THEN 'one repeat: the J/token interval covers the meter''s uncertainty only, not run-to-run variation'
@@ -111,7 +114,11 @@ SELECT s.model, s.config_id, s.origin, s.power_source, s.config_ids, s.simulated
         CASE WHEN s.acc_flat THEN printf('accuracy: no interval, every resample gives %.4g (%d questions, %d repeat%s)',
                                          s.acc_min, s.n_questions, s.n_repeats, CASE WHEN s.n_repeats = 1 THEN '' ELSE 's' END) END,
         CASE WHEN s.jpt_flat THEN 'J/token: no interval, every resample gives the same value (no repeat or meter variation)' END,
-        CASE WHEN s.epi_flat THEN 'EPI: no interval, every resample gives the same value' END), '') AS interval_note,
+        CASE WHEN s.epi_flat AND mqepi_infinite(s.epi_max) THEN 'EPI: infinite in every resample (accuracy 0)'
+             WHEN s.epi_flat THEN 'EPI: no interval, every resample gives the same value'
+             WHEN mqepi_infinite(s.epi_hi)
+             THEN printf('EPI: no upper bound, accuracy is 0 in %.0f%% of resamples', 100 * s.epi_infinite_share) END),
+        '') AS interval_note,
     s.ppl, s.ppl_stderr, s.kld_mean, s.file_size_bytes, s.bits_per_weight, s.decode_tokens_per_s,
     s.prefill_j_per_token, s.decode_j_per_token, s.avg_power_w
 FROM joined s

@@ -205,9 +205,14 @@ def _identity_or_own(identity: pl.DataFrame | None) -> pl.DataFrame:
     return pl.DataFrame(schema=VIEWS["config_identity"]) if identity is None else identity
 
 
+def _finite_epi(values: np.ndarray) -> np.ndarray:
+    """An infinite EPI (accuracy 0) gives no EPI difference: NaN."""
+    return np.where(values >= hierarchical.INFINITE_FROM, np.nan, values)
+
+
 def _difference_interval(resampled: dict[str, np.ndarray], keys_a: list[str], keys_b: list[str], seed: int,
                          n_boot: int) -> tuple[float | None, float | None, bool]:
-    d = [resampled[b] - resampled[a] for a, b in zip(keys_a, keys_b)]
+    d = [_finite_epi(resampled[b]) - _finite_epi(resampled[a]) for a, b in zip(keys_a, keys_b)]
     stats = hierarchical.pick_medians(d, seed, n_boot)
     return hierarchical.interval(stats)
 

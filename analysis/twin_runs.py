@@ -15,6 +15,7 @@ frontier twin; the view columns come from :mod:`mqepi.analysis.contract`.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import polars as pl
@@ -302,7 +303,8 @@ def boot_items(metrics: pl.DataFrame, identity: pl.DataFrame) -> pl.DataFrame:
             .with_columns(i=pl.int_range(pl.len()).over("ckey"), n=pl.len().over("ckey")))
 
 
-def _interval_note(n_repeats: int, meter: bool, flat: dict[str, bool], acc: float | None, n_questions: int) -> str | None:
+def _interval_note(n_repeats: int, meter: bool, flat: dict[str, bool], acc: float | None, n_questions: int,
+                   epi_infinite_share: float | None = None, epi_unbounded: bool = False) -> str | None:
     notes = []
     if n_repeats == 1 and meter and not flat["j_per_token"]:
         notes.append("one repeat: the J/token interval covers the meter's uncertainty only, not run-to-run variation")
@@ -313,8 +315,12 @@ def _interval_note(n_repeats: int, meter: bool, flat: dict[str, bool], acc: floa
                      f"{n_repeats} repeat{'' if n_repeats == 1 else 's'})")
     if flat["j_per_token"]:
         notes.append("J/token: no interval, every resample gives the same value (no repeat or meter variation)")
-    if flat["epi"]:
+    if flat["epi"] and epi_infinite_share == 1.0:
+        notes.append("EPI: infinite in every resample (accuracy 0)")
+    elif flat["epi"]:
         notes.append("EPI: no interval, every resample gives the same value")
+    elif epi_unbounded:
+        notes.append(f"EPI: no upper bound, accuracy is 0 in {100 * epi_infinite_share:.0f}% of resamples")
     return "; ".join(notes) or None
 
 
@@ -327,6 +333,7 @@ def _group_medians(runs: pl.DataFrame, items: pl.DataFrame, resampled: hierarchi
            "n_questions": n_questions}
     keys = items["run_key"].to_list()
     flat = {}
+    share, unbounded = None, False
     for name in BOOTSTRAPPED:
         row[name] = valid[name].cast(pl.Float64).median()
         low = high = None
@@ -336,9 +343,15 @@ def _group_medians(runs: pl.DataFrame, items: pl.DataFrame, resampled: hierarchi
             low, high, flat[name] = hierarchical.interval(stats)
             if flat[name]:
                 row[f"_{name}_flat"] = float(np.nanmin(stats))
+            if name == "epi":
+                finite = stats[~np.isnan(stats)]
+                share = float((finite >= hierarchical.INFINITE_FROM).sum() / finite.size) if finite.size else None
+                low, high = hierarchical.unbounded(low), hierarchical.unbounded(high)
+                unbounded = high == math.inf
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
     meter = bool(((valid["benchmark_energy_uncertainty_j"].fill_null(0)) > 0).any())
-    row["interval_note"] = _interval_note(valid.height, meter, flat, row.pop("_accuracy_flat", None), n_questions)
+    row["interval_note"] = _interval_note(valid.height, meter, flat, row.pop("_accuracy_flat", None), n_questions,
+                                          share, unbounded)
     row.pop("_j_per_token_flat", None)
     row.pop("_epi_flat", None)
     for name in MEDIANS:

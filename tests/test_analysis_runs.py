@@ -288,11 +288,13 @@ def _draw(seed, stream, b, j, n):
     return x % n
 
 
-def _quantile(values, q):  # linear interpolation between closest ranks
+def _quantile(values, q):  # linear interpolation between closest ranks; infinite where it reaches inf
     values = sorted(values)
     pos = q * (len(values) - 1)
     lo = math.floor(pos)
     hi = min(lo + 1, len(values) - 1)
+    if values[lo] == math.inf or (values[hi] == math.inf and pos > lo):
+        return math.inf
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
@@ -319,7 +321,7 @@ def hierarchical_by_hand(runs, questions, seed=1234, n_boot=1000):
                 picked = [q for q in drawn_q[k] if q in run["answers"][k]]
                 accs.append(sum(run["answers"][k][q] for q in picked) / len(picked))
             acc = sum(accs) / len(accs)
-            values.append((jpt, acc, jpt / acc if acc else None))
+            values.append((jpt, acc, jpt / acc if acc else math.inf))  # no right answer: infinite EPI
         picks = [values[_draw(seed, 0, b, j, n)] for j in range(n)]
         for m, col in (("j_per_token", 0), ("accuracy", 1), ("epi", 2)):
             vals = [v[col] for v in picks if v[col] is not None]
@@ -395,7 +397,7 @@ SWEEP_WINDOWS = [("idle_baseline", 10), ("mmlu", 6), ("arc_challenge", 6), ("hel
 
 def sweep_run(b: Builder, rng, *, model, config_id, run_id, repeat, origin="lab", source="simulated", level=7.0,
               acc=0.6, statuses=("started", "finished"), file_sha=None, channels=1, meter_clock=False, gap=None,
-              all_wrong=()):
+              all_wrong=(), one_right=()):
     key = {"model": model, "config_id": config_id, "run_id": run_id}
     windows, t = [], 0.0
     for name, length in SWEEP_WINDOWS:
@@ -416,7 +418,8 @@ def sweep_run(b: Builder, rng, *, model, config_id, run_id, repeat, origin="lab"
         b.power(key, host[keep], np.maximum(p, 0.0)[keep], channel=ch, node=f"node{ch}", source=source,
                 meter_time_ns=meter, origin=origin)
     for bench in ("mmlu", "arc_challenge", "hellaswag"):
-        correct = [False] * 12 if bench in all_wrong else [bool(x) for x in rng.random(12) < acc]
+        correct = ([False] * 12 if bench in all_wrong else [True] + [False] * 11 if bench in one_right
+                   else [bool(x) for x in rng.random(12) < acc])
         b.answers(key, bench, correct, [int(x) for x in rng.integers(150, 300, 12)], origin=origin)
     b.quality(key, ppl=float(20 + rng.random()), kld=float(0.05 * rng.random()), pp_tps=float(90 + rng.random() * 20),
               tg_tps=float(15 + rng.random() * 5), origin=origin)

@@ -233,6 +233,8 @@ def _ci(value, low, high, spec: str) -> str:
         return ""
     if low is None or high is None:
         return f"{value:{spec}} (no CI)"
+    if high == float("inf"):
+        return f"{value:{spec}} [{low:{spec}}, inf)"
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 

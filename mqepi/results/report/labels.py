@@ -105,6 +105,8 @@ def fmt_ci(x, lo, hi, digits: int = 4) -> str:
         return "-"
     if lo is None or hi is None:
         return fmt(x, digits)
+    if hi == math.inf:  # an EPI interval reaching resamples without a right answer
+        return f"{fmt(x, digits)} [{fmt(lo, digits)}, inf)"
     return f"{fmt(x, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
 
