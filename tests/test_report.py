@@ -601,3 +601,16 @@ def test_report_command_writes_files_and_prints_the_summary(lake, tmp_path):
     assert "At 8.5 GB/s" in (tmp_path / "r" / "report.md").read_text()
     res = runner.invoke(app, app_args(["report", "--origin", "labs"]), env=env)
     assert res.exit_code == 1 and "not one of lab, community, all" in res.output
+
+
+def test_rq2_states_a_cost_per_accuracy_point_only_when_the_ends_differ():
+    data = synthetic()
+    narrow = data.pareto_frontier.with_columns(accuracy_ci_low=pl.col("accuracy") - 1e-6,
+                                               accuracy_ci_high=pl.col("accuracy") + 1e-6)
+    data.pareto_frontier = narrow
+    (r2,) = rq2_frontier(data)
+    assert "per accuracy point" in r2.answer.answer and "intervals of its two ends overlap" not in r2.answer.answer
+    data.pareto_frontier = narrow.with_columns(accuracy_ci_low=pl.lit(0.0), accuracy_ci_high=pl.lit(1.0))
+    (r2,) = rq2_frontier(data)
+    assert f"The accuracy intervals of its two ends overlap: {CANNOT}" in r2.answer.answer
+    assert "J/token rises" not in r2.answer.answer

@@ -137,12 +137,16 @@ def _rq2_answer(rows: pl.DataFrame, no_energy_why: str | None) -> tuple[bool, st
     shaky = on.filter(pl.col("frontier_probability").fill_null(0) < 0.95)["config_id"].to_list()
     slope = ""
     if on.height >= 2 and hi["accuracy"] != lo["accuracy"]:
-        cost = (hi["j_per_token"] - lo["j_per_token"]) / (hi["accuracy"] - lo["accuracy"])
-        slope = f" Along it, J/token rises {fmt(cost * 0.01, 3)} per accuracy point (0.01)."
+        if _overlap(lo, hi, "accuracy") is False:
+            cost = (hi["j_per_token"] - lo["j_per_token"]) / (hi["accuracy"] - lo["accuracy"])
+            slope = f" Along it, J/token rises {fmt(cost * 0.01, 3)} per accuracy point (0.01)."
+        else:
+            slope = (f" The accuracy intervals of its two ends overlap: {CANNOT} that accuracy rises along it, nor about "
+                     "its cost per accuracy point.")
     return True, (
         f"{on.height} of {rows.height} configurations are on the frontier ({n_u} uniform, {n_m} mixed), from "
-        f"{lo['config_id']} (accuracy {fmt(lo['accuracy'], 3)}, {fmt(lo['j_per_token'])} J/token) to "
-        f"{hi['config_id']} (accuracy {fmt(hi['accuracy'], 3)}, {fmt(hi['j_per_token'])} J/token): {points}.{slope} "
+        f"{lo['config_id']} (accuracy {_acc(lo)}, {fmt(lo['j_per_token'])} J/token) to "
+        f"{hi['config_id']} (accuracy {_acc(hi)}, {fmt(hi['j_per_token'])} J/token): {points}.{slope} "
         + (f"Mixed configurations on the frontier that no uniform configuration reaches: {', '.join(unmatched)}. "
            if unmatched else "No mixed configuration reaches a point that no uniform configuration reaches. ")
         + (f"Uncertain members (on the frontier in fewer than 95% of resamples): {', '.join(shaky)}." if shaky
@@ -177,6 +181,10 @@ def rq4_optimum(data: ReportData) -> list[Rq4Result]:
         results.append(Rq4Result(origin, model, ps, best, best_mixed, ref,
                                  Answer("RQ4", origin, model, ps, text, evidence, supported)))
     return results
+
+
+def _acc(row: dict) -> str:
+    return fmt_ci(row["accuracy"], row.get("accuracy_ci_low"), row.get("accuracy_ci_high"), 3)
 
 
 def _first(rows: pl.DataFrame) -> dict | None:
