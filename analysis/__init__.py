@@ -7,6 +7,7 @@ The SQL contract is a list of files, loaded in order into one DuckDB connection:
 * ``views.sql``: one view per event type, and the energy windows;
 * ``runs.sql``: per-run results: run_energy, run_accuracy, run_metrics; config_identity;
 * ``resamples.sql``: the hierarchical bootstrap's table macros (repeats, questions, meter);
+* ``flips.sql``: answer_flips (answers that differ from the base's) and its macros;
 * ``summary.sql``: config_summary;
 * ``frontier.sql``: matched_pairs and pareto_frontier.
 
@@ -26,7 +27,8 @@ MACROS_SQL = _HERE / "macros.sql"
 VIEWS_SQL = _HERE / "views.sql"
 RUNS_SQL = _HERE / "runs.sql"
 RESAMPLES_SQL = _HERE / "resamples.sql"
+FLIPS_SQL = _HERE / "flips.sql"
 SUMMARY_SQL = _HERE / "summary.sql"
 FRONTIER_SQL = _HERE / "frontier.sql"
 #: Every SQL file of the contract, in load order.
-SQL_FILES = [MACROS_SQL, VIEWS_SQL, RUNS_SQL, RESAMPLES_SQL, SUMMARY_SQL, FRONTIER_SQL]
+SQL_FILES = [MACROS_SQL, VIEWS_SQL, RUNS_SQL, RESAMPLES_SQL, FLIPS_SQL, SUMMARY_SQL, FRONTIER_SQL]

@@ -2,7 +2,8 @@
 --
 -- Loaded after summary.sql into the same DuckDB connection (mqepi.results.sql.connect);
 -- builds on config_summary (summary.sql), the bootstrap's macros (resamples.sql: run_metrics,
--- config_identity, benchmark_answer) and the perplexity and kld events (views.sql).
+-- config_identity, benchmark_answer), the flips' macros (flips.sql) and the perplexity and kld
+-- events (views.sql).
 -- analysis/twin_frontier.py computes the same two views independently in Polars/numpy;
 -- tests/test_frontier.py compares both. docs/frontier.md explains the rules.
 --
@@ -87,6 +88,12 @@ CREATE OR REPLACE MACRO frontier_mcnemar_p(b, c) AS
 --                                           (question_set_sha256, question_id, repeat)
 --   mcnemar_b, mcnemar_c, mcnemar_p         paired answers a right b wrong, a wrong b right;
 --                                           exact two-sided binomial p (NULL: none paired)
+--   n_flip_questions, flip_share, flip_share_low, flip_share_high
+--                                           answer flips between the pair (flips.sql rules: one
+--                                           answer per configuration and question, same
+--                                           scoring, both predictions known; every benchmark
+--                                           pooled): questions compared, share answered
+--                                           differently, Wilson score interval (mqepi_z)
 --   note                                    why an interval is missing ('; '-separated), else NULL
 CREATE OR REPLACE VIEW matched_pairs AS
 WITH params AS (
@@ -246,6 +253,16 @@ WITH params AS (
     JOIN answers xb ON xb.model = pr.model AND xb.config_id = pr.measured_b AND xb.origin = pr.origin AND xb.run_id = pr.run_b
         AND xb.question_set_sha256 = xa.question_set_sha256 AND xb.question_id = xa.question_id
     GROUP BY pr.pid
+), flip_answers AS MATERIALIZED (  -- flips.sql: one answer per configuration and question
+    SELECT * FROM mqepi_flip_answers()
+    WHERE ckey IN (SELECT ckey_a FROM kept UNION SELECT ckey_b FROM kept)
+), flips AS (
+    SELECT p.pid, count(*) FILTER (WHERE xa.predicted IS NOT NULL AND xb.predicted IS NOT NULL) AS n,
+        count(*) FILTER (WHERE xa.predicted <> xb.predicted) AS k
+    FROM kept p
+    JOIN flip_answers xa ON xa.ckey = p.ckey_a
+    JOIN flip_answers xb ON xb.ckey = p.ckey_b AND xb.qkey = xa.qkey AND xb.scoring IS NOT DISTINCT FROM xa.scoring
+    GROUP BY p.pid
 )
 SELECT p.model, p.origin, p.power_source, p.simulated, p.config_a, p.config_b,
     p.ppl_a, p.ppl_b, p.ppl_stderr_a, p.ppl_stderr_b, p.ppl_diff,
@@ -272,6 +289,9 @@ SELECT p.model, p.origin, p.power_source, p.simulated, p.config_a, p.config_b,
     coalesce(m.mcnemar_b, 0) AS mcnemar_b,
     coalesce(m.mcnemar_c, 0) AS mcnemar_c,
     CASE WHEN m.n_questions_paired > 0 THEN frontier_mcnemar_p(m.mcnemar_b, m.mcnemar_c) END AS mcnemar_p,
+    CAST(coalesce(fl.n, 0) AS BIGINT) AS n_flip_questions, fl.k / nullif(fl.n, 0) AS flip_share,
+    mqepi_wilson_low(fl.k, fl.n, CAST(coalesce(getvariable('mqepi_z'), 1.96) AS DOUBLE)) AS flip_share_low,
+    mqepi_wilson_high(fl.k, fl.n, CAST(coalesce(getvariable('mqepi_z'), 1.96) AS DOUBLE)) AS flip_share_high,
     nullif(concat_ws('; ',
         CASE WHEN v.n_chunks = 1 THEN 'one chunk: no interval for the perplexity ratio' END,
         CASE WHEN v.n_chunks IS NULL AND v.ppl_half IS NULL THEN 'no chunks and no perplexity uncertainty: no interval' END,
@@ -284,6 +304,7 @@ JOIN verdicts v USING (pid)
 LEFT JOIN point pt USING (pid)
 LEFT JOIN bounds bd USING (pid)
 LEFT JOIN mcnemar m USING (pid)
+LEFT JOIN flips fl USING (pid)
 ORDER BY p.pid;
 
 -- ---------------------------------------------------------------- pareto_frontier

@@ -100,6 +100,12 @@ LEFT JOIN runs r ON r.run_key = w.run_key;
 --   accuracy_ci_low/high       Wilson score interval with z = mqepi_z (default 1.96, 95 %);
 --                              composite: the mean of the benchmarks' Wilson bounds (the interval
 --                              if the benchmarks' errors were fully correlated: conservative)
+--   n_correct_norm, accuracy_norm
+--                              the same under lm-eval's acc_norm (correct_norm: the choice with the
+--                              highest log-likelihood per character); NULL unless every answer has
+--                              correct_norm (version 1 rows have none); composite: the mean of the
+--                              benchmarks' accuracy_norm (NULL if one is NULL). accuracy (acc) is
+--                              unchanged by it and stays what EPI and every interval use
 CREATE OR REPLACE VIEW run_accuracy AS
 WITH runs AS (
     SELECT concat_ws('/', model, config_id, run_id) AS run_key,
@@ -111,10 +117,11 @@ WITH runs AS (
 ), per_benchmark AS (
     SELECT model, config_id, run_id, benchmark, first(origin ORDER BY recorded_at_ns, event_id) AS answer_origin,
         string_agg(DISTINCT question_set_sha256, ',' ORDER BY question_set_sha256) AS question_set_sha256,
-        count(*) AS n_questions, count(*) FILTER (WHERE correct) AS n_correct
+        count(*) AS n_questions, count(*) FILTER (WHERE correct) AS n_correct,
+        CASE WHEN count(correct_norm) = count(*) THEN count(*) FILTER (WHERE correct_norm) END AS n_correct_norm
     FROM benchmark_answer GROUP BY model, config_id, run_id, benchmark
 ), wilson AS (
-    SELECT b.*, b.n_correct / b.n_questions AS accuracy,
+    SELECT b.*, b.n_correct / b.n_questions AS accuracy, b.n_correct_norm / b.n_questions AS accuracy_norm,
         greatest(0.0, (b.n_correct / b.n_questions + z.z * z.z / (2 * b.n_questions)) / (1 + z.z * z.z / b.n_questions)
             - z.z * sqrt((b.n_correct / b.n_questions) * (1 - b.n_correct / b.n_questions) / b.n_questions
                          + z.z * z.z / (4.0 * b.n_questions * b.n_questions)) / (1 + z.z * z.z / b.n_questions)) AS accuracy_ci_low,
@@ -124,17 +131,20 @@ WITH runs AS (
     FROM per_benchmark b, z
 ), rows AS (
     SELECT model, config_id, run_id, answer_origin, benchmark, question_set_sha256, n_questions, n_correct,
-        accuracy, accuracy_ci_low, accuracy_ci_high
+        accuracy, accuracy_ci_low, accuracy_ci_high, n_correct_norm, accuracy_norm
     FROM wilson
     UNION ALL
     SELECT model, config_id, run_id, first(answer_origin ORDER BY benchmark), 'composite', NULL,
         sum(n_questions), sum(n_correct), avg(accuracy ORDER BY benchmark), avg(accuracy_ci_low ORDER BY benchmark),
-        avg(accuracy_ci_high ORDER BY benchmark)
+        avg(accuracy_ci_high ORDER BY benchmark),
+        CASE WHEN count(n_correct_norm) = count(*) THEN sum(n_correct_norm) END,
+        CASE WHEN count(accuracy_norm) = count(*) THEN avg(accuracy_norm ORDER BY benchmark) END
     FROM wilson GROUP BY model, config_id, run_id
 )
 SELECT a.model, a.config_id, a.run_id, coalesce(r.origin, a.answer_origin) AS origin, r."repeat", a.benchmark,
     a.question_set_sha256, CAST(a.n_questions AS BIGINT) AS n_questions, CAST(a.n_correct AS BIGINT) AS n_correct,
-    a.accuracy, a.accuracy_ci_low, a.accuracy_ci_high
+    a.accuracy, a.accuracy_ci_low, a.accuracy_ci_high, CAST(a.n_correct_norm AS BIGINT) AS n_correct_norm,
+    a.accuracy_norm
 FROM rows a
 LEFT JOIN runs r ON r.run_key = concat_ws('/', a.model, a.config_id, a.run_id);
 
@@ -148,11 +158,16 @@ LEFT JOIN runs r ON r.run_key = concat_ws('/', a.model, a.config_id, a.run_id);
 --                          one standard uncertainty of benchmark_energy_j: root sum of squares of
 --                          the windows' energy_uncertainty_j, J
 --   benchmark_tokens       sum of their tokens (NULL if one lacks tokens)
+--   benchmark_questions    sum over the benchmark windows of the questions the run answered in
+--                          that benchmark (run_accuracy.n_questions of the window's phase; NULL if
+--                          one window has no answers)
 --   j_per_token            benchmark_energy_j / benchmark_tokens, J/token
+--   j_per_question         benchmark_energy_j / benchmark_questions, J/question (the same energy)
 --   net_j_per_token        the same with net energy, J/token
 --   prefill_j_per_token    energy / tokens of the pp windows, J/token
 --   decode_j_per_token     energy / tokens of the tg windows, J/token
 --   accuracy               composite accuracy (run_accuracy), 0..1
+--   accuracy_norm          composite accuracy under acc_norm (run_accuracy; NULL without correct_norm)
 --   epi                    j_per_token / accuracy, J/token per unit accuracy (NULL if accuracy = 0)
 --   epi_mmlu, epi_arc_challenge, epi_hellaswag
 --                          that benchmark's windows' J/token / that benchmark's accuracy
@@ -182,6 +197,13 @@ WITH runs AS (
         first(file_sha256 ORDER BY status <> 'started', recorded_at_ns, event_id) AS file_sha256
     FROM run GROUP BY model, config_id, run_id
     HAVING bool_or(status = 'finished') AND NOT bool_or(status = 'failed')
+), answered AS (  -- questions answered per run and benchmark
+    SELECT concat_ws('/', model, config_id, run_id, benchmark) AS window_key, n_questions
+    FROM run_accuracy WHERE benchmark <> 'composite'
+), energy AS (
+    SELECT e.*, q.n_questions AS window_questions
+    FROM run_energy e
+    LEFT JOIN answered q ON q.window_key = concat_ws('/', e.model, e.config_id, e.run_id, e.phase)
 ), windows AS (
     SELECT concat_ws('/', model, config_id, run_id) AS run_key,
         count(*) FILTER (WHERE window_kind = 'benchmark') AS n_windows,
@@ -191,6 +213,7 @@ WITH runs AS (
         sqrt(mqepi_window_sum(energy_uncertainty_j * energy_uncertainty_j, window_kind = 'benchmark')) AS energy_uncertainty_j,
         mqepi_window_sum(net_energy_j, window_kind = 'benchmark') AS net_energy_j,
         mqepi_window_sum(tokens, window_kind = 'benchmark') AS tokens,
+        mqepi_window_sum(window_questions, window_kind = 'benchmark') AS questions,
         sum(elapsed_s ORDER BY start_ns, phase, node) FILTER (WHERE window_kind = 'benchmark') AS elapsed_s,
         -- per benchmark, prefill and decode: energy / tokens over the windows of that name
         mqepi_window_sum(energy_j, phase = 'mmlu') / nullif(mqepi_window_sum(tokens, phase = 'mmlu'), 0) AS jpt_mmlu,
@@ -204,11 +227,12 @@ WITH runs AS (
             / nullif(mqepi_window_sum(tokens, window_kind = 'decode'), 0) AS decode_j_per_token,
         string_agg(phase || ': ' || coalesce(invalid_reasons, 'invalid'), '; ' ORDER BY start_ns, phase, node)
             FILTER (WHERE window_kind = 'benchmark' AND NOT valid) AS window_reasons
-    FROM run_energy GROUP BY model, config_id, run_id
+    FROM energy GROUP BY model, config_id, run_id
 ), accuracy AS (
     SELECT concat_ws('/', model, config_id, run_id) AS run_key,
         count(*) FILTER (WHERE benchmark <> 'composite') AS n_benchmarks,
         any_value(accuracy) FILTER (WHERE benchmark = 'composite') AS accuracy,
+        any_value(accuracy_norm) FILTER (WHERE benchmark = 'composite') AS accuracy_norm,
         any_value(accuracy) FILTER (WHERE benchmark = 'mmlu') AS acc_mmlu,
         any_value(accuracy) FILTER (WHERE benchmark = 'arc_challenge') AS acc_arc_challenge,
         any_value(accuracy) FILTER (WHERE benchmark = 'hellaswag') AS acc_hellaswag
@@ -243,11 +267,12 @@ SELECT r.model, r.config_id, r.run_id, r.origin, r."repeat", r.power_source,
     coalesce(w.n_windows > 0 AND w.all_valid, false) AS valid,
     CAST(coalesce(a.n_benchmarks, 0) AS BIGINT) AS n_benchmarks,
     w.energy_j AS benchmark_energy_j, w.energy_uncertainty_j AS benchmark_energy_uncertainty_j,
-    CAST(w.tokens AS BIGINT) AS benchmark_tokens,
+    CAST(w.tokens AS BIGINT) AS benchmark_tokens, CAST(w.questions AS BIGINT) AS benchmark_questions,
     w.energy_j / nullif(w.tokens, 0) AS j_per_token,
+    w.energy_j / nullif(w.questions, 0) AS j_per_question,
     w.net_energy_j / nullif(w.tokens, 0) AS net_j_per_token,
     w.prefill_j_per_token, w.decode_j_per_token,
-    a.accuracy,
+    a.accuracy, a.accuracy_norm,
     w.energy_j / nullif(w.tokens, 0) / nullif(a.accuracy, 0) AS epi,
     w.jpt_mmlu / nullif(a.acc_mmlu, 0) AS epi_mmlu,
     w.jpt_arc_challenge / nullif(a.acc_arc_challenge, 0) AS epi_arc_challenge,

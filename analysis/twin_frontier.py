@@ -12,7 +12,8 @@ them by hand.
                       j_per_token, epi, accuracy_ci_low, accuracy_ci_high,
                       j_per_token_ci_low, j_per_token_ci_high, ppl, ppl_stderr
     benchmark_answer: model, config_id, origin, run_id, question_set_sha256, question_id,
-                      correct
+                      correct; for the flip columns also benchmark, predicted, scoring,
+                      recorded_at_ns, event_id (absent: null, i.e. no prediction known)
 
 The draws, medians and intervals are the shared seeded bootstrap
 (:mod:`mqepi.analysis.bootstrap`); the output columns are the contract's
@@ -29,9 +30,10 @@ from fractions import Fraction
 import numpy as np
 import polars as pl
 
-from mqepi.analysis import MACROS_SQL, bootstrap, hierarchical
+from mqepi.analysis import MACROS_SQL, bootstrap, hierarchical, twin_flips
 from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 from mqepi.analysis.contract import CONFIG_KEY, FAMILY_KEY, VIEWS
+from mqepi.analysis.stats import DEFAULT_Z
 from mqepi.analysis.twin_runs import boot_items
 
 GROUP = list(FAMILY_KEY)
@@ -220,7 +222,7 @@ def _difference_interval(resampled: dict[str, np.ndarray], keys_a: list[str], ke
 def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, benchmark_answer: pl.DataFrame, *,
                   identity: pl.DataFrame | None = None, perplexity: pl.DataFrame | None = None,
                   kld: pl.DataFrame | None = None, seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP,
-                  ppl_margin: float = 0.01, kld_margin: float | None = None) -> pl.DataFrame:
+                  ppl_margin: float = 0.01, kld_margin: float | None = None, z: float = DEFAULT_Z) -> pl.DataFrame:
     """The matched_pairs view: every pair of a family with perplexities, their equivalence
     tests, and the paired hierarchical bootstrap of their differences."""
     bootstrap.check_params(seed, n_boot)
@@ -233,6 +235,7 @@ def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, bench
     ppl_chunks = _chunks(perplexity, "chunk_nll", ["text_sha256"], items)
     kld_chunks = _chunks(kld, "chunk_kld", ["base_sha256", "text_sha256"], items)
     answers = _answers_by_run(benchmark_answer)
+    flip_answers = twin_flips.choose_answers(items, benchmark_answer)
     reps: dict[str, dict[int, dict]] = {}
     for r in items.sort("run_id").iter_rows(named=True):
         reps.setdefault(r["ckey"], {}).setdefault(r["repeat"], r)
@@ -249,8 +252,8 @@ def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, bench
                 tests = _tests(a, b, limit, kld_margin, ppl_chunks, kld_chunks)
                 if tests["ppl_verdict"] == "different" or tests["kld_verdict"] == "different":
                     continue  # shown to differ: no candidate for a matched pair
-                rows.append(_pair_row(a, b, rule, tests, ppl_margin, kld_margin, reps, resampled, answers, seed,
-                                      n_boot))
+                row = _pair_row(a, b, rule, tests, ppl_margin, kld_margin, reps, resampled, answers, seed, n_boot)
+                rows.append(row | twin_flips.pair_flips(flip_answers, _ckey(a), _ckey(b), z))
     return pl.DataFrame(rows, schema=VIEWS["matched_pairs"])
 
 

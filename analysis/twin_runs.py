@@ -20,7 +20,7 @@ import math
 import numpy as np
 import polars as pl
 
-from mqepi.analysis import bootstrap, hierarchical
+from mqepi.analysis import bootstrap, hierarchical, twin_flips
 from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 from mqepi.analysis.contract import CONFIG_KEY, VIEWS
 from mqepi.analysis.stats import DEFAULT_Z, wilson_interval
@@ -116,22 +116,28 @@ def run_accuracy(lake: Lake, runs: pl.DataFrame | None = None, *, z: float = DEF
     """The view ``run_accuracy``: one row per run and benchmark, plus ``composite``."""
     runs = run_info(lake) if runs is None else runs
     answers = lake.read("benchmark_answer", columns=[
-        "model", "config_id", "run_id", "benchmark", "question_set_sha256", "correct", "origin", "recorded_at_ns",
-        "event_id"]).sort(["recorded_at_ns", "event_id"])
+        "model", "config_id", "run_id", "benchmark", "question_set_sha256", "correct", "correct_norm", "origin",
+        "recorded_at_ns", "event_id"]).sort(["recorded_at_ns", "event_id"])
     per = answers.group_by([*RUN_KEY, "benchmark"], maintain_order=True).agg(
         answer_origin=pl.col("origin").first(),
         question_set_sha256=pl.col("question_set_sha256").unique().sort().str.join(","),
-        n_questions=pl.len().cast(pl.Int64), n_correct=pl.col("correct").sum().cast(pl.Int64))
+        n_questions=pl.len().cast(pl.Int64), n_correct=pl.col("correct").sum().cast(pl.Int64),
+        # acc_norm only where every answer has correct_norm
+        n_correct_norm=pl.when(pl.col("correct_norm").null_count() == 0)
+        .then(pl.col("correct_norm").sum().cast(pl.Int64)))
     bounds = [wilson_interval(k, n, z) for k, n in zip(per["n_correct"], per["n_questions"])]
     per = per.with_columns(
         accuracy=pl.col("n_correct") / pl.col("n_questions"),
         accuracy_ci_low=pl.Series([lo for lo, _ in bounds], dtype=pl.Float64),
-        accuracy_ci_high=pl.Series([hi for _, hi in bounds], dtype=pl.Float64))
+        accuracy_ci_high=pl.Series([hi for _, hi in bounds], dtype=pl.Float64),
+        accuracy_norm=pl.col("n_correct_norm") / pl.col("n_questions"))
     composite = per.sort("benchmark").group_by(RUN_KEY, maintain_order=True).agg(
         pl.col("answer_origin").first(), benchmark=pl.lit("composite"),
         question_set_sha256=pl.lit(None, dtype=pl.Utf8), n_questions=pl.col("n_questions").sum(),
         n_correct=pl.col("n_correct").sum(), accuracy=pl.col("accuracy").mean(),
-        accuracy_ci_low=pl.col("accuracy_ci_low").mean(), accuracy_ci_high=pl.col("accuracy_ci_high").mean())
+        accuracy_ci_low=pl.col("accuracy_ci_low").mean(), accuracy_ci_high=pl.col("accuracy_ci_high").mean(),
+        n_correct_norm=pl.when(pl.col("n_correct_norm").null_count() == 0).then(pl.col("n_correct_norm").sum()),
+        accuracy_norm=pl.when(pl.col("accuracy_norm").null_count() == 0).then(pl.col("accuracy_norm").mean()))
     both = pl.concat([per, composite.select(per.columns)])
     return (both.join(runs, on=RUN_KEY, how="left")
             .with_columns(origin=pl.coalesce("origin", "answer_origin"))
@@ -179,6 +185,7 @@ def _benchmark_windows(energy: pl.DataFrame) -> pl.DataFrame:
         benchmark_energy_uncertainty_j=_all_or_none("_u2", bench).sqrt(),
         net_energy_j=_all_or_none("net_energy_j", bench),
         benchmark_tokens=_all_or_none("tokens", bench),
+        benchmark_questions=_all_or_none("window_questions", bench),
         elapsed_s=pl.col("elapsed_s").filter(bench).sum(),
         **{f"jpt_{b}": _ratio("energy_j", "tokens", pl.col("phase") == b) for b in BENCHMARK_PHASES},
         prefill_j_per_token=_ratio("energy_j", "tokens", pl.col("window_kind") == "prefill"),
@@ -191,6 +198,7 @@ def _accuracies(accuracy: pl.DataFrame) -> pl.DataFrame:
     return accuracy.group_by(RUN_KEY).agg(
         n_benchmarks=(pl.col("benchmark") != "composite").sum().cast(pl.Int64),
         accuracy=pl.col("accuracy").filter(pl.col("benchmark") == "composite").first(),
+        accuracy_norm=pl.col("accuracy_norm").filter(pl.col("benchmark") == "composite").first(),
         **{f"acc_{b}": pl.col("accuracy").filter(pl.col("benchmark") == b).first() for b in BENCHMARK_PHASES})
 
 
@@ -226,6 +234,9 @@ def run_metrics(lake: Lake, *, z: float = DEFAULT_Z, runs: pl.DataFrame | None =
     energy = run_energy(lake, runs) if energy is None else energy
     accuracy = run_accuracy(lake, runs, z=z) if accuracy is None else accuracy
     finished = runs.filter(pl.col("run_status") == "finished")
+    answered = accuracy.filter(pl.col("benchmark") != "composite").select(
+        *RUN_KEY, phase=pl.col("benchmark"), window_questions=pl.col("n_questions"))
+    energy = energy.join(answered, on=[*RUN_KEY, "phase"], how="left")
     out = finished
     for part in (_benchmark_windows(energy), _accuracies(accuracy), *_quality(lake), _run_files(lake, finished)):
         out = out.join(part, on=RUN_KEY, how="left")
@@ -235,7 +246,9 @@ def run_metrics(lake: Lake, *, z: float = DEFAULT_Z, runs: pl.DataFrame | None =
         valid=((pl.col("n_windows") > 0) & pl.col("all_valid")).fill_null(False),
         n_benchmarks=pl.col("n_benchmarks").fill_null(0),
         benchmark_tokens=pl.col("benchmark_tokens").cast(pl.Int64),
+        benchmark_questions=pl.col("benchmark_questions").cast(pl.Int64),
         j_per_token=jpt,
+        j_per_question=pl.col("benchmark_energy_j") / _nonzero(pl.col("benchmark_questions")),
         net_j_per_token=pl.col("net_energy_j") / _nonzero(pl.col("benchmark_tokens")),
         epi=jpt / _nonzero(pl.col("accuracy")),
         **{f"epi_{b}": pl.col(f"jpt_{b}") / _nonzero(pl.col(f"acc_{b}")) for b in BENCHMARK_PHASES},
@@ -356,7 +369,30 @@ def _group_medians(runs: pl.DataFrame, items: pl.DataFrame, resampled: hierarchi
     row.pop("_epi_flat", None)
     for name in MEDIANS:
         row[name] = valid[name].cast(pl.Float64).median()
+    row["accuracy_norm"] = valid["accuracy_norm"].cast(pl.Float64).median()
+    row["j_per_question"] = valid["j_per_question"].cast(pl.Float64).median()
+    row["j_per_question_ci_low"] = row["j_per_question_ci_high"] = None
+    if keys:
+        low, high, _flat = hierarchical.interval(hierarchical.pick_medians(
+            _question_energy_resamples(items, valid, seed, n_boot), seed, n_boot))
+        row["j_per_question_ci_low"], row["j_per_question_ci_high"] = low, high
     return row
+
+
+def _question_energy_resamples(items: pl.DataFrame, valid: pl.DataFrame, seed: int, n_boot: int) -> list[np.ndarray]:
+    """Per item run (in item order): its J/question in each resample, the meter's noise drawn
+    as for J/token (resamples.sql), over the questions answered in its benchmark windows."""
+    questions = dict(zip(valid["run_id"].to_list(), valid["benchmark_questions"].to_list()))
+    keys = items["run_key"].to_list()
+    noise = bootstrap.normal_matrix(seed, n_boot, [bootstrap.run_hash(k) for k in keys])
+    out = []
+    for col, row in enumerate(items.iter_rows(named=True)):
+        energy, unc, n = row["benchmark_energy_j"], row["benchmark_energy_uncertainty_j"], questions.get(row["run_id"])
+        if energy is None or not n:
+            out.append(np.full(n_boot, np.nan))
+        else:
+            out.append((energy + (unc or 0.0) * noise[:, col]) / n)
+    return out
 
 
 def _group_config(configs: pl.DataFrame, group: dict) -> dict:
@@ -384,6 +420,7 @@ def config_summary(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAUL
                 .join(items.select("run_key", "ckey"), on="run_key")
                 .group_by("ckey").agg(n=pl.struct("benchmark", "question_set_sha256", "question_id").n_unique()))
     n_questions = dict(zip(answered["ckey"].to_list(), answered["n"].to_list()))
+    flips = _flips_vs_base(items, answers, configs, z)
     rows = []
     runs_by = _canonical(metrics, identity).with_columns(config_id=pl.col("canonical_id"))
     for key, runs in runs_by.partition_by(GROUP_KEY, as_dict=True, maintain_order=True).items():
@@ -392,8 +429,27 @@ def config_summary(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAUL
         mine = items.filter(pl.col("ckey") == ckey)
         rows.append({**group, "config_ids": runs["config_ids"][0].to_list(),
                      **_group_medians(runs, mine, resampled, n_questions.get(ckey, 0), seed, n_boot),
-                     **_group_config(configs, group)})
+                     **_group_config(configs, group),
+                     **flips.get(ckey, {"flip_reference_id": flips.get(_family(ckey))})})
     return pl.DataFrame(rows, schema=VIEWS["config_summary"]).sort(GROUP_KEY)
+
+
+def _family(ckey: str) -> str:
+    return ckey.rsplit("/", 1)[0]
+
+
+def _flips_vs_base(items: pl.DataFrame, answers: pl.DataFrame, configs: pl.DataFrame, z: float) -> dict:
+    """ckey -> config_summary's flip columns (answer_flips against the base, benchmark 'all');
+    family g -> its base's name (for the base itself and configurations without a comparison)."""
+    out: dict = {}
+    for g, ckey in twin_flips.bases(items, configs).items():
+        out[g] = ckey.rsplit("/", 1)[1]
+    flips = twin_flips.answer_flips(items, answers, configs, z=z).filter(pl.col("benchmark") == "all")
+    for r in flips.iter_rows(named=True):
+        ckey = "/".join([r["model"], r["origin"], r["power_source"], r["config_id"]])
+        out[ckey] = {"flip_reference_id": r["reference_config_id"], "flip_share": r["flip_share"],
+                     "flip_share_low": r["flip_share_low"], "flip_share_high": r["flip_share_high"]}
+    return out
 
 
 def all_views(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP,

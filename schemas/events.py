@@ -243,7 +243,14 @@ class ThermalSample(RunBound):
 
 
 class BenchmarkAnswer(RunBound):
-    """One multiple-choice question answered by one run."""
+    """One multiple-choice question answered by one run.
+
+    Version 2 (the scoring engine, :mod:`mqepi.quality.engine`) fills every choice's summed
+    log-likelihood, token count and byte length, the answer under lm-eval's ``acc`` (``predicted``)
+    and ``acc_norm`` (``predicted_norm``), the tokens truncated from the left and the protocol's
+    deviation from lm-evaluation-harness. Version 1 rows (llama-perplexity --multiple-choice) read
+    with those columns null, ``predicted`` null where the answer was wrong and ``scoring`` null.
+    """
 
     benchmark: pl.Utf8 = pa.Field(isin=list(BENCHMARKS))
     question_set_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
@@ -252,11 +259,26 @@ class BenchmarkAnswer(RunBound):
     shots: pl.Int32 = pa.Field(ge=0, le=64)
     prompt_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
     predicted: pl.Int32 = pa.Field(nullable=True, ge=0, le=63,
-                                   description="chosen answer; null where the engine only says it was wrong")
+                                   description="answer with the highest summed log-likelihood (lm-eval acc); "
+                                               "null only in version 1 rows whose answer was wrong")
     gold: pl.Int32 = pa.Field(ge=0, le=63)
     correct: pl.Boolean = pa.Field()
-    choice_scores: pl.List(pl.Float64) = pa.Field(nullable=True, description="log-likelihood per choice")
+    choice_scores: pl.List(pl.Float64) = pa.Field(nullable=True,
+                                                  description="summed log-likelihood of each choice's continuation, nats")
     tokens_evaluated: pl.Int64 = pa.Field(gt=0)
+    scoring: pl.Utf8 = pa.Field(nullable=True, isin=["loglikelihood"],
+                                description="'loglikelihood': lm-eval's acc/acc_norm from every choice's summed "
+                                            "log-likelihood; null: version 1 (llama-perplexity mean token log-prob)")
+    choice_tokens: pl.List(pl.Int32) = pa.Field(nullable=True, description="tokens of each choice's continuation")
+    choice_bytes: pl.List(pl.Int32) = pa.Field(nullable=True, description="UTF-8 bytes of each choice's text")
+    predicted_norm: pl.Int32 = pa.Field(nullable=True, ge=0, le=63,
+                                        description="answer with the highest log-likelihood per character (lm-eval acc_norm)")
+    correct_norm: pl.Boolean = pa.Field(nullable=True)
+    prompt_tokens: pl.Int32 = pa.Field(nullable=True, ge=0, description="tokens of the prompt (context) as scored")
+    truncated_tokens: pl.Int32 = pa.Field(nullable=True, ge=0,
+                                          description="tokens cut from the left of the longest choice to fit the context")
+    deviation: pl.Utf8 = pa.Field(nullable=True, str_length={"max_value": 2000}, str_matches=LABEL,
+                                  description="how this task's protocol differs from lm-evaluation-harness; null: it does not")
 
     @pa.check("choice_scores", name="finite")
     def choice_scores_finite(cls, data) -> pl.LazyFrame:
@@ -269,6 +291,19 @@ class BenchmarkAnswer(RunBound):
         return data.lazyframe.select(
             pl.when(pl.col("predicted").is_not_null()).then(known).otherwise(~pl.col("correct")).alias("ok")
         )
+
+    @pa.dataframe_check
+    def engine_rows_complete(cls, data) -> pl.LazyFrame:
+        """A version 2 row (scoring set) has a prediction under both rules, and one score, token
+        count and byte length per choice; correct_norm agrees with predicted_norm."""
+        n = pl.col("choice_scores").list.len()
+        complete = (pl.col("predicted").is_not_null() & pl.col("predicted_norm").is_not_null()
+                    & pl.col("correct_norm").is_not_null() & pl.col("choice_scores").is_not_null()
+                    & (pl.col("choice_tokens").list.len() == n) & (pl.col("choice_bytes").list.len() == n)
+                    & (pl.col("predicted") < n) & (pl.col("predicted_norm") < n) & (pl.col("gold") < n)
+                    & (pl.col("correct_norm") == (pl.col("predicted_norm") == pl.col("gold"))))
+        return data.lazyframe.select(
+            (pl.col("scoring").is_null() | complete.fill_null(False)).alias("ok"))
 
 
 class Perplexity(RunBound):

@@ -82,3 +82,56 @@ def batch(event_type: str, n: int = 3, **kwargs) -> pl.DataFrame:
     """A built (not yet validated) batch of ``n`` events of ``event_type``."""
     origin = kwargs.pop("origin", "lab")
     return events.build(event_type, rows_for(event_type, n, **kwargs), origin=origin)
+
+
+# --------------------------------------------------------------------------- measured runs
+
+#: Phase windows of :func:`record_measured_run` (seconds after its start): idle, then the benchmarks.
+MEASURED_WINDOWS = {"idle_baseline": (0.5, 2.5), "mmlu": (3.0, 5.0), "arc_challenge": (5.5, 7.5)}
+
+
+def record_measured_run(lake, model: str, config_id: str, repeat: int, answers: list[dict], *, run_id: str | None = None,
+                        origin: str = "lab", slot: int = 0, power_w: float = 5.0, power_source: str = "simulated",
+                        windows: dict | None = None, recorded_at_ns: int | None = None) -> str:
+    """One finished run whose benchmark windows are valid (a 20 Hz simulated meter over
+    :data:`MEASURED_WINDOWS`; ``power_w`` >= 5 W, or the windows have too few samples to be
+    valid) and which answered ``answers``: benchmark_answer rows without
+    the run key (model, config_id, run_id are filled in). Returns the run id."""
+    windows = MEASURED_WINDOWS if windows is None else windows
+    run_id = run_id or f"{config_id}-{origin.split('/')[-1]}-r{repeat}"
+    key = {"model": model, "config_id": config_id, "run_id": run_id}
+    t0 = T0 + slot * 20 * 10**9
+    step = 50_000_000
+    lake.record("run", [{**key, "status": s, "repeat": repeat, "file_sha256": None, "power_source": power_source,
+                         "host": "localhost", "provenance_json": "{}", "message": None} for s in ("started", "finished")],
+                origin=origin)
+    lake.record("phase", [{**key, "phase": ph, "node": None, "start_ns": t0 + int(lo * 1e9), "end_ns": t0 + int(hi * 1e9),
+                           "tokens": None} for ph, (lo, hi) in windows.items()], origin=origin)
+    end_s = max(hi for _, hi in windows.values()) + 0.5
+    n = int(end_s * 1e9 / step) + 1
+    busy = [any(lo <= i * step / 1e9 <= hi for ph, (lo, hi) in windows.items() if ph != "idle_baseline") for i in range(n)]
+    lake.record("power_sample", {
+        **{k: [v] * n for k, v in key.items()}, "power_source": [power_source] * n, "meter_id": ["sim0"] * n,
+        "channel": [0] * n, "node": ["node0"] * n, "seq": list(range(n)), "meter_time_ns": [i * step for i in range(n)],
+        "host_time_ns": [t0 + i * step for i in range(n)], "host_monotonic_ns": [i * step for i in range(n)],
+        "power_w": [power_w if b else 3.0 for b in busy], "voltage_v": [None] * n, "current_a": [None] * n,
+        "power_factor": [None] * n, "frequency_hz": [None] * n, "energy_counter_j": [None] * n}, origin=origin)
+    if answers:
+        lake.record("benchmark_answer", [{**key, **a} for a in answers], origin=origin, recorded_at_ns=recorded_at_ns)
+    return run_id
+
+
+def answer_row(benchmark: str, question: str, predicted: int | None, gold: int, *, scores: list[float] | None = None,
+               norm: int | None = None, deviation: str | None = None, tokens: int = 300) -> dict:
+    """A benchmark_answer row (without the run key): version 2 (engine-scored) when ``scores``
+    are given, else version 1 (``predicted`` may then be None for a wrong answer)."""
+    row = {"benchmark": benchmark, "question_set_sha256": sha(benchmark), "question_id": question, "subject": None,
+           "shots": 0, "prompt_sha256": sha(f"{benchmark}/{question}"), "predicted": predicted, "gold": gold,
+           "correct": predicted == gold if predicted is not None else False, "choice_scores": scores,
+           "tokens_evaluated": tokens}
+    if scores is not None:
+        norm = predicted if norm is None else norm
+        row.update(scoring="loglikelihood", choice_tokens=[3] * len(scores), choice_bytes=[12] * len(scores),
+                   predicted_norm=norm, correct_norm=norm == gold, prompt_tokens=200, truncated_tokens=0,
+                   deviation=deviation)
+    return row

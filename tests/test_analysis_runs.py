@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from factories import T0, sha
 
-from mqepi.analysis import MACROS_SQL, RESAMPLES_SQL, RUNS_SQL, SUMMARY_SQL, VIEWS_SQL, bootstrap, twin_runs
+from mqepi.analysis import FLIPS_SQL, MACROS_SQL, RESAMPLES_SQL, RUNS_SQL, SUMMARY_SQL, VIEWS_SQL, bootstrap, twin_runs
 from mqepi.lake.store import Lake
 from mqepi.results import sql
 
@@ -25,7 +25,7 @@ Z = 1.96
 
 def connect(lake: Lake, **variables):
     """views.sql + runs.sql only (frontier.sql is another file's business)."""
-    con = sql.connect(lake, [MACROS_SQL, VIEWS_SQL, RUNS_SQL, RESAMPLES_SQL, SUMMARY_SQL])
+    con = sql.connect(lake, [MACROS_SQL, VIEWS_SQL, RUNS_SQL, RESAMPLES_SQL, FLIPS_SQL, SUMMARY_SQL])
     for name, value in variables.items():
         con.execute(f"SET VARIABLE {name} = {value}")
     return con

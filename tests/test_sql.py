@@ -14,7 +14,8 @@ from mqepi.results import sql
 from mqepi.schemas import EVENT_TYPES
 
 DUCKDB_TYPES = {pl.Utf8: "VARCHAR", pl.Int32: "INTEGER", pl.Int64: "BIGINT", pl.Float64: "DOUBLE",
-                pl.Boolean: "BOOLEAN", pl.List(pl.Float64): "DOUBLE[]", pl.List(pl.Utf8): "VARCHAR[]"}
+                pl.Boolean: "BOOLEAN", pl.List(pl.Float64): "DOUBLE[]", pl.List(pl.Utf8): "VARCHAR[]",
+                pl.List(pl.Int32): "INTEGER[]"}
 
 
 @pytest.fixture

@@ -66,6 +66,7 @@ def _views_loaded(lake: Lake, progress: Callable[[str], None]) -> str:
 
 def _toolchain(lake: Lake, progress: Callable[[str], None]) -> str:
     tc = toolchain.ensure(progress=_milestones(progress))
+    toolchain.ensure_engine(progress=_milestones(progress))
     return f"llama.cpp {tc.llama_cpp_commit} from {tc.package} {tc.version} ({', '.join(tc.targets)})"
 
 

@@ -23,14 +23,18 @@ app.add_typer(toolchain_app)
 @toolchain_app.command("build")
 @edge
 def toolchain_build(jobs: int | None = typer.Option(None, "--jobs", "-j", help="Parallel build jobs.")) -> None:
-    """Build (or find cached) llama-quantize, llama-perplexity, llama-bench and the RPC server."""
+    """Build (or find cached) llama-quantize, llama-perplexity, llama-bench and the RPC server, and
+    the same llama.cpp as shared libraries with llama-cpp-python's bindings for the scoring engine."""
     progress = progress_printer()
     try:
         tc = toolchain.ensure(progress=progress, jobs=jobs)
+        lib = toolchain.ensure_engine(progress=progress, jobs=jobs)
     finally:
         progress.stop()
     out.print(f"llama.cpp {safe(tc.llama_cpp_commit)} ({safe(tc.package)} {safe(tc.version)}) in {safe(tc.bin_dir)}: "
               f"{safe(', '.join(tc.targets))}", highlight=False, soft_wrap=True)
+    out.print(f"scoring engine libraries in {safe(str(lib))}: {safe(', '.join(toolchain.LIBRARIES))}", highlight=False,
+              soft_wrap=True)
 
 
 @app.command()

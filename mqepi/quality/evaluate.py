@@ -24,7 +24,7 @@ from mqepi.meter.stream import RunKey
 from mqepi.quality.datasets import load_dataset
 from mqepi.quality.perplexity import PerplexityResult, base_logits, run_perplexity
 from mqepi.quality.prompts import QuestionSet, select
-from mqepi.quality.scoring import BenchmarkResult, run_multiple_choice, token_counts
+from mqepi.quality.scoring import BenchmarkResult, EngineCommand, run_scoring
 from mqepi.quality.tasks import TaskDef
 from mqepi.quality.throughput import run_throughput
 from mqepi.quant import toolchain
@@ -131,9 +131,7 @@ def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings:
 def _benchmark(qset: QuestionSet, tc: toolchain.Toolchain, model_path, settings: Settings, cache: Path, lake, key: RunKey,
                progress: Callable[[str], None]) -> BenchmarkResult:
     progress(f"{qset.benchmark}: {len(qset.items)} questions, {qset.task.shots}-shot")
-    counts = token_counts(qset, tc.tool("llama-tokenize"), model_path, cache / "token_counts")
-    return run_multiple_choice(qset, tc.tool("llama-perplexity"), model_path, counts=counts, threads=settings.threads,
-                               lake=lake, key=key)
+    return run_scoring(qset, model_path, EngineCommand.local(progress), threads=settings.threads, lake=lake, key=key)
 
 
 def _perplexity(tc: toolchain.Toolchain, model_path, text: HeldOutText, settings: Settings, base_path, base_sha256: str,

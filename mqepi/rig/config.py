@@ -66,6 +66,15 @@ class Host:
     rpc_port: int = 50052
     meter_channel: int | None = None
     memory_mb: int | None = None
+    #: The head's Python with mqepi and llama-cpp-python's bindings, and its folder of llama.cpp
+    #: shared libraries (same commit as bin_dir's tools): what runs the scoring engine there.
+    python: str = "python3"
+    lib_dir: str | None = None
+
+    @property
+    def engine_lib_dir(self) -> str:
+        """The shared-library folder (default: ``lib`` beside ``bin_dir``)."""
+        return self.lib_dir or str(Path(self.bin_dir).parent / "lib")
 
 
 @dataclass(frozen=True)
@@ -244,12 +253,15 @@ def _host(raw, where: str, *, node: bool, private: bool) -> Host:
     if not isinstance(raw, dict):
         raise ClusterConfigError(f"{where}: must be a table, not {type(raw).__name__}")
     allowed = {"name", "host", "port", "user", "key", "bin_dir", "work_dir", "role", "rpc_address", "rpc_port",
-               "meter_channel", "memory_mb"}
+               "meter_channel", "memory_mb", "python", "lib_dir"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ClusterConfigError(f"{where}: unknown field {unknown[0]!r}")
     for key in ("key", "bin_dir", "work_dir") + (("name", "role") if node else ()):
         _text(raw.get(key), where, key)
+    for key in ("python", "lib_dir"):
+        if key in raw:
+            _text(raw.get(key), where, key)
     host = check_ssh_host(raw.get("host"), where)
     user = _text(raw.get("user"), where, "user")
     if not USER.match(user):
@@ -271,4 +283,5 @@ def _host(raw, where: str, *, node: bool, private: bool) -> Host:
     memory_mb = _int(raw, "memory_mb", where, None, 0, None, "a non-negative integer")
     return Host(name=name, host=host, port=port, user=user, key=str(Path(raw["key"]).expanduser()),
                 bin_dir=raw["bin_dir"], work_dir=raw["work_dir"], role=role, rpc_address=rpc_address,
-                rpc_port=rpc_port, meter_channel=meter_channel, memory_mb=memory_mb)
+                rpc_port=rpc_port, meter_channel=meter_channel, memory_mb=memory_mb,
+                python=raw.get("python", "python3"), lib_dir=raw.get("lib_dir"))

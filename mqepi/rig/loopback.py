@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import asyncssh
 
+from mqepi.quant import toolchain
 from mqepi.rig import config as cfg
 from mqepi.rig.processes import descendants
 
@@ -147,6 +149,11 @@ class LoopbackCluster:
             authorized_client_keys=node.authorized, sftp_factory=True, allow_scp=False, encoding=None,
             process_factory=lambda p, w=str(node.work_dir): _handle(p, w, node.running))
 
+    def _engine_lines(self) -> list[str]:
+        """The scoring engine on a loopback node: this interpreter and the cached libraries."""
+        lib = toolchain.cached_library()
+        return [f"python = {toml_string(sys.executable)}"] + ([f"lib_dir = {toml_string(str(lib))}"] if lib else [])
+
     def _toml(self, keys: Path) -> str:
         """The cluster config of these nodes (every string escaped for TOML)."""
         q = toml_string
@@ -162,7 +169,7 @@ class LoopbackCluster:
             lines += ["[[nodes]]", f"name = {q(node.name)}", f'role = "{role}"', 'host = "127.0.0.1"',
                       f"port = {node.port}", f"user = {user}", f"key = {key}", f"bin_dir = {bin_dir}",
                       f"work_dir = {q(node.work_dir)}", 'rpc_address = "127.0.0.1"', f"rpc_port = {node.rpc_port}",
-                      f"meter_channel = {i}", ""]
+                      f"meter_channel = {i}", *self._engine_lines(), ""]
         return "\n".join(lines)
 
     def pids(self, name: str) -> list[int]:

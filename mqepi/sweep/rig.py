@@ -100,14 +100,12 @@ class Rig:
         return [maps.load_map(folder / f"{c}.json", self.profile) for c in spec.configs]
 
     def _prepare_inputs(self) -> None:
-        """The base model, the held-out text, the question sets with their token counts and
-        (for KLD) the base model's logits, all cached."""
+        """The base model, the held-out text, the question sets and (for KLD) the base model's
+        logits, all cached."""
         spec = self.spec
         self.base = assets.ensure_base_model()
         self.text = ev.heldout_text(self.cache)
         self.qsets = ev.question_sets(spec, self.cache)
-        self.counts = {q.benchmark: scoring.token_counts(q, self.tc.tool("llama-tokenize"), self.base.path,
-                                                      self.cache / "token_counts") for q in self.qsets}
         self.logits = None
         if spec.kld:
             self.progress("base logits for KLD (cached per base, text and context)")
@@ -119,6 +117,7 @@ class Rig:
         self.nodes = [Node(socket.gethostname(), 0)]
         self.head_exec = LocalExecutor(self.cache / "work")
         self.bin_dir = str(self.tc.bin_dir)
+        self.engine = scoring.EngineCommand.local(self.progress)
         self.text_path, self.logits_path = str(self.text.path), str(self.logits) if self.logits else None
         if thermal.SysfsProbe.available():
             self.probes = [thermal.SysfsProbe(self.nodes[0].name)]
@@ -136,6 +135,7 @@ class Rig:
             remote = self.head_exec if host is head else self._stack.enter_context(Remote(host, self.config))
             self.nodes.append(Node(host.name, host.meter_channel if host.meter_channel is not None else i, remote))
         self.bin_dir = head.bin_dir
+        self.engine = scoring.EngineCommand(head.python, head.engine_lib_dir)
         self.text_path = ops.retrying(lambda: self.head_exec.provide(self.text.path, self.text.sha256))
         self.logits_path = None
         if self.logits is not None:

@@ -152,10 +152,8 @@ class RunSession:
     def benchmark(self, benchmark: str) -> scoring.BenchmarkResult:
         rig = self.rig
         qset = next(q for q in rig.qsets if q.benchmark == benchmark)
-        return scoring.run_multiple_choice(qset, f"{rig.bin_dir}/llama-perplexity", self.model_path,
-                                        counts=rig.counts[benchmark], threads=rig.spec.threads,
-                                        extra_args=rpc_args(rig.endpoints), lake=rig.lake, key=self.key,
-                                        executor=rig.head_exec)
+        return scoring.run_scoring(qset, self.model_path, rig.engine, threads=rig.spec.threads, rpc=rig.endpoints,
+                                   lake=rig.lake, key=self.key, executor=rig.head_exec)
 
     def perplexity(self) -> tuple[perplexity.PerplexityResult, dict | None]:
         rig, spec = self.rig, self.rig.spec

@@ -1,7 +1,8 @@
 """The benchmark registry: every ``tasks/<name>.json`` loaded into one :class:`TaskDef`.
 
 A task file declares a benchmark once, as lm-evaluation-harness declares its tasks: how its
-prompts are built (shots, template, answers, shot selection), the loader that reads its
+prompts are built (shots, template, answers, the split its few-shot examples come from and
+lm-eval's sampler that picks them, with its seed), the loader that reads its
 questions (a name registered in :mod:`mqepi.quality.datasets`), its default data (a path
 under the cache, or ``embedded:<name>`` for a copy mqepi fetches itself) and the name of
 its measurement window (``phase``). :data:`TASKS` is the only list of benchmarks: the
@@ -25,7 +26,10 @@ from mqepi.errors import MqepiError
 #: are named, not how it is prompted: left out of the task hash and the question-set manifest.
 IDENTITY_FIELDS = ("position", "phase", "loader", "data")
 ANSWER_KINDS = ("letters", "texts")
-SHOT_SELECTIONS = ("first_per_subject", "first_k")
+#: lm-eval's few-shot samplers: ``first_n`` (``FirstNSampler``: the first ``shots`` examples of the
+#: few-shot split, in file order) and ``lm_eval_random`` (``ContextSampler``: ``Random(fewshot_seed)``
+#: shared by every question, drawing in the order of the whole scored split).
+SAMPLERS = ("first_n", "lm_eval_random")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_]*\Z")
 
 
@@ -41,11 +45,17 @@ class TaskDef:
     version: int
     shots: int
     context: int
-    description: str
-    doc_to_text: str
+    description: str  # "{subject}": the question's subject, "_" read as " "
+    doc_to_text: str  # str.format fields: question, question_stripped, choices
     answers: str  # "letters" (score " A".." D") or "texts" (score each choice text)
+    target_delimiter: str  # between a shot's text and its answer (the engine uses " " too)
     fewshot_delimiter: str
-    shot_selection: str  # "first_per_subject" | "first_k"
+    scored_split: str  # the split whose questions are scored (lm-eval's test_split, else validation_split)
+    fewshot_split: str  # the split the shots come from, when the data has it
+    sampler: str  # "first_n" | "lm_eval_random"
+    fewshot_seed: int  # lm-eval's fewshot_random_seed (its default: 1234)
+    fewshot_per_subject: bool  # each subject is its own lm-eval task, with its own shots
+    fewshot_draw_extra: bool  # lm-eval draws shots + 1 and drops the question (fewshot_split == test_split)
     stratify_by_subject: bool
     source: str
     position: int  # place in every list of benchmarks (CLI help, view columns)
@@ -80,11 +90,25 @@ def _parse(path: Path) -> TaskDef:
     checks = [("name", task.name == path.stem, "is not the file's name"),
               ("phase", bool(_SLUG.match(task.phase)), "is not a lower-case slug"),
               ("answers", task.answers in ANSWER_KINDS, f"is not one of {ANSWER_KINDS}"),
-              ("shot_selection", task.shot_selection in SHOT_SELECTIONS, f"is not one of {SHOT_SELECTIONS}")]
+              ("sampler", task.sampler in SAMPLERS, f"is not one of {SAMPLERS}"),
+              ("scored_split", isinstance(task.scored_split, str) and bool(_SLUG.match(task.scored_split)),
+               "is not a lower-case slug"),
+              ("fewshot_split", isinstance(task.fewshot_split, str) and bool(_SLUG.match(task.fewshot_split)),
+               "is not a lower-case slug"),
+              ("shots", _is_int(task.shots) and task.shots >= 0, "is not a whole number >= 0"),
+              ("fewshot_seed", _is_int(task.fewshot_seed), "is not an integer")]
+    checks += [(f, isinstance(getattr(task, f), bool), "is not true or false")
+               for f in ("fewshot_per_subject", "fewshot_draw_extra", "stratify_by_subject")]
+    checks += [(f, isinstance(getattr(task, f), str), "is not a string")
+               for f in ("description", "doc_to_text", "target_delimiter", "fewshot_delimiter")]
     for field, ok, problem in checks:
         if not ok:
             raise TaskError(f"{path}: field {field} {getattr(task, field)!r} {problem}")
     return task
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _load_all(folder: Path) -> dict[str, TaskDef]:

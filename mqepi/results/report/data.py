@@ -26,7 +26,8 @@ from mqepi.results.report.labels import LAYER_GROUPS, lab_first
 _F, _I, _S, _B = pl.Float64, pl.Int64, pl.Utf8, pl.Boolean
 
 #: The analysis views the report reads, with their columns and types from the view contract.
-CONTRACT_VIEWS = {name: VIEWS[name] for name in ("config_summary", "matched_pairs", "pareto_frontier", "run_metrics")}
+CONTRACT_VIEWS = {name: VIEWS[name] for name in ("config_summary", "matched_pairs", "pareto_frontier", "run_metrics",
+                                                  "answer_flips")}
 #: Tensor rows of the one file chosen per (model, config_id, origin) (see :mod:`~mqepi.results.report.query`).
 INVENTORY = {
     "model": _S, "config_id": _S, "origin": _S, "file_sha256": _S, "tensor": _S, "layer": pl.Int32,
@@ -41,6 +42,10 @@ RUNS = {
     "model": _S, "config_id": _S, "run_id": _S, "origin": _S, "repeat": _I, "power_source": _S, "host": _S,
     "file_sha256": _S, "producer": _S, "provenance_json": _S,
 }
+#: How the answers were scored, per (origin, model, benchmark): the scoring rule
+#: (``benchmark_answer.scoring``, NULL for version 1) and the protocol's deviation from
+#: lm-evaluation-harness (NULL: none), with how many answers each.
+SCORING = {"origin": _S, "model": _S, "benchmark": _S, "scoring": _S, "deviation": _S, "n_answers": _I}
 QUESTION_SETS = {"origin": _S, "model": _S, "benchmark": _S, "question_set_sha256": _S, "n_runs": _I, "n_questions": _I}
 #: Columns of :func:`layer_group_bits`.
 LAYER_BITS = {
@@ -86,11 +91,13 @@ class ReportData:
     matched_pairs: pl.DataFrame
     pareto_frontier: pl.DataFrame
     run_metrics: pl.DataFrame
+    answer_flips: pl.DataFrame
     inventory: pl.DataFrame
     quant_config: pl.DataFrame
     quantization: pl.DataFrame
     runs: pl.DataFrame
     question_sets: pl.DataFrame
+    scoring: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SCORING))
     snapshot: LakeSnapshot | None = None
     settings: dict = field(default_factory=dict)
     origin: str = "all"
@@ -98,18 +105,18 @@ class ReportData:
 
     @classmethod
     def from_frames(cls, *, config_summary=None, matched_pairs=None, pareto_frontier=None, run_metrics=None,
-                    inventory=None, quant_config=None, quantization=None, runs=None, question_sets=None,
-                    snapshot: LakeSnapshot | None = None, settings: dict | None = None, origin: str = "all",
-                    bandwidth_gbs: float | None = None) -> ReportData:
+                    answer_flips=None, inventory=None, quant_config=None, quantization=None, runs=None,
+                    question_sets=None, scoring=None, snapshot: LakeSnapshot | None = None,
+                    settings: dict | None = None, origin: str = "all", bandwidth_gbs: float | None = None) -> ReportData:
         """Build from frames shaped like the views; absent frames or columns become empty / null."""
         views = {name: conform(frame, CONTRACT_VIEWS[name]) for name, frame in (
             ("config_summary", config_summary), ("matched_pairs", matched_pairs), ("pareto_frontier", pareto_frontier),
-            ("run_metrics", run_metrics))}
+            ("run_metrics", run_metrics), ("answer_flips", answer_flips))}
         return cls(
             **views, inventory=conform(inventory, INVENTORY), quant_config=conform(quant_config, QUANT_CONFIG),
             quantization=conform(quantization, QUANTIZATION), runs=conform(runs, RUNS),
-            question_sets=conform(question_sets, QUESTION_SETS), snapshot=snapshot, settings=dict(settings or {}),
-            origin=origin, bandwidth_gbs=bandwidth_gbs,
+            question_sets=conform(question_sets, QUESTION_SETS), scoring=conform(scoring, SCORING), snapshot=snapshot,
+            settings=dict(settings or {}), origin=origin, bandwidth_gbs=bandwidth_gbs,
         )
 
     @property

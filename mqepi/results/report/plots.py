@@ -110,7 +110,8 @@ def _err(values, lows, highs) -> list[list[float]]:
 
 def pareto_plot(frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path, Path] | None:
     """Accuracy (x) vs J/token (y), as the paper draws it: uniform and mixed with different
-    markers, 95% intervals as error bars, every point labelled, the frontier drawn, mixed
+    markers, 95% intervals as error bars, every point labelled (with its share of answers flipped
+    against the base where ``frontier`` has a known ``flip_share``), the frontier drawn, mixed
     configurations beyond every uniform one ringed. One panel per (origin, power source)."""
     if frontier.is_empty():
         return None
@@ -151,7 +152,9 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
         ax.plot(ring["accuracy"].to_list(), ring["j_per_token"].to_list(), "o", markersize=12, markerfacecolor="none",
                 markeredgecolor="#2e7d32", label="mixed, beyond every uniform")
     for r in pts.iter_rows(named=True):
-        ax.annotate(r["config_id"], (r["accuracy"], r["j_per_token"]), xytext=(4, 3), textcoords="offset points",
+        flips = r.get("flip_share")  # answers flipped against the base, where known
+        label = r["config_id"] if flips is None else f"{r['config_id']} ({100 * flips:.0f}% flipped)"
+        ax.annotate(label, (r["accuracy"], r["j_per_token"]), xytext=(4, 3), textcoords="offset points",
                     fontsize=6, fontweight="bold" if r["on_frontier"] else "normal", parse_math=False)
     ax.set_xlabel("Accuracy (composite)")
     _numeric_x(ax)

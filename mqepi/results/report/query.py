@@ -1,7 +1,7 @@
 """The report's queries over the lake: :func:`collect` fills a :class:`ReportData`.
 
 It reads the analysis views (``config_summary``, ``matched_pairs``, ``pareto_frontier``,
-``run_metrics``) with the columns of the view contract, and the base views it needs for
+``run_metrics``, ``answer_flips``) with the columns of the view contract, and the base views it needs for
 sizes and provenance (``quant_config``, ``quantization``, ``tensor_inventory``, ``run``,
 ``benchmark_answer``) with the report's own columns (:mod:`~mqepi.results.report.data`).
 """
@@ -25,6 +25,7 @@ from mqepi.results.report.data import (
     QUANTIZATION,
     QUESTION_SETS,
     RUNS,
+    SCORING,
     LakeSnapshot,
     ReportData,
     conform,
@@ -35,14 +36,16 @@ from mqepi.schemas import EVENT_TYPES
 #: The SQL condition of each ``--origin``.
 _WHERE_ORIGIN = {"lab": "origin = 'lab'", "community": "origin LIKE 'community/%'", "all": "true"}
 #: The SQL file that defines each analysis view the report reads.
-_VIEW_FILES = {"config_summary": "analysis/runs.sql", "run_metrics": "analysis/runs.sql",
-               "matched_pairs": "analysis/frontier.sql", "pareto_frontier": "analysis/frontier.sql"}
+_VIEW_FILES = {"config_summary": "analysis/summary.sql", "run_metrics": "analysis/runs.sql",
+               "matched_pairs": "analysis/frontier.sql", "pareto_frontier": "analysis/frontier.sql",
+               "answer_flips": "analysis/flips.sql"}
 #: Sort order of each analysis view's rows.
 _VIEW_ORDER = {
     "config_summary": "origin, model, power_source, config_id",
     "matched_pairs": "origin, model, power_source, config_a, config_b",
     "pareto_frontier": "origin, model, power_source, config_id",
     "run_metrics": "origin, model, config_id, repeat, run_id",
+    "answer_flips": "origin, model, power_source, config_id, reference_config_id, benchmark",
 }
 
 # The inventory of one file per (model, config_id, origin): the file most of that origin's
@@ -85,6 +88,9 @@ _RUNS_SQL = (
 _QUESTION_SETS_SQL = (
     "SELECT origin, model, benchmark, question_set_sha256, count(DISTINCT run_id) AS n_runs, "
     "count(DISTINCT question_id) AS n_questions FROM benchmark_answer WHERE {where} GROUP BY ALL ORDER BY ALL")
+_SCORING_SQL = (
+    "SELECT origin, model, benchmark, scoring, deviation, count(*) AS n_answers FROM benchmark_answer "
+    "WHERE {where} GROUP BY ALL ORDER BY ALL")
 _SETTINGS_SQL = (
     f"SELECT coalesce(getvariable('mqepi_seed'), {DEFAULT_SEED}), coalesce(getvariable('mqepi_bootstrap'), {DEFAULT_BOOTSTRAP}), "
     "coalesce(getvariable('mqepi_ppl_margin'), 0.01), coalesce(getvariable('mqepi_z'), 1.96), "
@@ -116,6 +122,7 @@ def collect(con_or_lake, *, origin: str = "all", bandwidth_gbs: float | None = N
         quantization=frame(_QUANTIZATION_SQL, QUANTIZATION),
         runs=frame(_RUNS_SQL, RUNS),
         question_sets=frame(_QUESTION_SETS_SQL, QUESTION_SETS),
+        scoring=frame(_SCORING_SQL, SCORING),
         snapshot=lake_snapshot(lake) if lake is not None and lake.exists() else None,
         settings=dict(zip(("seed", "bootstrap", "ppl_margin", "z", "kld_margin"),
                           map(_plain, con.execute(_SETTINGS_SQL).fetchone()))),

@@ -20,6 +20,15 @@ RESULTS_HEADERS = ["Config", "Kind", "Early", "Middle", "Late", "Size (GB)", "Bi
 PAIRS_HEADERS = ["Config A", "Config B", "Perplexity A", "Perplexity B", "ln(PPL B / PPL A) [90% CI]", "Verdict",
                  "EPI A", "EPI B", "Delta EPI (B-A) [95% CI]", "Delta J/token (B-A) [95% CI]", "McNemar b/c, p",
                  "n paired repeats", "EPI differs"]
+FLIPS_HEADERS = ["Config", "Against", "Flip share [95% Wilson]", "Flips", "Right -> wrong", "Wrong -> right",
+                 "Choice KL (nats)", "Accuracy", "Accuracy of the base"]
+#: What the report calls each scoring rule (benchmark_answer.scoring).
+SCORING_RULES = {
+    "loglikelihood": "acc = argmax of each choice's summed log-likelihood (lm-evaluation-harness acc, comparable to "
+                     "lm-eval's numbers); acc_norm (per character) shown beside it where recorded",
+    None: "llama-perplexity --multiple-choice (schema version 1): mean token log-probability per choice, not "
+          "lm-eval's acc",
+}
 #: Provenance keys of run.provenance_json left out of the report (per-host or shown elsewhere).
 _PROVENANCE_SKIP = ("host", "model_file", "question_sets", "settings", "text.sources")
 
@@ -46,6 +55,41 @@ def results_rows(cs: pl.DataFrame) -> list[list[str]]:
                      f"{fmt(r['n_repeats'])} (+{fmt(r['n_excluded'])} excluded)" if r["n_excluded"] else fmt(r["n_repeats"]),
                      fmt(r.get("n_questions")), r.get("interval_note") or "repeats, questions and meter"])
     return rows
+
+
+def flips_rows(flips: pl.DataFrame, cs: pl.DataFrame) -> list[list[str]]:
+    """Answer flips against the base (answer_flips, every benchmark pooled), one row per
+    configuration, with the accuracies they leave unchanged or not."""
+    acc = dict(zip(cs["config_id"].to_list(), cs["accuracy"].to_list()))
+    rows = []
+    for r in flips.filter(pl.col("benchmark") == "all").sort("config_id").iter_rows(named=True):
+        rows.append([r["config_id"], r["reference_config_id"],
+                     fmt_ci(r["flip_share"], r["flip_share_low"], r["flip_share_high"], 3),
+                     f"{fmt(r['n_flipped'])} of {fmt(r['n_questions'])}", fmt(r["n_right_to_wrong"]),
+                     fmt(r["n_wrong_to_right"]), fmt(r["choice_kl_nats"], 3), fmt(acc.get(r["config_id"]), 3),
+                     fmt(acc.get(r["reference_config_id"]), 3)])
+    return rows
+
+
+def scoring_lines(scoring: pl.DataFrame, origin: str, model: str) -> list[str]:
+    """One line per benchmark of a model: its scoring rule(s) and, once, its deviations from
+    lm-evaluation-harness (benchmark_answer.deviation)."""
+    mine = scoring.filter((pl.col("origin") == origin) & (pl.col("model") == model))
+    lines = []
+    for (bench,), part in mine.sort("benchmark").group_by("benchmark", maintain_order=True):
+        counts: dict = {}
+        for rule, n in zip(part["scoring"].to_list(), part["n_answers"].to_list()):
+            counts[rule] = counts.get(rule, 0) + (n or 0)
+        rules = sorted(counts, key=lambda x: (x is None, x or ""))
+        text = f"{bench}: " + "; ".join(f"{SCORING_RULES.get(r, f'scoring {r!r}')} ({fmt(counts[r])} answers)"
+                                        for r in rules)
+        deviations = sorted(d for d in set(part["deviation"].to_list()) if d)
+        if deviations:
+            text += ". Deviations from lm-evaluation-harness: " + "; ".join(deviations) + "."
+        else:
+            text += ". No deviation from lm-evaluation-harness recorded." if "loglikelihood" in rules else "."
+        lines.append(text)
+    return lines
 
 
 def pairs_rows(pairs: pl.DataFrame) -> list[list[str]]:

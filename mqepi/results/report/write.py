@@ -19,6 +19,10 @@ from mqepi.results.report.document import Document
 from mqepi.results.report.labels import CANNOT, ReportError, check_origin, group_title, power_banner, power_label, slug
 from mqepi.results.report.query import collect
 
+#: What every "Answer flips" section says first.
+FLIPS_NOTE = ("Answer flips: questions a configuration answers differently from the base (the unquantized reference of "
+              "the family). Flips can change while accuracy does not: a configuration can lose some questions and win "
+              "others, which accuracy nets out (\"Accuracy is not all you need\", Dutta et al., 2024).")
 TITLE = "mqepi report: per-layer quantization evaluated by energy per intelligence (EPI)"
 
 
@@ -117,6 +121,7 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
                 f"{model}, origin {origin}, {label}: medians over valid repeats; 95% intervals of the hierarchical "
                 "bootstrap (repeats, questions and the meter drawn together); a value without an interval could not be "
                 "given one (the last column says why); identical models under several names are one row")
+    _flips_section(w, key, cs)
     w.doc.h(3, "Perplexity-matched pairs")
     w.doc.table(tables.PAIRS_HEADERS, tables.pairs_rows(rq1.pairs),
                 f"Pairs shown equivalent in perplexity (TOST: the 90% interval of ln(PPL B / PPL A) over the same text "
@@ -125,8 +130,10 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
              plots.matched_pairs_plot(rq1.pairs, w.fig_dir / f"pairs-{stem}", model=model))
     w.doc.h(3, "Pareto analysis")
     w.table(tables.frontier_table(rq2), f"Accuracy vs J/token; {label}")
-    w.figure(f"Pareto frontier of accuracy vs J/token, {model}, origin {origin}, {label}",
-             plots.pareto_plot(rq2.frontier, w.fig_dir / f"pareto-{stem}", model=model))
+    w.figure(f"Pareto frontier of accuracy vs J/token, {model}, origin {origin}, {label}; the share of answers "
+             "flipped against the base is given beside a configuration's name where known",
+             plots.pareto_plot(_with_flips(rq2.frontier, w.data.config_summary), w.fig_dir / f"pareto-{stem}",
+                               model=model))
     w.doc.h(3, "Research questions")
     for a in w.analyses.answers(*key):
         w.doc.p(f"{a.rq}. {a.question}")
@@ -136,6 +143,35 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
             _rq3_details(w, key, stem)
         if a.rq == "RQ5":
             _rq5_details(w, key, stem)
+
+
+def _flips_section(w: _Writer, key: tuple[str, str, str], cs: pl.DataFrame) -> None:
+    """Answer flips against the base, and how the accuracy shown was scored."""
+    origin, model, ps = key
+    flips = group_filter(w.data.answer_flips, origin, model, ps)
+    scoring = tables.scoring_lines(w.data.scoring, origin, model)
+    if flips.is_empty() and not scoring:
+        return
+    w.doc.h(3, "Answer flips")
+    w.doc.p(FLIPS_NOTE)
+    if flips.is_empty():
+        w.doc.p("No flips to show: this group has no base configuration (an unquantized F16/BF16/F32 map), or no "
+                "question the base and another configuration both answered under the same scoring rule.")
+    else:
+        w.doc.table(tables.FLIPS_HEADERS, tables.flips_rows(flips, cs),
+                    "Per configuration against the base, every benchmark pooled (answer_flips, benchmark 'all'): share of "
+                    "the questions both answered whose answer differs, 95% Wilson interval over questions (one answer "
+                    "per configuration and question: the first valid repeat's); right -> wrong and wrong -> right are "
+                    "the flips that change correctness; choice KL = mean KL(base || config) of the choice distributions")
+    if scoring:
+        w.doc.p("Scoring of the accuracy shown, per benchmark:")
+        w.doc.bullets(scoring)
+
+
+def _with_flips(frontier: pl.DataFrame, cs: pl.DataFrame) -> pl.DataFrame:
+    """Frontier rows with config_summary's flip share against the base (for the plot's labels)."""
+    keys = ["origin", "model", "power_source", "config_id"]
+    return frontier.join(cs.select(*keys, "flip_share"), on=keys, how="left")
 
 
 def _rq3_details(w: _Writer, key: tuple[str, str, str], stem: str) -> None:
@@ -171,7 +207,8 @@ def _side_by_side_section(w: _Writer) -> None:
         front = w.data.pareto_frontier.filter(pl.col("model") == model)
         labels = ", ".join(sorted({power_label(s) for s in front["power_source"].drop_nulls().to_list()}))
         w.figure(f"Pareto frontiers of {model} by origin and power source ({labels})",
-                 plots.pareto_plot(front, w.fig_dir / f"pareto-{slug(model)}-all", model=model))
+                 plots.pareto_plot(_with_flips(front, w.data.config_summary), w.fig_dir / f"pareto-{slug(model)}-all",
+                                   model=model))
 
 
 def _excluded_section(w: _Writer) -> None:
@@ -207,6 +244,13 @@ def _method_section(w: _Writer) -> None:
         "RQ1: matched_pairs; two configurations are perplexity-matched when the 90% interval of ln(PPL B / PPL A) over the "
         "same text chunks (paired t) lies within the margin (two one-sided tests); an EPI difference counts when its paired "
         "bootstrap 95% interval excludes 0 (2 or more paired repeats); accuracy differences by exact McNemar, p < 0.05.",
+        "Accuracy is lm-evaluation-harness's acc: the choice with the highest summed log-likelihood of its "
+        "continuation (benchmark_answer.predicted; answers of schema version 1 were scored by llama-perplexity instead, "
+        "each benchmark's scoring and its deviations from lm-eval are listed under 'Answer flips'); acc_norm is in "
+        "config_summary.accuracy_norm. EPI and every accuracy interval use acc.",
+        "Answer flips: per question, the answer of a configuration's first valid repeat against the base's (same "
+        "scoring rule, both predictions known); share with a 95% Wilson score interval over questions (answer_flips; "
+        "answer_flips_vs(config) for another reference).",
         "RQ2: pareto_frontier; a configuration is on the frontier when no other configuration of its group has accuracy >= "
         "and J/token <= with one strict.",
         "RQ3: OLS of J/token and accuracy on the mean bits/weight of the early, middle and late layers (tensor_inventory); "
