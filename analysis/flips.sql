@@ -57,7 +57,9 @@ JOIN mqepi_boot_items() it ON it.run_key = concat_ws('/', a.model, a.config_id, 
 QUALIFY row_number() OVER (PARTITION BY it.ckey, a.benchmark, a.question_set_sha256, a.question_id
                            ORDER BY a.scoring IS NULL, it."repeat" NULLS LAST, it.run_id, a.recorded_at_ns, a.event_id) = 1;
 
--- The base configuration (ckey) of each family g that has one.
+-- The reference configuration (ckey) of each family g: its base where one was measured, else
+-- its most precise quantized configuration (highest bits/weight in its quantization events,
+-- then the smallest name): the closest to the base that the family measured.
 CREATE OR REPLACE MACRO mqepi_flip_bases() AS TABLE
 WITH configs AS (
     SELECT DISTINCT g, ckey, model, origin, config_id FROM mqepi_boot_items()
@@ -83,9 +85,16 @@ WITH configs AS (
            AND list_bool_and(list_transform(groups, lambda x: coalesce(upper(x.quant) IN ('F32', 'F16', 'BF16'), false)))
            AND coalesce(upper(token_embd) IN ('F32', 'F16', 'BF16'), token_embd IS NULL)
            AND coalesce(upper(output) IN ('F32', 'F16', 'BF16'), output IS NULL))
+), precision AS (  -- a family without a base: its most precise quantized configuration
+    SELECT model, config_id, max(bits_per_weight) AS bpw FROM quantization GROUP BY ALL
+), ranked AS (
+    SELECT g, ckey, config_id, kind_base, 1 AS tier, CAST(NULL AS DOUBLE) AS bpw FROM candidates
+    UNION ALL
+    SELECT c.g, c.ckey, c.config_id, false, 2, p.bpw
+    FROM configs c JOIN precision p ON p.model = c.model AND p.config_id = c.config_id
 )
-SELECT g, ckey, config_id FROM candidates
-QUALIFY row_number() OVER (PARTITION BY g ORDER BY kind_base DESC, config_id) = 1;
+SELECT g, ckey, config_id FROM ranked
+QUALIFY row_number() OVER (PARTITION BY g ORDER BY tier, kind_base DESC, bpw DESC, config_id) = 1;
 
 -- Every configuration against a reference of its family: the base (flip_reference NULL)
 -- or the configuration named flip_reference (its config_summary name, or a name

@@ -88,8 +88,9 @@ def choose_answers(items: pl.DataFrame, benchmark_answer: pl.DataFrame) -> pl.Da
             .rename({"_config": "config_id"}))
 
 
-def bases(items: pl.DataFrame, quant_config: pl.DataFrame) -> dict[str, str]:
-    """Family g -> the ckey of its base configuration (families without one are absent)."""
+def bases(items: pl.DataFrame, quant_config: pl.DataFrame, quantization: pl.DataFrame | None = None) -> dict[str, str]:
+    """Family g -> the ckey of its reference: the base configuration, else (``quantization``
+    given) the most precise quantized one (highest bits/weight, then the smallest name)."""
     configs = items.select("g", "ckey", "model", "origin", config_id=pl.col("canonical_id")).unique()
     qc = quant_config.select("model", "config_id", pl.col("origin").alias("_qorigin"), "kind", "map_json",
                              "recorded_at_ns", "event_id")
@@ -105,6 +106,16 @@ def bases(items: pl.DataFrame, quant_config: pl.DataFrame) -> dict[str, str]:
         rank = (not kind_base, r["config_id"])
         if r["g"] not in out or rank < out[r["g"]][0]:
             out[r["g"]] = (rank, r["ckey"])
+    if quantization is not None and quantization.height:
+        bpw = quantization.group_by("model", "config_id").agg(bpw=pl.col("bits_per_weight").max())
+        fallback: dict[str, tuple] = {}
+        for r in configs.join(bpw, on=["model", "config_id"]).iter_rows(named=True):
+            if r["g"] in out:
+                continue
+            rank = (-r["bpw"], r["config_id"])
+            if r["g"] not in fallback or rank < fallback[r["g"]][0]:
+                fallback[r["g"]] = (rank, r["ckey"])
+        out.update(fallback)
     return {g: ckey for g, (_, ckey) in out.items()}
 
 
@@ -148,7 +159,8 @@ def _share(k: int, n: int, z: float) -> tuple[float | None, float | None, float 
 
 
 def answer_flips(items: pl.DataFrame, benchmark_answer: pl.DataFrame, quant_config: pl.DataFrame, *,
-                 reference: str | None = None, z: float = DEFAULT_Z) -> pl.DataFrame:
+                 reference: str | None = None, z: float = DEFAULT_Z,
+                 quantization: pl.DataFrame | None = None) -> pl.DataFrame:
     """The view ``answer_flips`` (``reference`` None: against each family's base) or
     ``answer_flips_vs(reference)``."""
     answers = choose_answers(items, benchmark_answer)
@@ -156,7 +168,7 @@ def answer_flips(items: pl.DataFrame, benchmark_answer: pl.DataFrame, quant_conf
     names = {r["ckey"]: r for r in items.select("g", "ckey", "model", "origin", "power_source",
                                                 config_id=pl.col("canonical_id")).unique().iter_rows(named=True)}
     if reference is None:
-        refs = bases(items, quant_config)
+        refs = bases(items, quant_config, quantization)
     else:
         hits = items.filter((pl.col("canonical_id") == reference) | (pl.col("config_id") == reference))
         refs = {}

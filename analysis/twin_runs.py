@@ -420,7 +420,7 @@ def config_summary(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAUL
                 .join(items.select("run_key", "ckey"), on="run_key")
                 .group_by("ckey").agg(n=pl.struct("benchmark", "question_set_sha256", "question_id").n_unique()))
     n_questions = dict(zip(answered["ckey"].to_list(), answered["n"].to_list()))
-    flips = _flips_vs_base(items, answers, configs, z)
+    flips = _flips_vs_base(items, answers, configs, z, lake.read("quantization"))
     rows = []
     runs_by = _canonical(metrics, identity).with_columns(config_id=pl.col("canonical_id"))
     for key, runs in runs_by.partition_by(GROUP_KEY, as_dict=True, maintain_order=True).items():
@@ -438,13 +438,14 @@ def _family(ckey: str) -> str:
     return ckey.rsplit("/", 1)[0]
 
 
-def _flips_vs_base(items: pl.DataFrame, answers: pl.DataFrame, configs: pl.DataFrame, z: float) -> dict:
+def _flips_vs_base(items: pl.DataFrame, answers: pl.DataFrame, configs: pl.DataFrame, z: float,
+                   quantization: pl.DataFrame | None = None) -> dict:
     """ckey -> config_summary's flip columns (answer_flips against the base, benchmark 'all');
     family g -> its base's name (for the base itself and configurations without a comparison)."""
     out: dict = {}
-    for g, ckey in twin_flips.bases(items, configs).items():
+    for g, ckey in twin_flips.bases(items, configs, quantization).items():
         out[g] = ckey.rsplit("/", 1)[1]
-    flips = twin_flips.answer_flips(items, answers, configs, z=z).filter(pl.col("benchmark") == "all")
+    flips = twin_flips.answer_flips(items, answers, configs, z=z, quantization=quantization).filter(pl.col("benchmark") == "all")
     for r in flips.iter_rows(named=True):
         ckey = "/".join([r["model"], r["origin"], r["power_source"], r["config_id"]])
         out[ckey] = {"flip_reference_id": r["reference_config_id"], "flip_share": r["flip_share"],

@@ -11,7 +11,7 @@ import math
 
 import polars as pl
 import pytest
-from factories import answer_row, record_measured_run, sha
+from factories import answer_row, record_measured_run, rows_for, sha
 from polars.testing import assert_frame_equal
 
 from mqepi.analysis import twin_flips, twin_frontier, twin_runs
@@ -111,6 +111,10 @@ def lake(tmp_path_factory) -> Lake:
         rows = [answer_row("mmlu", f"q{i}", p, 1, scores=q4_scores(p)) for i, p in enumerate(answers)]
         rows += [answer_row("arc_challenge", "a0", 0, 0, scores=q4_scores(0))]
         record_measured_run(lake, "m3", config, 0, rows, slot=slot, run_id=f"m3-{config}")
+    # m3's quantizations: without a base, its most precise configuration (q8) is the reference
+    for i, (config, bpw) in enumerate((("q4", 4.85), ("q8", 8.5))):  # different files and effective maps
+        lake.record("quantization", {**rows_for("quantization", 1, model="m3", config_id=config, start=i),
+                                     "bits_per_weight": [bpw]})
     return lake
 
 
@@ -157,9 +161,11 @@ def expected_m() -> dict[str, dict]:
 
 def test_flips_against_the_base_equal_the_hand_computation(con):
     flips = frame(con, "SELECT * FROM answer_flips")
-    # m: q4 against its base; m2: version 1 against version 1; m3 has no base: no rows
+    # m: q4 against its base; m2: version 1 against version 1; m3 has no base: against its most
+    # precise quantized configuration (q8, 8.5 bits/weight), as answer_flips_vs('q8') gives
     assert sorted(set(flips.select("model", "config_id", "reference_config_id").rows())) == [
-        ("m", "q4", "base_f16"), ("m2", "q4", "base_f16")]
+        ("m", "q4", "base_f16"), ("m2", "q4", "base_f16"), ("m3", "q4", "q8")]
+    assert_frame_equal(flips.filter(pl.col("model") == "m3"), frame(con, "SELECT * FROM answer_flips_vs('q8')"))
     m = {r["benchmark"]: r for r in flips.filter(pl.col("model") == "m").iter_rows(named=True)}
     assert list(m) == ["arc_challenge", "mmlu", "all"]
     expected = expected_m()
@@ -194,7 +200,7 @@ def test_flips_against_a_chosen_reference(con):
     assert mmlu["choice_kl_nats"] == pytest.approx(kl_by_hand(q4_scores(2), q4_scores(0)) / 3, rel=1e-9)
     # the base as a chosen reference gives the view's rows, direction included
     base = frame(con, "SELECT * FROM answer_flips_vs('base_f16')")
-    assert_frame_equal(base, frame(con, "SELECT * FROM answer_flips"))
+    assert_frame_equal(base, frame(con, "SELECT * FROM answer_flips WHERE model <> 'm3'"))  # m3: against q8
     back = frame(con, "SELECT * FROM answer_flips_vs('q4') WHERE model = 'm' AND benchmark = 'all'").row(0, named=True)
     e = expected_m()["all"]
     assert (back["config_id"], back["n_flipped"], back["n_right_to_wrong"], back["n_wrong_to_right"]) == \
@@ -207,8 +213,13 @@ def test_sql_equals_the_polars_twin(con, twin_inputs):
     for query, reference in (("SELECT * FROM answer_flips", None), ("FROM answer_flips_vs('q8')", "q8"),
                              ("FROM answer_flips_vs('q4')", "q4"), ("FROM answer_flips_vs('base_f16')", "base_f16")):
         got = frame(con, query)
-        twin = twin_flips.answer_flips(items, answers, configs, reference=reference)
+        twin = twin_flips.answer_flips(items, answers, configs, reference=reference,
+                                       quantization=twin_inputs_quantization(con))
         assert_frame_equal(got, twin, check_exact=False, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def twin_inputs_quantization(con) -> pl.DataFrame:
+    return frame(con, "SELECT model, config_id, bits_per_weight FROM quantization")
 
 
 def test_the_contract_states_the_view_and_the_macro(con):
@@ -226,7 +237,7 @@ def test_config_summary_and_matched_pairs_show_the_flip_share(lake, con, twin_in
     assert by[("m", "q4")]["flip_share"] == pytest.approx(6 / 11, rel=1e-12)
     assert (by[("m", "q4")]["flip_share_low"], by[("m", "q4")]["flip_share_high"]) == pytest.approx(e["wilson"])
     assert by[("m", "base_f16")]["flip_reference_id"] == "base_f16" and by[("m", "base_f16")]["flip_share"] is None
-    assert by[("m3", "q4")]["flip_reference_id"] is None and by[("m3", "q4")]["flip_share"] is None
+    assert by[("m3", "q4")]["flip_reference_id"] == "q8" and by[("m3", "q4")]["flip_share"] == pytest.approx(1 / 4)
 
     twin_cs = twin_runs.config_summary(lake, n_boot=50, metrics=metrics, identity=identity)
     assert_frame_equal(cs, twin_cs, check_exact=False, rel_tol=1e-9, abs_tol=1e-12)

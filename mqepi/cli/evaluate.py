@@ -66,7 +66,8 @@ def evaluate_command(
     say(f"run {result.run_id} ({model} {config_id}); events in {lk.uri}")
     for b in result.benchmarks:
         low, high = wilson_interval(b.n_correct, b.n)
-        say(f"  {b.benchmark}: {b.n_correct}/{b.n} = {b.accuracy:.3f} (95% Wilson {low:.3f}-{high:.3f}); "
+        norm = f", acc_norm {b.accuracy_norm:.3f}" if b.accuracy_norm is not None else ""
+        say(f"  {b.benchmark}: acc {b.n_correct}/{b.n} = {b.accuracy:.3f} (95% Wilson {low:.3f}-{high:.3f}){norm}; "
             f"tokens evaluated {b.tokens_evaluated:,d} vs naive per-choice {b.tokens_naive:,d} "
             f"({b.token_ratio:.2f}x); window {(b.end_ns - b.start_ns) / 1e9:.1f} s")
     if result.perplexity:

@@ -20,9 +20,10 @@ from mqepi.results.report.labels import CANNOT, ReportError, check_origin, group
 from mqepi.results.report.query import collect
 
 #: What every "Answer flips" section says first.
-FLIPS_NOTE = ("Answer flips: questions a configuration answers differently from the base (the unquantized reference of "
-              "the family). Flips can change while accuracy does not: a configuration can lose some questions and win "
-              "others, which accuracy nets out (\"Accuracy is not all you need\", Dutta et al., 2024).")
+FLIPS_NOTE = ("Answer flips: questions a configuration answers differently from the family's reference: its base "
+              "(the unquantized model) where one was measured, else its most precise measured configuration (highest "
+              "bits/weight), named in the table. Flips can change while accuracy does not: a configuration can lose "
+              "some questions and win others, which accuracy nets out (\"Accuracy is not all you need\", Dutta et al., 2024).")
 TITLE = "mqepi report: per-layer quantization evaluated by energy per intelligence (EPI)"
 
 
@@ -155,14 +156,14 @@ def _flips_section(w: _Writer, key: tuple[str, str, str], cs: pl.DataFrame) -> N
     w.doc.h(3, "Answer flips")
     w.doc.p(FLIPS_NOTE)
     if flips.is_empty():
-        w.doc.p("No flips to show: this group has no base configuration (an unquantized F16/BF16/F32 map), or no "
-                "question the base and another configuration both answered under the same scoring rule.")
+        w.doc.p("No flips to show: no question the reference and another configuration both answered under the same "
+                "scoring rule.")
     else:
         w.doc.table(tables.FLIPS_HEADERS, tables.flips_rows(flips, cs),
-                    "Per configuration against the base, every benchmark pooled (answer_flips, benchmark 'all'): share of "
+                    "Per configuration against the reference, every benchmark pooled (answer_flips, benchmark 'all'): share of "
                     "the questions both answered whose answer differs, 95% Wilson interval over questions (one answer "
                     "per configuration and question: the first valid repeat's); right -> wrong and wrong -> right are "
-                    "the flips that change correctness; choice KL = mean KL(base || config) of the choice distributions")
+                    "the flips that change correctness; choice KL = mean KL(reference || config) of the choice distributions")
     if scoring:
         w.doc.p("Scoring of the accuracy shown, per benchmark:")
         w.doc.bullets(scoring)
