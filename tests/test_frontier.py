@@ -162,7 +162,8 @@ def connect_tables(run_metrics, config_summary, benchmark_answer=None, *, perple
               "perplexity": pl.DataFrame(schema=PPL_SCHEMA) if perplexity is None else perplexity,
               "kld": pl.DataFrame(schema=KLD_SCHEMA) if kld is None else kld,
               "config_identity": pl.DataFrame(schema=VIEWS["config_identity"]) if identity is None else identity,
-              "quant_config": pl.DataFrame(schema=QC_SCHEMA)}
+              "quant_config": pl.DataFrame(schema=QC_SCHEMA),
+              "quantization": pl.DataFrame(schema={"model": pl.Utf8, "config_id": pl.Utf8, "bits_per_weight": pl.Float64})}
     for name, frame in frames.items():
         con.register("frame", frame)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
