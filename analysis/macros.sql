@@ -3,25 +3,26 @@
 
 -- ---------------------------------------------------------------- reading the lake
 -- The events of one type, read by every base view of views.sql:
---   * the files: the DuckDB variable mqepi_files_<event_type> (VARCHAR[], absolute paths)
---     when it is set (mqepi.results.snapshots points the views at explicit file lists this
---     way), else the glob <mqepi_lake>/<event_type>/<partitions>/*.parquet;
---   * hive partitioning: the partition columns (model, config_id, run_id) come from the
---     path, typed VARCHAR (no autocast: a run_id of digits stays text);
+--   * the files: the DuckDB variable mqepi_files_<event_type> (VARCHAR[], absolute paths or
+--     URIs), the active files of the type's Delta table as its log names them
+--     (mqepi.results.sql.connect sets them; docs/sql.md shows how by hand). Never a folder
+--     glob: a Delta table's folder also holds files of old versions and of interrupted writes;
+--   * hive partitioning: the partition columns (model, config_id) come from the path, typed
+--     VARCHAR (no autocast); run_id is a column inside the files;
 --   * files unioned by column name, so files written by older schema versions still read;
 --   * one row per event_id (the earliest recorded), so a re-appended event counts once.
-CREATE OR REPLACE MACRO mqepi_events(event_type, partitions) AS TABLE
+CREATE OR REPLACE MACRO mqepi_events(event_type) AS TABLE
 SELECT * FROM read_parquet(
     coalesce(getvariable('mqepi_files_' || event_type),
-             [getvariable('mqepi_lake') || '/' || event_type || '/' || partitions || '/*.parquet']),
+             error('set the DuckDB variable mqepi_files_' || event_type || ' to the active files of the '
+                   || event_type || ' table (docs/sql.md)')::VARCHAR[]),
     hive_partitioning = true, hive_types_autocast = false, union_by_name = true)
 QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at_ns) = 1;
 
--- The two lake layouts (mqepi.schemas: RUN_BOUND and CONFIG_BOUND event types).
-CREATE OR REPLACE MACRO mqepi_config_events(event_type) AS TABLE
-    FROM mqepi_events(event_type, 'model=*/config_id=*');
-CREATE OR REPLACE MACRO mqepi_run_events(event_type) AS TABLE
-    FROM mqepi_events(event_type, 'model=*/config_id=*/run_id=*');
+-- The two kinds of event (mqepi.schemas: RUN_BOUND and CONFIG_BOUND event types); both are
+-- partitioned by model/config_id.
+CREATE OR REPLACE MACRO mqepi_config_events(event_type) AS TABLE FROM mqepi_events(event_type);
+CREATE OR REPLACE MACRO mqepi_run_events(event_type) AS TABLE FROM mqepi_events(event_type);
 
 -- ---------------------------------------------------------------- the seeded bootstrap
 -- Its tunables with their defaults, checked: a value out of range fails the query with its

@@ -1,18 +1,27 @@
-"""Benchmark: meter line ingest (check + decode + validate + lake append) vs a bare JSON loop.
+"""Benchmark: meter line ingest (check + decode + validate + spool + lake append) vs a bare JSON loop.
 
 Phase 1, throughput: the same in-memory block of v1 lines (4 channels each) goes through
   (a) a bare ``json.loads`` loop of each line's payload (the baseline),
   (b) the reader's framing and bulk decoder alone (check value, JSON, range checks),
-  (c) the whole reader into a temporary lake: stamps, sequence tracking, ``Lake.record``
-      (content ids, schema checks, Parquet write, fsync, publish) in 50k-sample batches.
+  (c) the whole reader into a temporary lake through the spool: stamps, sequence tracking,
+      ``SpoolSink`` (Arrow IPC append + fsync per flush: the acknowledgement) and a
+      ``Lake.record`` per commit (content ids, schema checks, Parquet write, fsync, publish),
+      with the batching of a real run played at full speed: the port hands over 1 s of
+      meter lines at a time, the reader flushes every 1 s of meter time (200 samples) and the
+      spool commits every 10 s of meter time (2,000 samples; the spool's monotonic clock is
+      the meter time of the lines read, so a 10 s commit is 10 s of samples however fast they
+      are read). ``--catch-up`` also runs the batching of a backlog read as fast as it comes
+      (``--batch`` samples per flush and per commit).
 Phase 2, memory: a streamed 24-hour-equivalent run (4 channels x 50 Hz = 17.3 M samples by
-default) generated on the fly and recorded into a temporary lake, in a child process so its
-peak RSS is its own; the lines are never held in memory.
+default, real-run batching as in (c): 8,640 lake commits) generated on the fly and recorded
+into a temporary lake through the spool, in a child process so its peak RSS is its own; the
+lines are never held in memory. RSS is noted after the imports (before streaming: what the
+libraries cost) and at every tenth of the stream.
 
 Pinned to one core (``sched_setaffinity`` + ``POLARS_MAX_THREADS=1``). Goals:
 >= 200k samples/s on one core; peak RSS < 150 MB over the 24-hour stream. Not a test.
 
-    python benchmarks/meter_ingest.py [--lines 250000] [--hours 24] [--skip-stream]
+    python benchmarks/meter_ingest.py [--lines 250000] [--hours 24] [--skip-stream] [--catch-up]
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 CHANNELS = 4
 RATE_HZ = 50
@@ -86,26 +97,33 @@ class LineMaker:
 
 
 class MemoryPort:
-    """A port object over an iterator of byte chunks; at the end it stops the reader."""
+    """A port object over an iterator of byte chunks (one chunk a read); at the end it stops
+    the reader. ``meter_s`` is the meter time of the lines handed over so far: the spool's
+    clock in a real-run replay."""
 
     def __init__(self, chunks):
         self.chunks = iter(chunks)
         self.in_waiting = 1 << 16
         self.reader = None
+        self.lines = 0
 
     def read(self, n: int) -> bytes:
         chunk = next(self.chunks, b"")
         if not chunk:
             self.reader.request_stop()
+        self.lines += chunk.count(b"\n")
         return chunk
 
-
-def chunked(blob: bytes, size: int = 1 << 16):
-    for i in range(0, len(blob), size):
-        yield blob[i:i + size]
+    def meter_s(self) -> float:
+        return self.lines / RATE_HZ
 
 
-def streamed(maker: LineMaker, n_lines: int, rss_log: list, lines_per_chunk: int = 320):
+def by_lines(lines: list[bytes], per_chunk: int):
+    for i in range(0, len(lines), per_chunk):
+        yield b"".join(lines[i:i + per_chunk])
+
+
+def streamed(maker: LineMaker, n_lines: int, rss_log: list, lines_per_chunk: int):
     """Lines generated on the fly; RSS noted at every tenth of the stream."""
     step = max(n_lines // 10, 1)
     for start in range(0, n_lines, lines_per_chunk):
@@ -114,32 +132,66 @@ def streamed(maker: LineMaker, n_lines: int, rss_log: list, lines_per_chunk: int
         yield b"".join(maker.line(s) for s in range(start, min(start + lines_per_chunk, n_lines)))
 
 
-def record(chunks, root: str, batch: int):
+@dataclass(frozen=True)
+class Batching:
+    """How a run is cut: lines per port read, samples per reader flush (= spool write),
+    samples per lake commit at most, and whether the 10 s commit clock is meter time."""
+
+    name: str
+    lines_per_read: int
+    flush_rows: int
+    commit_rows: int
+    meter_clock: bool
+
+
+#: A real run: the port delivers ~1 s of lines at a time, the reader flushes every second,
+#: the spool commits every 10 s (meter time).
+REAL_RUN = Batching("real-run", RATE_HZ, RATE_HZ * CHANNELS, 10**9, True)
+
+
+def catch_up(batch: int) -> Batching:
+    """A backlog read as fast as it comes: big reads, ``batch`` samples per flush and commit."""
+    return Batching("catch-up", 320, batch, batch, False)
+
+
+def record(chunks, root: str, batching: Batching):
+    """Run a reader over ``chunks`` into a lake under ``root`` through a spool; returns the
+    reader, the sink and the seconds it took (the final commit included)."""
     from mqepi.lake.store import Lake
     from mqepi.meter import RunKey
     from mqepi.meter.epimeter import MeterReader
-    from mqepi.meter.stream import LakeSink
+    from mqepi.meter.spool import COMMIT_INTERVAL_S, SpoolSink
 
-    lake = Lake(root)
+    lake = Lake(os.path.join(root, "lake"))
     lake.init()
     port = MemoryPort(chunks)
-    reader = MeterReader(port, LakeSink(lake, RunKey("bench", "bench", "bench")), power_source="simulated",
-                         max_rows=batch, flush_interval_s=3600)
+    sink = SpoolSink(lake, RunKey("bench", "bench", "bench"), Path(root) / "spool", commit_interval_s=COMMIT_INTERVAL_S,
+                     max_rows=batching.commit_rows, monotonic=port.meter_s if batching.meter_clock else time.monotonic)
+    reader = MeterReader(port, sink, power_source="simulated", max_rows=batching.flush_rows, flush_interval_s=3600)
     port.reader = reader
     t0 = time.perf_counter()
     reader.run()
-    return reader, time.perf_counter() - t0
+    return reader, sink, time.perf_counter() - t0
 
 
-def throughput(n_lines: int, batch: int) -> None:
+def ingest(lines: list[bytes], batching: Batching) -> tuple[float, object, object]:
+    tmp = tempfile.mkdtemp(prefix="mqepi-bench-")
+    try:
+        reader, sink, seconds = record(by_lines(lines, batching.lines_per_read), tmp, batching)
+        assert reader.rows_flushed == sink.rows_written == len(lines) * CHANNELS, (reader.summary(), sink.rows_written)
+    finally:
+        shutil.rmtree(tmp)
+    return seconds, reader, sink
+
+
+def throughput(n_lines: int, batch: int, with_catch_up: bool) -> None:
     from mqepi.meter.protocol import JsonLineDecoder
 
     maker = LineMaker()
     lines = [maker.line(s) for s in range(n_lines)]
-    blob = b"".join(lines)
     samples = n_lines * CHANNELS
     print(f"lines                  {n_lines:>12,d} x {CHANNELS} channels = {samples:,d} samples, "
-          f"{len(blob) / n_lines:.0f} bytes/line")
+          f"{sum(map(len, lines)) / n_lines:.0f} bytes/line")
 
     t0 = time.perf_counter()
     for line in lines:
@@ -155,50 +207,65 @@ def throughput(n_lines: int, batch: int) -> None:
         decoded += frame.height
     decode_s = time.perf_counter() - t0
     assert decoded == samples
-
-    tmp = tempfile.mkdtemp(prefix="mqepi-bench-")
-    try:
-        reader, ingest_s = record(chunked(blob), os.path.join(tmp, "lake"), batch)
-        assert reader.rows_flushed == samples, reader.summary()
-    finally:
-        shutil.rmtree(tmp)
     print(f"bare json.loads loop   {samples / bare_s:>12,.0f} samples/s")
     print(f"check + bulk decode    {samples / decode_s:>12,.0f} samples/s   (CRC-32, JSON, range checks)")
-    print(f"reader -> lake         {samples / ingest_s:>12,.0f} samples/s   (goal >= 200,000: stamps, sequence, "
-          f"decode, Lake.record in {batch:,d}-sample batches)")
-    print(f"reader -> lake / bare  {bare_s / ingest_s:>12.2f} x")
-    print(f"peak RSS (phase 1)     {peak_rss_mb():>12.0f} MB   (holds the {len(blob) / 2**20:.0f} MB line block)")
+    for batching in [REAL_RUN] + ([catch_up(batch)] if with_catch_up else []):
+        seconds, reader, sink = ingest(lines, batching)
+        print(f"reader -> spool -> lake {samples / seconds:>11,.0f} samples/s   ({batching.name}: {reader.flushes:,d} "
+              f"spool writes, {sink.commits:,d} lake commits, {samples / max(sink.commits, 1):,.0f} samples each; "
+              f"goal >= 200,000)")
+        print(f"  / bare json.loads    {bare_s / seconds:>12.2f} x")
+    print(f"peak RSS (phase 1)     {peak_rss_mb():>12.0f} MB   (holds the {sum(map(len, lines)) / 2**20:.0f} MB "
+          "of lines)")
 
 
-def stream(hours: float, batch: int) -> None:
+def rss_split() -> str:
+    """Anonymous vs file-backed (shared library pages, shared and evictable) RSS."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                fields[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return f"{fields.get('RssAnon', 0):.0f} MB anonymous + {fields.get('RssFile', 0):.0f} MB library pages"
+
+
+def stream(hours: float, batch: int, batching_name: str) -> None:
     import mqepi.meter.epimeter  # noqa: F401
+    import mqepi.meter.spool  # noqa: F401
     from mqepi.lake.store import Lake  # noqa: F401 - imported first so the baseline includes the stack
 
     reset_peak_rss()
-    baseline = rss_mb()
+    baseline, baseline_split = rss_mb(), rss_split()
+    batching = REAL_RUN if batching_name == REAL_RUN.name else catch_up(batch)
     n_lines = int(hours * 3600 * RATE_HZ)
     samples = n_lines * CHANNELS
     tmp = tempfile.mkdtemp(prefix="mqepi-bench-")
     rss_log: list[float] = []
     try:
-        reader, seconds = record(streamed(LineMaker(), n_lines, rss_log), os.path.join(tmp, "lake"), batch)
-        assert reader.rows_flushed == samples, reader.summary()
+        reader, sink, seconds = record(streamed(LineMaker(), n_lines, rss_log, batching.lines_per_read), tmp, batching)
+        end_split = rss_split()
+        assert reader.rows_flushed == sink.rows_written == samples, reader.summary()
         disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
     finally:
         shutil.rmtree(tmp)
     print(f"stream                 {hours:g} h at {CHANNELS} ch x {RATE_HZ} Hz = {samples:,d} samples, generated "
-          f"on the fly, {reader.flushes} batches, {disk / 2**20:,.0f} MB of Parquet")
+          f"on the fly ({batching.name}): {reader.flushes:,d} spool writes, {sink.commits:,d} lake commits, "
+          f"{disk / 2**20:,.0f} MB of Parquet")
     print(f"stream throughput      {samples / seconds:>12,.0f} samples/s   (includes generating the lines)")
-    print(f"RSS after imports      {baseline:>12.0f} MB   (python + polars + pyarrow + pandera + mqepi)")
-    print(f"peak RSS (stream)      {peak_rss_mb():>12.0f} MB   (goal < 150 MB)")
+    print(f"RSS after imports      {baseline:>12.0f} MB   (python + polars + pyarrow + pandera + mqepi: {baseline_split})")
+    print(f"peak RSS (stream)      {peak_rss_mb():>12.0f} MB   (goal < 150 MB; {peak_rss_mb() - baseline:.0f} MB over the "
+          "imports)")
     print(f"RSS at each 10 %       {' '.join(f'{x:.0f}' for x in rss_log)} MB   (flat: bounded however long the run)")
+    print(f"RSS at the end         {rss_mb():>12.0f} MB   ({end_split})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=250_000, help="lines for the throughput phase")
     parser.add_argument("--hours", type=float, default=24.0, help="length of the streamed run")
-    parser.add_argument("--batch", type=int, default=50_000, help="samples per lake append")
+    parser.add_argument("--batch", type=int, default=50_000, help="samples per flush and commit in --catch-up")
+    parser.add_argument("--catch-up", action="store_true", help="also measure backlog batching (--batch)")
+    parser.add_argument("--stream-batching", choices=("real-run", "catch-up"), default="real-run")
     parser.add_argument("--cores", type=int, default=1, help="CPU cores to run on (the goal is for one)")
     parser.add_argument("--skip-stream", action="store_true")
     parser.add_argument("--only-stream", action="store_true", help=argparse.SUPPRESS)
@@ -207,14 +274,15 @@ def main() -> None:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
 
     if args.only_stream:
-        stream(args.hours, args.batch)
+        stream(args.hours, args.batch, args.stream_batching)
         return
     print(f"one process pinned to {args.cores} core(s) of {os.cpu_count()}")
-    throughput(args.lines, args.batch)
+    throughput(args.lines, args.batch, args.catch_up)
     if not args.skip_stream:
         sys.stdout.flush()
         subprocess.run([sys.executable, __file__, "--only-stream", "--hours", str(args.hours), "--batch",
-                        str(args.batch), "--cores", str(args.cores)], check=True)
+                        str(args.batch), "--cores", str(args.cores), "--stream-batching", args.stream_batching],
+                       check=True)
 
 
 if __name__ == "__main__":

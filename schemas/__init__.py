@@ -1,7 +1,7 @@
 """Event schemas of the mqepi lake (installed as ``mqepi.schemas``).
 
 :data:`EVENT_TYPES` maps each event type name to its :class:`EventSpec`: the pandera model,
-the schema version, the hive partition keys of its folder in the lake, and whether the type
+the schema version, the key it is bound to (a run or a configuration), and whether the type
 is high-volume (sample streams, de-duplicated by batch name and by readers rather than by a
 lookup of existing ids on every append).
 """
@@ -16,10 +16,13 @@ import polars as pl
 
 from . import events as _m
 
-#: Columns that form the lake path of an event, in path order, per level of binding.
+#: The key an event is bound to, per level of binding.
 MODEL_KEYS = ("model",)
 CONFIG_KEYS = ("model", "config_id")
 RUN_KEYS = ("model", "config_id", "run_id")
+#: Partition columns of every event type's Delta table (the folders of its files): a query by
+#: model or configuration prunes to one folder; run ids are a column inside the files.
+PARTITION_KEYS = CONFIG_KEYS
 #: Columns every event has, in file order.
 COMMON_COLUMNS = tuple(_m.Event.to_schema().columns)
 #: Columns left out of the content hash: the id itself and the recording time.
@@ -30,7 +33,8 @@ HASH_EXCLUDED = ("event_id", "recorded_at_ns")
 class EventSpec:
     name: str
     schema_model: type[pa.DataFrameModel]
-    partition_by: tuple[str, ...]
+    #: RUN_KEYS (one run's events) or CONFIG_KEYS (what every run of a configuration shares)
+    keys: tuple[str, ...]
     version: int = _m.SCHEMA_VERSION
     high_volume: bool = False
     #: Nullable columns added by a later version: a batch without them gets them as nulls
@@ -47,6 +51,11 @@ class EventSpec:
         cols = self.schema.columns
         order = list(COMMON_COLUMNS) + [c for c in cols if c not in COMMON_COLUMNS]
         return pl.Schema({c: cols[c].dtype.type for c in order})
+
+    @property
+    def partition_by(self) -> tuple[str, ...]:
+        """The table's partition columns (in the file paths, not inside the files)."""
+        return PARTITION_KEYS
 
     @cached_property
     def file_columns(self) -> tuple[str, ...]:
@@ -75,10 +84,10 @@ EVENT_TYPES: dict[str, EventSpec] = {
 }
 
 
-#: Event types bound to a run (folder ``model=/config_id=/run_id=``), in EVENT_TYPES order.
-RUN_BOUND = tuple(name for name, spec in EVENT_TYPES.items() if spec.partition_by == RUN_KEYS)
-#: Event types bound to a configuration (folder ``model=/config_id=``): what every run of it shares.
-CONFIG_BOUND = tuple(name for name, spec in EVENT_TYPES.items() if spec.partition_by == CONFIG_KEYS)
+#: Event types bound to a run (key model, config_id, run_id), in EVENT_TYPES order.
+RUN_BOUND = tuple(name for name, spec in EVENT_TYPES.items() if spec.keys == RUN_KEYS)
+#: Event types bound to a configuration (key model, config_id): what every run of it shares.
+CONFIG_BOUND = tuple(name for name, spec in EVENT_TYPES.items() if spec.keys == CONFIG_KEYS)
 if set(RUN_BOUND) | set(CONFIG_BOUND) != set(EVENT_TYPES):
     raise ImportError("every event type is bound to a run or to a configuration (RUN_KEYS or CONFIG_KEYS)")
 

@@ -62,11 +62,17 @@ def test_known_events_are_not_written_again_in_their_partition(lake):
 
 
 def test_batch_spanning_partitions_writes_one_file_per_partition(lake):
-    df = pl.concat([batch("phase", 2, run_id="r1"), batch("phase", 3, run_id="r2", start=10)])
+    # partitions are (model, config_id): two runs of one configuration share a file, another
+    # configuration gets its own; the commit records each file's runs
+    df = pl.concat([batch("phase", 2, run_id="r1"), batch("phase", 3, run_id="r2", start=10),
+                    batch("phase", 2, run_id="r3", config_id="mix_a", start=20)])
     result = lake.append(df)
     assert len(result.files_written) == 2
     assert lake.read("phase", run_id="r2").height == 3
-    assert len(lake.files("phase", run_id="r1")) == 1
+    assert lake.files("phase", run_id="r1") == lake.files("phase", run_id="r2")
+    assert lake.files("phase", run_id="r3") == lake.files("phase", config_id="mix_a")
+    assert [Path(f).parent.name for f in lake.files("phase", run_id="r3")] == ["config_id=mix_a"]
+    assert lake.versions()["phase"] == 2  # created, seeded, one append
 
 
 def test_invalid_batch_writes_nothing(lake):
@@ -102,6 +108,11 @@ def test_verify_catches_corruption(lake):
     forged = Path(lake.append(batch("throughput", 3)).files_written[0])
     renamed = Path(lake.append(batch("run", 2)).files_written[0])
     assert lake.verify().ok
+    # a file's bytes changed under the same size: only the sha256 the commit recorded tells
+    flipped = Path(lake.append(batch("phase", 3)).files_written[0])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
     truncated.write_bytes(truncated.read_bytes()[:-40])
     table = pq.read_table(forged)  # content changed, id and name kept: a forged file
     pq.write_table(table.set_column(table.schema.get_field_index("tokens_per_s"), "tokens_per_s",
@@ -110,12 +121,13 @@ def test_verify_catches_corruption(lake):
     (good.parent / ".tmp-dead-ev-x.parquet.partial").write_bytes(b"PAR1 half")
     (root / "notes.txt").write_text("stray")
     report = lake.verify()
-    kinds = sorted((p.kind, Path(p.path).parent.parent.parent.name or Path(p.path).name) for p in report.problems)
+    kinds = sorted((p.kind, Path(p.path).parent.parent.name or Path(p.path).name) for p in report.problems)
     by_kind = {p.kind: p for p in report.problems}
     # renamed: the committed name is missing (lost) and the new name is no commit's file
     assert set(by_kind) == {"unreadable", "changed", "hash", "missing", "uncommitted", "stray-temp", "unexpected"}, kinds
     assert "perplexity" in by_kind["unreadable"].path
-    assert {Path(p.path).parents[3].name for p in report.problems if p.kind == "changed"} == {"perplexity", "throughput"}
+    assert {Path(p.path).parents[2].name for p in report.problems if p.kind == "changed"} == {"perplexity", "throughput",
+                                                                                              "phase"}
     assert "throughput" in by_kind["hash"].path and "sha256" in by_kind["hash"].detail
     assert "/run/" in by_kind["missing"].path and "/run/" in by_kind["uncommitted"].path
     # the reader never treats the temporary file as data

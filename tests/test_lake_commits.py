@@ -1,6 +1,6 @@
-"""The lake's commit log: atomic transactions, one writer at a time for check-then-write,
-verify that notices loss, readers and SQL views that see exactly the committed files, and
-run ids that cannot collide across models."""
+"""The lake's commits (Delta table versions): atomic transactions, one writer at a time for
+check-then-write, verify that notices loss, readers and SQL views that see exactly the active
+files, and run ids that cannot collide across models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 import polars as pl
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from factories import batch
@@ -22,6 +21,7 @@ from test_community import RUNS, fill
 from mqepi.community.ingest import ingest
 from mqepi.community.submit import build_bundle
 from mqepi.errors import LakeError, QueryError
+from mqepi.lake import delta
 from mqepi.lake.store import Lake
 from mqepi.results import sql
 
@@ -186,30 +186,39 @@ def test_a_file_no_commit_names_is_not_data_for_readers_or_views(tmp_path):
     assert [p.kind for p in lake.verify().problems] == ["uncommitted"]
 
 
-def test_a_lake_without_a_log_is_read_and_adopted_by_init(tmp_path):
+def test_a_transaction_killed_between_its_table_commits_is_reported_and_completed_by_a_retry(tmp_path, bundles):
     lake = Lake(tmp_path / "lake")
     lake.init()
-    lake.append(batch("phase", 4, run_id="run-1"))
-    shutil.rmtree(tmp_path / "lake" / "_log")  # as a lake written before the log existed
-    old = Lake(tmp_path / "lake")
-    assert old.read("phase").height == 4
-    assert [p.kind for p in old.verify().problems] == ["log"]
-    old.init()
-    assert old.verify().ok and counts(Lake(old.root))["phase"] == 4
+    proc = start(lake, bundles["alice"], "c2")
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    try:
+        assert proc.stdout.readline().strip() == "COMMITTED"  # two of its tables committed
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    lake = Lake(lake.root)
+    assert lake.read("run").height == 0  # `run` commits last: no run is listed without its events
+    report = lake.verify()
+    # the tables not yet committed hold files no version names
+    assert {p.kind for p in report.problems} == {"incomplete", "uncommitted"}, report.problems
+    incomplete = [p for p in report.problems if p.kind == "incomplete"]
+    assert len(incomplete) == 1 and "re-run" in incomplete[0].detail and "run" in incomplete[0].detail
+    assert ingest(bundles["alice"], lake).status == "ingested"
+    assert lake.verify().ok and counts(Lake(lake.root))["run"] == 4
 
 
-def test_a_torn_commit_record_is_ignored_with_its_files_and_reported(tmp_path):
+def test_a_retried_commit_is_a_no_op_by_its_application_transaction(tmp_path):
     lake = Lake(tmp_path / "lake")
     lake.init()
-    lake.append(batch("phase", 4, run_id="run-1"))
-    log = tmp_path / "lake" / "_log" / "commits.jsonl"
-    with open(log, "ab") as fh:
-        fh.write(b'{"files":[["phase/model=x/config_id=y/run_id=z/ev-0.parquet",1,2]],"writer"')  # crash mid-write
-    lake2 = Lake(lake.root)
-    lake2.append(batch("phase", 2, run_id="run-2", start=10))
-    assert lake2.read("phase").height == 6
-    kinds = [p.kind for p in Lake(lake.root).verify().problems]
-    assert kinds == ["log"]
+    df = batch("phase", 4, run_id="run-1")
+    lake.append(df)
+    version = lake.versions()["phase"]
+    app_ids = lake.log("phase").commits[-1].app_ids
+    assert len(app_ids) == 1 and app_ids[0].startswith("mqepi-")
+    again = Lake(lake.root)  # another writer that missed the first commit retries the same batch
+    assert again.append(df).rows_written == 0
+    assert again.versions()["phase"] == version and again.read("phase").height == 4
 
 
 # ------------------------------------------------------------------ run ids
@@ -240,7 +249,10 @@ def test_verify_reports_run_ids_that_collided_before_the_check(tmp_path):
     target = Path(lake.root) / written.relative_to(other.root)
     target.parent.mkdir(parents=True)
     shutil.copy(written, target)
-    lake.log.commit([(str(target.relative_to(lake.root)), 2, target.stat().st_size)], {"writer": "an older mqepi"})
+    rel = str(target.relative_to(Path(lake.root) / "run"))
+    entry = other.log("run").active[rel]  # committed by hand, as a writer without the check would
+    delta.commit(lake._table("run"), [delta.add_action(rel, entry.bytes, entry.partition, entry.rows)],
+                 {"files": {rel: {"sha256": entry.sha256, "rows": entry.rows, "runs": list(entry.runs)}}}, None)
     report = Lake(lake.root).verify()
     assert [p.kind for p in report.problems] == ["collision"]
     assert "llama-3.1-8b" in report.problems[0].detail and "smollm2-135m" in report.problems[0].detail
@@ -251,27 +263,6 @@ def test_lock_files_and_the_log_are_not_event_data(tmp_path):
     lake.init()
     lake.append(batch("run", 2))
     names = {p.name for p in (tmp_path / "lake").rglob("*") if p.is_file()}
-    assert {"commits.jsonl", "commit.lock"} <= names
+    assert {"00000000000000000000.json", "commit.lock"} <= names
     assert lake.verify().ok and os.path.exists(lake.lock_path("commit"))
     assert sum(pq.read_metadata(f).num_rows for f in lake.files("run")) == 2
-
-
-def test_a_lake_on_a_filesystem_without_append_commits_one_object_per_transaction(tmp_path, monkeypatch):
-    """Object stores have no append: each commit is one object under _log/ (a pyarrow
-    filesystem that is not the local one takes that path)."""
-    monkeypatch.setenv("MQEPI_CACHE", str(tmp_path / "cache"))
-    fs = pafs.SubTreeFileSystem(str(tmp_path / "store"), pafs.LocalFileSystem())
-    (tmp_path / "store").mkdir()
-    lake = Lake("lake", filesystem=fs)
-    lake.init()
-    with pytest.raises(RuntimeError), lake.transaction("fails"):
-        lake.append(batch("phase", 2, run_id="r0"))
-        raise RuntimeError("stage failed")
-    lake.append(batch("run", 3))
-    lake.append(batch("phase", 2))
-    commits = [i for i in fs.get_file_info(pafs.FileSelector("lake/_log")) if i.base_name.startswith("c-")]
-    assert len(commits) == 3  # init, run, phase: the failed transaction committed nothing
-    again = Lake("lake", filesystem=fs)
-    assert (again.read("run").height, again.read("phase").height) == (3, 2)
-    assert [p.kind for p in again.verify().problems] == ["uncommitted"]
-    assert str(tmp_path / "cache") in str(again.lock_path("commit"))

@@ -24,7 +24,9 @@ from mqepi.meter.protocol import decoder_for
 from mqepi.meter.replay import ReplaySource
 from mqepi.meter.session import simulated_run
 from mqepi.meter.simulated import Faults, SimulatedMeter
-from mqepi.meter.stream import LakeSink, SampleStream
+from mqepi.meter.spool import SpoolSink, spool_dir_for
+from mqepi.meter.spool import replay as replay_spool
+from mqepi.meter.stream import SampleStream
 from mqepi.rig import thermal as th
 
 app = typer.Typer(name="meter", no_args_is_help=True,
@@ -82,14 +84,26 @@ def _run_for(device, duration: float | None, wait: Callable[[float | None], None
     return stopped
 
 
-def _record(model: str, config_id: str, run_id: str, build: Callable[[LakeSink], SampleStream],
+def _record(model: str, config_id: str, run_id: str, build: Callable[[SpoolSink], SampleStream],
             duration: float | None = None) -> SampleStream:
-    """What every source command does: the lake, a sink for the run, the source ``build``
+    """What every source command does: the lake; what a killed earlier reader left in this
+    host's spool for it, committed; a spooling sink for the run (acknowledged on local disk
+    at every flush, committed to the lake every 10 s and at the end); the source ``build``
     makes on it, run for ``duration`` seconds (or until Ctrl-C or its end), stopped and
-    flushed."""
+    committed."""
     lk = lake()
     lk.init()
-    source = build(LakeSink(lk, RunKey(model, config_id, run_id)))
+    spool = spool_dir_for(lk)
+    recovered = replay_spool(lk, spool)
+    if recovered.segments:
+        say(f"committed {recovered.rows} samples a stopped reader had left in {spool} "
+            f"({recovered.segments} segments, {recovered.torn} torn tails dropped)", err)
+    sink = SpoolSink(lk, RunKey(model, config_id, run_id), spool)
+    try:
+        source = build(sink)
+    except BaseException:
+        sink.close(commit=False)  # nothing was written: release the run's spool folder
+        raise
     _run_for(source, duration)
     return source
 
@@ -156,16 +170,19 @@ def record(
     power_source: str = typer.Option("epi-meter", "--power-source",
                                      help="epi-meter (the board) or simulated; lines marked sim are always simulated."),
     duration: float | None = _UNTIL,
-    flush_interval: float = typer.Option(1.0, "--flush-interval", help="Append to the lake at least this often (s)."),
+    flush_interval: float = typer.Option(1.0, "--flush-interval",
+                                         help="Spool to local disk (fsynced) at least this often (s); the lake "
+                                              "gets the spool every 10 s and at the end."),
     decoder: str = typer.Option("epi-json-v1", "--decoder", help="Line decoder."),
     baud: int = typer.Option(115200, "--baud", help="Baud rate."),
     incidents: Path | None = typer.Option(None, "--incidents",
                                           help="Also append every incident (gap, bad line, reconnect) as JSON lines here."),
 ) -> None:
-    """Read the epi-meter line protocol from a port into power_sample events (batched,
-    flushed every second; resynchronises, reconnects, records gaps and bad lines)."""
+    """Read the epi-meter line protocol from a port into power_sample events (spooled to
+    local disk every second, committed to the lake every 10 s; resynchronises, reconnects,
+    records gaps and bad lines)."""
 
-    def build(sink: LakeSink) -> MeterReader:
+    def build(sink: SpoolSink) -> MeterReader:
         reader = MeterReader(port, sink, meter_id=meter_id, power_source=power_source, nodes=_pairs(node, "--node"),
                              decoder=decoder_for(decoder), baudrate=baud, flush_interval_s=flush_interval)
         if incidents is not None:
@@ -301,8 +318,9 @@ def demo(
     """A short recorded run on the simulated meter: idle baseline, then real CPU load on
     node0; prints the windows (all simulated). See them later with mqepi meter windows."""
     run_id = run_id or time.strftime("sim-%Y%m%dT%H%M%SZ", time.gmtime())
-    measurements = simulated_run(lake(), RunKey(model, config_id, run_id), idle_s=idle, busy_s=busy,
-                                 busy_processes=processes, rate_hz=rate, seed=seed,
+    lk = lake()
+    measurements = simulated_run(lk, RunKey(model, config_id, run_id), idle_s=idle, busy_s=busy,
+                                 busy_processes=processes, rate_hz=rate, seed=seed, spool_dir=spool_dir_for(lk),
                                  faults=_faults(garbage, bad_check, drop, drift_ppm, unplug_every, unplug_for),
                                  progress=lambda line: say(line, err))
     rows = [{"phase": m.name, "channel": c.channel, "node": c.node, "power_source": c.power_source,

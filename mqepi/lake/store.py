@@ -1,31 +1,39 @@
-"""The event lake: append-only Parquet partitions of validated events.
+"""The event lake: one Delta table per event type, of validated, content-addressed events.
 
-Layout (hive partitions; the partition columns live in the path, not in the files)::
+Layout (a local folder or an object-store prefix ``s3://bucket/prefix``)::
 
-    <root>/<event_type>/model=<m>/config_id=<c>/ev-<batch sha256>.parquet            configs
-    <root>/<event_type>/model=<m>/config_id=<c>/run_id=<r>/ev-<batch sha256>.parquet  run-bound
-    <root>/<event_type>/model=_seed/.../schema-v<N>.parquet                           zero-row seed
-                                                                                       (one per schema version met)
+    <root>/<event_type>/_delta_log/<version>.json                    the table's log (Delta protocol)
+    <root>/<event_type>/model=<m>/config_id=<c>/ev-<sha256>.parquet  one batch of events
+    <root>/<event_type>/model=<m>/config_id=<c>/cp-<sha256>.parquet  a compacted file
+    <root>/<event_type>/model=_seed/config_id=_seed/schema-v<N>.parquet
+                                                                     zero-row seed (one per schema version met)
 
-A query by model, configuration or run reads only that folder. File names derive from the
-batch content (sha256 over the sorted event ids), so appending the same batch twice writes
-nothing the second time. A file is written under a temporary dot-name (``.tmp-*.partial``,
-never matched by ``*.parquet``), fsynced, then published with a no-clobber hard link, so no
-file is ever partial and nothing committed is ever replaced. A file is data once the commit
-log (:mod:`mqepi.lake.log`) names it: every write is a transaction (:meth:`Lake.transaction`)
-whose files one commit makes visible together, under the lake's commit lock, so the checks a
-writer makes against the lake and its append are one atomic step. Readers (``Lake.read``,
-the SQL views through :func:`mqepi.results.sql.connect`) see exactly the committed files.
-Nothing here deletes or rewrites a committed file.
+Partitions are (model, config_id) for every type (a query by model or configuration prunes
+to its folder; run ids are a column, so there is no folder per run). A data file's name
+derives from the batch content (sha256 over its sorted event ids), so appending the same
+batch twice writes and commits nothing the second time. mqepi writes each file itself
+(locally under a temporary dot-name, fsynced, published with a no-clobber hard link; on an
+object store as one object) and then commits it with delta-rs (:mod:`mqepi.lake.delta`): a
+file is data once its table's log names it. Every write is a transaction
+(:meth:`Lake.transaction`): the files of one table commit as one table version carrying the
+producer, each file's sha256, rows and run ids, and an application transaction keyed by
+their content (a retried commit is a no-op). A transaction over several tables commits them
+one table at a time in :data:`COMMIT_ORDER` (configuration-bound first, ``run`` last) under
+one transaction id recorded in each commit; ``lake verify`` reports a transaction whose
+tables are not all committed, and re-running the write (idempotent) completes it.
 
-All I/O goes through a ``pyarrow.fs`` filesystem: a local folder by default, an object store
-URI (``s3://...``) where pyarrow supports one.
+On a local lake commits are also serialised by the lake's commit lock (so the checks a
+writer makes against the lake, such as run-id claims, and its commit are one step); on an
+object store concurrent writers rely on Delta's optimistic concurrency (conditional puts).
+
+Nothing here deletes or rewrites a committed file. :meth:`Lake.compact` merges small files
+into one per partition as a new version (the old files stay reachable by time travel); only
+:meth:`Lake.vacuum`, with a retention the user states, deletes files no longer active.
 
 Schema versions are per event type (``EventSpec.version``); a new version only adds nullable
-columns (``EventSpec.added``). The seed of the current version is written by ``init`` (which
-``mqepi.results.sql.connect`` runs) and by the first append of the type, beside the seeds of
-older versions (never replaced), so readers that union files by column name (the SQL views)
-see every column, and the files of older versions read the columns added since as null.
+columns (``EventSpec.added``), added to the table's schema by ``init``/the first append; the
+seed of each version met stays, so readers that union files by column name (the SQL views)
+see every column and older files read the columns added since as null.
 """
 
 from __future__ import annotations
@@ -47,13 +55,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mqepi.errors import LakeError
-from mqepi.lake import events
+from mqepi.lake import delta, events
 from mqepi.lake.durable import fsync_dir, fsync_file
-from mqepi.lake.index import SEED_VALUE, FileIndex, parse
+from mqepi.lake.index import SEED_VALUE, FileIndex
 from mqepi.lake.locks import LockHeld, exclusive, holder_record
-from mqepi.lake.log import CommitLog
-from mqepi.lake.verify import DATA_PREFIX, LOCKS_DIR, TEMP_PREFIX, VerifyReport, seed_name, verify
-from mqepi.schemas import EVENT_TYPES, RUN_BOUND, EventSpec, spec_for
+from mqepi.lake.verify import COMPACT_PREFIX, DATA_PREFIX, LOCKS_DIR, TEMP_PREFIX, VerifyReport, seed_name, verify
+from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND, EventSpec, spec_for
 
 #: Environment variable naming the lake root when no option is given.
 LAKE_ENV = "MQEPI_LAKE"
@@ -62,6 +69,14 @@ TEMP_SUFFIX = ".partial"
 #: How long a writer waits for the commit lock before giving up.
 COMMIT_WAIT_S = 600.0
 PARQUET_COMPRESSION = "zstd"
+#: The order in which one transaction's tables commit: what runs refer to first, ``run`` last
+#: (a run is listed once its events are in).
+COMMIT_ORDER = (*CONFIG_BOUND, *(t for t in RUN_BOUND if t != "run"), "run")
+#: ``lake compact``: files smaller than this are small; a partition with at least
+#: ``COMPACT_MIN_FILES`` of them is rewritten into files of about ``COMPACT_TARGET_BYTES``.
+COMPACT_SMALL_BYTES = 16 * 2**20
+COMPACT_TARGET_BYTES = 128 * 2**20
+COMPACT_MIN_FILES = 2
 
 
 @dataclass
@@ -76,55 +91,96 @@ class AppendResult:
     duplicate_rows_dropped: int = 0
 
 
+@dataclass
+class CompactResult:
+    """What :meth:`Lake.compact` did to one table."""
+
+    event_type: str
+    version: int | None  # the new table version (None: nothing to compact)
+    files_before: int
+    files_after: int
+    partitions: int
+
+
 def resolve_root(root: str | os.PathLike | None = None) -> str:
     """The lake root: the argument, else ``$MQEPI_LAKE``, else ``./lake``."""
     return str(root if root is not None else os.environ.get(LAKE_ENV) or DEFAULT_ROOT)
 
 
+@dataclass(frozen=True)
+class _File:
+    """A file written by a transaction, to be committed when it ends."""
+
+    rel: str  # path under the table folder
+    rows: int
+    bytes: int
+    sha256: str
+    partition: tuple[str, str]
+    runs: tuple[str, ...]
+
+
 @dataclass
 class _Pending:
-    """The files a transaction wrote so far (committed together when it ends) and its run keys."""
+    """The files a transaction wrote so far, per table (committed when it ends), and its run keys."""
 
-    files: list[tuple[str, int, int]] = field(default_factory=list)
+    files: dict[str, list[_File]] = field(default_factory=dict)
+    #: per table, every file the transaction holds: its new files and those already committed
+    planned: dict[str, list[str]] = field(default_factory=dict)
     run_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class Lake:
-    """An event lake rooted at a local folder or a pyarrow filesystem URI."""
+    """An event lake rooted at a local folder or an object-store URI (``s3://bucket/prefix``).
 
-    def __init__(self, root: str | os.PathLike | None = None, filesystem: pafs.FileSystem | None = None):
+    ``versions`` (event type -> table version) opens the lake as it was at those versions
+    (time travel, read only): what a snapshot recorded (``mqepi sql --as-of``).
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, filesystem: pafs.FileSystem | None = None,
+                 versions: dict[str, int] | None = None):
         root = resolve_root(root)
         if filesystem is not None:
             self.fs, self.root = filesystem, root.rstrip("/")
         elif "://" in root:
-            self.fs, path = pafs.FileSystem.from_uri(root)
-            self.root = path.rstrip("/")
+            self.fs, self.root = delta.filesystem(root)
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
-        self.uri = root if "://" in root else self.root
+        self.uri = root.rstrip("/") if "://" in root else self.root
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.pinned = dict(versions) if versions is not None else None
+        self._logs = {t: delta.TableLog(self.fs, self.table_dir(t), (self.pinned or {}).get(t, -1 if self.pinned else None))
+                      for t in EVENT_TYPES}
+        self._tables: set[str] = set()
+        self._handles: dict = {}
         self._seeded: set[str] = set()
-        self.log = CommitLog(self.fs, self.root)
         self._index = FileIndex(self.root)
-        self._indexed = 0
         self._mutex = threading.RLock()  # the in-memory index, shared by a process's threads
         self._thread = threading.local()  # each thread's open transaction
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"
 
+    def at(self, versions: dict[str, int]) -> Lake:
+        """This lake as it was at ``versions`` (read only)."""
+        return Lake(self.uri, filesystem=None if "://" in self.uri else self.fs, versions=versions)
+
     # ------------------------------------------------------------------ paths
 
-    def event_dir(self, event_type: str) -> str:
+    def table_dir(self, event_type: str) -> str:
+        """The folder (or object prefix) of an event type's table."""
         spec_for(event_type)
         return f"{self.root}/{event_type}"
 
-    def partition_dir(self, spec: EventSpec, values: tuple) -> str:
-        parts = [f"{k}={v}" for k, v in zip(spec.partition_by, values)]
-        return "/".join([self.event_dir(spec.name), *parts])
+    event_dir = table_dir
+
+    def table_uri(self, event_type: str) -> str:
+        """The table's URI as delta-rs opens it."""
+        return delta.table_uri(self.uri, event_type)
 
     def exists(self) -> bool:
-        return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
+        if self.fs.get_file_info(self.root).type == pafs.FileType.Directory:
+            return True
+        return not self._local and any(log.exists() for log in self._logs.values())
 
     def lock_path(self, name: str) -> Path:
         """The lock file ``name`` (:mod:`mqepi.lake.locks`) of this lake: under ``<root>/_locks``
@@ -141,70 +197,97 @@ class Lake:
     # ------------------------------------------------------------------ the committed state
 
     def index(self) -> FileIndex:
-        """The committed files, indexed (the commit log read up to now). A lake written before
-        the log existed (no ``_log`` folder) is indexed from a listing of its folders."""
+        """The active files, indexed (every table's log read up to now)."""
         with self._mutex:
-            state = self.log.refresh()
-            if not state.exists:
-                legacy = FileIndex(self.root)
-                for path in self._list(self.root):
-                    legacy.add(self._rel(path))
-                return legacy
-            for rel in state.order[self._indexed:]:
-                self._index.add(rel)
-            self._indexed = len(state.order)
+            for event_type, log in self._logs.items():
+                added, removed = log.refresh()
+                for entry in removed:
+                    self._index.remove(event_type, entry)
+                for entry in added:
+                    self._index.add(event_type, entry)
             return self._index
+
+    def log(self, event_type: str) -> delta.TableLog:
+        """The (refreshed) log of one table."""
+        self.index()
+        return self._logs[event_type]
+
+    def versions(self) -> dict[str, int]:
+        """Event type -> the table version read (-1: no table yet): the lake's state."""
+        self.index()
+        return {t: log.version for t, log in self._logs.items()}
 
     @contextlib.contextmanager
     def transaction(self, writer: str | None = None) -> Iterator[_Pending]:
-        """Hold the lake's commit lock for the block; every file written in it (by
-        :meth:`append`, :meth:`record`) becomes visible in one commit when the block ends
-        without an error, and none does otherwise. Reads inside the block see the lake as
-        committed when it began plus nothing of the block's own writes. A transaction opened
-        inside another one (same thread) joins it."""
+        """Every file written in the block (by :meth:`append`, :meth:`record`) is committed when
+        the block ends without an error (one version per table, in :data:`COMMIT_ORDER`), and
+        none is otherwise. On a local lake the block holds the lake's commit lock. Reads inside
+        the block see the lake as committed when it began plus nothing of the block's own
+        writes. A transaction opened inside another one (same thread) joins it."""
+        self._writable()
         open_tx = getattr(self._thread, "tx", None)
         if open_tx is not None:
             yield open_tx
             return
+        lock = (exclusive(self.lock_path("commit"), f"the commit lock of lake {self.uri}", wait_s=COMMIT_WAIT_S,
+                          holder=holder_record(writer=writer)) if self._local else contextlib.nullcontext())
         try:
-            self.fs.create_dir(self.root, recursive=True)
-            with exclusive(self.lock_path("commit"), f"the commit lock of lake {self.uri}", wait_s=COMMIT_WAIT_S,
-                           holder=holder_record(writer=writer)):
-                self._ensure_log()
+            if self._local:
+                self.fs.create_dir(self.root, recursive=True)
+            with lock:
                 self.index()
                 self._thread.tx = tx = _Pending()
                 try:
                     yield tx
                 finally:
                     self._thread.tx = None
-                self.log.commit(tx.files, holder_record(writer=writer))
+                self._commit(tx, writer)
         except LockHeld as exc:
             raise LakeError(f"lake {self.uri}: {exc}") from exc
         except OSError as exc:
             raise LakeError(f"lake {self.uri}: cannot write: {exc}") from exc
 
-    def _ensure_log(self) -> None:
-        """Create the commit log; a lake written before it had one adopts its data files in one
-        commit. The caller holds the commit lock."""
-        if self.log.exists():
+    def _commit(self, tx: _Pending, writer: str | None) -> None:
+        """Commit a transaction's files, one table version per table, in COMMIT_ORDER."""
+        tables = [t for t in COMMIT_ORDER if tx.files.get(t)]
+        if not tables:
             return
-        files = []
-        for path in self._list(self.root):
-            if parse(self._rel(path)) is not None:
-                size = self.fs.get_file_info(path).size
-                files.append((self._rel(path), pq.ParquetFile(path, filesystem=self.fs).metadata.num_rows, size))
-        self.log.create()
-        self.log.commit(files, holder_record(writer="adopted the files of a lake written before the commit log"))
+        planned = {t: sorted(set(tx.planned[t])) for t in COMMIT_ORDER if tx.planned.get(t)}
+        txid = hashlib.sha256("\n".join(f"{t}/{rel}" for t, rels in planned.items() for rel in rels).encode()).hexdigest()
+        producer = holder_record(writer=writer)
+        for event_type in tables:
+            files = tx.files[event_type]
+            actions = [delta.add_action(f.rel, f.bytes, f.partition, f.rows) for f in files]
+            meta = {"producer": producer, "transaction": txid, "tables": planned,
+                    "files": {f.rel: {"sha256": f.sha256, "rows": f.rows, "runs": list(f.runs)} for f in files}}
+            app_id = "mqepi-" + hashlib.sha256("\n".join(sorted(f.rel for f in files)).encode()).hexdigest()[:40]
+            if app_id in self._logs[event_type].app_ids:
+                continue  # committed before (a retried write): nothing to do
+            delta.commit(self._table(event_type), actions, meta, app_id)
+        self.index()
+
+    def _table(self, event_type: str):
+        """The delta-rs handle of a table, opened once."""
+        table = self._handles.get(event_type)
+        if table is None:
+            table = self._handles[event_type] = delta.open_table(self.table_uri(event_type))
+        return table
+
+    def _writable(self) -> None:
+        if self.pinned is not None:
+            raise LakeError(f"lake {self.uri} is opened as of past table versions: read only")
 
     # ------------------------------------------------------------------ writing
 
     def init(self) -> list[str]:
-        """Create the root, the commit log and every event type's seed file of its current schema
-        version; return the types whose seed was written. A lake made by an older mqepi gains the
-        seeds of the versions since (its older seeds stay). On a lake that has them all it writes
-        nothing (not even the lock file)."""
+        """Create the root, every event type's table (append-only) and the seed file of its
+        current schema version; return the types whose seed was written. A lake made by an
+        older mqepi gains the columns and seeds of the versions since (its older seeds stay).
+        On a lake that has them all it writes nothing. Tables are best created once, by
+        ``lake init``: two processes creating the same table at once conflict."""
+        self._writable()
         written = []
-        if self.exists() and self.log.exists() and all(self._seed_committed(spec) for spec in EVENT_TYPES.values()):
+        if self.exists() and all(self._seed_committed(spec) for spec in EVENT_TYPES.values()):
             return written
         try:
             self.fs.create_dir(self.root, recursive=True)
@@ -216,21 +299,34 @@ class Lake:
                     written.append(spec.name)
         return written
 
-    def _seed_path(self, spec: EventSpec) -> str:
-        values = (SEED_VALUE,) * len(spec.partition_by)
-        return f"{self._rel(self.partition_dir(spec, values))}/{seed_name(spec.version)}"
+    def _ensure_table(self, spec: EventSpec) -> None:
+        """Create the table of ``spec`` if missing; add the columns of a newer schema version."""
+        if spec.name in self._tables:
+            return
+        schema = pl.DataFrame(schema=spec.polars_schema).to_arrow().schema
+        uri = self.table_uri(spec.name)
+        if not self._logs[spec.name].exists():
+            delta.create(uri, schema, holder_record(writer=f"create table {spec.name}"))
+        else:
+            have = set(delta.schema_names(uri))
+            missing = [f for f in schema if f.name not in have]
+            if missing:
+                delta.add_columns(uri, missing)
+        self._tables.add(spec.name)
+
+    def _seed_rel(self, spec: EventSpec) -> str:
+        return f"model={SEED_VALUE}/config_id={SEED_VALUE}/{seed_name(spec.version)}"
 
     def _seed_committed(self, spec: EventSpec) -> bool:
         self.index()
-        return self._seed_path(spec) in self.log.state.files
+        return self._seed_rel(spec) in self._logs[spec.name].active
 
     def _ensure_seed(self, spec: EventSpec) -> bool:
         if spec.name in self._seeded:
             return False
-        directory = self.partition_dir(spec, (SEED_VALUE,) * len(spec.partition_by))
-        name = seed_name(spec.version)
+        self._ensure_table(spec)
         empty = pl.DataFrame(schema=spec.polars_schema).select(spec.file_columns)
-        wrote = self._commit_file(directory, name, empty.to_arrow())
+        wrote = self._commit_file(spec.name, (SEED_VALUE, SEED_VALUE), seed_name(spec.version), empty.to_arrow(), ())
         self._seeded.add(spec.name)
         return wrote
 
@@ -239,10 +335,10 @@ class Lake:
         (or in the open :meth:`transaction`'s).
 
         Events whose id the batch repeats, or (except for high-volume sample streams) whose
-        id is already in the target partition, are dropped, so a retried stage adds nothing.
-        Raises :class:`EventValidationError` before writing anything if any row is invalid,
-        and :class:`LakeError` if the write fails or a run id of the batch is already in the
-        lake under another model or configuration.
+        id is already in the lake for the same run or configuration, are dropped, so a retried
+        stage adds nothing. Raises :class:`EventValidationError` before writing anything if
+        any row is invalid, and :class:`LakeError` if the write fails or a run id of the batch
+        is already in the lake under another model or configuration.
         """
         spec, batch = events.validate(batch, source=source)
         return self._write_batch(spec, batch)
@@ -269,12 +365,14 @@ class Lake:
         with self.transaction(f"append {spec.name}") as tx:
             self._ensure_seed(spec)
             parts = unique.partition_by(list(spec.partition_by), as_dict=True, maintain_order=True)
-            if spec.name in RUN_BOUND:
-                self._claim_runs(tx, list(parts))
+            run_bound = spec.name in RUN_BOUND
+            runs_of = {values: tuple(sorted(part["run_id"].unique().to_list())) if run_bound else ()
+                       for values, part in parts.items()}
+            if run_bound:
+                self._claim_runs(tx, runs_of)
             for values, part in parts.items():
-                directory = self.partition_dir(spec, values)
                 if not spec.high_volume:
-                    known = self._ids_in(spec, values)
+                    known = self._ids_in(spec, values, runs_of[values])
                     if known:
                         before = part.height
                         part = part.filter(~pl.col("event_id").is_in(list(known)))
@@ -282,67 +380,78 @@ class Lake:
                 if part.height == 0:
                     continue
                 name = f"{DATA_PREFIX}{events.batch_id(part['event_id'])}.parquet"
-                if self._commit_file(directory, name, part.select(spec.file_columns).to_arrow()):
-                    result.files_written.append(f"{directory}/{name}")
+                runs = tuple(sorted(part["run_id"].unique().to_list())) if run_bound else ()
+                if self._commit_file(spec.name, values, name, part.select(spec.file_columns).to_arrow(), runs):
+                    result.files_written.append(f"{self.table_dir(spec.name)}/{_partition_rel(values)}/{name}")
                     result.rows_written += part.height
                 else:
                     result.files_already_present += 1
         return result
 
-    def _claim_runs(self, tx: _Pending, partitions: list[tuple]) -> None:
+    def _claim_runs(self, tx: _Pending, runs_of: dict[tuple, tuple[str, ...]]) -> None:
         """Refuse run ids the lake (or this transaction) holds under another (model, config)."""
         keys: dict[str, tuple[str, str]] = {}
         clash = []
-        for model, config_id, run_id in partitions:
+        for (model, config_id), runs in runs_of.items():
             key = (model, config_id)
-            if keys.setdefault(run_id, key) != key or tx.run_keys.get(run_id, key) != key:
-                clash.append(f"run_id {run_id!r} appears under two (model, config) pairs in one write")
+            for run_id in runs:
+                if keys.setdefault(run_id, key) != key or tx.run_keys.get(run_id, key) != key:
+                    clash.append(f"run_id {run_id!r} appears under two (model, config) pairs in one write")
         clash += self.index().run_conflicts(keys)
         if clash:
             raise LakeError(f"lake {self.uri}: {clash[0]}" + (f" (+{len(clash) - 1} more)" if len(clash) > 1 else ""))
         tx.run_keys.update(keys)
 
-    def _commit_file(self, directory: str, name: str, table: pa.Table) -> bool:
-        """Write ``directory/name`` unless it is committed already, and add it to the open
-        transaction. True if it was not committed before (a file an interrupted write left
-        uncommitted is complete: it is adopted, not rewritten)."""
-        final = f"{directory}/{name}"
-        rel = self._rel(final)
-        if rel in self.log.state.files:
-            return False
-        self._write_file(directory, name, table)
+    def _commit_file(self, event_type: str, partition: tuple, name: str, table: pa.Table, runs: tuple[str, ...]) -> bool:
+        """Write the file ``name`` of ``partition`` unless it is active already, and add it to the
+        open transaction. True if it was not active before (a file an interrupted write left
+        uncommitted holds the same events: it is adopted, not rewritten)."""
+        rel = f"{_partition_rel(partition)}/{name}"
         tx = self._thread.tx
-        if any(f[0] == rel for f in tx.files):
+        tx.planned.setdefault(event_type, []).append(rel)
+        if rel in self._logs[event_type].active:
             return False
-        tx.files.append((rel, table.num_rows, self.fs.get_file_info(final).size))
+        pending = tx.files.setdefault(event_type, [])
+        if any(f.rel == rel for f in pending):
+            return False
+        size, sha = self._write_file(f"{self.table_dir(event_type)}/{_partition_rel(partition)}", name, table)
+        pending.append(_File(rel, table.num_rows, size, sha, tuple(str(v) for v in partition), runs))
         return True
 
-    def _write_file(self, directory: str, name: str, table: pa.Table) -> bool:
-        """Write ``table`` as ``directory/name`` unless that file exists. True if written."""
+    def _write_file(self, directory: str, name: str, table: pa.Table) -> tuple[int, str]:
+        """Write ``table`` as ``directory/name`` unless that file exists; (bytes, sha256) of the
+        file now there."""
         final = f"{directory}/{name}"
         try:
             if self.fs.get_file_info(final).type == pafs.FileType.File:
-                return False
-            self.fs.create_dir(directory, recursive=True)
+                return self._hash_existing(final)
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression=PARQUET_COMPRESSION)
+            data = sink.getvalue()
+            sha = hashlib.sha256(data).hexdigest()
+            if not self._local:
+                # An object store publishes a whole object at once; no partial object is visible.
+                with self.fs.open_output_stream(final) as out:
+                    out.write(data)
+                return data.size, sha
+            os.makedirs(directory, exist_ok=True)
             temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}{TEMP_SUFFIX}"
             try:
-                pq.write_table(table, temp, filesystem=self.fs, compression=PARQUET_COMPRESSION)
-                return self._publish(temp, final)
+                with open(temp, "wb") as fh:
+                    fh.write(data)
+                fsync_file(temp)
+                if not self._publish(temp, final):
+                    return self._hash_existing(final)
             finally:
-                if self.fs.get_file_info(temp).type == pafs.FileType.File:
-                    self.fs.delete_file(temp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+            return data.size, sha
         except (OSError, pa.ArrowException) as exc:
             raise LakeError(f"lake write failed for {final}: {exc}") from exc
 
     def _publish(self, temp: str, final: str) -> bool:
-        """Make a fully written temporary file visible under its final name, never clobbering."""
-        if not self._local:
-            # Object stores publish a whole object at once; no partial object is visible.
-            if self.fs.get_file_info(final).type == pafs.FileType.File:
-                return False
-            self.fs.move(temp, final)
-            return True
-        fsync_file(temp)
+        """Make a fully written local temporary file visible under its final name, never
+        clobbering; False if the name exists."""
         try:
             os.link(temp, final)  # atomic and fails if the name exists: never replaces
         except FileExistsError:
@@ -350,9 +459,23 @@ class Lake:
         fsync_dir(os.path.dirname(final))
         return True
 
-    def _ids_in(self, spec: EventSpec, values: tuple) -> set[str]:
-        """The event ids of the committed files of one partition."""
-        files = self.index().files(spec.name, **dict(zip(spec.partition_by, values)))
+    def _hash_existing(self, path: str) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        size = 0
+        with self.fs.open_input_stream(path) as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+        return size, digest.hexdigest()
+
+    def _ids_in(self, spec: EventSpec, values: tuple, runs: tuple[str, ...]) -> set[str]:
+        """The event ids of the active files of one configuration (of a run-bound type: of the
+        files holding ``runs``)."""
+        index = self.index()
+        if runs:
+            files = sorted({f for r in runs for f in index.files(spec.name, run_id=r)})
+        else:
+            files = index.files(spec.name, **dict(zip(spec.partition_by, values)))
         if not files:
             return set()
         try:
@@ -361,25 +484,100 @@ class Lake:
             raise LakeError(f"cannot read existing events of {spec.name} {values}: {exc}") from exc
         return set(table.column("event_id").to_pylist())
 
+    # ------------------------------------------------------------------ compaction, vacuum
+
+    def compact(self, event_types: list[str] | None = None, *, small_bytes: int = COMPACT_SMALL_BYTES,
+                min_files: int = COMPACT_MIN_FILES, target_bytes: int = COMPACT_TARGET_BYTES,
+                writer: str = "lake compact") -> list[CompactResult]:
+        """Rewrite the small files of each partition with at least ``min_files`` of them into
+        files of about ``target_bytes``, one new version per table (``dataChange = false``;
+        every row kept as it was, duplicates included; the old files stay reachable by time
+        travel until an explicit :meth:`vacuum`)."""
+        self._writable()
+        out = []
+        for event_type in event_types or list(EVENT_TYPES):
+            spec = spec_for(event_type)
+            log = self.log(event_type)
+            groups: dict[tuple[str, str], list[delta.DataFile]] = {}
+            for entry in log.active.values():
+                if entry.partition[0] != SEED_VALUE and entry.bytes < small_bytes:
+                    groups.setdefault(entry.partition, []).append(entry)
+            groups = {k: sorted(v, key=lambda e: e.path) for k, v in groups.items() if len(v) >= max(2, min_files)}
+            before = len(log.active)
+            if not groups:
+                out.append(CompactResult(event_type, None, before, before, 0))
+                continue
+            files, removes = [], []
+            with self.transaction(writer) as tx:
+                for partition, entries in sorted(groups.items()):
+                    for chunk in _chunks(entries, target_bytes):
+                        table = self._read_files(spec, chunk)
+                        name = f"{COMPACT_PREFIX}{events.batch_id(table.column('event_id').to_pylist())}.parquet"
+                        runs = tuple(sorted({r for e in chunk for r in e.runs}))
+                        directory = f"{self.table_dir(event_type)}/{_partition_rel(partition)}"
+                        size, sha = self._write_file(directory, name, table)
+                        files.append(_File(f"{_partition_rel(partition)}/{name}", table.num_rows, size, sha, partition, runs))
+                        removes += chunk
+                tx.files.pop(event_type, None)
+                actions = [delta.add_action(f.rel, f.bytes, f.partition, f.rows, data_change=False) for f in files]
+                actions += [delta.remove_action(e) for e in removes]
+                meta = {"producer": holder_record(writer=writer), "operation": "compact",
+                        "files": {f.rel: {"sha256": f.sha256, "rows": f.rows, "runs": list(f.runs)} for f in files},
+                        "replaces": sorted(e.path for e in removes)}
+                delta.commit(self._table(event_type), actions, meta, None)
+                version = self.log(event_type).version
+            after = len(self.log(event_type).active)
+            out.append(CompactResult(event_type, version, before, after, len(groups)))
+        return out
+
+    def _read_files(self, spec: EventSpec, entries: list[delta.DataFile]) -> pa.Table:
+        """The rows of ``entries`` (one partition) as one table of the current file columns
+        (columns an older file lacks as null), in file order."""
+        target = pl.DataFrame(schema=spec.polars_schema).select(spec.file_columns).to_arrow().schema
+        parts = []
+        for entry in entries:
+            path = f"{self.table_dir(spec.name)}/{entry.path}"
+            try:
+                table = pq.read_table(path, filesystem=self.fs)
+            except (OSError, pa.ArrowException) as exc:
+                raise LakeError(f"cannot read {path} to compact it: {exc}") from exc
+            cols = [table.column(f.name).cast(f.type) if f.name in table.column_names
+                    else pa.nulls(table.num_rows, f.type) for f in target]
+            parts.append(pa.Table.from_arrays(cols, schema=target))
+        return pa.concat_tables(parts)
+
+    def vacuum(self, retention_hours: int, *, dry_run: bool = False) -> dict[str, list[str]]:
+        """Delete the files no version newer than ``retention_hours`` ago needs (files removed
+        by compaction before then): the one operation that deletes data files, run only when
+        a user asks with a retention they state. Time travel to versions older than the
+        retention is lost. Returns, per table, the files deleted (or, ``dry_run``, that would be)."""
+        from deltalake import DeltaTable
+
+        self._writable()
+        if retention_hours < 0:
+            raise LakeError(f"vacuum retention must be >= 0 hours, got {retention_hours}")
+        out = {}
+        for event_type in EVENT_TYPES:
+            if not self._logs[event_type].exists():
+                continue
+            uri = self.table_uri(event_type)
+            try:
+                dt = DeltaTable(uri, storage_options=delta.storage_options(uri))
+                out[event_type] = dt.vacuum(retention_hours=retention_hours, dry_run=dry_run,
+                                            enforce_retention_duration=False)
+            except Exception as exc:  # noqa: BLE001 - one message
+                raise LakeError(f"vacuum of table {uri} failed: {exc}") from exc
+        return out
+
     # ------------------------------------------------------------------ reading
 
-    def _list(self, directory: str, recursive: bool = True) -> list[str]:
-        """Committed Parquet files under ``directory`` (no temporary files), sorted."""
-        selector = pafs.FileSelector(directory, recursive=recursive, allow_not_found=True)
-        return sorted(
-            info.path
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-            and info.base_name.endswith(".parquet")
-            and not info.base_name.startswith(".")
-        )
-
     def files(self, event_type: str, **partition: str) -> list[str]:
-        """Committed files of ``event_type``, optionally only one model / config / run."""
+        """Active files of ``event_type``, optionally only one model / config / run."""
         spec = spec_for(event_type)
-        unknown = set(partition) - set(spec.partition_by)
+        allowed = set(spec.keys)
+        unknown = set(partition) - allowed
         if unknown:
-            raise LakeError(f"{event_type} is partitioned by {spec.partition_by}, not {sorted(unknown)}")
+            raise LakeError(f"{event_type} is keyed by {spec.keys}, not {sorted(unknown)}")
         return self.index().files(event_type, **partition)
 
     def read(self, event_type: str, columns: list[str] | None = None, **partition: str) -> pl.DataFrame:
@@ -387,7 +585,7 @@ class Lake:
 
         Columns come in schema order with schema dtypes; files of older schema versions
         that lack a column read it as null. ``model=``, ``config_id=``, ``run_id=`` read
-        only that partition.
+        only that partition (or run).
         """
         spec = spec_for(event_type)
         unknown = [c for c in columns or () if c not in spec.polars_schema]
@@ -407,9 +605,10 @@ class Lake:
                     partitioning=ds.partitioning(
                         pa.schema([(k, arrow_schema.field(k).type) for k in spec.partition_by]), flavor="hive"
                     ),
-                    partition_base_dir=self.event_dir(event_type),
+                    partition_base_dir=self.table_dir(event_type),
                 )
-                table = dataset.to_table(columns=wanted)
+                filt = ds.field("run_id") == partition["run_id"] if "run_id" in partition else None
+                table = dataset.to_table(columns=wanted, filter=filt)
             except (OSError, pa.ArrowException) as exc:
                 raise LakeError(f"cannot read {event_type} from {self.uri}: {exc}") from exc
             df = pl.from_arrow(table).cast({c: spec.polars_schema[c] for c in wanted}).select(wanted)
@@ -421,21 +620,41 @@ class Lake:
     # ------------------------------------------------------------------ checking
 
     def verify(self) -> VerifyReport:
-        """Check the lake against its commit log and re-read every committed file
+        """Check every table's log, every active file's hash and schema
         (:func:`mqepi.lake.verify.verify`)."""
         return verify(self)
 
     def stats(self) -> pl.DataFrame:
-        """Events (distinct ids), files and bytes per event type and origin."""
+        """Events (distinct ids), active files, bytes and table version per event type and origin."""
         rows = []
+        versions = self.versions()
         for name in EVENT_TYPES:
-            files = [f for f in self.files(name) if f"={SEED_VALUE}/" not in f]
-            size = sum(i.size for i in self.fs.get_file_info(files)) if files else 0
+            entries = [e for e in self._logs[name].active.values() if e.partition[0] != SEED_VALUE]
+            size = sum(e.bytes for e in entries)
+            base = {"event_type": name, "files": len(entries), "bytes": size, "version": versions[name]}
             df = self.read(name, columns=["origin"])
             if df.height == 0:
-                rows.append({"event_type": name, "origin": None, "events": 0, "files": len(files), "bytes": size})
+                rows.append({**base, "origin": None, "events": 0})
                 continue
             for origin, count in df.group_by("origin").len().sort("origin").iter_rows():
-                rows.append({"event_type": name, "origin": origin, "events": count, "files": len(files), "bytes": size})
-        return pl.DataFrame(rows, schema={"event_type": pl.Utf8, "origin": pl.Utf8, "events": pl.Int64, "files": pl.Int64,
-                                          "bytes": pl.Int64})
+                rows.append({**base, "origin": origin, "events": count})
+        schema = {"event_type": pl.Utf8, "origin": pl.Utf8, "events": pl.Int64, "files": pl.Int64, "bytes": pl.Int64,
+                  "version": pl.Int64}
+        return pl.DataFrame(rows, schema=schema).select(list(schema))
+
+
+def _partition_rel(values: tuple) -> str:
+    return "/".join(f"{k}={v}" for k, v in zip(("model", "config_id"), values))
+
+
+def _chunks(entries: list[delta.DataFile], target_bytes: int) -> list[list[delta.DataFile]]:
+    """Consecutive groups of about ``target_bytes`` (at least two files each, or none)."""
+    out: list[list[delta.DataFile]] = [[]]
+    total = 0
+    for entry in entries:
+        if out[-1] and total + entry.bytes > target_bytes:
+            out.append([])
+            total = 0
+        out[-1].append(entry)
+        total += entry.bytes
+    return [c for c in out if len(c) >= 2]

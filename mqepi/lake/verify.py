@@ -1,20 +1,24 @@
-"""``lake verify``: the lake checked against its commit log, every committed file re-read.
+"""``lake verify``: every table's Delta log checked, every active file re-hashed and re-read.
 
-Reports committed files that are gone or changed (``missing``, ``changed``: data lost), files
-no commit names (``uncommitted``: an interrupted write or ingest, never read as data;
-``stray-temp``: a temporary file), unreadable log records (``log``), schema violations, hash
-and name mismatches, duplicate ids, run ids under two models or configurations
-(``collision``) and anything else that does not belong. Reads only.
+Reports active files that are gone or changed (``missing``, ``changed``: data lost; a file
+whose sha256 differs from the one its commit recorded), files no version names (``uncommitted``:
+an interrupted write or ingest, never read as data; ``stray-temp``: a temporary file),
+unreadable log entries (``log``), a transaction whose tables are not all committed
+(``incomplete``: re-run the write, which is idempotent), schema violations, hash and name
+mismatches, duplicate ids, run ids under two models or configurations (``collision``) and
+anything else that does not belong. Files a compaction replaced are history (reachable by
+time travel), not problems. Reads only.
 
 Schema versions are per event type (``EventSpec.version``). A later version only adds
 nullable columns (``EventSpec.added``), so every older event stays valid: a file of an older
 version lacks the columns added since, which read as null, and its event ids are the hash of
-the columns it stores. Each type's seed folder holds one empty ``schema-v<N>.parquet`` per
+the columns it stores. Each table's seed partition holds one empty ``schema-v<N>.parquet`` per
 version the lake has met, each with that version's columns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,18 +31,20 @@ import pyarrow.parquet as pq
 
 from mqepi.errors import EventValidationError
 from mqepi.lake import durable, events
-from mqepi.lake.index import SEED_VALUE, FileIndex, parse
-from mqepi.lake.log import LOG_DIR
-from mqepi.schemas import EVENT_TYPES, EventSpec
+from mqepi.lake.delta import LOG_DIR, DataFile
+from mqepi.lake.index import SEED_VALUE, FileIndex
+from mqepi.schemas import EVENT_TYPES, RUN_BOUND, EventSpec
 
 DATA_PREFIX = "ev-"
+#: Prefix of the files ``lake compact`` writes.
+COMPACT_PREFIX = "cp-"
 TEMP_PREFIX = durable.TEMP_PREFIX
 #: Files a lake root may hold besides event folders.
 ROOT_EXTRAS = ("README.md",)
 #: Folder of a local lake's lock files (``Lake.lock_path``).
 LOCKS_DIR = "_locks"
-#: Folders of the root that hold no events (the commit log, the locks).
-SYSTEM_DIRS = (LOG_DIR, LOCKS_DIR)
+#: Folders of the root that hold no events (the locks).
+SYSTEM_DIRS = (LOCKS_DIR,)
 #: Name of a seed file: ``schema-v<version>.parquet``.
 SEED_NAME = re.compile(r"schema-v([1-9][0-9]{0,5})\.parquet")
 
@@ -104,54 +110,79 @@ class VerifyReport:
 
 
 def verify(lake) -> VerifyReport:
-    """Check the lake against its commit log and re-read every committed file.
-
-    Reports committed files that are gone or changed (``missing``, ``changed``: data lost),
-    files no commit names (``uncommitted``: an interrupted write or ingest, never read as
-    data; ``stray-temp``: a temporary file), unreadable log records, schema violations,
-    hash and name mismatches, duplicate ids, run ids under two models or configurations
-    (``collision``) and anything else that does not belong."""
+    """Check every table's log and every active file (see the module's docstring)."""
     report = VerifyReport()
     if not lake.exists():
         report.problems.append(Problem("layout", lake.uri, "no lake folder here"))
         return report
     index = lake.index()
-    state = lake.log.state
-    if not state.exists and index.count:
-        report.problems.append(Problem("log", lake.uri, "no commit log: a lake written before the log; nothing "
-                                       "records what was committed (`mqepi lake init` adopts the files present)"))
-    committed = state.files if state.exists else {lake._rel(p): None for t in index.by_type.values() for p in t}
-    for problem in state.problems:
-        report.problems.append(Problem("log", problem.where, problem.detail))
     seen: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    on_disk: set[str] = set()
-    selector = pafs.FileSelector(lake.root, recursive=True)
-    for info in sorted(lake.fs.get_file_info(selector), key=lambda i: i.path):
-        relative = PurePosixPath(info.path).relative_to(lake.root)
-        if info.type != pafs.FileType.File or relative.parts[0] in SYSTEM_DIRS:
+    transactions: dict[str, dict[str, list[str]]] = {}  # id -> table -> its files
+    committed: dict[str, set[str]] = defaultdict(set)  # id -> tables with a commit of it
+    for name in EVENT_TYPES:
+        log = lake.log(name)
+        table = lake.table_dir(name)
+        if not log.exists():
+            report.problems.append(Problem("layout", table, f"no Delta table for {name} (run `mqepi lake init`)"))
             continue
-        if len(relative.parts) == 1 and info.base_name in ROOT_EXTRAS:
-            continue
-        on_disk.add(str(relative))
-        if str(relative) in committed:
-            _verify_file(lake, info, relative, committed[str(relative)], report, seen)
-        else:
-            report.problems.append(_stray(info, relative))
-    for rel in committed:
-        if rel not in on_disk:
-            report.problems.append(Problem("missing", f"{lake.root}/{rel}", "a committed file is gone "
-                                           "(deleted, renamed or hidden): its events are lost"))
+        for where, detail in log.problems:
+            report.problems.append(Problem("log", where, detail))
+        for commit in log.commits:
+            txid = commit.meta.get("transaction")
+            plan = commit.meta.get("tables")
+            if isinstance(txid, str) and isinstance(plan, dict):
+                transactions.setdefault(txid, {}).update(
+                    {t: rels for t, rels in plan.items() if t in EVENT_TYPES and isinstance(rels, list)})
+                committed[txid].add(name)
+        on_disk: dict[str, pafs.FileInfo] = {}
+        selector = pafs.FileSelector(table, recursive=True, allow_not_found=True)
+        for info in lake.fs.get_file_info(selector):
+            rel = str(PurePosixPath(info.path).relative_to(table))
+            if info.type == pafs.FileType.File and not rel.startswith(f"{LOG_DIR}/"):
+                on_disk[rel] = info
+        for rel, entry in sorted(log.active.items()):
+            info = on_disk.get(rel)
+            if info is None:
+                report.problems.append(Problem("missing", f"{table}/{rel}", f"a file active in version {log.version} "
+                                               "is gone (deleted, renamed or hidden): its events are lost"))
+                continue
+            _verify_file(lake, name, info, entry, report, seen)
+        for rel, info in sorted(on_disk.items()):
+            if rel not in log.active and rel not in log.removed:
+                report.problems.append(_stray(info, rel))
+    for txid, plan in sorted(transactions.items()):
+        # a table is done when it has a commit of the transaction or holds every file it planned
+        # there (a retry committed them); files a compaction replaced count as held
+        done = committed[txid]
+        lacking = sorted(t for t, rels in plan.items() if t not in done and not all(
+            r in lake.log(t).active or r in lake.log(t).removed for r in rels))
+        if lacking:
+            report.problems.append(Problem("incomplete", lake.uri, f"transaction {txid[:16]} committed "
+                                           f"{', '.join(sorted(done))} but not {', '.join(lacking)} "
+                                           "(interrupted between table commits; re-run the write to complete it)"))
+    report.problems.extend(_root_extras(lake))
     _verify_ids(lake, seen, index, report)
     return report
 
-def _stray(info: pafs.FileInfo, relative: PurePosixPath) -> Problem:
-    """What a file no commit names is."""
+
+def _root_extras(lake) -> list[Problem]:
+    out = []
+    for info in lake.fs.get_file_info(pafs.FileSelector(lake.root, allow_not_found=True)):
+        if info.base_name in EVENT_TYPES or info.base_name in SYSTEM_DIRS or info.base_name in ROOT_EXTRAS:
+            continue
+        out.append(Problem("unexpected", info.path, "not an event table of a known event type"))
+    return out
+
+
+def _stray(info: pafs.FileInfo, rel: str) -> Problem:
+    """What a file no version names is."""
     if info.base_name.startswith(TEMP_PREFIX):
         return Problem("stray-temp", info.path, "temporary file left by an interrupted write; never read as data")
-    if parse(str(relative)) is not None and not info.base_name.startswith("."):
-        return Problem("uncommitted", info.path, "a data file no commit names: written by an append or ingest that "
-                       "was interrupted before it committed; never read as data")
-    return Problem("unexpected", info.path, "not a committed event file of a known event type")
+    if info.base_name.endswith(".parquet") and not info.base_name.startswith("."):
+        return Problem("uncommitted", info.path, "a data file no version of its table names: written by an append "
+                       "or ingest that was interrupted before it committed; never read as data")
+    return Problem("unexpected", info.path, "not a data file of the table")
+
 
 def _verify_ids(lake, seen: dict, index: FileIndex, report: VerifyReport) -> None:
     for event_id, where in seen.items():
@@ -167,17 +198,30 @@ def _verify_ids(lake, seen: dict, index: FileIndex, report: VerifyReport) -> Non
         report.problems.append(Problem("collision", lake.root, f"run_id {run_id!r} is a run of several "
                                        f"(model, config) pairs: {pairs}; their events would be pooled"))
 
-def _verify_file(lake, info: pafs.FileInfo, relative: PurePosixPath, record, report: VerifyReport, seen) -> None:
-    spec = EVENT_TYPES[relative.parts[0]]
+
+def _verify_file(lake, event_type: str, info: pafs.FileInfo, entry: DataFile, report: VerifyReport, seen) -> None:
+    spec = EVENT_TYPES[event_type]
     path = info.path
-    keys = [part.partition("=") for part in relative.parts[1:-1]]
-    if [k for k, _, _ in keys] != list(spec.partition_by) or any(not sep for _, sep, _ in keys):
-        report.problems.append(Problem("layout", path, f"expected partitions {'/'.join(k + '=' for k in spec.partition_by)}"))
+    relative = PurePosixPath(entry.path)
+    keys = [part.partition("=") for part in relative.parts[:-1]]
+    if [k for k, _, _ in keys] != list(spec.partition_by) or [v for _, _, v in keys] != list(entry.partition):
+        report.problems.append(Problem("layout", path, f"expected partitions {'/'.join(k + '=' for k in spec.partition_by)} "
+                                       f"matching its partition values {entry.partition}"))
         return
-    values = [v for _, _, v in keys]
     report.files_checked += 1
-    if record is not None and info.size != record.bytes:
-        report.problems.append(Problem("changed", path, f"{info.size} bytes, committed as {record.bytes} bytes"))
+    if info.size != entry.bytes:
+        report.problems.append(Problem("changed", path, f"{info.size} bytes, committed as {entry.bytes} bytes"))
+    if entry.sha256 is None:
+        report.problems.append(Problem("log", path, f"the commit of version {entry.version} recorded no sha256 for it "
+                                       "(not written by mqepi)"))
+    else:
+        digest = hashlib.sha256()
+        with lake.fs.open_input_stream(path) as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() != entry.sha256:
+            report.problems.append(Problem("changed", path, f"sha256 {digest.hexdigest()[:16]}..., committed as "
+                                           f"{entry.sha256[:16]}... (version {entry.version}): the file was altered"))
     try:
         table = pq.read_table(path, filesystem=lake.fs)
     except (OSError, pa.ArrowException) as exc:
@@ -185,16 +229,16 @@ def _verify_file(lake, info: pafs.FileInfo, relative: PurePosixPath, record, rep
         return
     df = pl.from_arrow(table)
     report.rows_checked += df.height
-    if record is not None and df.height != record.rows:
-        report.problems.append(Problem("changed", path, f"{df.height} rows, committed with {record.rows}"))
-    if values == [SEED_VALUE] * len(values):
+    if entry.rows >= 0 and df.height != entry.rows:
+        report.problems.append(Problem("changed", path, f"{df.height} rows, committed with {entry.rows}"))
+    if entry.partition == (SEED_VALUE, SEED_VALUE):
         _verify_seed(spec, path, relative.name, df, report)
         return
     unknown = [c for c in df.columns if c not in spec.file_columns]
     if unknown:
         report.problems.append(Problem("schema", path, f"{spec.name}: unknown columns {unknown}"))
         return
-    df = df.with_columns(pl.lit(v, dtype=pl.Utf8).alias(k) for k, v in zip(spec.partition_by, values))
+    df = df.with_columns(pl.lit(v, dtype=pl.Utf8).alias(k) for k, v in zip(spec.partition_by, entry.partition))
     df = df.select([c for c in spec.polars_schema if c in df.columns])
     if "schema_version" in df.columns and df.schema["schema_version"].is_integer():
         for _, bad, detail in version_checks(spec, df.columns):
@@ -210,9 +254,15 @@ def _verify_file(lake, info: pafs.FileInfo, relative: PurePosixPath, record, rep
         hash_failed = any(f.get("column") == "event_id" and "sha256" in str(f.get("check")) for f in exc.failures)
         report.problems.append(Problem("hash" if hash_failed else "schema", path, str(exc)))
         return
-    expected = f"{DATA_PREFIX}{events.batch_id(df['event_id'])}.parquet"
+    prefix = COMPACT_PREFIX if relative.name.startswith(COMPACT_PREFIX) else DATA_PREFIX
+    expected = f"{prefix}{events.batch_id(df['event_id'])}.parquet"
     if relative.name != expected:
         report.problems.append(Problem("name", path, f"file name does not match its content (expected {expected})"))
+    if spec.name in RUN_BOUND and "run_id" in df.columns:
+        runs = tuple(sorted(set(df["run_id"].to_list())))
+        if runs != tuple(sorted(entry.runs)):
+            report.problems.append(Problem("log", path, f"holds runs {list(runs)[:5]}, its commit recorded "
+                                           f"{list(entry.runs)[:5]}: the run index would miss events"))
     for event_id in df["event_id"]:
         seen[event_id].append((spec.name, path))
 

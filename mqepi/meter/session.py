@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from mqepi import __version__
 from mqepi.meter.epimeter import MeterReader
 from mqepi.meter.simulated import Faults, PowerModel, SimulatedMeter
+from mqepi.meter.spool import SpoolSink
 from mqepi.meter.stream import LakeSink, MeterError, RunKey
 from mqepi.meter.windows import EnergyMonitor, Measurement, analyze_run
 
@@ -30,9 +32,12 @@ def spin_processes(n: int) -> list[subprocess.Popen]:
 
 def simulated_run(lake, run: RunKey, *, idle_s: float = 3.0, busy_s: float = 3.0, busy_processes: int = 1,
                   rate_hz: float = 50.0, faults: Faults = NO_FAULTS, seed: int | None = None,
+                  spool_dir: Path | None = None,
                   progress: Callable[[str], None] = lambda line: None) -> list[Measurement]:
     """Record a short simulated run into ``lake``; returns its windows (as analysed from the
-    lake after the run, like the ``window_energy_total`` view)."""
+    lake after the run, like the ``window_energy_total`` view). With ``spool_dir`` the
+    samples go through a local spool (:class:`~mqepi.meter.spool.SpoolSink`), else straight
+    to the lake."""
     lake.init()
     provenance = {"mqepi": __version__, "simulator": {"rate_hz": rate_hz, "faults": faults.__dict__,
                                                       "model": PowerModel().__dict__, "seed": seed}}
@@ -42,9 +47,10 @@ def simulated_run(lake, run: RunKey, *, idle_s: float = 3.0, busy_s: float = 3.0
     lake.record("run", {**run_row, "status": ["started"]})
     sim = SimulatedMeter(4, rate_hz=rate_hz, faults=faults, seed=seed).start()
     burners: list[subprocess.Popen] = []
-    reader = None
+    reader = sink = None
     try:
-        reader = MeterReader(sim.port, LakeSink(lake, run), nodes=sim.channels).start()
+        sink = LakeSink(lake, run) if spool_dir is None else SpoolSink(lake, run, spool_dir)
+        reader = MeterReader(sim.port, sink, nodes=sim.channels).start()
         if not reader.wait_past(time.time_ns(), timeout_s=5.0):
             raise MeterError(f"no line from the simulated meter on {sim.port} within 5 s")
         progress(f"simulated meter on {sim.port}, {rate_hz:g} lines/s, channels {sim.channels}")
@@ -66,7 +72,9 @@ def simulated_run(lake, run: RunKey, *, idle_s: float = 3.0, busy_s: float = 3.0
             p.kill()
             p.wait()
         if reader is not None:
-            reader.stop()
+            reader.stop()  # closes the sink (a spool commits what it holds)
+        elif sink is not None:
+            sink.close(commit=False)
         sim.stop()
     progress(f"reader: {reader.summary()}")
     lake.record("run", {**run_row, "status": ["finished"]})

@@ -1,7 +1,8 @@
 """What every meter module shares: the run a stream belongs to, the exceptions, arrival
 stamps, each power source's resolution and accuracy, the serial port, the stream plumbing of
-every power source (:class:`SampleStream`, :class:`PolledStream`) and the sink that appends
-power samples to the lake."""
+every power source (:class:`SampleStream`, :class:`PolledStream`) and the simple sink that
+appends power samples to the lake (:class:`LakeSink`; the spooling one is
+:class:`mqepi.meter.spool.SpoolSink`)."""
 
 from __future__ import annotations
 
@@ -70,11 +71,15 @@ class RunKey:
 
 
 class LakeSink:
-    """Appends batches of one sample event type to a lake through ``Lake.record``.
+    """Appends batches of one sample event type to a lake through ``Lake.record``: one lake
+    commit per write (the simple path; :class:`mqepi.meter.spool.SpoolSink` spools writes
+    locally and commits every few seconds).
 
-    A failed write raises (:class:`mqepi.errors.LakeError` or
-    :class:`mqepi.errors.EventValidationError`) and so fails whoever flushes: nothing is
-    swallowed.
+    A sink is what a stream hands its frames to: ``write(frame)``, and optionally
+    ``commit()`` (make everything written so far visible in the lake; a window end calls it)
+    and ``close(commit=...)`` (the stream's end). A failed write raises
+    (:class:`mqepi.errors.LakeError` or :class:`mqepi.errors.EventValidationError`) and so
+    fails whoever flushes: nothing is swallowed.
     """
 
     def __init__(self, lake, run: RunKey, event_type: str = "power_sample"):
@@ -83,12 +88,20 @@ class LakeSink:
         self.batches_written = 0
 
     def write(self, frame: pl.DataFrame) -> None:
+        """Append ``frame`` (plus the run's partition columns) to the lake, one commit."""
         if frame.height == 0:
             return
         rows = frame.with_columns(**self.run.columns(frame.height))
         result = self.lake.record(self.event_type, rows)
         self.rows_written += result.rows_written
         self.batches_written += 1
+
+    def commit(self) -> int:
+        """Nothing to do: every write is already a lake commit. Returns 0."""
+        return 0
+
+    def close(self, *, commit: bool = True) -> None:
+        """Nothing to release."""
 
 
 # --------------------------------------------------------------------------- stream plumbing
@@ -308,7 +321,17 @@ class SampleStream:
                 self._step()
                 self._flush_if_due()
             self.flush(wait=True)
-        finally:
+        except BaseException as exc:
+            self._shut_down(exc)
+            raise
+        self._shut_down(None)
+        return self
+
+    def _shut_down(self, error: BaseException | None) -> None:
+        """Close the port, the writer thread and the incident log, then the sink, which
+        commits what it holds. After ``error``, a failed commit is added to that error as a
+        note rather than replacing it (a spooling sink keeps the samples for replay)."""
+        try:
             self._close()
             if self._writer is not None and self._writer.is_alive():
                 self._writes.put(None)
@@ -316,7 +339,23 @@ class SampleStream:
             if self._incident_log is not None:
                 self._incident_log.close()
                 self._incident_log = None
-        return self
+        finally:
+            close = getattr(self.sink, "close", None)
+            if close is not None and error is None:
+                close(commit=True)
+            elif close is not None:
+                try:
+                    close(commit=True)
+                except Exception as exc:  # noqa: BLE001 - noted on the error being raised
+                    error.add_note(f"closing the sink failed too: {type(exc).__name__}: {exc}")
+
+    def commit(self) -> int:
+        """Flush and wait, then have the sink commit what it holds, so that every sample
+        that has arrived is in the lake when this returns (a window end calls it). Returns
+        the rows the sink committed (0 for a sink whose every write is a lake commit)."""
+        self.flush(wait=True)
+        commit = getattr(self.sink, "commit", None)
+        return commit() if commit is not None else 0
 
     def start(self) -> SampleStream:
         """Run in a background thread."""

@@ -389,7 +389,8 @@ class EnergyMonitor:
 
     ``begin_window(name)`` stamps the start; ``end_window(name)`` stamps the end, records the
     ``phase`` event, waits until the reader has a sample past the end (so the window can
-    be interpolated to its edge), flushes the reader and returns the :class:`Measurement`.
+    be interpolated to its edge), commits the reader's samples to the lake
+    (:meth:`~mqepi.meter.stream.SampleStream.commit`) and returns the :class:`Measurement`.
     Windows nest and overlap by name. Thermal sampling of measured nodes pauses while any
     window is open unless the thermal sampler was made with ``poll_during_windows=True``;
     it reads once just before a window starts and once just after it ends.
@@ -422,7 +423,7 @@ class EnergyMonitor:
         record_window(self.lake, self.run, name, start, end, tokens=tokens, node=node)
         if self.reader is not None:
             self.reader.wait_past(end, timeout_s=self.settle_timeout_s)
-            self.reader.flush()
+            self.reader.commit()  # the window's samples are in the lake (a spooling sink commits now)
         phases = self.lake.read("phase", run_id=self.run.run_id)
         mine = phases.filter((pl.col("phase") == name) & (pl.col("start_ns") == start) & (pl.col("end_ns") == end))
         idle = phases.filter(pl.col("phase") == IDLE_PHASE)

@@ -1,18 +1,22 @@
-"""The lake as the derived snapshots see it: its files, grouped by run and configuration, and
-the fingerprints that tell which cached results are still current.
+"""The lake as the derived snapshots see it: its active files, grouped by run and
+configuration, the table versions, and the fingerprints that tell which cached results are
+still current.
 
-**Lake state**: sha256 over the sorted relative paths of every Parquet file of the lake, each
-followed by a newline. File names are content hashes, so the paths name the content.
+Everything comes from the tables' Delta logs (:meth:`mqepi.lake.store.Lake.index`), read
+incrementally: the lake is never listed. A file's configuration is its partition; its runs
+are what the commit that added it recorded.
 
-**Run fingerprint**: sha256 over the relative paths of a run's files (every ``run_id=R``
-folder, whatever its model and configuration: the energy views join on ``run_id`` alone) and
-of the configuration-bound files of its models and configurations, which ``run_metrics``
-reads. **Family fingerprint** (model, origin, power_source): the settings, its runs'
-fingerprints and its model's configuration-bound files.
+**Lake state**: sha256 over the sorted relative paths (``<type>/model=M/config_id=C/<file>``)
+of every active file of the lake, each followed by a newline. File names are content hashes,
+so the paths name the content; ``versions`` (event type -> table version) say which versions
+of the tables that state is (what ``mqepi sql --as-of`` reopens).
 
-Only what the base views' globs match is listed: ``<type>/model=M/config_id=C/<file>`` for a
-configuration-bound type, ``<type>/model=M/config_id=C/run_id=R/<file>`` for a run-bound one
-(:data:`mqepi.schemas.RUN_BOUND`, :data:`mqepi.schemas.CONFIG_BOUND`). The lake is only read.
+**Run fingerprint**: sha256 over the relative paths of the files holding a run's events
+(whatever their model and configuration: the energy views join on ``run_id`` alone) and of
+the configuration-bound files of its models and configurations, which ``run_metrics`` reads.
+A compaction rewrites files, so it changes the fingerprints of the runs it touched (they are
+recomputed once). **Family fingerprint** (model, origin, power_source): the settings, its
+runs' fingerprints and its model's configuration-bound files. The lake is only read.
 """
 
 from __future__ import annotations
@@ -28,9 +32,8 @@ import pyarrow.fs as pafs
 
 from mqepi.analysis.contract import FAMILY_KEY
 from mqepi.errors import LakeError
-from mqepi.lake.index import parse
 from mqepi.lake.store import SEED_VALUE, Lake
-from mqepi.schemas import EVENT_TYPES, RUN_BOUND
+from mqepi.schemas import RUN_BOUND
 
 
 @dataclass
@@ -44,6 +47,7 @@ class LakeListing:
     run_files: dict[str, dict[str, list[str]]]  # run_id -> event type -> files
     run_configs: dict[str, set[tuple[str, str]]]  # run_id -> {(model, config_id)}
     config_files: dict[tuple[str, str], dict[str, list[str]]]  # (model, config_id) -> type -> files
+    versions: dict[str, int]  # event type -> table version
 
     def absolute(self, relative: Iterable[str]) -> list[str]:
         return [f"{self.uri}/{r}" for r in relative]
@@ -58,36 +62,36 @@ def digest(*parts: object) -> str:
     return hashlib.sha256("\n".join(str(p) for p in parts).encode()).hexdigest()
 
 
-def _list_files(lake: Lake) -> list[str]:
-    """Relative paths of every committed Parquet file (the commit log's, as ``Lake.files`` lists them)."""
-    prefix = lake.root.rstrip("/") + "/"
-    return [path[len(prefix):] for name in EVENT_TYPES for path in lake.files(name)]
-
-
 def list_lake(lake: Lake) -> LakeListing:
-    """List the lake (never writing it) and compute its state hash."""
+    """The lake's active files from its tables' logs (never writing it) and its state hash."""
     if not lake.exists():
         raise LakeError(f"no lake at {lake.uri}: run `mqepi lake init` or pass --lake / set MQEPI_LAKE")
-    relative = sorted(_list_files(lake))
-    state = hashlib.sha256("".join(f"{rel}\n" for rel in relative).encode()).hexdigest()
+    index = lake.index()
+    versions = lake.versions()
     seeds: dict[str, list[str]] = defaultdict(list)
     run_files: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     run_configs: dict[str, set[tuple[str, str]]] = defaultdict(set)
     config_files: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for rel in relative:
-        found = parse(rel)
-        if found is None:
-            continue
-        event_type, values = found
-        if all(v == SEED_VALUE for v in values):
+    relative = []
+    prefix = len(lake.root) + 1
+    for path, entry in index.entries.items():
+        rel = path[prefix:]
+        event_type = rel.split("/", 1)[0]
+        relative.append(rel)
+        if entry.partition[0] == SEED_VALUE:
             seeds[event_type].append(rel)
         elif event_type in RUN_BOUND:
-            model, config, run = values
-            run_files[run][event_type].append(rel)
-            run_configs[run].add((model, config))
+            for run in entry.runs:
+                run_files[run][event_type].append(rel)
+                run_configs[run].add(entry.partition)
         else:
-            config_files[values][event_type].append(rel)
-    return LakeListing(lake.uri.rstrip("/"), relative, state, dict(seeds), run_files, run_configs, config_files)
+            config_files[entry.partition][event_type].append(rel)
+    relative.sort()
+    for groups in (seeds, *run_files.values(), *config_files.values()):
+        for files in groups.values():
+            files.sort()
+    state = hashlib.sha256("".join(f"{rel}\n" for rel in relative).encode()).hexdigest()
+    return LakeListing(lake.uri.rstrip("/"), relative, state, dict(seeds), run_files, run_configs, config_files, versions)
 
 
 def run_fingerprints(listing: LakeListing) -> dict[str, str]:

@@ -203,7 +203,7 @@ def _meta(lake: Lake, listing: LakeListing, keys: _Keys, runs: dict[str, int], f
     """The content of snapshot.json."""
     return {
         "lake": lake.uri, "lake_state_sha256": listing.state, "lake_files": len(listing.relative),
-        "runs": runs, "families": families, "computed_at": datetime.now(UTC).isoformat(), "mqepi": __version__,
+        "table_versions": listing.versions, "runs": runs, "families": families, "computed_at": datetime.now(UTC).isoformat(), "mqepi": __version__,
         "settings": keys.settings.__dict__, "settings_sha256": keys.settings_key, "run_key": keys.run_key,
         "sql_sha256": keys.sql_sha, "seconds": round(time.perf_counter() - t0, 3), "tables": list(SNAPSHOT_TABLES),
     }

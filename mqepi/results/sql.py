@@ -39,7 +39,8 @@ def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDB
     """
     if not lake.exists():
         raise LakeError(f"no lake at {lake.uri}: run `mqepi lake init` or pass --lake / set MQEPI_LAKE")
-    lake.init()
+    if lake.pinned is None:
+        lake.init()
     con = duckdb.connect()
     con.execute("SET VARIABLE mqepi_lake = ?", [lake.uri])
     set_file_lists(con, committed_files(lake))

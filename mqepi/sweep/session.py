@@ -2,6 +2,11 @@
 port) and thermal sampler, and its measured stages in order: stabilisation, the idle
 baseline window, one window per benchmark, perplexity/KLD, throughput.
 
+The meter's samples go through a local spool (:class:`mqepi.meter.spool.SpoolSink`, under
+``$MQEPI_CACHE/spool``): acknowledged on disk every second, committed to the lake every 10 s
+and at the end of every measured stage, so a stage's windows have their samples in the lake
+when it returns. ``begin`` first commits what a killed earlier session left spooled.
+
 A run id takes events from one session only: ``begin`` refuses a run id that already has
 ``run`` events, ``finish`` refuses a run that ended meanwhile (or that another process began
 too), and ``fail`` writes nothing to a run this session did not begin or that has ended. Each
@@ -19,7 +24,8 @@ import time
 from mqepi import PRODUCER
 from mqepi.meter.epimeter import MeterReader
 from mqepi.meter.simulated import SimulatedMeter
-from mqepi.meter.stream import LakeSink, RunKey
+from mqepi.meter.spool import SpoolSink, replay, spool_dir_for
+from mqepi.meter.stream import RunKey
 from mqepi.meter.windows import EnergyMonitor, Measurement
 from mqepi.quality import perplexity, scoring, throughput
 from mqepi.quant.quantize import Quantized
@@ -91,7 +97,9 @@ class RunSession:
             port = spec.meter.split(":", 1)[1]
         else:
             return
-        self.reader = MeterReader(port, LakeSink(rig.lake, self.key), nodes=channels,
+        spool = spool_dir_for(rig.lake)
+        replay(rig.lake, spool)  # what a killed earlier session spooled and never committed
+        self.reader = MeterReader(port, SpoolSink(rig.lake, self.key, spool), nodes=channels,
                                   power_source="epi-meter").start()
         if not self.reader.wait_past(time.time_ns(), timeout_s=10.0):
             raise SweepError(f"no line from the meter on {port} within 10 s")
@@ -109,6 +117,12 @@ class RunSession:
         self.sampler = self.reader = self.sim = None
         if errors:
             raise errors[0]
+
+    def _commit_meter(self) -> None:
+        """A stage's windows have ended: commit the meter's samples up to now to the lake."""
+        if self.reader is not None:
+            self.reader.wait_past(time.time_ns(), timeout_s=10.0)
+            self.reader.commit()
 
     def finish(self) -> None:
         """Let the meter pass the last window, stop it, record ``run finished``."""
@@ -152,20 +166,26 @@ class RunSession:
     def benchmark(self, benchmark: str) -> scoring.BenchmarkResult:
         rig = self.rig
         qset = next(q for q in rig.qsets if q.benchmark == benchmark)
-        return scoring.run_scoring(qset, self.model_path, rig.engine, threads=rig.spec.threads, rpc=rig.endpoints,
-                                   lake=rig.lake, key=self.key, executor=rig.head_exec)
+        result = scoring.run_scoring(qset, self.model_path, rig.engine, threads=rig.spec.threads, rpc=rig.endpoints,
+                                     lake=rig.lake, key=self.key, executor=rig.head_exec)
+        self._commit_meter()
+        return result
 
     def perplexity(self) -> tuple[perplexity.PerplexityResult, dict | None]:
         rig, spec = self.rig, self.rig.spec
-        return perplexity.run_perplexity(f"{rig.bin_dir}/llama-perplexity", self.model_path, rig.text_path,
-                                   context=spec.ppl_context, chunks=spec.ppl_chunks, text_sha256=rig.text.sha256,
-                                   base_logits_path=rig.logits_path, base_sha256=rig.base.sha256,
-                                   threads=spec.threads, extra_args=rpc_args(rig.endpoints), lake=rig.lake,
-                                   key=self.key, executor=rig.head_exec)
+        result = perplexity.run_perplexity(f"{rig.bin_dir}/llama-perplexity", self.model_path, rig.text_path,
+                                           context=spec.ppl_context, chunks=spec.ppl_chunks, text_sha256=rig.text.sha256,
+                                           base_logits_path=rig.logits_path, base_sha256=rig.base.sha256,
+                                           threads=spec.threads, extra_args=rpc_args(rig.endpoints), lake=rig.lake,
+                                           key=self.key, executor=rig.head_exec)
+        self._commit_meter()
+        return result
 
     def throughput(self) -> list[dict]:
         rig, spec = self.rig, self.rig.spec
-        return throughput.run_throughput(f"{rig.bin_dir}/llama-bench", self.model_path, n_prompt=spec.n_prompt,
-                                   n_gen=spec.n_gen, repetitions=spec.bench_repetitions, threads=spec.threads,
-                                   rpc_nodes=len(rig.endpoints), extra_args=rpc_args(rig.endpoints), lake=rig.lake,
-                                   key=self.key, executor=rig.head_exec)
+        result = throughput.run_throughput(f"{rig.bin_dir}/llama-bench", self.model_path, n_prompt=spec.n_prompt,
+                                           n_gen=spec.n_gen, repetitions=spec.bench_repetitions, threads=spec.threads,
+                                           rpc_nodes=len(rig.endpoints), extra_args=rpc_args(rig.endpoints),
+                                           lake=rig.lake, key=self.key, executor=rig.head_exec)
+        self._commit_meter()
+        return result

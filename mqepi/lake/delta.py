@@ -1,0 +1,290 @@
+"""One Delta table per event type: its transaction log read incrementally, commits of files
+mqepi wrote itself, and the storage options of an object store.
+
+mqepi writes each data file itself (a content-addressed name, its sha256 taken from the bytes
+written) and commits the files with delta-rs (``DeltaTable.create_write_transaction``), so
+that each commit carries, in its ``commitInfo``, the producer and the sha256, row count and
+run ids of every file it adds (``commitInfo.mqepi``): ``lake verify`` re-hashes every active
+file against it, and the run index (:mod:`mqepi.lake.index`) and incremental recomputation
+read it from the log instead of listing folders. Each commit also carries an application
+transaction (``txn``, Delta's own idempotence marker) keyed by the content hash of what it
+adds, so a retried append whose commit already landed is a no-op.
+
+Tables are created append-only (``delta.appendOnly``: no commit may remove data; compaction
+removes files with ``dataChange = false``, which the protocol allows) and keep their whole
+log (``delta.enableExpiredLogCleanup = false``), so every version stays reachable by time
+travel and the log reader here can replay from version 0.
+
+The log is the open format of the Delta protocol (one JSON object per line per action in
+``_delta_log/<version:020>.json``); :class:`TableLog` reads it through a ``pyarrow.fs``
+filesystem, a bounded read per version, and never decodes anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from mqepi.errors import LakeError
+
+LOG_DIR = "_delta_log"
+#: Partition columns of every table: a query by model or configuration prunes to its folder;
+#: runs are a column (one folder per configuration, never one per run).
+PARTITION_BY = ("model", "config_id")
+#: Table properties set at creation.
+TABLE_CONFIG = {"delta.appendOnly": "true", "delta.enableExpiredLogCleanup": "false"}
+#: Key of mqepi's record in a commit's ``commitInfo``.
+META_KEY = "mqepi"
+#: Largest log entry read (a commit names at most a few thousand files).
+MAX_LOG_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file of a table: path relative to the table folder, what the commit said of it."""
+
+    path: str
+    rows: int
+    bytes: int
+    version: int  # the table version that added it
+    partition: tuple[str, str]  # (model, config_id)
+    sha256: str | None = None  # None: added by a writer that did not record it
+    runs: tuple[str, ...] = ()  # run ids in the file (run-bound tables)
+    producer: str | None = None
+
+
+@dataclass
+class Commit:
+    """One version of a table as its log entry says."""
+
+    version: int
+    operation: str
+    timestamp_ms: int
+    meta: dict
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    app_ids: list[str] = field(default_factory=list)
+
+
+def table_uri(lake_uri: str, event_type: str) -> str:
+    """The URI of an event type's table under the lake root."""
+    return f"{lake_uri.rstrip('/')}/{event_type}"
+
+
+def storage_options(uri: str) -> dict[str, str] | None:
+    """delta-rs storage options for ``uri``: None for a local folder; for ``s3://``, the
+    standard ``AWS_*`` variables of the environment (endpoint, keys, region) and
+    ``conditional_put = etag`` (safe concurrent commits on S3-compatible stores; set
+    ``MQEPI_S3_CONDITIONAL_PUT`` to override, e.g. to ``none`` with a locking provider)."""
+    if not uri.startswith("s3://"):
+        return None
+    options = {k: v for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                              "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP", "AWS_S3_LOCKING_PROVIDER")
+               if (v := os.environ.get(k))}
+    if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options.setdefault("AWS_ALLOW_HTTP", "true")
+    conditional = os.environ.get("MQEPI_S3_CONDITIONAL_PUT", "etag")
+    if conditional != "none":
+        options["conditional_put"] = conditional
+    return options
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path) of a lake URI; ``s3://`` honours ``AWS_ENDPOINT_URL``."""
+    if uri.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            fs = pafs.S3FileSystem(endpoint_override=host.rstrip("/"), scheme=scheme or "https",
+                                   access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                                   secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                                   session_token=os.environ.get("AWS_SESSION_TOKEN"),
+                                   region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+                                   allow_bucket_creation=False, allow_bucket_deletion=False)
+            return fs, uri[len("s3://"):].rstrip("/")
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path.rstrip("/")
+
+
+def version_path(table_dir: str, version: int) -> str:
+    return f"{table_dir}/{LOG_DIR}/{version:020d}.json"
+
+
+class TableLog:
+    """The log of one table, read incrementally up to ``until`` (None: the latest version)."""
+
+    def __init__(self, fs: pafs.FileSystem, table_dir: str, until: int | None = None):
+        self.fs, self.dir, self.until = fs, table_dir, until
+        self.version = -1
+        self.active: dict[str, DataFile] = {}
+        self.removed: dict[str, DataFile] = {}  # files a later version removed (compaction): history
+        self.commits: list[Commit] = []
+        self.app_ids: set[str] = set()
+        self.problems: list[tuple[str, str]] = []
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(version_path(self.dir, 0)).type == pafs.FileType.File
+
+    def refresh(self) -> tuple[list[DataFile], list[DataFile]]:
+        """Read the versions committed since the last refresh; return (files added, files
+        removed) by them."""
+        added: list[DataFile] = []
+        removed: list[DataFile] = []
+        while self.until is None or self.version < self.until:
+            path = version_path(self.dir, self.version + 1)
+            try:
+                with self.fs.open_input_stream(path) as fh:
+                    data = fh.read(MAX_LOG_BYTES + 1)
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if "not found" in str(exc).lower() or "NoSuchKey" in str(exc):
+                    break
+                raise LakeError(f"cannot read the log of table {self.dir}: {exc}") from exc
+            if len(data) > MAX_LOG_BYTES:
+                raise LakeError(f"{path}: log entry larger than {MAX_LOG_BYTES} bytes; refusing to read it")
+            self.version += 1
+            a, r = self._apply(self.version, data, path)
+            added += a
+            removed += r
+        return added, removed
+
+    def _apply(self, version: int, data: bytes, where: str) -> tuple[list[DataFile], list[DataFile]]:
+        actions = []
+        for number, line in enumerate(data.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                actions.append(json.loads(line))
+            except ValueError as exc:
+                self.problems.append((f"{where} line {number}", f"unreadable log action: {exc}"))
+        info = next((a["commitInfo"] for a in actions if isinstance(a, dict) and "commitInfo" in a), {})
+        meta = info.get(META_KEY) if isinstance(info.get(META_KEY), dict) else {}
+        files_meta = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+        producer = meta.get("producer", {}).get("writer") if isinstance(meta.get("producer"), dict) else None
+        commit = Commit(version, str(info.get("operation", "")), int(info.get("timestamp", 0) or 0), meta)
+        added, removed = [], []
+        for action in actions:
+            if not isinstance(action, dict):
+                continue
+            if "add" in action:
+                add = action["add"]
+                path = str(add.get("path", ""))
+                fm = files_meta.get(path, {}) if isinstance(files_meta.get(path), dict) else {}
+                stats = _stats(add.get("stats"))
+                pv = add.get("partitionValues") or {}
+                entry = DataFile(path, int(fm.get("rows", stats.get("numRecords", -1))), int(add.get("size", -1)), version,
+                                 (str(pv.get("model")), str(pv.get("config_id"))), fm.get("sha256"),
+                                 tuple(fm.get("runs") or ()), producer)
+                self.active[path] = entry
+                self.removed.pop(path, None)
+                commit.added.append(path)
+                added.append(entry)
+            elif "remove" in action:
+                path = str(action["remove"].get("path", ""))
+                gone = self.active.pop(path, None)
+                if gone is not None:
+                    self.removed[path] = gone
+                    removed.append(gone)
+                commit.removed.append(path)
+            elif "txn" in action:
+                commit.app_ids.append(str(action["txn"].get("appId")))
+                self.app_ids.add(commit.app_ids[-1])
+        self.commits.append(commit)
+        return added, removed
+
+
+def _stats(text) -> dict:
+    try:
+        value = json.loads(text) if isinstance(text, str) else {}
+        return value if isinstance(value, dict) else {}
+    except ValueError:
+        return {}
+
+
+def add_action(path: str, size: int, partition: tuple[str, str], rows: int, data_change: bool = True):
+    """A Delta ``add`` of a file mqepi wrote (stats: the row count)."""
+    from deltalake.transaction import AddAction
+
+    return AddAction(path, size, dict(zip(PARTITION_BY, partition)), int(time.time() * 1000), data_change,
+                     json.dumps({"numRecords": rows}))
+
+
+def remove_action(entry: DataFile):
+    """A Delta ``remove`` of a file whose rows another file of the same commit holds
+    (``dataChange = false``: compaction)."""
+    from deltalake.transaction import RemoveAction
+
+    return RemoveAction(entry.path, False, int(time.time() * 1000), entry.bytes, dict(zip(PARTITION_BY, entry.partition)))
+
+
+def create(uri: str, schema: pa.Schema, producer: dict) -> None:
+    """Create a table at ``uri`` (nothing if one exists there already)."""
+    from deltalake import CommitProperties, DeltaTable
+
+    try:
+        DeltaTable.create(uri, schema=schema, mode="ignore", partition_by=list(PARTITION_BY), configuration=TABLE_CONFIG,
+                          storage_options=storage_options(uri),
+                          commit_properties=CommitProperties(custom_metadata={META_KEY: {"producer": producer}}))
+    except Exception as exc:  # noqa: BLE001 - delta-rs raises several exception types; one message
+        raise LakeError(f"cannot create table {uri}: {_one_line(exc)}") from exc
+
+
+def add_columns(uri: str, fields: list[pa.Field]) -> None:
+    """Add nullable columns to a table's schema (a newer schema version of its event type)."""
+    from deltalake import DeltaTable, Field
+    from deltalake.schema import Schema
+
+    try:
+        dt = DeltaTable(uri, storage_options=storage_options(uri))
+        converted = Schema.from_arrow(pa.schema(fields)).fields
+        dt.alter.add_columns([Field(f.name, f.type, nullable=True) for f in converted])
+    except Exception as exc:  # noqa: BLE001
+        raise LakeError(f"cannot add columns {[f.name for f in fields]} to table {uri}: {_one_line(exc)}") from exc
+
+
+def schema_names(uri: str) -> list[str]:
+    """The column names of a table's current schema."""
+    from deltalake import DeltaTable
+
+    try:
+        return [f.name for f in DeltaTable(uri, storage_options=storage_options(uri)).schema().fields]
+    except Exception as exc:  # noqa: BLE001
+        raise LakeError(f"cannot read the schema of table {uri}: {_one_line(exc)}") from exc
+
+
+def open_table(uri: str):
+    """The delta-rs handle of the table at ``uri`` (kept by the lake between commits)."""
+    from deltalake import DeltaTable
+
+    try:
+        return DeltaTable(uri, storage_options=storage_options(uri))
+    except Exception as exc:  # noqa: BLE001
+        raise LakeError(f"cannot open table {uri}: {_one_line(exc)}") from exc
+
+
+def commit(table, actions: list, meta: dict, app_id: str | None) -> None:
+    """Commit ``actions`` to ``table`` (a handle of :func:`open_table`, brought up to date
+    first; delta-rs retries after versions that land meanwhile, which only append) as one
+    version with ``meta`` under ``commitInfo.mqepi`` and, with ``app_id``, Delta's
+    application transaction marker (its idempotence key: the caller skips ids the log holds)."""
+    from deltalake import CommitProperties, Transaction
+
+    try:
+        props = CommitProperties(custom_metadata={META_KEY: meta}, max_commit_retries=10_000,
+                                 app_transactions=[Transaction(app_id, 1)] if app_id else None)
+        table.update_incremental()
+        table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=list(PARTITION_BY),
+                                       commit_properties=props)
+    except Exception as exc:  # noqa: BLE001
+        raise LakeError(f"commit to table {table.table_uri} failed: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
