@@ -10,8 +10,8 @@ Phase 1, throughput: the same in-memory block of v1 lines (4 channels each) goes
       meter lines at a time, the reader flushes every 1 s of meter time (200 samples) and the
       spool commits every 10 s of meter time (2,000 samples; the spool's monotonic clock is
       the meter time of the lines read, so a 10 s commit is 10 s of samples however fast they
-      are read). ``--catch-up`` also runs the batching of a backlog read as fast as it comes
-      (``--batch`` samples per flush and per commit).
+      are read); then with the batching of a backlog read as fast as it comes (catch-up:
+      ``--batch`` samples per flush and per commit).
 Phase 2, memory: a streamed 24-hour-equivalent run (4 channels x 50 Hz = 17.3 M samples by
 default, real-run batching as in (c): 8,640 lake commits) generated on the fly and recorded
 into a temporary lake through the spool, in a child process so its peak RSS is its own; the
@@ -21,7 +21,7 @@ libraries cost) and at every tenth of the stream.
 Pinned to one core (``sched_setaffinity`` + ``POLARS_MAX_THREADS=1``). Goals:
 >= 200k samples/s on one core; peak RSS < 150 MB over the 24-hour stream. Not a test.
 
-    python benchmarks/meter_ingest.py [--lines 250000] [--hours 24] [--skip-stream] [--catch-up]
+    python benchmarks/meter_ingest.py [--lines 250000] [--hours 24] [--skip-stream] [--stream-batching catch-up]
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def ingest(lines: list[bytes], batching: Batching) -> tuple[float, object, objec
     return seconds, reader, sink
 
 
-def throughput(n_lines: int, batch: int, with_catch_up: bool) -> None:
+def throughput(n_lines: int, batch: int) -> None:
     from mqepi.meter.protocol import JsonLineDecoder
 
     maker = LineMaker()
@@ -209,12 +209,16 @@ def throughput(n_lines: int, batch: int, with_catch_up: bool) -> None:
     assert decoded == samples
     print(f"bare json.loads loop   {samples / bare_s:>12,.0f} samples/s")
     print(f"check + bulk decode    {samples / decode_s:>12,.0f} samples/s   (CRC-32, JSON, range checks)")
-    for batching in [REAL_RUN] + ([catch_up(batch)] if with_catch_up else []):
+    for batching in (REAL_RUN, catch_up(batch)):
         seconds, reader, sink = ingest(lines, batching)
         print(f"reader -> spool -> lake {samples / seconds:>11,.0f} samples/s   ({batching.name}: {reader.flushes:,d} "
-              f"spool writes, {sink.commits:,d} lake commits, {samples / max(sink.commits, 1):,.0f} samples each; "
+              f"spool writes, {sink.commits:,d} lake commits of {samples / max(sink.commits, 1):,.0f} samples; "
               f"goal >= 200,000)")
         print(f"  / bare json.loads    {bare_s / seconds:>12.2f} x")
+        if batching.meter_clock:
+            rate = CHANNELS * RATE_HZ
+            print(f"  at the meter's rate  {100 * rate / (samples / seconds):>12.2f} % of one core   "
+                  f"({rate} samples/s; {samples / seconds / rate:,.0f} x real time)")
     print(f"peak RSS (phase 1)     {peak_rss_mb():>12.0f} MB   (holds the {sum(map(len, lines)) / 2**20:.0f} MB "
           "of lines)")
 
@@ -263,8 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=250_000, help="lines for the throughput phase")
     parser.add_argument("--hours", type=float, default=24.0, help="length of the streamed run")
-    parser.add_argument("--batch", type=int, default=50_000, help="samples per flush and commit in --catch-up")
-    parser.add_argument("--catch-up", action="store_true", help="also measure backlog batching (--batch)")
+    parser.add_argument("--batch", type=int, default=50_000, help="samples per flush and per commit, catch-up batching")
     parser.add_argument("--stream-batching", choices=("real-run", "catch-up"), default="real-run")
     parser.add_argument("--cores", type=int, default=1, help="CPU cores to run on (the goal is for one)")
     parser.add_argument("--skip-stream", action="store_true")
@@ -277,7 +280,7 @@ def main() -> None:
         stream(args.hours, args.batch, args.stream_batching)
         return
     print(f"one process pinned to {args.cores} core(s) of {os.cpu_count()}")
-    throughput(args.lines, args.batch, args.catch_up)
+    throughput(args.lines, args.batch)
     if not args.skip_stream:
         sys.stdout.flush()
         subprocess.run([sys.executable, __file__, "--only-stream", "--hours", str(args.hours), "--batch",

@@ -33,6 +33,7 @@ PRODUCER = f"mqepi/{__version__}"
 #: Public name -> the module that defines it (imported lazily, so ``import mqepi`` stays fast).
 API = {
     "Lake": "mqepi.lake.store",
+    "compact": "mqepi.lake.compact",
     "connect": "mqepi.results.sql",
     "load_profile": "mqepi.quant.maps",
     "load_map": "mqepi.quant.maps",

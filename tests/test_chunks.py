@@ -337,13 +337,13 @@ def old_lake(tmp_path, monkeypatch) -> Path:
 
 
 def _seeds(root: Path, event_type: str) -> list[str]:
-    return sorted(Path(p).name for p in glob.glob(f"{root}/{event_type}/model=_seed/*/*/*.parquet"))
+    return sorted(Path(p).name for p in glob.glob(f"{root}/{event_type}/model=_seed/*/*.parquet"))
 
 
 def test_old_lake_reads_with_null_chunks_through_lake_and_sql(old_lake):
     for t in ("perplexity", "kld"):
         assert _seeds(old_lake, t) == ["schema-v1.parquet"]
-        assert pl.read_parquet(glob.glob(f"{old_lake}/{t}/model=smollm2-135m/*/*/ev-*.parquet")[0]).columns == [
+        assert pl.read_parquet(glob.glob(f"{old_lake}/{t}/model=smollm2-135m/*/ev-*.parquet")[0]).columns == [
             c for c in EVENT_TYPES[t].file_columns if c not in EVENT_TYPES[t].added]
     lake = Lake(old_lake)
     df = lake.read("perplexity")
@@ -373,19 +373,19 @@ def test_old_lake_reads_with_null_chunks_through_lake_and_sql(old_lake):
     assert lake.verify().ok, lake.verify().problems
 
 
-def _commit(lake: Lake, rel_dir: str, name: str, df: pl.DataFrame) -> None:
+def _commit(lake: Lake, event_type: str, partition: tuple[str, str], name: str, df: pl.DataFrame,
+            runs: tuple[str, ...] = ()) -> None:
     """Commit one file as a writer would (the lake's own write and commit path)."""
     with lake.transaction("test"):
-        lake._commit_file(f"{lake.root}/{rel_dir}", name, df.to_arrow())
+        lake._commit_file(event_type, partition, name, df.to_arrow(), runs)
 
 
 def test_verify_accepts_every_seed_version_up_to_the_current_and_no_other(old_lake):
     lake = Lake(old_lake)
     lake.init()
     assert lake.verify().ok and _seeds(old_lake, "kld") == ["schema-v1.parquet", "schema-v2.parquet"]
-    seed_dir = "kld/model=_seed/config_id=_seed/run_id=_seed"
     current = pl.DataFrame(schema=EVENT_TYPES["kld"].polars_schema).select(EVENT_TYPES["kld"].file_columns)
-    _commit(lake, seed_dir, seed_name(3), current)
+    _commit(lake, "kld", ("_seed", "_seed"), seed_name(3), current)
     problems = lake.verify().problems
     assert [(p.kind, Path(p.path).name) for p in problems] == [("layout", "schema-v3.parquet")]
     assert "newer than the current 2 of kld" in problems[0].detail
@@ -396,7 +396,7 @@ def test_verify_rejects_a_seed_without_its_versions_columns(tmp_path):
     lake.init()
     spec = EVENT_TYPES["perplexity"]
     # a version 1 seed with the chunk columns of version 2
-    _commit(lake, "perplexity/model=_seed/config_id=_seed/run_id=_seed", seed_name(1),
+    _commit(lake, "perplexity", ("_seed", "_seed"), seed_name(1),
             pl.DataFrame(schema=spec.polars_schema).select(spec.file_columns))
     problems = lake.verify().problems
     assert len(problems) == 1 and problems[0].kind == "schema" and "unexpected chunk_nll" in problems[0].detail
@@ -417,8 +417,8 @@ def test_verify_rejects_events_inconsistent_with_their_version(tmp_path, change,
     df = change(events.build("perplexity", rows_for("perplexity", 2)))
     df = df.with_columns(events.content_ids(df))
     spec = EVENT_TYPES["perplexity"]
-    _commit(lake, "perplexity/model=smollm2-135m/config_id=uniform_q4km/run_id=run-a",
-            f"ev-{events.batch_id(df['event_id'])}.parquet", df.select([c for c in spec.file_columns if c in df.columns]))
+    _commit(lake, "perplexity", ("smollm2-135m", "uniform_q4km"), f"ev-{events.batch_id(df['event_id'])}.parquet",
+            df.select([c for c in spec.file_columns if c in df.columns]), ("run-a",))
     problems = lake.verify().problems
     assert len(problems) == 1 and problems[0].kind == "schema" and message in problems[0].detail, problems
 

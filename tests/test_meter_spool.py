@@ -399,3 +399,27 @@ def test_a_window_end_commits_the_readers_samples(counting, tmp_path):
     assert counting.calls["power_sample"] == 2  # and the rest at the reader's stop
     assert keys(counting).height == reader.samples
     assert not (tmp_path / "spool").exists()
+
+
+def test_a_failed_final_commit_fails_the_reader_and_keeps_the_spool(tmp_path):
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    down = DownLake(tmp_path / "lake")
+    down.init()
+    reader = MeterReader(os.ttyname(slave), SpoolSink(down, RUN, tmp_path / "spool"), flush_interval_s=0.05)
+    try:
+        reader.start()
+        seq, deadline = 0, time.monotonic() + 10
+        while reader.rows_flushed < 20:  # lines until some are spooled (the port may open late)
+            assert time.monotonic() < deadline, "the reader spooled nothing"
+            os.write(master, encode_line(seq, [4, 3], meter_time_us=1_000_000 + seq * 20_000))
+            seq += 1
+            time.sleep(0.02)
+        with pytest.raises(LakeError, match="the lake is down"):
+            reader.stop()
+    finally:
+        for fd in (master, slave):
+            os.close(fd)
+    lake = Lake(tmp_path / "lake")
+    result = replay(lake, tmp_path / "spool")
+    assert result.rows == reader.rows_flushed == keys(lake).height >= 20

@@ -10,6 +10,7 @@ import typer
 from mqepi.cli._common import edge, lake, out, print_frame, safe, write_data
 from mqepi.errors import QueryError
 from mqepi.results import sql
+from mqepi.results.snapshots import as_of_versions
 
 app = typer.Typer()
 
@@ -22,11 +23,18 @@ def sql_command(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the result to this file."),
     list_views: bool = typer.Option(False, "--views", help="List the views and their columns."),
     limit: int = typer.Option(100, help="Rows shown in table format (files get all rows)."),
+    as_of: str | None = typer.Option(None, "--as-of", metavar="SNAPSHOT",
+                                     help="Query the lake as it was: a snapshot folder (or its snapshot.json), "
+                                          "'latest', or TYPE=VERSION,... table versions."),
 ) -> None:
-    """Run a SQL query over the lake (DuckDB, with analysis/views.sql loaded)."""
+    """Run a SQL query over the lake (DuckDB, with analysis/views.sql loaded); with --as-of, over
+    the table versions a snapshot read (Delta time travel)."""
     if fmt not in sql.FORMATS:
         raise QueryError(f"--format {fmt!r} is not one of {', '.join(sql.FORMATS)}")
-    con = sql.connect(lake())
+    lk = lake()
+    if as_of is not None:
+        lk = lk.at(as_of_versions(lk, as_of))
+    con = sql.connect(lk)
     if list_views:
         for view in sql.views(con):
             out.print(f"[bold]{safe(view.name)}[/]: " + ", ".join(f"{safe(c)} {safe(t)}" for c, t in view.columns),

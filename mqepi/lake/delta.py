@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+from deltalake import CommitProperties, DeltaTable, Field, Transaction
+from deltalake.schema import Schema
+from deltalake.transaction import AddAction, RemoveAction
 
 from mqepi.errors import LakeError
 
@@ -209,8 +212,6 @@ def _stats(text) -> dict:
 
 def add_action(path: str, size: int, partition: tuple[str, str], rows: int, data_change: bool = True):
     """A Delta ``add`` of a file mqepi wrote (stats: the row count)."""
-    from deltalake.transaction import AddAction
-
     return AddAction(path, size, dict(zip(PARTITION_BY, partition)), int(time.time() * 1000), data_change,
                      json.dumps({"numRecords": rows}))
 
@@ -218,15 +219,11 @@ def add_action(path: str, size: int, partition: tuple[str, str], rows: int, data
 def remove_action(entry: DataFile):
     """A Delta ``remove`` of a file whose rows another file of the same commit holds
     (``dataChange = false``: compaction)."""
-    from deltalake.transaction import RemoveAction
-
     return RemoveAction(entry.path, False, int(time.time() * 1000), entry.bytes, dict(zip(PARTITION_BY, entry.partition)))
 
 
 def create(uri: str, schema: pa.Schema, producer: dict) -> None:
     """Create a table at ``uri`` (nothing if one exists there already)."""
-    from deltalake import CommitProperties, DeltaTable
-
     try:
         DeltaTable.create(uri, schema=schema, mode="ignore", partition_by=list(PARTITION_BY), configuration=TABLE_CONFIG,
                           storage_options=storage_options(uri),
@@ -237,9 +234,6 @@ def create(uri: str, schema: pa.Schema, producer: dict) -> None:
 
 def add_columns(uri: str, fields: list[pa.Field]) -> None:
     """Add nullable columns to a table's schema (a newer schema version of its event type)."""
-    from deltalake import DeltaTable, Field
-    from deltalake.schema import Schema
-
     try:
         dt = DeltaTable(uri, storage_options=storage_options(uri))
         converted = Schema.from_arrow(pa.schema(fields)).fields
@@ -250,8 +244,6 @@ def add_columns(uri: str, fields: list[pa.Field]) -> None:
 
 def schema_names(uri: str) -> list[str]:
     """The column names of a table's current schema."""
-    from deltalake import DeltaTable
-
     try:
         return [f.name for f in DeltaTable(uri, storage_options=storage_options(uri)).schema().fields]
     except Exception as exc:  # noqa: BLE001
@@ -260,8 +252,6 @@ def schema_names(uri: str) -> list[str]:
 
 def open_table(uri: str):
     """The delta-rs handle of the table at ``uri`` (kept by the lake between commits)."""
-    from deltalake import DeltaTable
-
     try:
         return DeltaTable(uri, storage_options=storage_options(uri))
     except Exception as exc:  # noqa: BLE001
@@ -273,8 +263,6 @@ def commit(table, actions: list, meta: dict, app_id: str | None) -> None:
     first; delta-rs retries after versions that land meanwhile, which only append) as one
     version with ``meta`` under ``commitInfo.mqepi`` and, with ``app_id``, Delta's
     application transaction marker (its idempotence key: the caller skips ids the log holds)."""
-    from deltalake import CommitProperties, Transaction
-
     try:
         props = CommitProperties(custom_metadata={META_KEY: meta}, max_commit_retries=10_000,
                                  app_transactions=[Transaction(app_id, 1)] if app_id else None)

@@ -16,6 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mqepi.errors import LakeError
+
 #: Read size when hashing a file.
 CHUNK_BYTES = 1 << 20
 #: Prefix of the temporary names :func:`write_atomic` writes under (never matched as data).
@@ -70,3 +76,63 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (:func:`replacing`)."""
     with replacing(path) as temp:
         temp.write_bytes(data)
+
+
+#: Suffix of the temporary names :func:`write_parquet` writes under.
+TEMP_SUFFIX = ".partial"
+PARQUET_COMPRESSION = "zstd"
+
+
+def publish(temp: str, final: str) -> bool:
+    """Make a fully written local temporary file visible under its final name, never
+    clobbering (a no-clobber hard link, then fsync of the folder); False if the name exists."""
+    try:
+        os.link(temp, final)  # atomic and fails if the name exists: never replaces
+    except FileExistsError:
+        return False
+    fsync_dir(os.path.dirname(final))
+    return True
+
+
+def write_parquet(fs, directory: str, name: str, table, publish=publish) -> tuple[int, str]:
+    """Write ``table`` as Parquet ``directory/name`` on the pyarrow filesystem ``fs`` unless
+    that file exists; return (bytes, sha256) of the file now there. The bytes are made and
+    hashed in memory, then written: on a local filesystem (``publish`` given) under a temporary
+    dot-name, fsynced and published without clobbering; on an object store (``publish`` None)
+    as one object (no partial object is ever visible). Raises :class:`mqepi.errors.LakeError`."""
+    final = f"{directory}/{name}"
+    try:
+        if fs.get_file_info(final).type == pafs.FileType.File:
+            return _hash_existing(fs, final)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression=PARQUET_COMPRESSION)
+        data = sink.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        if publish is None:
+            with fs.open_output_stream(final) as out:
+                out.write(data)
+            return data.size, sha
+        os.makedirs(directory, exist_ok=True)
+        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}{TEMP_SUFFIX}"
+        try:
+            with open(temp, "wb") as fh:
+                fh.write(data)
+            fsync_file(temp)
+            if not publish(temp, final):
+                return _hash_existing(fs, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        return data.size, sha
+    except (OSError, pa.ArrowException) as exc:
+        raise LakeError(f"lake write failed for {final}: {exc}") from exc
+
+
+def _hash_existing(fs, path: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with fs.open_input_stream(path) as fh:
+        while block := fh.read(CHUNK_BYTES):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()

@@ -22,18 +22,16 @@ one table at a time in :data:`COMMIT_ORDER` (configuration-bound first, ``run`` 
 one transaction id recorded in each commit; ``lake verify`` reports a transaction whose
 tables are not all committed, and re-running the write (idempotent) completes it.
 
-On a local lake commits are also serialised by the lake's commit lock (so the checks a
-writer makes against the lake, such as run-id claims, and its commit are one step); on an
-object store concurrent writers rely on Delta's optimistic concurrency (conditional puts).
+A local lake's commit lock makes a writer's checks (run-id claims) and its commit one step;
+on an object store writers rely on Delta's optimistic concurrency (conditional puts).
 
-Nothing here deletes or rewrites a committed file. :meth:`Lake.compact` merges small files
-into one per partition as a new version (the old files stay reachable by time travel); only
-:meth:`Lake.vacuum`, with a retention the user states, deletes files no longer active.
+Nothing here deletes or rewrites a committed file. :mod:`mqepi.lake.compact` merges small
+files into large ones as a new version (the old files stay reachable by time travel); only its
+``vacuum``, with a retention the user states, deletes files no longer active.
 
-Schema versions are per event type (``EventSpec.version``); a new version only adds nullable
-columns (``EventSpec.added``), added to the table's schema by ``init``/the first append; the
-seed of each version met stays, so readers that union files by column name (the SQL views)
-see every column and older files read the columns added since as null.
+Schema versions (``EventSpec.version``) only add nullable columns (``EventSpec.added``), added
+to the table's schema by ``init`` or the first append; every version's seed stays, so readers
+that union files by column name see every column, older files reading the new ones as null.
 """
 
 from __future__ import annotations
@@ -43,7 +41,6 @@ import hashlib
 import os
 import re
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,27 +53,20 @@ import pyarrow.parquet as pq
 
 from mqepi.errors import LakeError
 from mqepi.lake import delta, events
-from mqepi.lake.durable import fsync_dir, fsync_file
+from mqepi.lake.durable import PARQUET_COMPRESSION, publish, write_parquet  # noqa: F401 - PARQUET_COMPRESSION re-exported
 from mqepi.lake.index import SEED_VALUE, FileIndex
 from mqepi.lake.locks import LockHeld, exclusive, holder_record
-from mqepi.lake.verify import COMPACT_PREFIX, DATA_PREFIX, LOCKS_DIR, TEMP_PREFIX, VerifyReport, seed_name, verify
+from mqepi.lake.verify import DATA_PREFIX, LOCKS_DIR, VerifyReport, seed_name, verify
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND, EventSpec, spec_for
 
 #: Environment variable naming the lake root when no option is given.
 LAKE_ENV = "MQEPI_LAKE"
 DEFAULT_ROOT = "lake"
-TEMP_SUFFIX = ".partial"
 #: How long a writer waits for the commit lock before giving up.
 COMMIT_WAIT_S = 600.0
-PARQUET_COMPRESSION = "zstd"
 #: The order in which one transaction's tables commit: what runs refer to first, ``run`` last
 #: (a run is listed once its events are in).
 COMMIT_ORDER = (*CONFIG_BOUND, *(t for t in RUN_BOUND if t != "run"), "run")
-#: ``lake compact``: files smaller than this are small; a partition with at least
-#: ``COMPACT_MIN_FILES`` of them is rewritten into files of about ``COMPACT_TARGET_BYTES``.
-COMPACT_SMALL_BYTES = 16 * 2**20
-COMPACT_TARGET_BYTES = 128 * 2**20
-COMPACT_MIN_FILES = 2
 
 
 @dataclass
@@ -89,17 +79,6 @@ class AppendResult:
     files_written: list[str] = field(default_factory=list)
     files_already_present: int = 0
     duplicate_rows_dropped: int = 0
-
-
-@dataclass
-class CompactResult:
-    """What :meth:`Lake.compact` did to one table."""
-
-    event_type: str
-    version: int | None  # the new table version (None: nothing to compact)
-    files_before: int
-    files_after: int
-    partitions: int
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> str:
@@ -133,7 +112,8 @@ class Lake:
     """An event lake rooted at a local folder or an object-store URI (``s3://bucket/prefix``).
 
     ``versions`` (event type -> table version) opens the lake as it was at those versions
-    (time travel, read only): what a snapshot recorded (``mqepi sql --as-of``).
+    (time travel, read only): what a snapshot recorded (``mqepi sql --as-of``); a type it
+    does not name reads its latest version.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, filesystem: pafs.FileSystem | None = None,
@@ -148,8 +128,7 @@ class Lake:
         self.uri = root.rstrip("/") if "://" in root else self.root
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
         self.pinned = dict(versions) if versions is not None else None
-        self._logs = {t: delta.TableLog(self.fs, self.table_dir(t), (self.pinned or {}).get(t, -1 if self.pinned else None))
-                      for t in EVENT_TYPES}
+        self._logs = {t: delta.TableLog(self.fs, self.table_dir(t), (self.pinned or {}).get(t)) for t in EVENT_TYPES}
         self._tables: set[str] = set()
         self._handles: dict = {}
         self._seeded: set[str] = set()
@@ -159,7 +138,6 @@ class Lake:
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"
-
     def at(self, versions: dict[str, int]) -> Lake:
         """This lake as it was at ``versions`` (read only)."""
         return Lake(self.uri, filesystem=None if "://" in self.uri else self.fs, versions=versions)
@@ -170,8 +148,6 @@ class Lake:
         """The folder (or object prefix) of an event type's table."""
         spec_for(event_type)
         return f"{self.root}/{event_type}"
-
-    event_dir = table_dir
 
     def table_uri(self, event_type: str) -> str:
         """The table's URI as delta-rs opens it."""
@@ -419,54 +395,13 @@ class Lake:
         return True
 
     def _write_file(self, directory: str, name: str, table: pa.Table) -> tuple[int, str]:
-        """Write ``table`` as ``directory/name`` unless that file exists; (bytes, sha256) of the
-        file now there."""
-        final = f"{directory}/{name}"
-        try:
-            if self.fs.get_file_info(final).type == pafs.FileType.File:
-                return self._hash_existing(final)
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink, compression=PARQUET_COMPRESSION)
-            data = sink.getvalue()
-            sha = hashlib.sha256(data).hexdigest()
-            if not self._local:
-                # An object store publishes a whole object at once; no partial object is visible.
-                with self.fs.open_output_stream(final) as out:
-                    out.write(data)
-                return data.size, sha
-            os.makedirs(directory, exist_ok=True)
-            temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}{TEMP_SUFFIX}"
-            try:
-                with open(temp, "wb") as fh:
-                    fh.write(data)
-                fsync_file(temp)
-                if not self._publish(temp, final):
-                    return self._hash_existing(final)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
-            return data.size, sha
-        except (OSError, pa.ArrowException) as exc:
-            raise LakeError(f"lake write failed for {final}: {exc}") from exc
+        """Write ``table`` as ``directory/name`` unless that file exists (:func:`mqepi.lake.durable.write_parquet`)."""
+        return write_parquet(self.fs, directory, name, table, publish=self._publish if self._local else None)
 
     def _publish(self, temp: str, final: str) -> bool:
         """Make a fully written local temporary file visible under its final name, never
-        clobbering; False if the name exists."""
-        try:
-            os.link(temp, final)  # atomic and fails if the name exists: never replaces
-        except FileExistsError:
-            return False
-        fsync_dir(os.path.dirname(final))
-        return True
-
-    def _hash_existing(self, path: str) -> tuple[int, str]:
-        digest = hashlib.sha256()
-        size = 0
-        with self.fs.open_input_stream(path) as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-                size += len(block)
-        return size, digest.hexdigest()
+        clobbering; False if the name exists (:func:`mqepi.lake.durable.publish`)."""
+        return publish(temp, final)
 
     def _ids_in(self, spec: EventSpec, values: tuple, runs: tuple[str, ...]) -> set[str]:
         """The event ids of the active files of one configuration (of a run-bound type: of the
@@ -485,89 +420,6 @@ class Lake:
         return set(table.column("event_id").to_pylist())
 
     # ------------------------------------------------------------------ compaction, vacuum
-
-    def compact(self, event_types: list[str] | None = None, *, small_bytes: int = COMPACT_SMALL_BYTES,
-                min_files: int = COMPACT_MIN_FILES, target_bytes: int = COMPACT_TARGET_BYTES,
-                writer: str = "lake compact") -> list[CompactResult]:
-        """Rewrite the small files of each partition with at least ``min_files`` of them into
-        files of about ``target_bytes``, one new version per table (``dataChange = false``;
-        every row kept as it was, duplicates included; the old files stay reachable by time
-        travel until an explicit :meth:`vacuum`)."""
-        self._writable()
-        out = []
-        for event_type in event_types or list(EVENT_TYPES):
-            spec = spec_for(event_type)
-            log = self.log(event_type)
-            groups: dict[tuple[str, str], list[delta.DataFile]] = {}
-            for entry in log.active.values():
-                if entry.partition[0] != SEED_VALUE and entry.bytes < small_bytes:
-                    groups.setdefault(entry.partition, []).append(entry)
-            groups = {k: sorted(v, key=lambda e: e.path) for k, v in groups.items() if len(v) >= max(2, min_files)}
-            before = len(log.active)
-            if not groups:
-                out.append(CompactResult(event_type, None, before, before, 0))
-                continue
-            files, removes = [], []
-            with self.transaction(writer) as tx:
-                for partition, entries in sorted(groups.items()):
-                    for chunk in _chunks(entries, target_bytes):
-                        table = self._read_files(spec, chunk)
-                        name = f"{COMPACT_PREFIX}{events.batch_id(table.column('event_id').to_pylist())}.parquet"
-                        runs = tuple(sorted({r for e in chunk for r in e.runs}))
-                        directory = f"{self.table_dir(event_type)}/{_partition_rel(partition)}"
-                        size, sha = self._write_file(directory, name, table)
-                        files.append(_File(f"{_partition_rel(partition)}/{name}", table.num_rows, size, sha, partition, runs))
-                        removes += chunk
-                tx.files.pop(event_type, None)
-                actions = [delta.add_action(f.rel, f.bytes, f.partition, f.rows, data_change=False) for f in files]
-                actions += [delta.remove_action(e) for e in removes]
-                meta = {"producer": holder_record(writer=writer), "operation": "compact",
-                        "files": {f.rel: {"sha256": f.sha256, "rows": f.rows, "runs": list(f.runs)} for f in files},
-                        "replaces": sorted(e.path for e in removes)}
-                delta.commit(self._table(event_type), actions, meta, None)
-                version = self.log(event_type).version
-            after = len(self.log(event_type).active)
-            out.append(CompactResult(event_type, version, before, after, len(groups)))
-        return out
-
-    def _read_files(self, spec: EventSpec, entries: list[delta.DataFile]) -> pa.Table:
-        """The rows of ``entries`` (one partition) as one table of the current file columns
-        (columns an older file lacks as null), in file order."""
-        target = pl.DataFrame(schema=spec.polars_schema).select(spec.file_columns).to_arrow().schema
-        parts = []
-        for entry in entries:
-            path = f"{self.table_dir(spec.name)}/{entry.path}"
-            try:
-                table = pq.read_table(path, filesystem=self.fs)
-            except (OSError, pa.ArrowException) as exc:
-                raise LakeError(f"cannot read {path} to compact it: {exc}") from exc
-            cols = [table.column(f.name).cast(f.type) if f.name in table.column_names
-                    else pa.nulls(table.num_rows, f.type) for f in target]
-            parts.append(pa.Table.from_arrays(cols, schema=target))
-        return pa.concat_tables(parts)
-
-    def vacuum(self, retention_hours: int, *, dry_run: bool = False) -> dict[str, list[str]]:
-        """Delete the files no version newer than ``retention_hours`` ago needs (files removed
-        by compaction before then): the one operation that deletes data files, run only when
-        a user asks with a retention they state. Time travel to versions older than the
-        retention is lost. Returns, per table, the files deleted (or, ``dry_run``, that would be)."""
-        from deltalake import DeltaTable
-
-        self._writable()
-        if retention_hours < 0:
-            raise LakeError(f"vacuum retention must be >= 0 hours, got {retention_hours}")
-        out = {}
-        for event_type in EVENT_TYPES:
-            if not self._logs[event_type].exists():
-                continue
-            uri = self.table_uri(event_type)
-            try:
-                dt = DeltaTable(uri, storage_options=delta.storage_options(uri))
-                out[event_type] = dt.vacuum(retention_hours=retention_hours, dry_run=dry_run,
-                                            enforce_retention_duration=False)
-            except Exception as exc:  # noqa: BLE001 - one message
-                raise LakeError(f"vacuum of table {uri} failed: {exc}") from exc
-        return out
 
     # ------------------------------------------------------------------ reading
 
@@ -645,16 +497,3 @@ class Lake:
 
 def _partition_rel(values: tuple) -> str:
     return "/".join(f"{k}={v}" for k, v in zip(("model", "config_id"), values))
-
-
-def _chunks(entries: list[delta.DataFile], target_bytes: int) -> list[list[delta.DataFile]]:
-    """Consecutive groups of about ``target_bytes`` (at least two files each, or none)."""
-    out: list[list[delta.DataFile]] = [[]]
-    total = 0
-    for entry in entries:
-        if out[-1] and total + entry.bytes > target_bytes:
-            out.append([])
-            total = 0
-        out[-1].append(entry)
-        total += entry.bytes
-    return [c for c in out if len(c) >= 2]

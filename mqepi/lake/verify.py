@@ -199,6 +199,24 @@ def _verify_ids(lake, seen: dict, index: FileIndex, report: VerifyReport) -> Non
                                        f"(model, config) pairs: {pairs}; their events would be pooled"))
 
 
+def _bytes_problems(lake, info: pafs.FileInfo, entry: DataFile) -> list[Problem]:
+    """The file's size and sha256 against what its commit recorded."""
+    out = []
+    if info.size != entry.bytes:
+        out.append(Problem("changed", info.path, f"{info.size} bytes, committed as {entry.bytes} bytes"))
+    if entry.sha256 is None:
+        return out + [Problem("log", info.path, f"the commit of version {entry.version} recorded no sha256 for it "
+                              "(not written by mqepi)")]
+    digest = hashlib.sha256()
+    with lake.fs.open_input_stream(info.path) as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != entry.sha256:
+        out.append(Problem("changed", info.path, f"sha256 {digest.hexdigest()[:16]}..., committed as "
+                           f"{entry.sha256[:16]}... (version {entry.version}): the file was altered"))
+    return out
+
+
 def _verify_file(lake, event_type: str, info: pafs.FileInfo, entry: DataFile, report: VerifyReport, seen) -> None:
     spec = EVENT_TYPES[event_type]
     path = info.path
@@ -209,19 +227,7 @@ def _verify_file(lake, event_type: str, info: pafs.FileInfo, entry: DataFile, re
                                        f"matching its partition values {entry.partition}"))
         return
     report.files_checked += 1
-    if info.size != entry.bytes:
-        report.problems.append(Problem("changed", path, f"{info.size} bytes, committed as {entry.bytes} bytes"))
-    if entry.sha256 is None:
-        report.problems.append(Problem("log", path, f"the commit of version {entry.version} recorded no sha256 for it "
-                                       "(not written by mqepi)"))
-    else:
-        digest = hashlib.sha256()
-        with lake.fs.open_input_stream(path) as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-        if digest.hexdigest() != entry.sha256:
-            report.problems.append(Problem("changed", path, f"sha256 {digest.hexdigest()[:16]}..., committed as "
-                                           f"{entry.sha256[:16]}... (version {entry.version}): the file was altered"))
+    report.problems.extend(_bytes_problems(lake, info, entry))
     try:
         table = pq.read_table(path, filesystem=lake.fs)
     except (OSError, pa.ArrowException) as exc:

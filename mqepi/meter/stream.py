@@ -340,14 +340,19 @@ class SampleStream:
                 self._incident_log.close()
                 self._incident_log = None
         finally:
-            close = getattr(self.sink, "close", None)
-            if close is not None and error is None:
-                close(commit=True)
-            elif close is not None:
-                try:
-                    close(commit=True)
-                except Exception as exc:  # noqa: BLE001 - noted on the error being raised
-                    error.add_note(f"closing the sink failed too: {type(exc).__name__}: {exc}")
+            self._close_sink(error)
+
+    def _close_sink(self, error: BaseException | None) -> None:
+        close = getattr(self.sink, "close", None)
+        if close is None:
+            return
+        if error is None:
+            close(commit=True)
+            return
+        try:
+            close(commit=True)
+        except Exception as exc:  # noqa: BLE001 - noted on the error being raised
+            error.add_note(f"closing the sink failed too: {type(exc).__name__}: {exc}")
 
     def commit(self) -> int:
         """Flush and wait, then have the sink commit what it holds, so that every sample

@@ -41,7 +41,7 @@ from mqepi.analysis.stats import DEFAULT_Z
 from mqepi.errors import QueryError
 from mqepi.lake.durable import TEMP_PREFIX, fsync_file, replacing
 from mqepi.results.listing import LakeListing, family_fingerprints
-from mqepi.results.sql import set_file_lists
+from mqepi.results.sql import register_lake_fs, set_file_lists
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND
 
 #: Per-run tables cached per batch (benchmark_answer, perplexity, kld: the base views' rows, for
@@ -205,6 +205,7 @@ class Engine:
         self.spill = runs_dir.parent / f"{TEMP_PREFIX}duckdb-{uuid.uuid4().hex}"  # DuckDB's spill folder
         self.con = con = duckdb.connect(config={"temp_directory": str(self.spill)})
         try:
+            register_lake_fs(con, listing.uri)
             for name, value in settings.variables().items():
                 con.execute(f"SET VARIABLE {name} = ?", [value])
             set_file_lists(con, seeds)

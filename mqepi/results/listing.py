@@ -33,6 +33,7 @@ import pyarrow.fs as pafs
 from mqepi.analysis.contract import FAMILY_KEY
 from mqepi.errors import LakeError
 from mqepi.lake.store import SEED_VALUE, Lake
+from mqepi.results.sql import duckdb_prefix
 from mqepi.schemas import RUN_BOUND
 
 
@@ -91,7 +92,8 @@ def list_lake(lake: Lake) -> LakeListing:
         for files in groups.values():
             files.sort()
     state = hashlib.sha256("".join(f"{rel}\n" for rel in relative).encode()).hexdigest()
-    return LakeListing(lake.uri.rstrip("/"), relative, state, dict(seeds), run_files, run_configs, config_files, versions)
+    return LakeListing(duckdb_prefix(lake.uri, lake.root), relative, state, dict(seeds), run_files, run_configs,
+                       config_files, versions)
 
 
 def run_fingerprints(listing: LakeListing) -> dict[str, str]:

@@ -92,6 +92,33 @@ class _Keys:
     run_key: str  # z and the SQL files up to runs.sql: the per-run cache
 
 
+def as_of_versions(lake: Lake, ref: str, out_dir: Path | None = None) -> dict[str, int]:
+    """The table versions a snapshot read (``mqepi sql --as-of``): ``ref`` is a snapshot folder
+    or its snapshot.json, ``latest`` (the newest snapshot of ``out_dir``, by default the
+    lake's :func:`default_out_dir`), or explicit versions ``type=V,type=V`` (tables not named:
+    their latest version)."""
+    if ref == "latest":
+        out = out_dir or default_out_dir(lake)
+        latest = _read_json(out / LATEST)
+        if latest is None:
+            raise LakeError(f"--as-of latest: no snapshot in {out} (run `mqepi results recompute` first)")
+        ref = str(out / latest["snapshot"])
+    if "=" in ref and not Path(ref).exists():
+        versions = {}
+        for part in ref.split(","):
+            name, _, value = part.partition("=")
+            if name.strip() not in EVENT_TYPES or not value.strip().isdigit():
+                raise LakeError(f"--as-of: {part!r} is not TYPE=VERSION with a known event type ({', '.join(EVENT_TYPES)})")
+            versions[name.strip()] = int(value)
+        return versions
+    path = Path(ref)
+    meta = _read_json(path / "snapshot.json" if path.is_dir() else path)
+    if meta is None or not isinstance(meta.get("table_versions"), dict):
+        raise LakeError(f"--as-of: {ref} is not a snapshot folder or snapshot.json with table_versions "
+                        "(snapshots record them since the lake moved to Delta tables)")
+    return {t: int(v) for t, v in meta["table_versions"].items() if t in EVENT_TYPES}
+
+
 def default_out_dir(lake: Lake) -> Path:
     """``derived/`` beside a local lake's root folder."""
     if "://" in lake.uri:
@@ -203,7 +230,8 @@ def _meta(lake: Lake, listing: LakeListing, keys: _Keys, runs: dict[str, int], f
     """The content of snapshot.json."""
     return {
         "lake": lake.uri, "lake_state_sha256": listing.state, "lake_files": len(listing.relative),
-        "table_versions": listing.versions, "runs": runs, "families": families, "computed_at": datetime.now(UTC).isoformat(), "mqepi": __version__,
+        "table_versions": listing.versions, "runs": runs, "families": families,
+        "computed_at": datetime.now(UTC).isoformat(), "mqepi": __version__,
         "settings": keys.settings.__dict__, "settings_sha256": keys.settings_key, "run_key": keys.run_key,
         "sql_sha256": keys.sql_sha, "seconds": round(time.perf_counter() - t0, 3), "tables": list(SNAPSHOT_TABLES),
     }

@@ -1,10 +1,14 @@
 """The SQL layer: DuckDB with the lake's views loaded.
 
 The SQL files of ``analysis/`` (:data:`mqepi.analysis.SQL_FILES`, in load order) are the
-contract: their views read the files named by the DuckDB variables ``mqepi_files_<type>``
-(else the lake folder named by ``mqepi_lake``). :func:`connect` sets them to exactly the files
-the lake's commit log names (what ``Lake.read`` reads) and runs the files; a user of the plain
-``duckdb`` CLI does the same by hand (see ``docs/sql.md``).
+contract: their views read the files named by the DuckDB variables ``mqepi_files_<type>``.
+:func:`connect` sets them to exactly the active files of each event type's Delta table (what
+its log names, what ``Lake.read`` reads) and runs the files; a user of the plain ``duckdb``
+CLI does the same by hand (see ``docs/sql.md``).
+
+A lake on an S3-compatible store is read through pyarrow's S3 filesystem, registered with
+DuckDB under the protocol ``mqepis3://`` (DuckDB's own ``s3://`` needs the httpfs extension,
+which installs from the network only).
 """
 
 from __future__ import annotations
@@ -15,11 +19,41 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pyarrow as pa
+from fsspec.implementations.arrow import ArrowFSWrapper
 
 from mqepi.analysis import SQL_FILES
 from mqepi.errors import LakeError, QueryError
+from mqepi.lake.delta import filesystem
 from mqepi.lake.store import Lake
 from mqepi.schemas import EVENT_TYPES
+
+#: The protocol under which DuckDB reads an object-store lake (:func:`register_lake_fs`).
+S3_PROTOCOL = "mqepis3"
+
+
+class _LakeFS(ArrowFSWrapper):
+    """pyarrow's S3 filesystem as fsspec, for DuckDB, under :data:`S3_PROTOCOL`."""
+
+    protocol = S3_PROTOCOL
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = str(path)
+        return path.split("://", 1)[1] if "://" in path else path
+
+
+def duckdb_prefix(lake_uri: str, root: str) -> str:
+    """How DuckDB names the files under a lake's ``root``: the path (local) or ``mqepis3://root``."""
+    return f"{S3_PROTOCOL}://{root}" if lake_uri.startswith("s3://") else root
+
+
+def register_lake_fs(con: duckdb.DuckDBPyConnection, prefix: str) -> None:
+    """Let ``con`` read files named with ``prefix`` (:func:`duckdb_prefix`): registers the S3
+    filesystem for an object-store lake; nothing for a local one."""
+    if prefix.startswith(f"{S3_PROTOCOL}://") and S3_PROTOCOL not in con.list_filesystems():
+        bucket = prefix.split("://", 1)[1].split("/", 1)[0]
+        con.register_filesystem(_LakeFS(filesystem(f"s3://{bucket}")[0]))
+
 
 #: Output formats of :func:`export`.
 FORMATS = ("table", "csv", "json", "parquet")
@@ -42,6 +76,7 @@ def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDB
     if lake.pinned is None:
         lake.init()
     con = duckdb.connect()
+    register_lake_fs(con, duckdb_prefix(lake.uri, lake.root))
     con.execute("SET VARIABLE mqepi_lake = ?", [lake.uri])
     set_file_lists(con, committed_files(lake))
     files = SQL_FILES if views is None else [views] if isinstance(views, Path) else list(views)
@@ -56,10 +91,11 @@ def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDB
 
 
 def committed_files(lake: Lake) -> dict[str, list[str]]:
-    """Per event type, the files the lake's commit log names (what ``Lake.read`` reads), as
-    paths DuckDB opens (with the URI scheme of an object-store lake)."""
-    scheme = lake.uri.split("://", 1)[0] + "://" if "://" in lake.uri else ""
-    return {t: [scheme + path for path in lake.files(t)] for t in EVENT_TYPES}
+    """Per event type, the active files of its table (what ``Lake.read`` reads), as paths
+    DuckDB opens (:func:`duckdb_prefix`)."""
+    prefix = duckdb_prefix(lake.uri, lake.root)
+    cut = len(lake.root)
+    return {t: [prefix + path[cut:] for path in lake.files(t)] for t in EVENT_TYPES}
 
 
 def set_file_lists(con: duckdb.DuckDBPyConnection, files: dict[str, list[str]]) -> None:

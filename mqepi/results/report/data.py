@@ -81,6 +81,7 @@ class LakeSnapshot:
     uri: str
     n_files: int
     sha256: str
+    versions: dict[str, int] | None = None  # event type -> Delta table version read
 
 
 @dataclass

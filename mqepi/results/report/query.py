@@ -176,4 +176,4 @@ def lake_snapshot(lake: Lake) -> LakeSnapshot:
         names.extend(f.removeprefix(root) for f in lake.files(event_type))
     names.sort()
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
-    return LakeSnapshot(lake.uri, len(names), digest)
+    return LakeSnapshot(lake.uri, len(names), digest, lake.versions())

@@ -223,6 +223,9 @@ def _provenance_section(w: _Writer) -> None:
     if snap:
         w.doc.p(f"Lake snapshot: {snap.uri}, {snap.n_files} files; sha256 over their sorted names (relative to the lake root, "
                 f"one per line): {snap.sha256}.")
+        if snap.versions:
+            w.doc.p("Delta table versions read (reopen with `mqepi sql --as-of` and these versions): "
+                    + ", ".join(f"{t} v{v}" for t, v in snap.versions.items()) + ".")
     else:
         w.doc.p("Lake snapshot: unknown (the report was built from frames, not from a lake).")
     w.doc.p("SQL settings: " + ", ".join(f"{k} = {'default' if v is None else v}" for k, v in data.settings.items()) + "."
