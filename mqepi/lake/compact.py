@@ -105,7 +105,9 @@ def _groups(lake, event_type: str, log: delta.TableLog, small_bytes: int, min_fi
 
 
 def _read(lake, event_type: str, entries: list[delta.DataFile]) -> pa.Table:
-    """The rows of ``entries`` (one partition, one column set) as one table, in file order."""
+    """The rows of ``entries`` (one partition, one column set) as one table, in file order;
+    sample streams in host-time order (a stable sort), as their schema's stream checks
+    require of every file."""
     parts = []
     for entry in entries:
         path = f"{lake.table_dir(event_type)}/{entry.path}"
@@ -113,7 +115,8 @@ def _read(lake, event_type: str, entries: list[delta.DataFile]) -> pa.Table:
             parts.append(pq.read_table(path, filesystem=lake.fs))
         except (OSError, pa.ArrowException) as exc:
             raise LakeError(f"cannot read {path} to compact it: {exc}") from exc
-    return pa.concat_tables(parts)
+    table = pa.concat_tables(parts)
+    return table.sort_by("host_time_ns") if "host_time_ns" in table.column_names else table
 
 
 def _chunks(entries: list[delta.DataFile], target_bytes: int) -> list[list[delta.DataFile]]:
