@@ -1,14 +1,15 @@
-"""``mqepi lake ...``: create, check and count the event lake."""
+"""``mqepi lake ...``: create, check, count, compact, vacuum, list and migrate the event lake."""
 
 from __future__ import annotations
 
 import typer
 from rich.table import Table
 
-from mqepi.cli._common import cell, edge, err, lake, out, print_frame, safe, say
+from mqepi.cli._common import cell, edge, err, lake, out, print_frame, safe, say, write_data
 from mqepi.errors import LakeError
 from mqepi.lake import compact
 from mqepi.lake.migrate import migrate
+from mqepi.results.sql import committed_files
 
 app = typer.Typer(name="lake", help="Inspect and check the event lake.", no_args_is_help=True)
 
@@ -126,3 +127,25 @@ def lake_vacuum(
             say(f"{event_type}: {len(files)} files {'would be ' if dry_run else ''}deleted", out)
     say(f"{sum(len(f) for f in deleted.values())} files {'would be ' if dry_run else ''}deleted "
         f"(retention {retain_hours} h)", out)
+
+
+@app.command("files")
+@edge
+def lake_files(
+    event_type: list[str] = typer.Option(None, "--type", "-t", help="Event types (repeatable); default: all."),
+    as_sql: bool = typer.Option(False, "--sql", help="Print DuckDB statements that point the views at these files."),
+) -> None:
+    """Print the active files of each event type's table, as its Delta log names them (what the
+    SQL views and `Lake.read` read); with --sql, as `SET VARIABLE mqepi_files_<type> = [...]`
+    statements for a plain duckdb session (docs/sql.md)."""
+    lk = lake()
+    if not lk.exists():
+        raise LakeError(f"no lake at {lk.uri}")
+    for name, paths in committed_files(lk).items():
+        if event_type and name not in event_type:
+            continue
+        if as_sql:
+            quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+            write_data(f"SET VARIABLE mqepi_files_{name} = [{quoted}];\n")
+        else:
+            write_data("".join(f"{name}\t{p}\n" for p in paths))
