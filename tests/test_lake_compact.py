@@ -38,6 +38,7 @@ def test_compaction_merges_small_files_as_a_new_version_and_keeps_every_row(tmp_
     assert results["phase"].files_before == 13 and results["phase"].files_after == 2  # seed + one compacted file
     assert results["phase"].version == version_before + 1
     assert [Path(f).name[:3] for f in lake.files("phase") if "_seed" not in f] == ["cp-"]
+    assert Lake(lake.root).files("phase") == lake.files("phase")  # a reader replaying the log sees the same
     # the same rows, the same ids; runs still found through the log (the commit records them)
     assert lake.read("phase").sort("event_id").equals(before)
     assert lake.read("phase", run_id="run-1").height == 12

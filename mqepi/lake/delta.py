@@ -134,10 +134,10 @@ class TableLog:
         return self.fs.get_file_info(version_path(self.dir, 0)).type == pafs.FileType.File
 
     def refresh(self) -> tuple[list[DataFile], list[DataFile]]:
-        """Read the versions committed since the last refresh; return (files added, files
-        removed) by them."""
-        added: list[DataFile] = []
-        removed: list[DataFile] = []
+        """Read the versions committed since the last refresh; return the net change they
+        made: (files active now that were not before, files active before that are not now)."""
+        before = dict(self.active)
+        start = self.version
         while self.until is None or self.version < self.until:
             path = version_path(self.dir, self.version + 1)
             try:
@@ -152,12 +152,14 @@ class TableLog:
             if len(data) > MAX_LOG_BYTES:
                 raise LakeError(f"{path}: log entry larger than {MAX_LOG_BYTES} bytes; refusing to read it")
             self.version += 1
-            a, r = self._apply(self.version, data, path)
-            added += a
-            removed += r
+            self._apply(self.version, data, path)
+        if self.version == start:
+            return [], []
+        added = [e for p, e in self.active.items() if before.get(p) is not e]
+        removed = [e for p, e in before.items() if self.active.get(p) is not e]
         return added, removed
 
-    def _apply(self, version: int, data: bytes, where: str) -> tuple[list[DataFile], list[DataFile]]:
+    def _apply(self, version: int, data: bytes, where: str) -> None:
         actions = []
         for number, line in enumerate(data.splitlines(), 1):
             if not line.strip():
@@ -171,7 +173,6 @@ class TableLog:
         files_meta = meta.get("files") if isinstance(meta.get("files"), dict) else {}
         producer = meta.get("producer", {}).get("writer") if isinstance(meta.get("producer"), dict) else None
         commit = Commit(version, str(info.get("operation", "")), int(info.get("timestamp", 0) or 0), meta)
-        added, removed = [], []
         for action in actions:
             if not isinstance(action, dict):
                 continue
@@ -187,19 +188,16 @@ class TableLog:
                 self.active[path] = entry
                 self.removed.pop(path, None)
                 commit.added.append(path)
-                added.append(entry)
             elif "remove" in action:
                 path = str(action["remove"].get("path", ""))
                 gone = self.active.pop(path, None)
                 if gone is not None:
                     self.removed[path] = gone
-                    removed.append(gone)
                 commit.removed.append(path)
             elif "txn" in action:
                 commit.app_ids.append(str(action["txn"].get("appId")))
                 self.app_ids.add(commit.app_ids[-1])
         self.commits.append(commit)
-        return added, removed
 
 
 def _stats(text) -> dict:
