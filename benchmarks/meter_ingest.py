@@ -259,7 +259,9 @@ def stream(hours: float, batch: int, batching_name: str) -> None:
     print(f"RSS after imports      {baseline:>12.0f} MB   (python + polars + pyarrow + pandera + mqepi: {baseline_split})")
     print(f"peak RSS (stream)      {peak_rss_mb():>12.0f} MB   (goal < 150 MB; {peak_rss_mb() - baseline:.0f} MB over the "
           "imports)")
-    print(f"RSS at each 10 %       {' '.join(f'{x:.0f}' for x in rss_log)} MB   (flat: bounded however long the run)")
+    drift = f"{rss_log[-1] - rss_log[0]:+.0f} MB from the first tenth to the last" if rss_log else ""
+    print(f"RSS at each 10 %       {' '.join(f'{x:.0f}' for x in rss_log)} MB   ({drift}; flat = bounded however "
+          "long the run)")
     print(f"RSS at the end         {rss_mb():>12.0f} MB   ({end_split})")
 
 

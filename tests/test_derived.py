@@ -19,7 +19,7 @@ from mqepi.errors import QueryError
 from mqepi.lake.store import Lake
 from mqepi.results import engine, sql
 from mqepi.results import snapshots as derived
-from mqepi.schemas import EVENT_TYPES
+from mqepi.schemas import EVENT_TYPES, RUN_BOUND
 
 MODEL_A, MODEL_B = "smollm2-135m", "qwen-0.5b"
 STEP_NS = 50_000_000  # a 20 Hz simulated meter
@@ -281,7 +281,7 @@ def test_file_lists_redirect_every_base_view(lake):
     seeds = {t: [f for f in lake.files(t) if "=_seed/" in f] for t in EVENT_TYPES}
     engine.set_file_lists(con, seeds)  # the lake variable still names the lake: no view reads it now
     assert all(con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] == 0 for t in EVENT_TYPES)
-    one_run = {t: seeds[t] + [f for f in lake.files(t) if f"/run_id={run_id}/" in f] for t in EVENT_TYPES}
+    one_run = {t: seeds[t] + (lake.files(t, run_id=run_id) if t in RUN_BOUND else []) for t in EVENT_TYPES}
     engine.set_file_lists(con, one_run)
     assert con.execute("SELECT list(DISTINCT run_id) FROM run").fetchall()[0][0] == [run_id]
     with pytest.raises(QueryError, match="not even a seed"):

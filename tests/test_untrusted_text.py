@@ -82,7 +82,7 @@ def test_sql_over_a_lake_holding_a_hostile_host_prints_it_visibly(source_lake, t
     """A value written before the identifier rules (or by any other writer) reaches the views."""
     root = tmp_path / "lake"
     shutil.copytree(source_lake.root, root)
-    path = next((root / "run").glob("model=*/config_id=*/run_id=run-a/ev-*.parquet"))
+    path = Lake(root).files("run", run_id="run-a")[0]
     pl.read_parquet(path).with_columns(host=pl.lit(HOSTILE)).write_parquet(path)
     result = cli("--lake", root, "sql", "SELECT DISTINCT host FROM run ORDER BY host")
     assert result.exit_code == 0, result.output
