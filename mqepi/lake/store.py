@@ -8,19 +8,16 @@ Layout (a local folder or an object-store prefix ``s3://bucket/prefix``)::
     <root>/<event_type>/model=_seed/config_id=_seed/schema-v<N>.parquet
                                                                      zero-row seed (one per schema version met)
 
-Partitions are (model, config_id) for every type (a query by model or configuration prunes
-to its folder; run ids are a column, so there is no folder per run). A data file's name
-derives from the batch content (sha256 over its sorted event ids), so appending the same
-batch twice writes and commits nothing the second time. mqepi writes each file itself
-(locally under a temporary dot-name, fsynced, published with a no-clobber hard link; on an
-object store as one object) and then commits it with delta-rs (:mod:`mqepi.lake.delta`): a
-file is data once its table's log names it. Every write is a transaction
-(:meth:`Lake.transaction`): the files of one table commit as one table version carrying the
-producer, each file's sha256, rows and run ids, and an application transaction keyed by
-their content (a retried commit is a no-op). A transaction over several tables commits them
-one table at a time in :data:`COMMIT_ORDER` (configuration-bound first, ``run`` last) under
-one transaction id recorded in each commit; ``lake verify`` reports a transaction whose
-tables are not all committed, and re-running the write (idempotent) completes it.
+Partitions are (model, config_id) for every type; run ids are a column (no folder per run).
+A data file's name derives from the batch content (sha256 over its sorted event ids), so the
+same batch twice writes and commits nothing the second time. mqepi writes each file itself
+(:func:`mqepi.lake.durable.write_parquet`) and commits it with delta-rs
+(:mod:`mqepi.lake.delta`): a file is data once its table's log names it. Every write is a
+transaction (:meth:`Lake.transaction`): each table's files commit as one version carrying the
+producer, each file's sha256, rows and runs, the transaction's plan, and an application
+transaction keyed by the content (a retried commit is a no-op). A transaction over several
+tables commits them in :data:`COMMIT_ORDER` (``run`` last); ``lake verify`` reports one
+interrupted between tables (``incomplete``), and re-running the write completes it.
 
 A local lake's commit lock makes a writer's checks (run-id claims) and its commit one step;
 on an object store writers rely on Delta's optimistic concurrency (conditional puts).
@@ -56,6 +53,7 @@ from mqepi.lake import delta, events
 from mqepi.lake.durable import PARQUET_COMPRESSION, publish, write_parquet  # noqa: F401 - PARQUET_COMPRESSION re-exported
 from mqepi.lake.index import SEED_VALUE, FileIndex
 from mqepi.lake.locks import LockHeld, exclusive, holder_record
+from mqepi.lake.stats import stats as lake_stats
 from mqepi.lake.verify import DATA_PREFIX, LOCKS_DIR, VerifyReport, seed_name, verify
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND, EventSpec, spec_for
 
@@ -154,9 +152,12 @@ class Lake:
         return delta.table_uri(self.uri, event_type)
 
     def exists(self) -> bool:
-        if self.fs.get_file_info(self.root).type == pafs.FileType.Directory:
-            return True
-        return not self._local and any(log.exists() for log in self._logs.values())
+        try:
+            if self.fs.get_file_info(self.root).type == pafs.FileType.Directory:
+                return True
+            return not self._local and any(log.exists() for log in self._logs.values())
+        except OSError as exc:
+            raise LakeError(f"cannot reach the lake {self.uri}: {exc}") from exc
 
     def lock_path(self, name: str) -> Path:
         """The lock file ``name`` (:mod:`mqepi.lake.locks`) of this lake: under ``<root>/_locks``
@@ -239,7 +240,12 @@ class Lake:
             app_id = "mqepi-" + hashlib.sha256("\n".join(sorted(f.rel for f in files)).encode()).hexdigest()[:40]
             if app_id in self._logs[event_type].app_ids:
                 continue  # committed before (a retried write): nothing to do
-            delta.commit(self._table(event_type), actions, meta, app_id)
+            try:
+                delta.commit(self._table(event_type), actions, meta, app_id)
+            except LakeError:
+                self.index()  # another writer committed the same files meanwhile (same app id): done
+                if app_id not in self._logs[event_type].app_ids:
+                    raise
         self.index()
 
     def _table(self, event_type: str):
@@ -338,6 +344,15 @@ class Lake:
             return result
         unique = batch.unique(subset="event_id", keep="first", maintain_order=True)
         result.duplicate_rows_dropped = batch.height - unique.height
+        try:
+            self._write_partitions(spec, unique, result)
+        except LakeError as exc:
+            if spec.name in str(exc):
+                raise
+            raise LakeError(f"append to {spec.name} ({self.table_uri(spec.name)}) failed: {exc}") from exc
+        return result
+
+    def _write_partitions(self, spec: EventSpec, unique: pl.DataFrame, result: AppendResult) -> None:
         with self.transaction(f"append {spec.name}") as tx:
             self._ensure_seed(spec)
             parts = unique.partition_by(list(spec.partition_by), as_dict=True, maintain_order=True)
@@ -362,7 +377,6 @@ class Lake:
                     result.rows_written += part.height
                 else:
                     result.files_already_present += 1
-        return result
 
     def _claim_runs(self, tx: _Pending, runs_of: dict[tuple, tuple[str, ...]]) -> None:
         """Refuse run ids the lake (or this transaction) holds under another (model, config)."""
@@ -478,21 +492,7 @@ class Lake:
 
     def stats(self) -> pl.DataFrame:
         """Events (distinct ids), active files, bytes and table version per event type and origin."""
-        rows = []
-        versions = self.versions()
-        for name in EVENT_TYPES:
-            entries = [e for e in self._logs[name].active.values() if e.partition[0] != SEED_VALUE]
-            size = sum(e.bytes for e in entries)
-            base = {"event_type": name, "files": len(entries), "bytes": size, "version": versions[name]}
-            df = self.read(name, columns=["origin"])
-            if df.height == 0:
-                rows.append({**base, "origin": None, "events": 0})
-                continue
-            for origin, count in df.group_by("origin").len().sort("origin").iter_rows():
-                rows.append({**base, "origin": origin, "events": count})
-        schema = {"event_type": pl.Utf8, "origin": pl.Utf8, "events": pl.Int64, "files": pl.Int64, "bytes": pl.Int64,
-                  "version": pl.Int64}
-        return pl.DataFrame(rows, schema=schema).select(list(schema))
+        return lake_stats(self)
 
 
 def _partition_rel(values: tuple) -> str:

@@ -36,10 +36,26 @@ class _LakeFS(ArrowFSWrapper):
 
     protocol = S3_PROTOCOL
 
+    def __init__(self, fs, **kwargs):
+        super().__init__(fs, **kwargs)
+        self._infos: dict[str, dict] = {}
+
     @classmethod
     def _strip_protocol(cls, path):
         path = str(path)
         return path.split("://", 1)[1] if "://" in path else path
+
+    def info(self, path, **kwargs):
+        # lake files are content-addressed and never change: one request per file, not per bind
+        key = self._strip_protocol(path)
+        if key not in self._infos:
+            self._infos[key] = super().info(path, **kwargs)
+        return self._infos[key]
+
+    def glob(self, path, **kwargs):
+        if not any(c in str(path) for c in "*?["):  # a file list, not a pattern: no listing
+            return [self._strip_protocol(path)] if self.exists(path) else []
+        return super().glob(path, **kwargs)
 
 
 def duckdb_prefix(lake_uri: str, root: str) -> str:
