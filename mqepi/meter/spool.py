@@ -220,6 +220,7 @@ class Segment:
 
     @property
     def rows(self) -> int:
+        """Complete rows read (those before a torn tail)."""
         return 0 if self.table is None else self.table.num_rows
 
 
