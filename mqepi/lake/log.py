@@ -1,4 +1,5 @@
-"""The lake's commit log: the durable record of which files are data.
+"""The commit log of the lake layout before Delta Lake (read only now, by :mod:`mqepi.lake.legacy`
+for ``lake migrate``): the durable record of which files were data.
 
 A file in an event folder is data only once a commit names it. Writers first write every file
 of a transaction (a sweep stage's batch, a whole community bundle), then add one commit that
