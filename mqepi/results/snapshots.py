@@ -120,9 +120,12 @@ def as_of_versions(lake: Lake, ref: str, out_dir: Path | None = None) -> dict[st
 
 
 def default_out_dir(lake: Lake) -> Path:
-    """``derived/`` beside a local lake's root folder."""
+    """``derived/`` beside a local lake's root folder; for an object-store lake, a local folder
+    per lake URI under the cache (``$MQEPI_CACHE/derived/<sha256 of the URI>[:16]``): the
+    derived tables are projections, rebuilt from the lake wherever they are lost."""
     if "://" in lake.uri:
-        raise LakeError(f"{lake.uri} is not a local folder: pass an output folder for the derived tables")
+        cache = Path(os.environ.get("MQEPI_CACHE") or Path.home() / ".cache" / "mqepi")
+        return cache / "derived" / digest(lake.uri)[:16]
     return Path(lake.root).parent / "derived"
 
 
