@@ -129,10 +129,6 @@ def write_parquet(fs, directory: str, name: str, table, publish=publish) -> tupl
 
 
 def _hash_existing(fs, path: str) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
     with fs.open_input_stream(path) as fh:
-        while block := fh.read(CHUNK_BYTES):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+        sha = sha256_stream(fh)
+    return fs.get_file_info(path).size, sha

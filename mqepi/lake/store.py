@@ -5,8 +5,7 @@ Layout (a local folder or an object-store prefix ``s3://bucket/prefix``)::
     <root>/<event_type>/_delta_log/<version>.json                    the table's log (Delta protocol)
     <root>/<event_type>/model=<m>/config_id=<c>/ev-<sha256>.parquet  one batch of events
     <root>/<event_type>/model=<m>/config_id=<c>/cp-<sha256>.parquet  a compacted file
-    <root>/<event_type>/model=_seed/config_id=_seed/schema-v<N>.parquet
-                                                                     zero-row seed (one per schema version met)
+    <root>/<event_type>/model=_seed/config_id=_seed/schema-v<N>.parquet  zero-row seed per schema version
 
 Partitions are (model, config_id) for every type; run ids are a column (no folder per run).
 A data file's name derives from the batch content (sha256 over its sorted event ids), so the
@@ -20,11 +19,9 @@ tables commits them in :data:`COMMIT_ORDER` (``run`` last); ``lake verify`` repo
 interrupted between tables (``incomplete``), and re-running the write completes it.
 
 A local lake's commit lock makes a writer's checks (run-id claims) and its commit one step;
-on an object store writers rely on Delta's optimistic concurrency (conditional puts).
-
-Nothing here deletes or rewrites a committed file. :mod:`mqepi.lake.compact` merges small
-files into large ones as a new version (the old files stay reachable by time travel); only its
-``vacuum``, with a retention the user states, deletes files no longer active.
+on an object store writers rely on Delta's optimistic concurrency (conditional puts). Nothing
+here deletes or rewrites a committed file: :mod:`mqepi.lake.compact` merges small files as a new
+version (old files stay reachable by time travel); only its ``vacuum`` deletes, when asked.
 
 Schema versions (``EventSpec.version``) only add nullable columns (``EventSpec.added``), added
 to the table's schema by ``init`` or the first append; every version's seed stays, so readers
@@ -176,17 +173,21 @@ class Lake:
     def index(self) -> FileIndex:
         """The active files, indexed (every table's log read up to now)."""
         with self._mutex:
-            for event_type, log in self._logs.items():
-                added, removed = log.refresh()
-                for entry in removed:
-                    self._index.remove(event_type, entry)
-                for entry in added:
-                    self._index.add(event_type, entry)
+            for event_type in self._logs:
+                self._refresh(event_type)
             return self._index
 
+    def _refresh(self, event_type: str) -> None:  # one table's new versions, their net change applied
+        with self._mutex:
+            added, removed = self._logs[event_type].refresh()
+            for entry in removed:
+                self._index.remove(event_type, entry)
+            for entry in added:
+                self._index.add(event_type, entry)
+
     def log(self, event_type: str) -> delta.TableLog:
-        """The (refreshed) log of one table."""
-        self.index()
+        """The (refreshed) log of one table (only that table's log is read)."""
+        self._refresh(event_type)
         return self._logs[event_type]
 
     def versions(self) -> dict[str, int]:

@@ -18,7 +18,6 @@ version the lake has met, each with that version's columns.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -207,12 +206,10 @@ def _bytes_problems(lake, info: pafs.FileInfo, entry: DataFile) -> list[Problem]
     if entry.sha256 is None:
         return out + [Problem("log", info.path, f"the commit of version {entry.version} recorded no sha256 for it "
                               "(not written by mqepi)")]
-    digest = hashlib.sha256()
     with lake.fs.open_input_stream(info.path) as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    if digest.hexdigest() != entry.sha256:
-        out.append(Problem("changed", info.path, f"sha256 {digest.hexdigest()[:16]}..., committed as "
+        sha = durable.sha256_stream(fh)
+    if sha != entry.sha256:
+        out.append(Problem("changed", info.path, f"sha256 {sha[:16]}..., committed as "
                            f"{entry.sha256[:16]}... (version {entry.version}): the file was altered"))
     return out
 
