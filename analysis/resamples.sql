@@ -52,41 +52,53 @@ WITH params AS (
     SELECT g, benchmark, qkey, row_number() OVER (PARTITION BY g, benchmark ORDER BY qkey) AS q,
         count(*) OVER (PARTITION BY g, benchmark) AS m
     FROM (SELECT DISTINCT g, benchmark, qkey FROM answered)
-), ans AS MATERIALIZED (  -- per item run and benchmark it answered: its answers to q = 1..m
+), ans AS (  -- per item run and benchmark it answered: its answers to q = 1..m
     SELECT rb.g, rb.run_key, rb.benchmark, any_value(u.m) AS m,
-        list(coalesce(a.n_correct, 0) ORDER BY u.q) AS correct,
-        list(coalesce(a.n_answers, 0) ORDER BY u.q) AS answered
+        list(CAST(coalesce(a.n_correct, 0) AS DOUBLE) ORDER BY u.q) AS correct,
+        list(CAST(coalesce(a.n_answers, 0) AS DOUBLE) ORDER BY u.q) AS answered
     FROM (SELECT DISTINCT g, run_key, benchmark FROM answered) rb
     JOIN universe u ON u.g = rb.g AND u.benchmark = rb.benchmark
     LEFT JOIN answered a ON a.run_key = rb.run_key AND a.benchmark = rb.benchmark AND a.qkey = u.qkey
     GROUP BY rb.g, rb.run_key, rb.benchmark
-), picks AS (  -- resample b of a family's questions of one benchmark: the 1-based positions drawn
-    SELECT u.g, u.benchmark, bb.b,
-        list_transform(range(u.m), lambda j:
-            mqepi_bootstrap_draw(p.seed, mqepi_question_stream(u.benchmark), bb.b, j, u.m) + 1) AS pick
+), benchmarks AS (  -- per family: its benchmarks, in name order
+    SELECT g, list(DISTINCT benchmark ORDER BY benchmark) AS names FROM ans GROUP BY g
+), run_answers AS MATERIALIZED (  -- per item run: its benchmarks (positions in the family's), answers
+    SELECT a.g, a.run_key, list(list_position(f.names, a.benchmark) ORDER BY a.benchmark) AS pos,
+        list(a.correct ORDER BY a.benchmark) AS correct, list(a.answered ORDER BY a.benchmark) AS answered
+    FROM ans a JOIN benchmarks f USING (g) GROUP BY a.g, a.run_key
+), picks AS (  -- draw j of resample b of a family's questions of one benchmark: position 1..m
+    SELECT u.g, u.benchmark, u.m, bb.b,
+        unnest(list_transform(range(u.m), lambda j:
+            mqepi_bootstrap_draw(p.seed, mqepi_question_stream(u.benchmark), bb.b, j, u.m) + 1)) AS pick
     FROM (SELECT DISTINCT g, benchmark, m FROM ans) u
     CROSS JOIN params p
     CROSS JOIN (SELECT unnest(range(1, n_boot + 1)) AS b FROM params) bb
-), per_benchmark AS (
-    SELECT a.run_key, d.b, a.benchmark,
-        list_sum(list_select(a.correct, d.pick)) / nullif(list_sum(list_select(a.answered, d.pick)), 0) AS acc
-    FROM ans a JOIN picks d ON d.g = a.g AND d.benchmark = a.benchmark
-), per_run AS (
-    SELECT run_key, b, CASE WHEN count(acc) = count(*) THEN avg(acc ORDER BY benchmark) END AS accuracy
-    FROM per_benchmark GROUP BY run_key, b
-), moved AS (
+), weights AS MATERIALIZED (  -- per family and resample b: per benchmark, how often q = 1..m was drawn
+    SELECT g, b, list(list_transform(range(1, m + 1), lambda q: CAST(coalesce(h[q], 0) AS DOUBLE)) ORDER BY benchmark) AS w
+    FROM (SELECT g, benchmark, b, any_value(m) AS m, histogram(pick) AS h FROM picks GROUP BY g, benchmark, b)
+    GROUP BY g, b
+), moved AS (  -- per item run and resample b: its J/token, and its accuracy per benchmark answered
+    -- (the correct answers drawn over the answers drawn: counts x draws, exact in DOUBLE)
     SELECT it.*, bb.b,
         (it.benchmark_energy_j + coalesce(it.benchmark_energy_uncertainty_j, 0.0)
-            * mqepi_bootstrap_normal(p.seed, bb.b, mqepi_run_hash(it.run_key))) / nullif(it.benchmark_tokens, 0) AS jpt
+            * mqepi_bootstrap_normal(p.seed, bb.b, mqepi_run_hash(it.run_key))) / nullif(it.benchmark_tokens, 0) AS jpt,
+        list_transform(range(1, len(ra.pos) + 1), lambda k:
+            list_inner_product(d.w[ra.pos[k]], ra.correct[k]) / nullif(list_inner_product(d.w[ra.pos[k]], ra.answered[k]), 0))
+            AS accs
     FROM items it
     CROSS JOIN params p
     CROSS JOIN (SELECT unnest(range(1, n_boot + 1)) AS b FROM params) bb
+    LEFT JOIN run_answers ra ON ra.run_key = it.run_key
+    LEFT JOIN weights d ON d.g = ra.g AND d.b = bb.b
+), scored AS (  -- composite: the mean over the run's benchmarks in name order (NULL when one is NULL)
+    SELECT * EXCLUDE (accs), CASE WHEN len(accs) > 0 AND list_count(accs) = len(accs) THEN list_avg(accs) END AS acc_b
+    FROM moved
 )
-SELECT m.g, m.ckey, m.i, m.n, m.run_key, m."repeat", m.run_id, m.b, m.jpt AS j_per_token, r.accuracy,
-    CASE WHEN m.jpt IS NULL OR r.accuracy IS NULL THEN NULL
-         WHEN r.accuracy = 0 THEN 1e300  -- infinite EPI (mqepi_infinite), not left out
-         ELSE m.jpt / r.accuracy END AS epi
-FROM moved m LEFT JOIN per_run r ON r.run_key = m.run_key AND r.b = m.b;
+SELECT m.g, m.ckey, m.i, m.n, m.run_key, m."repeat", m.run_id, m.b, m.jpt AS j_per_token, m.acc_b AS accuracy,
+    CASE WHEN m.jpt IS NULL OR m.acc_b IS NULL THEN NULL
+         WHEN m.acc_b = 0 THEN 1e300  -- infinite EPI (mqepi_infinite), not left out
+         ELSE m.jpt / m.acc_b END AS epi
+FROM scored m;
 
 -- One row per configuration (ckey) and resample b: the medians over its drawn repeats.
 CREATE OR REPLACE MACRO mqepi_config_resamples() AS TABLE

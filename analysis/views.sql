@@ -59,13 +59,25 @@ SELECT * FROM (VALUES
     ('nvml', 0.001, 0.05), ('replay', 1.0, 0.01)) AS t(power_source, resolution_w, accuracy_rel);
 
 -- Power samples with their meter epoch: +1 after each sequence decrease (a meter reset),
--- counted per run and meter in arrival order.
+-- counted per run and meter in arrival order. A meter that never reset (the usual case) is
+-- found by one sort of the ordering columns alone and keeps epoch 0; only the samples of a
+-- run and meter with a reset are sorted again, whole, to count them.
 CREATE OR REPLACE VIEW power_epoch AS
+WITH resets AS (
+    SELECT DISTINCT run_id, meter_id
+    FROM (SELECT run_id, meter_id, seq,
+                 lag(seq) OVER (PARTITION BY run_id, meter_id ORDER BY host_time_ns, seq, channel) AS prev_seq
+          FROM power_sample)
+    WHERE seq < prev_seq
+)
+SELECT s.*, CAST(0 AS BIGINT) AS epoch
+FROM power_sample s ANTI JOIN resets r ON r.run_id = s.run_id AND r.meter_id = s.meter_id
+UNION ALL
 SELECT * EXCLUDE (prev_seq),
     CAST(sum(CASE WHEN seq < prev_seq THEN 1 ELSE 0 END) OVER (
         PARTITION BY run_id, meter_id ORDER BY host_time_ns, seq, channel ROWS UNBOUNDED PRECEDING) AS BIGINT) AS epoch
 FROM (SELECT *, lag(seq) OVER (PARTITION BY run_id, meter_id ORDER BY host_time_ns, seq, channel) AS prev_seq
-      FROM power_sample);
+      FROM power_sample s SEMI JOIN resets r ON r.run_id = s.run_id AND r.meter_id = s.meter_id);
 
 -- Least-squares fit host_s = intercept_s + slope * meter_s per run, meter and epoch, one
 -- point per line, both clocks relative to the epoch's first line.

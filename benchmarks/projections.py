@@ -9,19 +9,25 @@ benchmark, perplexity, kld and throughput. Then, in this process, times:
 
 * bare scan: ``SELECT sum(power_w)`` over the same power_sample files with DuckDB (the
   baseline; run twice, the second, warm, figure is used);
-* listing: ``list_lake`` alone (every recompute lists the whole lake: its state);
-* full rebuild: ``recompute`` into an empty folder (every view materialised: run_energy,
-  run_accuracy, run_metrics, config_summary, matched_pairs, pareto_frontier);
-* unchanged: ``recompute`` again (reuse: a listing);
-* incremental: one new run recorded, then ``recompute`` into the same folder.
+* listing: ``list_lake`` alone (the Delta logs read: the lake state, every run's files);
+* full rebuild: ``recompute`` into an empty folder, in a child process (its peak RSS):
+  every derived table materialised (run_energy, run_accuracy, run_metrics, config_summary,
+  matched_pairs, pareto_frontier);
+* unchanged: ``recompute`` again (reused); incremental: one new run recorded, then
+  ``recompute`` into the same folder (``--rounds`` times, the median);
+* interactive: ``SELECT * FROM config_summary`` / ``pareto_frontier`` as ``mqepi sql`` runs it
+  (the snapshot check, a connection whose derived views read the snapshot, the query), in
+  this process and as a new ``mqepi sql`` process (with the interpreter's start and imports);
+* with ``--live``: ``SELECT count(*) FROM run_metrics`` over the live views (slow).
 
-* with ``--live``: ``SELECT count(*) FROM run_metrics`` through ``mqepi.results.sql.connect`` (the
-  views over the lake's globs, nothing materialised; slow).
+Every size of ``--runs`` (default 1,000 and 10,000, the same ``--samples``) is measured in
+turn, then the growth exponent k of each figure (cost ~ runs^k) between the first and last.
+Goals (issue 18): full rebuild <= 3x the bare scan (moonshot 1.5x); incremental <= 0.5 s
+at 10^4 runs; ``mqepi sql`` of config_summary and pareto_frontier <= 1 s at 10^4 runs. The
+lake is built through Lake.record (about 70 runs/s here); ``--dir D --keep`` keeps and
+reuses it.
 
-Goals: full rebuild <= 1.5x the bare scan; incremental <= 2 s. The lake is built
-through Lake.record (about 30 runs/s here); ``--dir D --keep`` keeps it and reuses it.
-
-    python benchmarks/projections.py [--runs 10000] [--samples 1e7] [--bootstrap 1000]
+    python benchmarks/projections.py [--runs 1000,10000] [--samples 1e7] [--bootstrap 1000]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -186,10 +193,117 @@ def bare_scan(lake: Lake) -> tuple[float, float]:
     return seconds, total
 
 
+FULL_CHILD = """
+import json, resource, sys, time
+from mqepi.lake.store import Lake
+from mqepi.results import snapshots
+lines = []
+t0 = time.perf_counter()
+snap = snapshots.recompute(Lake(sys.argv[1]), sys.argv[2], bootstrap=int(sys.argv[3]), batch_runs=int(sys.argv[4]),
+                           progress=lambda s: lines.append(f"{time.perf_counter() - t0:8.2f} s  {s}"))
+print(json.dumps({"seconds": snap.seconds, "lines": lines,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def full_rebuild(lake: Lake, out: Path, args) -> dict:
+    """The full rebuild in a child process (its own peak RSS): seconds, progress lines, peak MB."""
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run([sys.executable, "-c", FULL_CHILD, lake.root, str(out), str(args.bootstrap),
+                           str(args.batch_runs)], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def interactive(lake: Lake, out: Path, view: str) -> float:
+    """In this process: the snapshot check (recompute: a reuse when current), a connection
+    with the projected views, ``SELECT * FROM view``; seconds."""
+    t0 = time.perf_counter()
+    snap = derived.projection(lake, out)
+    con = sql.connect(lake, projected={v: snap.tables[v] for v in derived.PROJECTED_VIEWS})
+    con.sql(f"SELECT * FROM {view}").fetchall()
+    con.close()
+    return time.perf_counter() - t0
+
+
+def cli_seconds(lake: Lake, out: Path, query: str) -> float:
+    """``mqepi sql QUERY`` as a user runs it (a new interpreter: its imports included)."""
+    env = {**os.environ, "MQEPI_LAKE": lake.root}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mqepi", "sql", query, "--format", "csv"], check=True, env=env,
+                   capture_output=True)
+    return time.perf_counter() - t0
+
+
+def measure(work: Path, runs: int, args) -> dict:
+    """Every figure of one lake size."""
+    args.runs = runs
+    root = work / f"lake-{runs}"
+    t0 = time.perf_counter()
+    if args.keep and (root / "run").is_dir():
+        lake = Lake(root)
+        print(f"reusing the lake in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        lake, _ = build_lake(root, args)
+    build_s = time.perf_counter() - t0
+    n_files = sum(len(lake.files(t)) for t in EVENT_TYPES)
+    size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
+    print(f"lake        {runs:,d} runs, {int(args.samples):,d} power samples, {args.windows} windows/run, "
+          f"{n_files:,d} files, {size / 1e6:,.0f} MB; built in {build_s:.0f} s")
+    bare_scan(lake)  # warm the page cache
+    bare_s, total = bare_scan(lake)
+    print(f"bare scan   {bare_s:8.2f} s   SELECT sum(power_w) over the power_sample files ({total:,.0f} W summed)")
+    t0 = time.perf_counter()
+    list_lake(lake)
+    list_s = time.perf_counter() - t0
+    print(f"listing     {list_s:8.2f} s   {list_s / bare_s:6.2f}x bare   (list_lake from the Delta logs)")
+    out = work / f"derived-{runs}"
+    full = full_rebuild(lake, out, args)
+    print(f"full        {full['seconds']:8.2f} s   {full['seconds'] / bare_s:6.2f}x bare   (goal <= 3x, moonshot 1.5x); "
+          f"peak RSS {full['peak_mb']:,.0f} MB")
+    print("\n".join(f"    {line}" for line in full["lines"]))
+    kw = {"bootstrap": args.bootstrap, "batch_runs": args.batch_runs}
+    unchanged, incremental = [], []
+    samples_per_run = max(args.windows * 4, int(args.samples) // runs)
+    for i in range(args.rounds):
+        same = derived.recompute(lake, out, **kw)
+        assert same.reused
+        unchanged.append(same.seconds)
+        slot = len(list_lake(lake).run_files) + 1  # a run id not in the lake yet
+        record_runs(lake, [(f"model{i % len(models_of(lake)):03d}", "c00", args.repeats, slot)],
+                    samples_per_run=samples_per_run, windows=args.windows, questions=args.questions, seed=slot)
+        lines: list[str] = []
+        stamp = time.perf_counter()
+        inc = derived.recompute(lake, out, progress=lambda s: lines.append(f"{time.perf_counter() - stamp:7.2f} s  {s}"),
+                                **kw)
+        assert inc.runs_new == 1 and not inc.reused, (inc.runs_new, inc.reused)
+        incremental.append(inc.seconds)
+        print(f"round {i + 1}: unchanged {same.seconds:.2f} s, incremental {inc.seconds:.2f} s")
+        print("\n".join(f"    {line}" for line in lines))
+    same_s, inc_s = statistics.median(unchanged), statistics.median(incremental)
+    print(f"unchanged   {same_s:8.2f} s   (reused: the log read; median of {args.rounds})")
+    print(f"incremental {inc_s:8.2f} s   (goal <= 0.5 s; one new run among {inc.runs_total:,d}; median of {args.rounds})")
+    figures = {"bare": bare_s, "full": full["seconds"], "incremental": inc_s, "peak_mb": full["peak_mb"]}
+    for view in ("config_summary", "pareto_frontier"):
+        interactive(lake, out, view)  # warm
+        figures[view] = statistics.median(interactive(lake, out, view) for _ in range(3))
+        figures[f"cli_{view}"] = cli_seconds(lake, out, f"SELECT * FROM {view}")
+        print(f"sql {view:16s} {figures[view]:6.2f} s in process (goal <= 1 s); `mqepi sql` "
+              f"{figures[f'cli_{view}']:.2f} s with the interpreter's start")
+    if args.live:
+        con = sql.connect(lake)
+        con.execute(f"SET VARIABLE mqepi_bootstrap = {args.bootstrap}")
+        t0 = time.perf_counter()
+        n = con.execute("SELECT count(*) FROM run_metrics").fetchall()[0][0]
+        print(f"live view   {time.perf_counter() - t0:8.2f} s   (SELECT count(*) FROM run_metrics, live: {n:,d} rows)")
+        con.close()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--samples", type=float, default=1e7, help="power samples in all (1e8 optional)")
+    parser.add_argument("--runs", default="1000,10000", help="lake sizes in runs, comma-separated")
+    parser.add_argument("--samples", type=float, default=1e7, help="power samples in all, per lake (1e8 optional)")
     parser.add_argument("--windows", type=int, default=6, help="phase windows per run")
     parser.add_argument("--questions", type=int, default=20, help="answers per benchmark and run")
     parser.add_argument("--configs", type=int, default=24, help="configurations per model")
@@ -198,80 +312,21 @@ def main() -> None:
     parser.add_argument("--batch-runs", type=int, default=derived.DEFAULT_BATCH_RUNS)
     parser.add_argument("--chunk", type=int, default=500, help="runs per Lake.record call while building")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the lake (with --dir: reuse it if present)")
+    parser.add_argument("--keep", action="store_true", help="keep the lakes (with --dir: reuse them if present)")
     parser.add_argument("--rounds", type=int, default=3, help="unchanged + incremental rounds")
     parser.add_argument("--live", action="store_true", help="also time run_metrics through the live views (slow)")
     args = parser.parse_args()
-
+    sizes = [int(float(x)) for x in args.runs.split(",") if x.strip()]
     work = args.dir or Path(tempfile.mkdtemp(prefix="mqepi-projections-"))
-    root = work / "lake"
     try:
-        t0 = time.perf_counter()
-        if args.keep and (root / "run").is_dir():
-            lake = Lake(root)
-            print(f"reusing the lake in {root}")
-        else:
-            lake, _ = build_lake(root, args)
-        build_s = time.perf_counter() - t0
-        n_files = sum(len(lake.files(t)) for t in EVENT_TYPES)
-        size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
-        print(f"lake        {args.runs:,d} runs, {int(args.samples):,d} power samples, {args.windows} windows/run, "
-              f"{n_files:,d} files, {size / 1e6:,.0f} MB; built through Lake.record in {build_s:.0f} s")
-
-        bare_scan(lake)  # warm the page cache
-        bare_s, total = bare_scan(lake)
-        print(f"bare scan   {bare_s:8.2f} s   SELECT sum(power_w) over the power_sample files ({total:,.0f} W summed)")
-        t0 = time.perf_counter()
-        list_lake(lake)
-        list_s = time.perf_counter() - t0
-        print(f"listing     {list_s:8.2f} s   {list_s / bare_s:6.2f}x bare   (list_lake: every file, the lake "
-              "state; part of every recompute)")
-        if args.live:
-            con = sql.connect(lake)
-            con.execute(f"SET VARIABLE mqepi_bootstrap = {args.bootstrap}")
-            t0 = time.perf_counter()
-            n = con.execute("SELECT count(*) FROM run_metrics").fetchall()[0][0]
-            live_s = time.perf_counter() - t0
-            print(f"live view   {live_s:8.2f} s   {live_s / bare_s:6.2f}x bare   (SELECT count(*) FROM run_metrics "
-                  f"through mqepi.results.sql.connect: {n:,d} rows)")
-            con.close()
-
-        out = work / "derived"
-        shutil.rmtree(out, ignore_errors=True)
-        lines: list[str] = []
-        stamp = time.perf_counter()
-
-        def progress(line: str) -> None:
-            lines.append(f"    {time.perf_counter() - stamp:7.2f} s  {line}")
-
-        kw = {"bootstrap": args.bootstrap, "batch_runs": args.batch_runs, "progress": progress}
-        full = derived.recompute(lake, out, **kw)
-        print(f"full        {full.seconds:8.2f} s   {full.seconds / bare_s:6.2f}x bare   (goal <= 1.5x)")
-        print("\n".join(lines))
-
-        # unchanged, then one new run, --rounds times (the median is reported)
-        unchanged, incremental = [], []
-        for i in range(args.rounds):
-            same = derived.recompute(lake, out, **{**kw, "progress": lambda s: None})
-            assert same.reused
-            unchanged.append(same.seconds)
-            slot = len(list_lake(lake).run_files) + 1  # a run id not in the lake yet
-            record_runs(lake, [(f"model{i % len(models_of(lake)):03d}", "c00", args.repeats, slot)],
-                        samples_per_run=max(args.windows * 4, int(args.samples) // args.runs),
-                        windows=args.windows, questions=args.questions, seed=slot)
-            lines.clear()
-            stamp = time.perf_counter()
-            inc = derived.recompute(lake, out, **kw)
-            assert inc.runs_new == 1 and not inc.reused, (inc.runs_new, inc.reused)
-            incremental.append(inc.seconds)
-            print(f"round {i + 1}: unchanged {same.seconds:.2f} s, incremental {inc.seconds:.2f} s")
-            print("\n".join(lines))
-        same_s, inc_s = statistics.median(unchanged), statistics.median(incremental)
-        print(f"unchanged   {same_s:8.2f} s   {same_s / bare_s:6.2f}x bare   (reused: a listing; median of {args.rounds})")
-        print(f"incremental {inc_s:8.2f} s   {inc_s / bare_s:6.2f}x bare   (goal <= 2 s; one new run among "
-              f"{inc.runs_total:,d}; median of {args.rounds})")
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak RSS    {peak_mb:8.0f} MB   cores {len(os.sched_getaffinity(0))}")
+        results = {n: measure(work, n, args) for n in sizes}
+        if len(sizes) >= 2:
+            lo, hi = sizes[0], sizes[-1]
+            print(f"\ngrowth from {lo:,d} to {hi:,d} runs (same {int(args.samples):,d} samples): cost ~ runs^k")
+            for key in ("bare", "full", "incremental", "config_summary", "pareto_frontier"):
+                a, b = results[lo][key], results[hi][key]
+                print(f"  {key:16s} {a:8.2f} s -> {b:8.2f} s   k = {math.log(b / a) / math.log(hi / lo):5.2f}")
+        print(f"cores {len(os.sched_getaffinity(0))}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

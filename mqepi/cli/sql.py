@@ -7,10 +7,10 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from mqepi.cli._common import edge, lake, out, print_frame, safe, write_data
+from mqepi.cli._common import edge, err, lake, out, print_frame, progress_printer, safe, say, write_data
 from mqepi.errors import QueryError
 from mqepi.results import sql
-from mqepi.results.snapshots import as_of_versions
+from mqepi.results.snapshots import PROJECTED_VIEWS, as_of_versions, projection
 
 app = typer.Typer()
 
@@ -26,15 +26,33 @@ def sql_command(
     as_of: str | None = typer.Option(None, "--as-of", metavar="SNAPSHOT",
                                      help="Query the lake as it was: a snapshot folder (or its snapshot.json), "
                                           "'latest', or TYPE=VERSION,... table versions."),
+    live: bool = typer.Option(False, "--live", help="Evaluate every view from the raw events (slow on a large "
+                                                     "lake) instead of reading the derived views' snapshot."),
 ) -> None:
-    """Run a SQL query over the lake (DuckDB, with analysis/views.sql loaded); with --as-of, over
-    the table versions a snapshot read (Delta time travel)."""
+    """Run a SQL query over the lake (DuckDB, with the analysis SQL loaded); with --as-of, over
+    the table versions a snapshot read (Delta time travel).
+
+    The derived views (run_energy, run_accuracy, run_metrics, config_summary, matched_pairs,
+    pareto_frontier) read the latest snapshot of the derived tables when it is of the lake's
+    current state, after an incremental recompute when it is not (with --as-of: a snapshot
+    of that state, else the live views); --live evaluates them from the raw events. The
+    answer is the same either way."""
     if fmt not in sql.FORMATS:
         raise QueryError(f"--format {fmt!r} is not one of {', '.join(sql.FORMATS)}")
     lk = lake()
     if as_of is not None:
         lk = lk.at(as_of_versions(lk, as_of))
-    con = sql.connect(lk)
+    snapshot = None
+    if not live and query and not list_views and sql.reads(query, PROJECTED_VIEWS):
+        progress = progress_printer()
+        try:
+            snapshot = projection(lk, progress=progress)
+        finally:
+            progress.stop()
+    con = sql.connect(lk, projected={v: snapshot.tables[v] for v in PROJECTED_VIEWS} if snapshot else None)
+    if snapshot is not None and not snapshot.reused:
+        say(f"derived views: snapshot {snapshot.path.name} ({snapshot.runs_new} runs recomputed, "
+            f"{snapshot.seconds:.1f} s)", err)
     if list_views:
         for view in sql.views(con):
             out.print(f"[bold]{safe(view.name)}[/]: " + ", ".join(f"{safe(c)} {safe(t)}" for c, t in view.columns),

@@ -34,14 +34,14 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from mqepi.analysis import SQL_FILES
+from mqepi.analysis import RESAMPLES_SQL, RUNS_SQL, SQL_FILES
 from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 from mqepi.analysis.contract import CONFIG_KEY, FAMILY_KEY
 from mqepi.analysis.stats import DEFAULT_Z
 from mqepi.errors import QueryError
 from mqepi.lake.durable import TEMP_PREFIX, fsync_file, replacing
 from mqepi.results.listing import LakeListing, family_fingerprints
-from mqepi.results.sql import register_lake_fs, set_file_lists
+from mqepi.results.sql import load_sql, nodes, register_lake_fs, relations, set_file_lists
 from mqepi.schemas import CONFIG_BOUND, EVENT_TYPES, RUN_BOUND
 
 #: Per-run tables cached per batch (benchmark_answer, perplexity, kld: the base views' rows, for
@@ -58,6 +58,15 @@ TABLE_ORDER = {
     "matched_pairs": ", ".join((*FAMILY_KEY, "config_a", "config_b")),
     "pareto_frontier": ", ".join((*FAMILY_KEY, "config_id")),
 }
+#: The SQL files of the run stage (macros, views, runs); the others (the bootstrap, flips,
+#: summary, frontier) are loaded for the configuration stage, over the cached run_metrics.
+RUN_SQL = SQL_FILES[:SQL_FILES.index(RUNS_SQL) + 1]
+CONFIG_SQL = SQL_FILES[SQL_FILES.index(RUNS_SQL) + 1:]
+#: The bootstrap's table macros (resamples.sql) materialised once per configuration stage and
+#: shared by config_summary, matched_pairs and pareto_frontier (each would draw them again).
+SHARED_MACROS = ("mqepi_run_resamples", "mqepi_config_resamples")
+#: Runs per chunk of families in the configuration stage (about 1 KB per run and resample).
+DEFAULT_CHUNK_RUNS = 2000
 #: The table macro (macros.sql) each base view reads its event type through.
 READERS = {t: "mqepi_run_events" if t in RUN_BOUND else "mqepi_config_events" for t in EVENT_TYPES}
 #: Materialised per batch, in this order: each run-bound base view (its files read and
@@ -98,31 +107,10 @@ def _view_sql(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     return out
 
 
-def _nodes(con: duckdb.DuckDBPyConnection, query: str) -> list[dict]:
-    """Every node of ``query``'s syntax tree, by DuckDB's own parser."""
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
-    if tree.get("error"):
-        raise QueryError(f"cannot parse a view definition: {tree.get('error_message')}")
-    nodes, todo = [], [tree]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, dict):
-            nodes.append(node)
-            todo.extend(node.values())
-        elif isinstance(node, list):
-            todo.extend(node)
-    return nodes
-
-
-def _relations(con: duckdb.DuckDBPyConnection, query: str) -> set[str]:
-    """Names in FROM/JOIN position in ``query`` (CTE names too)."""
-    return {n["table_name"] for n in _nodes(con, query) if n.get("type") == "BASE_TABLE" and "table_name" in n}
-
-
 def _table_functions(con: duckdb.DuckDBPyConnection, query: str) -> list[tuple[str, list]]:
     """(name, constant arguments) of each table function ``query`` reads from."""
     out = []
-    for node in _nodes(con, query):
+    for node in nodes(con, query):
         if node.get("type") == "TABLE_FUNCTION":
             function = node["function"]
             args = [a["expression"].get("literal", {}).get("text") for a in function.get("arguments", [])]
@@ -158,7 +146,7 @@ def check_config_inputs(con: duckdb.DuckDBPyConnection) -> None:
         if name in RUN_BOUND:
             raise QueryError(f"{root} reads {name}, which the snapshots do not cache per run; "
                              "add it to mqepi.results.engine.CONFIG_INPUTS")
-        todo.extend((dep, root) for dep in _relations(con, views[name]) if dep in views and dep not in seen)
+        todo.extend((dep, root) for dep in relations(con, views[name]) if dep in views and dep not in seen)
 
 
 # ---------------------------------------------------------------------------------- SQL helpers
@@ -209,10 +197,8 @@ class Engine:
             for name, value in settings.variables().items():
                 con.execute(f"SET VARIABLE {name} = ?", [value])
             set_file_lists(con, seeds)
-            for path in SQL_FILES:  # in the contract's order
-                con.execute(path.read_text())
+            load_sql(con, RUN_SQL)  # the rest once run_metrics reads the cache (_load_config_sql)
             check_base_views(con)
-            check_config_inputs(con)
             self.typed = {t: _typed_select(con, t) for t in RUN_TABLES}
             for table in _BATCH_TABLES:
                 con.execute(f"ALTER VIEW {table} RENAME TO _mq_sql_{table}")
@@ -281,31 +267,55 @@ class Engine:
         con.execute(f"CREATE TEMP TABLE _mq_redo AS SELECT {', '.join(f'f.{c}' for c in FAMILY_KEY)} FROM {source}")
         return families
 
-    def _point_at_redo(self) -> None:
-        """The configuration views see the families to redo only: their runs' metrics and
-        answers (from the cache), their models' configuration-bound files."""
+    def _point_at_chunk(self, families: pl.DataFrame, first: bool) -> None:
+        """The configuration views see the ``families`` (FAMILY_KEY rows) only: their runs'
+        metrics and answers (from the cache), their models' configuration-bound files; the
+        bootstrap's resamples drawn once for them (:data:`SHARED_MACROS`)."""
         con = self.con
-        con.execute(f"""CREATE VIEW run_metrics AS SELECT m.* FROM _mq_cached_run_metrics m
-            SEMI JOIN _mq_redo r ON {_same('m', 'r', FAMILY_KEY)}""")
-        con.execute("CREATE TEMP TABLE _mq_redo_runs AS SELECT * FROM _mq_index "
+        _register(con, "_mq_chunk", families)
+        if first:
+            con.execute(f"""CREATE VIEW run_metrics AS SELECT m.* FROM _mq_cached_run_metrics m
+                SEMI JOIN _mq_chunk r ON {_same('m', 'r', FAMILY_KEY)}""")
+        con.execute("CREATE OR REPLACE TEMP TABLE _mq_redo_runs AS SELECT * FROM _mq_index "
                     "WHERE run_id IN (SELECT run_id FROM run_metrics)")
         redo_batches = sorted(b for (b,) in con.execute("SELECT DISTINCT batch FROM _mq_redo_runs").fetchall())
         for table in ("benchmark_answer", "perplexity", "kld"):
             con.execute(f"DELETE FROM _mq_t_{table}")
             con.execute(f"INSERT INTO _mq_t_{table} " + self._cached(table, redo_batches, "_mq_redo_runs"))
-        models = {m for (m,) in con.execute("SELECT DISTINCT model FROM _mq_redo").fetchall()}
+        models = set(families["model"].to_list())
         keys = [k for k in self.listing.config_files if k[0] in models]
         set_file_lists(con, {t: self.seeds[t] + self.listing.config_level(keys, t) for t in CONFIG_BOUND})
+        if first:
+            load_sql(con, CONFIG_SQL)
+            check_config_inputs(con)
+        else:
+            load_sql(con, [RESAMPLES_SQL])  # the bootstrap's macros as written, drawn again below
+        for macro in SHARED_MACROS:  # in this order: the second reads the first
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _mq_{macro} AS FROM {macro}()")
+            con.execute(f"CREATE OR REPLACE MACRO {macro}() AS TABLE FROM _mq_{macro}")
+
+    def _compute_chunk(self, first: bool) -> None:
+        """The configuration tables' rows of the chunk's families, into _mq_out_<table>."""
+        con = self.con
+        if first:
+            con.execute("CREATE TEMP TABLE _mq_t_config_summary AS SELECT * FROM config_summary")
+            con.execute("ALTER VIEW config_summary RENAME TO _mq_sql_config_summary")
+            con.execute("CREATE VIEW config_summary AS SELECT * FROM _mq_t_config_summary")
+        else:
+            con.execute("DELETE FROM _mq_t_config_summary")
+            con.execute("INSERT INTO _mq_t_config_summary SELECT * FROM _mq_sql_config_summary")
+        for table in CONFIG_TABLES:
+            if first:
+                con.execute(f"CREATE TEMP TABLE _mq_out_{table} AS SELECT * FROM {table}")
+            else:
+                con.execute(f"INSERT INTO _mq_out_{table} SELECT * FROM {table}")
 
     def _write_config_tables(self, snap_dir: Path, previous_dir: Path | None) -> None:
         """The configuration tables: the redone families' rows, plus the unchanged families'
         rows of the previous snapshot, as they were."""
         con = self.con
-        con.execute("CREATE TEMP TABLE _mq_t_config_summary AS SELECT * FROM config_summary")
-        con.execute("ALTER VIEW config_summary RENAME TO _mq_sql_config_summary")
-        con.execute("CREATE VIEW config_summary AS SELECT * FROM _mq_t_config_summary")
         for table in CONFIG_TABLES:
-            query = f"SELECT * FROM {table}"
+            query = f"SELECT * FROM _mq_out_{table}"
             if previous_dir is not None:
                 old = _quote(str(previous_dir / f"{table}.parquet"))
                 query += (f" UNION ALL SELECT {_typed_select(con, table)} FROM read_parquet('{old}') p "
@@ -313,9 +323,28 @@ class Engine:
                           f"ANTI JOIN _mq_redo r ON {_same('p', 'r', FAMILY_KEY)}")
             copy_parquet(con, f"SELECT * FROM ({query}) ORDER BY {TABLE_ORDER[table]}", snap_dir / f"{table}.parquet")
 
+    def _chunks(self, max_runs: int) -> list[pl.DataFrame]:
+        """The families to redo in chunks of about ``max_runs`` runs (a bigger family: alone)."""
+        sizes = pl.from_arrow(self.con.sql(
+            f"SELECT {', '.join(f'r.{c}' for c in FAMILY_KEY)}, count(m.run_id) AS runs FROM _mq_redo r "
+            f"LEFT JOIN _mq_cached_run_metrics m ON {_same('m', 'r', FAMILY_KEY)} "
+            f"GROUP BY ALL ORDER BY ALL").to_arrow_table())
+        chunks: list[list[int]] = []
+        total = 0
+        for i, runs in enumerate(sizes["runs"].to_list()):
+            if not chunks or total + runs > max_runs:
+                chunks.append([])
+                total = 0
+            chunks[-1].append(i)
+            total += runs
+        return [sizes[rows].select(FAMILY_KEY) for rows in chunks]
+
     def write_snapshot(self, index: pl.DataFrame, fingerprints: dict[str, str], settings_key: str,
-                       snap_dir: Path, previous_dir: Path | None) -> tuple[int, int]:
-        """Write the snapshot's tables into ``snap_dir``; return (families, recomputed)."""
+                       snap_dir: Path, previous_dir: Path | None,
+                       chunk_runs: int = DEFAULT_CHUNK_RUNS) -> tuple[int, int]:
+        """Write the snapshot's tables into ``snap_dir``; return (families, recomputed). The
+        families to recompute go through the configuration views in chunks of about
+        ``chunk_runs`` runs (memory: the bootstrap holds runs x resamples rows)."""
         con = self.con
         try:
             set_file_lists(con, self.seeds)
@@ -327,7 +356,10 @@ class Engine:
             con.execute("CREATE TEMP TABLE _mq_cached_run_metrics AS " + self._cached("run_metrics", all_batches, "_mq_index"))
             families = self._families_to_redo(fingerprints, settings_key, previous_dir)
             n_redo = _count(con, "_mq_redo")
-            self._point_at_redo()
+            chunks = self._chunks(chunk_runs) or [pl.DataFrame(schema={c: pl.Utf8 for c in FAMILY_KEY})]
+            for i, chunk in enumerate(chunks):
+                self._point_at_chunk(chunk, first=i == 0)
+                self._compute_chunk(first=i == 0)
             self._write_config_tables(snap_dir, previous_dir)
             copy_parquet(con, "SELECT * FROM _mq_cached_run_metrics ORDER BY ALL", snap_dir / "run_metrics.parquet")
             for table in ("run_energy", "run_accuracy"):

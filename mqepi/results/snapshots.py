@@ -66,6 +66,8 @@ SNAPSHOT_TABLES = (*CONFIG_TABLES, "run_metrics", "run_energy", "run_accuracy")
 DEFAULT_BATCH_RUNS = 2000
 DEFAULT_BATCH_BYTES = 256 * 2**20
 LATEST = "latest.json"
+#: The derived views a snapshot materialises: ``mqepi sql`` reads them from it (projections).
+PROJECTED_VIEWS = SNAPSHOT_TABLES
 
 
 @dataclass
@@ -309,3 +311,28 @@ def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress:
                                             "settings_sha256": keys.settings_key, "computed_at": meta["computed_at"]}))
     progress(f"snapshot {final}")
     return _snapshot_from_json(final, meta, reused=False, seconds=time.perf_counter() - t0)
+
+
+def projection(lake: Lake, out_dir: str | os.PathLike | None = None, *,
+               progress: Callable[[str], None] = lambda s: None) -> Snapshot | None:
+    """The snapshot whose tables stand for the derived views of ``mqepi sql`` (default
+    settings): for a lake at its latest versions, the latest snapshot when it is of the lake's
+    current state, else a new one, computed incrementally (:func:`recompute`); for a lake
+    pinned at past versions (``--as-of``), an existing snapshot of exactly that state. None
+    where there is none or the derived folder cannot be written: the caller evaluates the
+    live views."""
+    out = Path(out_dir) if out_dir is not None else default_out_dir(lake)
+    if lake.pinned is None:
+        try:
+            return recompute(lake, out, progress=progress)
+        except OSError as exc:
+            progress(f"derived tables: cannot write {out} ({exc.strerror or exc}): evaluating the live views")
+            return None
+    keys = _keys(Settings())
+    state = list_lake(lake).state
+    for meta_path in sorted((out / "snapshots").glob("*/snapshot.json"), reverse=True):
+        meta = _read_json(meta_path)
+        if meta is not None and _reusable(meta_path.parent, meta, state, keys):
+            return _snapshot_from_json(meta_path.parent, meta, reused=True, seconds=0.0)
+    progress(f"no snapshot of the lake state {state[:12]} in {out}: evaluating the live views")
+    return None

@@ -13,6 +13,8 @@ which installs from the network only).
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from fsspec.implementations.arrow import ArrowFSWrapper
 from mqepi.analysis import SQL_FILES
 from mqepi.errors import LakeError, QueryError
 from mqepi.lake.delta import filesystem
-from mqepi.lake.store import Lake
+from mqepi.lake.store import SEED_VALUE, Lake
 from mqepi.schemas import EVENT_TYPES
 
 #: The protocol under which DuckDB reads an object-store lake (:func:`register_lake_fs`).
@@ -81,11 +83,20 @@ class ViewInfo:
     columns: list[tuple[str, str]]  # (column, DuckDB type)
 
 
-def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(lake: Lake, views: Path | list[Path] | None = None,
+            projected: dict[str, Path] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with every view of ``views`` over ``lake``.
 
     The lake must exist; its seed files are written if missing (zero-row files that give
-    every view its columns before the first event of its type).
+    every view its columns before the first event of its type). ``projected`` (view name ->
+    Parquet file of a snapshot, :mod:`mqepi.results.snapshots`) replaces those views by their
+    materialised rows: their definitions are skipped, and the views built on them read the
+    file (the other views stay live SQL over the lake).
+
+    The views are created over the seed files only and then pointed at the lake's files:
+    DuckDB binds a view when it is created, and binding over the real file lists would read
+    every file's footer once per view (seconds at a few thousand files); queries bind again
+    over the real lists.
     """
     if not lake.exists():
         raise LakeError(f"no lake at {lake.uri}: run `mqepi lake init` or pass --lake / set MQEPI_LAKE")
@@ -94,16 +105,71 @@ def connect(lake: Lake, views: Path | list[Path] | None = None) -> duckdb.DuckDB
     con = duckdb.connect()
     register_lake_fs(con, duckdb_prefix(lake.uri, lake.root))
     con.execute("SET VARIABLE mqepi_lake = ?", [lake.uri])
-    set_file_lists(con, committed_files(lake))
-    files = SQL_FILES if views is None else [views] if isinstance(views, Path) else list(views)
+    con.execute("SET parquet_metadata_cache = true")  # files are content-addressed, never changed
+    files = committed_files(lake)
+    set_file_lists(con, {t: [f for f in paths if f"/model={SEED_VALUE}/" in f] or paths for t, paths in files.items()})
+    for name, path in (projected or {}).items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS FROM read_parquet('{_quote(str(path))}')")
+    load_sql(con, SQL_FILES if views is None else [views] if isinstance(views, Path) else list(views),
+             skip=set(projected or ()))
+    set_file_lists(con, files)
+    return con
+
+
+_VIEW_HEAD = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?VIEW\s+(\w+)", re.I | re.M)
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def load_sql(con: duckdb.DuckDBPyConnection, files: list[Path], skip: set[str] = frozenset()) -> None:
+    """Run each SQL file's statements in order, leaving out the definitions of the views in
+    ``skip`` (replaced by their projections); a missing file is left out."""
     for path in files:
         if not path.is_file():
             continue
         try:
-            con.execute(path.read_text())
+            for statement in con.extract_statements(path.read_text()):
+                text = "\n".join(line for line in statement.query.splitlines() if not line.lstrip().startswith("--"))
+                head = _VIEW_HEAD.match(text)
+                if head is None or head.group(1) not in skip:
+                    con.execute(statement.query)
         except duckdb.Error as exc:
             raise QueryError(f"{path}: {exc}") from exc
-    return con
+
+
+def nodes(con: duckdb.DuckDBPyConnection, query: str) -> list[dict]:
+    """Every node of ``query``'s syntax tree, by DuckDB's own parser."""
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    if tree.get("error"):
+        raise QueryError(f"cannot parse a view definition: {tree.get('error_message')}")
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            nodes.append(node)
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return nodes
+
+
+def relations(con: duckdb.DuckDBPyConnection, query: str) -> set[str]:
+    """Names in FROM/JOIN position in ``query`` (CTE names too)."""
+    return {n["table_name"] for n in nodes(con, query) if n.get("type") == "BASE_TABLE" and "table_name" in n}
+
+
+def reads(query: str, names: set[str] | tuple[str, ...]) -> bool:
+    """Whether ``query`` names one of ``names`` in a FROM or JOIN, by DuckDB's parser (True
+    when it cannot tell: several statements, or not a query)."""
+    con = duckdb.connect()
+    try:
+        return bool({r.lower() for r in relations(con, query)} & {n.lower() for n in names})
+    except (duckdb.Error, QueryError):
+        return True
+    finally:
+        con.close()
 
 
 def committed_files(lake: Lake) -> dict[str, list[str]]:
