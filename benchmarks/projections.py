@@ -218,6 +218,7 @@ def interactive(lake: Lake, out: Path, view: str) -> float:
     """In this process: the snapshot check (recompute: a reuse when current), a connection
     with the projected views, ``SELECT * FROM view``; seconds."""
     t0 = time.perf_counter()
+    lake = Lake(lake.root)  # a new handle: its logs read from the start, as in a new process
     snap = derived.projection(lake, out)
     con = sql.connect(lake, projected={v: snap.tables[v] for v in derived.PROJECTED_VIEWS})
     con.sql(f"SELECT * FROM {view}").fetchall()
@@ -229,15 +230,17 @@ def cli_seconds(lake: Lake, out: Path, query: str) -> float:
     """``mqepi sql QUERY`` as a user runs it (a new interpreter: its imports included)."""
     env = {**os.environ, "MQEPI_LAKE": lake.root}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mqepi", "sql", query, "--format", "csv"], check=True, env=env,
-                   capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "mqepi", "sql", query, "--format", "csv"], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"mqepi sql failed: {done.stderr.strip()[-2000:]}")
     return time.perf_counter() - t0
 
 
 def measure(work: Path, runs: int, args) -> dict:
     """Every figure of one lake size."""
     args.runs = runs
-    root = work / f"lake-{runs}"
+    root = work / str(runs) / "lake"
     t0 = time.perf_counter()
     if args.keep and (root / "run").is_dir():
         lake = Lake(root)
@@ -248,7 +251,9 @@ def measure(work: Path, runs: int, args) -> dict:
     build_s = time.perf_counter() - t0
     n_files = sum(len(lake.files(t)) for t in EVENT_TYPES)
     size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
-    print(f"lake        {runs:,d} runs, {int(args.samples):,d} power samples, {args.windows} windows/run, "
+    samples = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{lake.root}/power_sample/**/*.parquet')"
+                                       ).fetchall()[0][0]
+    print(f"lake        {runs:,d} runs, {samples:,d} power samples, {args.windows} windows/run, "
           f"{n_files:,d} files, {size / 1e6:,.0f} MB; built in {build_s:.0f} s")
     bare_scan(lake)  # warm the page cache
     bare_s, total = bare_scan(lake)
@@ -257,7 +262,7 @@ def measure(work: Path, runs: int, args) -> dict:
     list_lake(lake)
     list_s = time.perf_counter() - t0
     print(f"listing     {list_s:8.2f} s   {list_s / bare_s:6.2f}x bare   (list_lake from the Delta logs)")
-    out = work / f"derived-{runs}"
+    out = derived.default_out_dir(lake)  # where `mqepi sql` looks
     full = full_rebuild(lake, out, args)
     print(f"full        {full['seconds']:8.2f} s   {full['seconds'] / bare_s:6.2f}x bare   (goal <= 3x, moonshot 1.5x); "
           f"peak RSS {full['peak_mb']:,.0f} MB")
@@ -322,7 +327,7 @@ def main() -> None:
         results = {n: measure(work, n, args) for n in sizes}
         if len(sizes) >= 2:
             lo, hi = sizes[0], sizes[-1]
-            print(f"\ngrowth from {lo:,d} to {hi:,d} runs (same {int(args.samples):,d} samples): cost ~ runs^k")
+            print(f"\ngrowth from {lo:,d} to {hi:,d} runs: cost ~ runs^k")
             for key in ("bare", "full", "incremental", "config_summary", "pareto_frontier"):
                 a, b = results[lo][key], results[hi][key]
                 print(f"  {key:16s} {a:8.2f} s -> {b:8.2f} s   k = {math.log(b / a) / math.log(hi / lo):5.2f}")

@@ -60,6 +60,8 @@ def test_sql_formats(lake, tmp_path):
     assert result.exit_code == 0 and pl.read_parquet(out).height == 3
     result = runner.invoke(app, args + ["SELECT ppl FROM perplexity", "-f", "csv"])
     assert result.stdout.splitlines()[0] == "ppl"
+    result = runner.invoke(app, args + ["SELECT [1, 2] AS l, {'a': 'x'} AS s, NULL::INT[] AS n", "-f", "csv"])
+    assert result.stdout.splitlines() == ["l,s,n", '"[1, 2]","{""a"": ""x""}",']  # nested values as JSON text
     result = runner.invoke(app, args + ["--views"])
     assert "power_sample: event_id VARCHAR" in result.stdout
     result = runner.invoke(app, args + ["SELECT * FROM nope"])

@@ -326,3 +326,18 @@ def test_mqepi_sql_reads_the_snapshot_and_answers_as_the_live_views(lake):
     assert_same(projected, cli_frame(lake, query.format("config_summary"), "--live")[0])
     assert not sql.reads("SELECT * FROM run", derived.PROJECTED_VIEWS)
     assert sql.reads("WITH x AS (SELECT * FROM Config_Summary) SELECT * FROM x", derived.PROJECTED_VIEWS)
+
+
+def test_small_batches_and_family_chunks_give_the_same_tables(lake, tmp_path):
+    """The run stage in batches of 5 runs and the configuration stage in chunks of about 4 runs
+    of families (each family alone here; the bootstrap's resamples drawn per chunk) give the
+    tables of one pass; and the incremental path through chunks too."""
+    one = derived.recompute(lake, tmp_path / "one", **BOOT)
+    lines: list[str] = []
+    chunked = derived.recompute(lake, tmp_path / "chunked", batch_runs=5, chunk_runs=4, progress=lines.append, **BOOT)
+    assert sum("batch " in line for line in lines) >= 5
+    assert_same_tables(one, chunked)
+    record_run(lake, MODEL_A, "mix_b", 3, slot=97, seed=97)
+    again = derived.recompute(lake, tmp_path / "chunked", batch_runs=5, chunk_runs=4, **BOOT)
+    assert again.runs_new == 1
+    assert_same_tables(again, derived.recompute(lake, tmp_path / "fresh", **BOOT))

@@ -73,7 +73,7 @@ def sql_command(
         if fmt == "parquet":
             raise QueryError("--format parquet needs --output FILE")
         df = pl.from_arrow(result)
-        write_data(df.write_csv() if fmt == "csv" else df.write_json())
+        write_data(sql.flat(df).write_csv() if fmt == "csv" else df.write_json())
         return
     sql.export(result, fmt, output)
     out.print(f"wrote {result.num_rows} rows to {safe(output)}", highlight=False, soft_wrap=True)

@@ -188,8 +188,9 @@ def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:
 class Engine:
     """One DuckDB connection with every SQL file loaded over file lists (seeds at first)."""
 
-    def __init__(self, listing: LakeListing, seeds: dict[str, list[str]], settings: Settings, runs_dir: Path):
-        self.listing, self.seeds, self.runs_dir = listing, seeds, runs_dir
+    def __init__(self, listing: LakeListing, seeds: dict[str, list[str]], settings: Settings, runs_dir: Path,
+                 chunk_runs: int = DEFAULT_CHUNK_RUNS):
+        self.listing, self.seeds, self.runs_dir, self.chunk_runs = listing, seeds, runs_dir, chunk_runs
         self.spill = runs_dir.parent / f"{TEMP_PREFIX}duckdb-{uuid.uuid4().hex}"  # DuckDB's spill folder
         self.con = con = duckdb.connect(config={"temp_directory": str(self.spill)})
         try:
@@ -340,11 +341,10 @@ class Engine:
         return [sizes[rows].select(FAMILY_KEY) for rows in chunks]
 
     def write_snapshot(self, index: pl.DataFrame, fingerprints: dict[str, str], settings_key: str,
-                       snap_dir: Path, previous_dir: Path | None,
-                       chunk_runs: int = DEFAULT_CHUNK_RUNS) -> tuple[int, int]:
+                       snap_dir: Path, previous_dir: Path | None) -> tuple[int, int]:
         """Write the snapshot's tables into ``snap_dir``; return (families, recomputed). The
         families to recompute go through the configuration views in chunks of about
-        ``chunk_runs`` runs (memory: the bootstrap holds runs x resamples rows)."""
+        ``self.chunk_runs`` runs (memory: the bootstrap holds runs x resamples rows)."""
         con = self.con
         try:
             set_file_lists(con, self.seeds)
@@ -356,7 +356,7 @@ class Engine:
             con.execute("CREATE TEMP TABLE _mq_cached_run_metrics AS " + self._cached("run_metrics", all_batches, "_mq_index"))
             families = self._families_to_redo(fingerprints, settings_key, previous_dir)
             n_redo = _count(con, "_mq_redo")
-            chunks = self._chunks(chunk_runs) or [pl.DataFrame(schema={c: pl.Utf8 for c in FAMILY_KEY})]
+            chunks = self._chunks(self.chunk_runs) or [pl.DataFrame(schema={c: pl.Utf8 for c in FAMILY_KEY})]
             for i, chunk in enumerate(chunks):
                 self._point_at_chunk(chunk, first=i == 0)
                 self._compute_chunk(first=i == 0)

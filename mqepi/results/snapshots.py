@@ -53,7 +53,7 @@ from mqepi.analysis.stats import DEFAULT_Z
 from mqepi.errors import LakeError
 from mqepi.lake.durable import TEMP_PREFIX, fsync_dir, fsync_file, write_atomic
 from mqepi.lake.store import Lake
-from mqepi.results.engine import CONFIG_TABLES, RUN_TABLES, Engine, Settings
+from mqepi.results.engine import CONFIG_TABLES, DEFAULT_CHUNK_RUNS, RUN_TABLES, Engine, Settings
 from mqepi.results.listing import LakeListing, batches, digest, list_lake, run_fingerprints
 from mqepi.schemas import EVENT_TYPES
 
@@ -244,7 +244,7 @@ def _meta(lake: Lake, listing: LakeListing, keys: _Keys, runs: dict[str, int], f
 
 def _new_snapshot(lake: Lake, out: Path, listing: LakeListing, keys: _Keys, previous_dir: Path | None,
                   previous: dict | None, progress: Callable[[str], None], t0: float, batch_runs: int,
-                  batch_bytes: int) -> tuple[Path, dict]:
+                  batch_bytes: int, chunk_runs: int) -> tuple[Path, dict]:
     """Compute the runs not cached, then the configuration tables into a new snapshot folder,
     published by a rename (a new name: never replacing a snapshot); its path and metadata."""
     runs_dir, snaps_dir = out / "runs", out / "snapshots"
@@ -257,7 +257,7 @@ def _new_snapshot(lake: Lake, out: Path, listing: LakeListing, keys: _Keys, prev
     progress(f"runs: {runs['new']} to compute ({runs['cached']} cached), {len(todo)} batches")
     reuse_families = previous is not None and previous.get("settings_sha256") == keys.settings_key \
         and (previous_dir / "families.parquet").is_file()
-    engine = Engine(listing, _seed_lists(listing, out), keys.settings, runs_dir)
+    engine = Engine(listing, _seed_lists(listing, out), keys.settings, runs_dir, chunk_runs)
     try:
         _compute_runs(engine, todo, keys, fingerprints, assigned, progress)
         final = snaps_dir / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{listing.state[:12]}"
@@ -282,7 +282,7 @@ def _new_snapshot(lake: Lake, out: Path, listing: LakeListing, keys: _Keys, prev
 def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress: Callable[[str], None] = lambda s: None,
               seed: int = DEFAULT_SEED, bootstrap: int = DEFAULT_BOOTSTRAP, ppl_margin: float | None = None,
               z: float = DEFAULT_Z, batch_runs: int = DEFAULT_BATCH_RUNS,
-              batch_bytes: int = DEFAULT_BATCH_BYTES) -> Snapshot:
+              batch_bytes: int = DEFAULT_BATCH_BYTES, chunk_runs: int = DEFAULT_CHUNK_RUNS) -> Snapshot:
     """Materialise the derived tables of ``lake`` into a new snapshot under ``out_dir``
     (default: ``derived/`` beside a local lake, :func:`default_out_dir`), or
     return the latest one, marked ``reused``, when neither the lake nor the settings changed.
@@ -293,7 +293,8 @@ def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress:
     equals a recompute into an empty folder. The lake is only read. ``seed``, ``bootstrap``,
     ``ppl_margin`` and ``z`` are the SQL tunables ``mqepi_seed``, ``mqepi_bootstrap``,
     ``mqepi_ppl_margin``, ``mqepi_z``; ``batch_runs`` and ``batch_bytes`` (Parquet bytes
-    of the runs' files) bound one DuckDB pass of the run stage, and so its memory.
+    of the runs' files) bound one DuckDB pass of the run stage, and so its memory;
+    ``chunk_runs`` the runs of the families in one pass of the configuration stage.
     """
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else default_out_dir(lake)
@@ -306,7 +307,7 @@ def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress:
         progress(f"lake unchanged since {previous_dir.name}: reused")
         return _snapshot_from_json(previous_dir, previous, reused=True, seconds=time.perf_counter() - t0)
     final, meta = _new_snapshot(lake, out, listing, keys, previous_dir, previous, progress, t0, batch_runs,
-                                batch_bytes)
+                                batch_bytes, chunk_runs)
     write_atomic(out / LATEST, _json_bytes({"snapshot": f"snapshots/{final.name}", "lake_state_sha256": listing.state,
                                             "settings_sha256": keys.settings_key, "computed_at": meta["computed_at"]}))
     progress(f"snapshot {final}")

@@ -210,12 +210,19 @@ def views(con: duckdb.DuckDBPyConnection) -> list[ViewInfo]:
     return [ViewInfo(name, cols) for name, cols in out.items()]
 
 
+def flat(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` for CSV: list and struct columns as JSON text (CSV has no nested values)."""
+    nested = [c for c, t in df.schema.items() if t.is_nested()]
+    return df.with_columns(pl.Series(c, [None if v is None else json.dumps(v) for v in df[c].to_list()], pl.Utf8)
+                           for c in nested)
+
+
 def export(table: pa.Table, fmt: str, output: Path) -> None:
-    """Write a query result as CSV, JSON (records) or Parquet."""
+    """Write a query result as CSV (nested values as JSON text), JSON (records) or Parquet."""
     df = pl.from_arrow(table)
     try:
         if fmt == "csv":
-            df.write_csv(output)
+            flat(df).write_csv(output)
         elif fmt == "json":
             df.write_json(output)
         elif fmt == "parquet":
