@@ -193,6 +193,7 @@ class Engine:
         self.listing, self.seeds, self.runs_dir, self.chunk_runs = listing, seeds, runs_dir, chunk_runs
         self.spill = runs_dir.parent / f"{TEMP_PREFIX}duckdb-{uuid.uuid4().hex}"  # DuckDB's spill folder
         self.con = con = duckdb.connect(config={"temp_directory": str(self.spill)})
+        con.execute("SET parquet_metadata_cache = true")  # lake files are content-addressed, never changed
         try:
             register_lake_fs(con, listing.uri)
             for name, value in settings.variables().items():
