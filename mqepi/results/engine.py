@@ -65,6 +65,9 @@ CONFIG_SQL = SQL_FILES[SQL_FILES.index(RUNS_SQL) + 1:]
 #: The bootstrap's table macros (resamples.sql) materialised once per configuration stage and
 #: shared by config_summary, matched_pairs and pareto_frontier (each would draw them again).
 SHARED_MACROS = ("mqepi_run_resamples", "mqepi_config_resamples")
+#: DuckDB's memory limit in the engine (its default is 80 % of the machine): beyond it, sorts,
+#: joins and aggregates spill to the engine's temporary folder.
+MEMORY_LIMIT = "2GB"
 #: Runs per chunk of families in the configuration stage (about 1 KB per run and resample).
 DEFAULT_CHUNK_RUNS = 2000
 #: The table macro (macros.sql) each base view reads its event type through.
@@ -194,6 +197,7 @@ class Engine:
         self.spill = runs_dir.parent / f"{TEMP_PREFIX}duckdb-{uuid.uuid4().hex}"  # DuckDB's spill folder
         self.con = con = duckdb.connect(config={"temp_directory": str(self.spill)})
         con.execute("SET parquet_metadata_cache = true")  # lake files are content-addressed, never changed
+        con.execute("SET memory_limit = ?", [MEMORY_LIMIT])  # beyond it DuckDB spills to self.spill
         try:
             register_lake_fs(con, listing.uri)
             for name, value in settings.variables().items():
