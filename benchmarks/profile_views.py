@@ -102,7 +102,7 @@ def main() -> None:
         con.execute(f"SET VARIABLE mqepi_bootstrap = {args.bootstrap}")
         wanted = [v for v in args.views.split(",") if v] or None
         total = 0.0
-        print(f"| view | s | x bare | rows | top operators (s) |\n|---|---:|---:|---:|---|")
+        print("| view | s | x bare | rows | top operators (s) |\n|---|---:|---:|---:|---|")
         for view in contract_views():
             if view in ("power_source_figures",):
                 continue

@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -279,8 +278,8 @@ def measure(work: Path, runs: int, args) -> dict:
                     samples_per_run=samples_per_run, windows=args.windows, questions=args.questions, seed=slot)
         lines: list[str] = []
         stamp = time.perf_counter()
-        inc = derived.recompute(lake, out, progress=lambda s: lines.append(f"{time.perf_counter() - stamp:7.2f} s  {s}"),
-                                **kw)
+        inc = derived.recompute(lake, out, progress=lambda s, lines=lines, stamp=stamp:
+                                lines.append(f"{time.perf_counter() - stamp:7.2f} s  {s}"), **kw)
         assert inc.runs_new == 1 and not inc.reused, (inc.runs_new, inc.reused)
         incremental.append(inc.seconds)
         print(f"round {i + 1}: unchanged {same.seconds:.2f} s, incremental {inc.seconds:.2f} s")

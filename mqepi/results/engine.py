@@ -23,7 +23,6 @@ views read nothing else run-bound.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import uuid
