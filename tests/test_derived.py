@@ -341,3 +341,23 @@ def test_small_batches_and_family_chunks_give_the_same_tables(lake, tmp_path):
     again = derived.recompute(lake, tmp_path / "chunked", batch_runs=5, chunk_runs=4, **BOOT)
     assert again.runs_new == 1
     assert_same_tables(again, derived.recompute(lake, tmp_path / "fresh", **BOOT))
+
+
+def test_an_unchanged_lake_is_told_by_its_tables_heads(lake, tmp_path):
+    """Reuse is decided from each table's latest log entry (a listing and one read per table),
+    without reading the logs through; a new commit to any table moves its head."""
+    out = tmp_path / "out"
+    first = derived.recompute(lake, out, **BOOT)
+    heads = json.loads((first.path / "snapshot.json").read_text())["table_heads"]
+    assert heads == derived.lake_heads(lake) and set(heads) == set(EVENT_TYPES)
+    assert all(v[0] == lake.versions()[t] for t, v in heads.items())
+    lines: list[str] = []
+    again = derived.recompute(lake, out, progress=lines.append, **BOOT)
+    assert again.reused and any("every table at the version it read" in line for line in lines)
+    lake.record("thermal_sample", [{"model": MODEL_A, "config_id": "mix_a", "run_id": "smol-mix_a-lab-r0",
+                                    "node": "node0", "sensor": "cpu-thermal", "host_time_ns": T0 + 123,
+                                    "temperature_c": 51.0, "throttled": False, "throttle_flags": 0}])
+    assert derived.lake_heads(lake)["thermal_sample"] != heads["thermal_sample"]
+    moved = derived.recompute(lake, out, **BOOT)
+    assert not moved.reused and moved.runs_new == 1
+    assert derived.lake_heads(Lake(lake.root).at(lake.versions())) is None  # time travel: the logs tell

@@ -22,6 +22,7 @@ filesystem, a bounded read per version, and never decodes anything else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -112,6 +113,25 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
             return fs, uri[len("s3://"):].rstrip("/")
     fs, path = pafs.FileSystem.from_uri(uri)
     return fs, path.rstrip("/")
+
+
+def head(fs: pafs.FileSystem, table_dir: str) -> tuple[int, str]:
+    """A table's latest version and the sha256 of that version's log entry, from one listing
+    of its log folder and one read (no replay of the log): (-1, "") without a table. Equal
+    heads mean the same table state (versions are immutable; the entry's commit time and
+    content tell a table re-created with as many versions apart)."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(f"{table_dir}/{LOG_DIR}", allow_not_found=True))
+    except OSError as exc:
+        raise LakeError(f"cannot list the log of table {table_dir}: {exc}") from exc
+    names = [i.base_name for i in infos if len(i.base_name) == 25 and i.base_name.endswith(".json")
+             and i.base_name[:20].isdigit()]
+    if not names:
+        return -1, ""
+    latest = max(names)
+    with fs.open_input_stream(f"{table_dir}/{LOG_DIR}/{latest}") as fh:
+        data = fh.read(MAX_LOG_BYTES + 1)
+    return int(latest[:20]), hashlib.sha256(data).hexdigest()
 
 
 def version_path(table_dir: str, version: int) -> str:

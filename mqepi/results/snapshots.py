@@ -51,6 +51,7 @@ from mqepi.analysis import RUNS_SQL, SQL_FILES
 from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 from mqepi.analysis.stats import DEFAULT_Z
 from mqepi.errors import LakeError
+from mqepi.lake.delta import head
 from mqepi.lake.durable import TEMP_PREFIX, fsync_dir, fsync_file, write_atomic
 from mqepi.lake.store import Lake
 from mqepi.results.engine import CONFIG_TABLES, DEFAULT_CHUNK_RUNS, RUN_TABLES, Engine, Settings
@@ -129,6 +130,15 @@ def default_out_dir(lake: Lake) -> Path:
         cache = Path(os.environ.get("MQEPI_CACHE") or Path.home() / ".cache" / "mqepi")
         return cache / "derived" / digest(lake.uri)[:16]
     return Path(lake.root).parent / "derived"
+
+
+def lake_heads(lake: Lake) -> dict[str, list] | None:
+    """Per event type, [latest version, sha256 of its log entry] (:func:`mqepi.lake.delta.head`):
+    the lake's state told without reading the logs through; None for a lake pinned at past
+    versions (time travel), whose state only the logs tell."""
+    if lake.pinned is not None:
+        return None
+    return {t: list(head(lake.fs, lake.table_dir(t))) for t in EVENT_TYPES}
 
 
 def _keys(settings: Settings) -> _Keys:
@@ -244,7 +254,7 @@ def _meta(lake: Lake, listing: LakeListing, keys: _Keys, runs: dict[str, int], f
 
 def _new_snapshot(lake: Lake, out: Path, listing: LakeListing, keys: _Keys, previous_dir: Path | None,
                   previous: dict | None, progress: Callable[[str], None], t0: float, batch_runs: int,
-                  batch_bytes: int, chunk_runs: int) -> tuple[Path, dict]:
+                  batch_bytes: int, chunk_runs: int, heads: dict | None) -> tuple[Path, dict]:
     """Compute the runs not cached, then the configuration tables into a new snapshot folder,
     published by a rename (a new name: never replacing a snapshot); its path and metadata."""
     runs_dir, snaps_dir = out / "runs", out / "snapshots"
@@ -267,6 +277,8 @@ def _new_snapshot(lake: Lake, out: Path, listing: LakeListing, keys: _Keys, prev
             families = _write_tables(engine, assigned, fingerprints, keys, temp_dir,
                                      previous_dir if reuse_families else None, progress)
             meta = _meta(lake, listing, keys, runs, families, t0)
+            if heads is not None and lake_heads(lake) == heads:  # nothing committed while computing
+                meta["table_heads"] = heads
             (temp_dir / "snapshot.json").write_bytes(_json_bytes(meta))
             fsync_file(temp_dir / "snapshot.json")
             os.rename(temp_dir, final)
@@ -299,15 +311,20 @@ def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress:
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else default_out_dir(lake)
     keys = _keys(Settings(seed, bootstrap, ppl_margin, z))
+    previous_dir, previous = _previous(out)
+    heads = lake_heads(lake) if lake.exists() else None
+    if heads is not None and previous is not None and previous.get("table_heads") == heads \
+            and _reusable(previous_dir, previous, previous.get("lake_state_sha256"), keys):
+        progress(f"lake unchanged since {previous_dir.name} (every table at the version it read): reused")
+        return _snapshot_from_json(previous_dir, previous, reused=True, seconds=time.perf_counter() - t0)
     listing = list_lake(lake)
     progress(f"lake {lake.uri}: {len(listing.relative)} files, state {listing.state[:12]}, "
              f"{len(listing.run_files)} runs ({time.perf_counter() - t0:.2f} s)")
-    previous_dir, previous = _previous(out)
     if _reusable(previous_dir, previous, listing.state, keys):
         progress(f"lake unchanged since {previous_dir.name}: reused")
         return _snapshot_from_json(previous_dir, previous, reused=True, seconds=time.perf_counter() - t0)
     final, meta = _new_snapshot(lake, out, listing, keys, previous_dir, previous, progress, t0, batch_runs,
-                                batch_bytes, chunk_runs)
+                                batch_bytes, chunk_runs, heads)
     write_atomic(out / LATEST, _json_bytes({"snapshot": f"snapshots/{final.name}", "lake_state_sha256": listing.state,
                                             "settings_sha256": keys.settings_key, "computed_at": meta["computed_at"]}))
     progress(f"snapshot {final}")
