@@ -361,3 +361,31 @@ def test_an_unchanged_lake_is_told_by_its_tables_heads(lake, tmp_path):
     moved = derived.recompute(lake, out, **BOOT)
     assert not moved.reused and moved.runs_new == 1
     assert derived.lake_heads(Lake(lake.root).at(lake.versions())) is None  # time travel: the logs tell
+
+
+def test_the_listing_resumes_from_the_snapshot_and_equals_a_full_read(lake, tmp_path):
+    """A recompute reads the logs from the versions its previous snapshot recorded on (its
+    files.parquet): the listing equals one read from the start, also after a compaction
+    (files removed) and when the saved heads no longer match the log (read from the start)."""
+    from mqepi.lake.compact import compact
+    from mqepi.results.listing import LISTING_FILE, list_lake
+
+    out = tmp_path / "out"
+    snap = derived.recompute(lake, out, **BOOT)
+    heads = json.loads((snap.path / "snapshot.json").read_text())["table_heads"]
+    saved = snap.path / LISTING_FILE
+    record_run(lake, MODEL_B, "mix_a", 3, slot=96, seed=96)
+    assert any(r.files_after < r.files_before for r in compact(lake, min_files=2))  # files removed too
+
+    def same(a, b):
+        assert (a.state, a.versions, a.relative, a.seeds, a.config_files) == (b.state, b.versions, b.relative, b.seeds,
+                                                                            b.config_files)
+        assert {r: dict(t) for r, t in a.run_files.items()} == {r: dict(t) for r, t in b.run_files.items()}
+        assert a.run_configs == b.run_configs
+
+    full = list_lake(Lake(lake.root))
+    same(list_lake(Lake(lake.root), (saved, heads)), full)
+    stale = {t: [v, "0" * 64] for t, (v, _) in heads.items()}  # not the entries at those versions
+    same(list_lake(Lake(lake.root), (saved, stale)), full)
+    again = derived.recompute(lake, out, **BOOT)
+    assert_same_tables(again, derived.recompute(lake, tmp_path / "fresh", **BOOT))

@@ -153,6 +153,12 @@ class TableLog:
     def exists(self) -> bool:
         return self.fs.get_file_info(version_path(self.dir, 0)).type == pafs.FileType.File
 
+    def resume(self, version: int, active: dict[str, DataFile]) -> None:
+        """Start from a state read before (the active files as of ``version``, e.g. kept by a
+        derived snapshot): the next :meth:`refresh` reads only the versions after it."""
+        self.version, self.active = version, dict(active)
+        self.removed, self.commits, self.app_ids, self.problems = {}, [], set(), []
+
     def refresh(self) -> tuple[list[DataFile], list[DataFile]]:
         """Read the versions committed since the last refresh; return the net change they
         made: (files active now that were not before, files active before that are not now)."""

@@ -25,16 +25,18 @@ import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 import pyarrow.fs as pafs
 
 from mqepi.analysis.contract import FAMILY_KEY
 from mqepi.errors import LakeError
+from mqepi.lake.delta import MAX_LOG_BYTES, DataFile, TableLog, version_path
 from mqepi.lake.store import SEED_VALUE, Lake
 from mqepi.results.sql import duckdb_prefix
-from mqepi.schemas import RUN_BOUND
+from mqepi.schemas import EVENT_TYPES, RUN_BOUND
 
 
 @dataclass
@@ -49,6 +51,7 @@ class LakeListing:
     run_configs: dict[str, set[tuple[str, str]]]  # run_id -> {(model, config_id)}
     config_files: dict[tuple[str, str], dict[str, list[str]]]  # (model, config_id) -> type -> files
     versions: dict[str, int]  # event type -> table version
+    entries: list[tuple[str, DataFile]] = field(default_factory=list)  # (event type, file as its commit recorded it)
 
     def absolute(self, relative: Iterable[str]) -> list[str]:
         return [f"{self.uri}/{r}" for r in relative]
@@ -63,21 +66,78 @@ def digest(*parts: object) -> str:
     return hashlib.sha256("\n".join(str(p) for p in parts).encode()).hexdigest()
 
 
-def list_lake(lake: Lake) -> LakeListing:
-    """The lake's active files from its tables' logs (never writing it) and its state hash."""
+#: A snapshot's copy of the listing it was computed from (:func:`save_listing`).
+LISTING_FILE = "files.parquet"
+_LISTING_SCHEMA = {"type": pl.Utf8, "path": pl.Utf8, "rows": pl.Int64, "bytes": pl.Int64, "version": pl.Int64,
+                   "model": pl.Utf8, "config_id": pl.Utf8, "sha256": pl.Utf8, "runs": pl.List(pl.Utf8),
+                   "producer": pl.Utf8}
+
+
+def list_lake(lake: Lake, since: tuple[Path, dict[str, list]] | None = None) -> LakeListing:
+    """The lake's active files from its tables' logs (never writing it) and its state hash.
+
+    ``since`` (a snapshot's saved listing, :data:`LISTING_FILE`, and the table heads it was
+    taken at, ``{type: [version, sha256 of that log entry]}``) resumes each table's log there:
+    only the versions appended since are read. A table whose entry at that version is no
+    longer the one recorded (a lake re-created in place) is read from its start.
+    """
     if not lake.exists():
         raise LakeError(f"no lake at {lake.uri}: run `mqepi lake init` or pass --lake / set MQEPI_LAKE")
-    index = lake.index()
-    versions = lake.versions()
+    if since is None or lake.pinned is not None or not since[0].is_file():
+        index = lake.index()
+        entries = [(_type_of(lake, path), entry)
+                   for path, entry in index.entries.items()]
+        return _listing(lake, entries, lake.versions())
+    saved = _read_listing(since[0])
+    entries, versions = [], {}
+    for event_type in EVENT_TYPES:
+        log = TableLog(lake.fs, lake.table_dir(event_type))
+        version, sha = (since[1].get(event_type) or [-1, ""])[:2]
+        if version >= 0 and _entry_sha(lake, event_type, version) == sha:
+            log.resume(version, saved.get(event_type, {}))
+        log.refresh()
+        versions[event_type] = log.version
+        entries.extend((event_type, entry) for entry in log.active.values())
+    return _listing(lake, entries, versions)
+
+
+def _type_of(lake: Lake, path: str) -> str:
+    return path[len(lake.root) + 1:].split("/", 1)[0]
+
+
+def _entry_sha(lake: Lake, event_type: str, version: int) -> str | None:
+    try:
+        with lake.fs.open_input_stream(version_path(lake.table_dir(event_type), version)) as fh:
+            return hashlib.sha256(fh.read(MAX_LOG_BYTES + 1)).hexdigest()
+    except OSError:
+        return None
+
+
+def _read_listing(path: Path) -> dict[str, dict[str, DataFile]]:
+    out: dict[str, dict[str, DataFile]] = defaultdict(dict)
+    for row in pl.read_parquet(path).iter_rows(named=True):
+        out[row["type"]][row["path"]] = DataFile(row["path"], row["rows"], row["bytes"], row["version"],
+                                                 (row["model"], row["config_id"]), row["sha256"],
+                                                 tuple(row["runs"] or ()), row["producer"])
+    return out
+
+
+def save_listing(listing: LakeListing, path: Path) -> None:
+    """Write the files of ``listing`` (with what their commits recorded) to ``path``."""
+    rows = [{"type": t, "path": e.path, "rows": e.rows, "bytes": e.bytes, "version": e.version, "model": e.partition[0],
+             "config_id": e.partition[1], "sha256": e.sha256, "runs": list(e.runs), "producer": e.producer}
+            for t, e in listing.entries]
+    pl.DataFrame(rows, schema=_LISTING_SCHEMA).write_parquet(path)
+
+
+def _listing(lake: Lake, entries: list[tuple[str, DataFile]], versions: dict[str, int]) -> LakeListing:
     seeds: dict[str, list[str]] = defaultdict(list)
     run_files: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     run_configs: dict[str, set[tuple[str, str]]] = defaultdict(set)
     config_files: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     relative = []
-    prefix = len(lake.root) + 1
-    for path, entry in index.entries.items():
-        rel = path[prefix:]
-        event_type = rel.split("/", 1)[0]
+    for event_type, entry in entries:
+        rel = f"{event_type}/{entry.path}"
         relative.append(rel)
         if entry.partition[0] == SEED_VALUE:
             seeds[event_type].append(rel)
@@ -93,7 +153,7 @@ def list_lake(lake: Lake) -> LakeListing:
             files.sort()
     state = hashlib.sha256("".join(f"{rel}\n" for rel in relative).encode()).hexdigest()
     return LakeListing(duckdb_prefix(lake.uri, lake.root), relative, state, dict(seeds), run_files, run_configs,
-                       config_files, versions)
+                       config_files, versions, entries)
 
 
 def run_fingerprints(listing: LakeListing) -> dict[str, str]:

@@ -9,6 +9,8 @@ by default ``derived/`` beside the lake, :func:`default_out_dir`)::
         config_summary.parquet  matched_pairs.parquet  pareto_frontier.parquet
         run_metrics.parquet  run_energy.parquet  run_accuracy.parquet
         run_index.parquet    run_id -> input fingerprint -> cache batch
+        files.parquet        the lake's active files it read (the next recompute reads the logs
+                             from its table_heads on: only what was appended since)
         families.parquet     (model, origin, power_source) -> input fingerprint
         snapshot.json        lake state, counts, settings, SQL hashes, seconds
     runs/<batch>.<table>.parquet         per-run cache: content-addressed, never modified
@@ -55,7 +57,7 @@ from mqepi.lake.delta import head
 from mqepi.lake.durable import TEMP_PREFIX, fsync_dir, fsync_file, write_atomic
 from mqepi.lake.store import Lake
 from mqepi.results.engine import CONFIG_TABLES, DEFAULT_CHUNK_RUNS, RUN_TABLES, Engine, Settings
-from mqepi.results.listing import LakeListing, batches, digest, list_lake, run_fingerprints
+from mqepi.results.listing import LISTING_FILE, LakeListing, batches, digest, list_lake, run_fingerprints, save_listing
 from mqepi.schemas import EVENT_TYPES
 
 #: Version of the cache and snapshot layout; a change recomputes every run.
@@ -278,7 +280,9 @@ def _new_snapshot(lake: Lake, out: Path, listing: LakeListing, keys: _Keys, prev
                                      previous_dir if reuse_families else None, progress)
             meta = _meta(lake, listing, keys, runs, families, t0)
             if heads is not None and lake_heads(lake) == heads:  # nothing committed while computing
-                meta["table_heads"] = heads
+                meta["table_heads"] = heads  # the listing is of exactly these versions: the next one resumes it
+                save_listing(listing, temp_dir / LISTING_FILE)
+                fsync_file(temp_dir / LISTING_FILE)
             (temp_dir / "snapshot.json").write_bytes(_json_bytes(meta))
             fsync_file(temp_dir / "snapshot.json")
             os.rename(temp_dir, final)
@@ -317,7 +321,10 @@ def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress:
             and _reusable(previous_dir, previous, previous.get("lake_state_sha256"), keys):
         progress(f"lake unchanged since {previous_dir.name} (every table at the version it read): reused")
         return _snapshot_from_json(previous_dir, previous, reused=True, seconds=time.perf_counter() - t0)
-    listing = list_lake(lake)
+    since = None
+    if previous is not None and isinstance(previous.get("table_heads"), dict):  # read the logs from there on
+        since = (previous_dir / LISTING_FILE, previous["table_heads"])
+    listing = list_lake(lake, since)
     progress(f"lake {lake.uri}: {len(listing.relative)} files, state {listing.state[:12]}, "
              f"{len(listing.run_files)} runs ({time.perf_counter() - t0:.2f} s)")
     if _reusable(previous_dir, previous, listing.state, keys):
