@@ -219,7 +219,8 @@ def interactive(lake: Lake, out: Path, view: str) -> float:
     t0 = time.perf_counter()
     lake = Lake(lake.root)  # a new handle: its logs read from the start, as in a new process
     snap = derived.projection(lake, out)
-    con = sql.connect(lake, projected={v: snap.tables[v] for v in derived.PROJECTED_VIEWS})
+    con = sql.connect(lake, projected={v: snap.tables[v] for v in derived.PROJECTED_VIEWS},
+                      files=derived.snapshot_files(lake, snap))
     con.sql(f"SELECT * FROM {view}").fetchall()
     con.close()
     return time.perf_counter() - t0

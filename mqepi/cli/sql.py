@@ -10,7 +10,7 @@ import typer
 from mqepi.cli._common import edge, err, lake, out, print_frame, progress_printer, safe, say, write_data
 from mqepi.errors import QueryError
 from mqepi.results import sql
-from mqepi.results.snapshots import PROJECTED_VIEWS, as_of_versions, projection
+from mqepi.results.snapshots import PROJECTED_VIEWS, as_of_versions, projection, snapshot_files
 
 app = typer.Typer()
 
@@ -49,7 +49,8 @@ def sql_command(
             snapshot = projection(lk, progress=progress)
         finally:
             progress.stop()
-    con = sql.connect(lk, projected={v: snapshot.tables[v] for v in PROJECTED_VIEWS} if snapshot else None)
+    con = sql.connect(lk, projected={v: snapshot.tables[v] for v in PROJECTED_VIEWS} if snapshot else None,
+                      files=snapshot_files(lk, snapshot) if snapshot else None)
     if snapshot is not None and not snapshot.reused:
         say(f"derived views: snapshot {snapshot.path.name} ({snapshot.runs_new} runs recomputed, "
             f"{snapshot.seconds:.1f} s)", err)

@@ -66,9 +66,9 @@ CONFIG_SQL = SQL_FILES[SQL_FILES.index(RUNS_SQL) + 1:]
 SHARED_MACROS = ("mqepi_run_resamples", "mqepi_config_resamples")
 #: DuckDB's memory limit in the engine (its default is 80 % of the machine): beyond it, sorts,
 #: joins and aggregates spill to the engine's temporary folder.
-MEMORY_LIMIT = "2GB"
+MEMORY_LIMIT = "3GB"
 #: Runs per chunk of families in the configuration stage (about 1 KB per run and resample).
-DEFAULT_CHUNK_RUNS = 2000
+DEFAULT_CHUNK_RUNS = 1000
 #: The table macro (macros.sql) each base view reads its event type through.
 READERS = {t: "mqepi_run_events" if t in RUN_BOUND else "mqepi_config_events" for t in EVENT_TYPES}
 #: Materialised per batch, in this order: each run-bound base view (its files read and

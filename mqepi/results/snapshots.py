@@ -58,6 +58,7 @@ from mqepi.lake.durable import TEMP_PREFIX, fsync_dir, fsync_file, write_atomic
 from mqepi.lake.store import Lake
 from mqepi.results.engine import CONFIG_TABLES, DEFAULT_CHUNK_RUNS, RUN_TABLES, Engine, Settings
 from mqepi.results.listing import LISTING_FILE, LakeListing, batches, digest, list_lake, run_fingerprints, save_listing
+from mqepi.results.sql import duckdb_prefix
 from mqepi.schemas import EVENT_TYPES
 
 #: Version of the cache and snapshot layout; a change recomputes every run.
@@ -361,3 +362,18 @@ def projection(lake: Lake, out_dir: str | os.PathLike | None = None, *,
             return _snapshot_from_json(meta_path.parent, meta, reused=True, seconds=0.0)
     progress(f"no snapshot of the lake state {state[:12]} in {out}: evaluating the live views")
     return None
+
+
+def snapshot_files(lake: Lake, snapshot: Snapshot) -> dict[str, list[str]] | None:
+    """Per event type, the active files the snapshot was computed from (its listing, as paths
+    DuckDB opens), or None when it kept none: what ``mqepi sql`` points the base views at, so
+    that they and the derived views read one lake state without reading the logs again."""
+    path = snapshot.path / LISTING_FILE
+    if not path.is_file():
+        return None
+    prefix = duckdb_prefix(lake.uri, lake.root)
+    out: dict[str, list[str]] = {t: [] for t in EVENT_TYPES}
+    for event_type, rel in pl.read_parquet(path, columns=["type", "path"]).iter_rows():
+        if event_type in out:
+            out[event_type].append(f"{prefix}/{event_type}/{rel}")
+    return {t: sorted(paths) for t, paths in out.items()}

@@ -83,15 +83,17 @@ class ViewInfo:
     columns: list[tuple[str, str]]  # (column, DuckDB type)
 
 
-def connect(lake: Lake, views: Path | list[Path] | None = None,
-            projected: dict[str, Path] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(lake: Lake, views: Path | list[Path] | None = None, projected: dict[str, Path] | None = None,
+            files: dict[str, list[str]] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with every view of ``views`` over ``lake``.
 
     The lake must exist; its seed files are written if missing (zero-row files that give
     every view its columns before the first event of its type). ``projected`` (view name ->
     Parquet file of a snapshot, :mod:`mqepi.results.snapshots`) replaces those views by their
     materialised rows: their definitions are skipped, and the views built on them read the
-    file (the other views stay live SQL over the lake).
+    file (the other views stay live SQL over the lake). ``files`` (event type -> paths as DuckDB
+    opens them) gives the active files instead of the tables' logs, e.g. those a snapshot read
+    (:func:`mqepi.results.snapshots.snapshot_files`), so base and derived views are one state.
 
     The views are created over the seed files only and then pointed at the lake's files:
     DuckDB binds a view when it is created, and binding over the real file lists would read
@@ -100,13 +102,15 @@ def connect(lake: Lake, views: Path | list[Path] | None = None,
     """
     if not lake.exists():
         raise LakeError(f"no lake at {lake.uri}: run `mqepi lake init` or pass --lake / set MQEPI_LAKE")
-    if lake.pinned is None:
+    if lake.pinned is None and not (files is not None and all(
+            any(f.endswith(f"/schema-v{spec.version}.parquet") for f in files.get(t, ()))
+            for t, spec in EVENT_TYPES.items())):  # the lists name every current seed: nothing to write
         lake.init()
     con = duckdb.connect()
     register_lake_fs(con, duckdb_prefix(lake.uri, lake.root))
     con.execute("SET VARIABLE mqepi_lake = ?", [lake.uri])
     con.execute("SET parquet_metadata_cache = true")  # files are content-addressed, never changed
-    files = committed_files(lake)
+    files = files if files is not None else committed_files(lake)
     set_file_lists(con, {t: [f for f in paths if f"/model={SEED_VALUE}/" in f] or paths for t, paths in files.items()})
     for name, path in (projected or {}).items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS FROM read_parquet('{_quote(str(path))}')")
