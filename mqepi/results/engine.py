@@ -1,6 +1,7 @@
 """The DuckDB engine of the derived snapshots: every SQL view of the contract over file lists.
 
-One connection loads every SQL file as it is. Each base view reads its event type through the
+One connection loads the SQL files as they are (the run stage's first, the configuration
+stage's once run_metrics reads the cache: binding them is then cheap). Each base view reads its event type through the
 table macro ``mqepi_events`` of ``macros.sql``, which reads the file list in the DuckDB
 variable ``mqepi_files_<type>`` (VARCHAR[]) when it is set: :func:`set_file_lists` sets those
 variables, so the engine points views at files and never rewrites SQL. DuckDB views bind at
@@ -17,8 +18,11 @@ another family (the bootstrap draws depend on the seed, the resample and the gro
 integer ids are internal). Unchanged families keep the previous snapshot's rows; the others
 are recomputed from the cached run_metrics and benchmark_answer of their runs (``CREATE OR
 REPLACE VIEW run_metrics AS ...`` over the cache) and the configuration-bound files of their
-models. :func:`check_config_inputs` makes sure, with DuckDB's parser, that the configuration
-views read nothing else run-bound.
+models. The families go through the views in chunks of about ``chunk_runs`` runs (memory), and
+per chunk the bootstrap's resamples (:data:`SHARED_MACROS`) are drawn once into temporary
+tables and the macros redefined to read them, so the three views share one draw (the same rows
+each would draw). :func:`check_config_inputs` makes sure, with DuckDB's parser, that the
+configuration views read nothing else run-bound.
 """
 
 from __future__ import annotations
@@ -188,7 +192,7 @@ def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:
 
 
 class Engine:
-    """One DuckDB connection with every SQL file loaded over file lists (seeds at first)."""
+    """One DuckDB connection with the SQL files loaded over file lists (seeds at first)."""
 
     def __init__(self, listing: LakeListing, seeds: dict[str, list[str]], settings: Settings, runs_dir: Path,
                  chunk_runs: int = DEFAULT_CHUNK_RUNS):
@@ -202,7 +206,7 @@ class Engine:
             for name, value in settings.variables().items():
                 con.execute(f"SET VARIABLE {name} = ?", [value])
             set_file_lists(con, seeds)
-            load_sql(con, RUN_SQL)  # the rest once run_metrics reads the cache (_load_config_sql)
+            load_sql(con, RUN_SQL)  # the rest once run_metrics reads the cache (_point_at_chunk)
             check_base_views(con)
             self.typed = {t: _typed_select(con, t) for t in RUN_TABLES}
             for table in _BATCH_TABLES:
