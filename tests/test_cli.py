@@ -64,6 +64,9 @@ def test_sql_formats(lake, tmp_path):
     assert result.stdout.splitlines() == ["l,s,n", '"[1, 2]","{""a"": ""x""}",']  # nested values as JSON text
     result = runner.invoke(app, args + ["--views"])
     assert "power_sample: event_id VARCHAR" in result.stdout
+    result = runner.invoke(app, args + ["SET VARIABLE mqepi_bootstrap = 20; SELECT count(*) AS n FROM config_summary",
+                                        "-f", "csv"])
+    assert result.exit_code == 0 and "evaluating the live views" in result.stderr and result.stdout.split() == ["n", "0"]
     result = runner.invoke(app, args + ["SELECT * FROM nope"])
     assert result.exit_code == 1 and "error:" in result.stderr and "nope" in result.stderr
     result = runner.invoke(app, args + ["SELECT 1", "-f", "xml"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -43,6 +44,9 @@ def sql_command(
     if as_of is not None:
         lk = lk.at(as_of_versions(lk, as_of))
     snapshot = None
+    if not live and query and re.search(r"\bSET\s+VARIABLE\s+mqepi_", query, re.I):
+        live = True  # the snapshots hold the default tunables only
+        say("the query sets mqepi_* tunables: evaluating the live views (as --live)", err)
     if not live and query and not list_views and sql.reads(query, PROJECTED_VIEWS):
         progress = progress_printer()
         try:
