@@ -16,6 +16,28 @@ from mqepi.results.snapshots import PROJECTED_VIEWS, as_of_versions, projection,
 app = typer.Typer()
 
 
+def _connect(lk, query: str | None, live: bool):
+    """A connection for ``query``: its derived views read the snapshot of the lake's state
+    (:func:`mqepi.results.snapshots.projection`) unless ``live``, the query sets mqepi_*
+    tunables (snapshots hold the defaults) or it names no derived view."""
+    snapshot = None
+    if not live and query and re.search(r"\bSET\s+VARIABLE\s+mqepi_", query, re.I):
+        live = True
+        say("the query sets mqepi_* tunables: evaluating the live views (as --live)", err)
+    if not live and query and sql.reads(query, PROJECTED_VIEWS):
+        progress = progress_printer()
+        try:
+            snapshot = projection(lk, progress=progress)
+        finally:
+            progress.stop()
+    con = sql.connect(lk, projected={v: snapshot.tables[v] for v in PROJECTED_VIEWS} if snapshot else None,
+                      files=snapshot_files(lk, snapshot) if snapshot else None)
+    if snapshot is not None and not snapshot.reused:
+        say(f"derived views: snapshot {snapshot.path.name} ({snapshot.runs_new} runs recomputed, "
+            f"{snapshot.seconds:.1f} s)", err)
+    return con
+
+
 @app.command("sql")
 @edge
 def sql_command(
@@ -43,21 +65,7 @@ def sql_command(
     lk = lake()
     if as_of is not None:
         lk = lk.at(as_of_versions(lk, as_of))
-    snapshot = None
-    if not live and query and re.search(r"\bSET\s+VARIABLE\s+mqepi_", query, re.I):
-        live = True  # the snapshots hold the default tunables only
-        say("the query sets mqepi_* tunables: evaluating the live views (as --live)", err)
-    if not live and query and not list_views and sql.reads(query, PROJECTED_VIEWS):
-        progress = progress_printer()
-        try:
-            snapshot = projection(lk, progress=progress)
-        finally:
-            progress.stop()
-    con = sql.connect(lk, projected={v: snapshot.tables[v] for v in PROJECTED_VIEWS} if snapshot else None,
-                      files=snapshot_files(lk, snapshot) if snapshot else None)
-    if snapshot is not None and not snapshot.reused:
-        say(f"derived views: snapshot {snapshot.path.name} ({snapshot.runs_new} runs recomputed, "
-            f"{snapshot.seconds:.1f} s)", err)
+    con = _connect(lk, query if not list_views else None, live)
     if list_views:
         for view in sql.views(con):
             out.print(f"[bold]{safe(view.name)}[/]: " + ", ".join(f"{safe(c)} {safe(t)}" for c, t in view.columns),

@@ -14,6 +14,7 @@ which installs from the network only).
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 from fsspec.implementations.arrow import ArrowFSWrapper
+from pyarrow.fs import LocalFileSystem
 
 from mqepi.analysis import SQL_FILES
 from mqepi.errors import LakeError, QueryError
@@ -111,6 +113,10 @@ def connect(lake: Lake, views: Path | list[Path] | None = None, projected: dict[
     con.execute("SET VARIABLE mqepi_lake = ?", [lake.uri])
     con.execute("SET parquet_metadata_cache = true")  # files are content-addressed, never changed
     files = files if files is not None else committed_files(lake)
+    if isinstance(lake.fs, LocalFileSystem):  # a lost file fails here, named (the views bind at query time)
+        missing = next((f for paths in files.values() for f in paths if not os.path.exists(f)), None)
+        if missing is not None:
+            raise QueryError(f"{missing}: a file the lake's log names is missing (see `mqepi lake verify`)")
     set_file_lists(con, {t: [f for f in paths if f"/model={SEED_VALUE}/" in f] or paths for t, paths in files.items()})
     for name, path in (projected or {}).items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS FROM read_parquet('{_quote(str(path))}')")
