@@ -128,10 +128,18 @@ def head(fs: pafs.FileSystem, table_dir: str) -> tuple[int, str]:
              and i.base_name[:20].isdigit()]
     if not names:
         return -1, ""
-    latest = max(names)
-    with fs.open_input_stream(f"{table_dir}/{LOG_DIR}/{latest}") as fh:
-        data = fh.read(MAX_LOG_BYTES + 1)
-    return int(latest[:20]), hashlib.sha256(data).hexdigest()
+    version = int(max(names)[:20])
+    return version, entry_sha256(fs, table_dir, version) or ""
+
+
+def entry_sha256(fs: pafs.FileSystem, table_dir: str, version: int) -> str | None:
+    """sha256 of a table's log entry at ``version`` (its first MAX_LOG_BYTES + 1 bytes); None
+    when it cannot be read."""
+    try:
+        with fs.open_input_stream(version_path(table_dir, version)) as fh:
+            return hashlib.sha256(fh.read(MAX_LOG_BYTES + 1)).hexdigest()
+    except OSError:
+        return None
 
 
 def version_path(table_dir: str, version: int) -> str:

@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 
 from mqepi.analysis.contract import FAMILY_KEY
 from mqepi.errors import LakeError
-from mqepi.lake.delta import MAX_LOG_BYTES, DataFile, TableLog, version_path
+from mqepi.lake.delta import DataFile, TableLog, entry_sha256
 from mqepi.lake.store import SEED_VALUE, Lake
 from mqepi.results.sql import duckdb_prefix
 from mqepi.schemas import EVENT_TYPES, RUN_BOUND
@@ -85,15 +85,14 @@ def list_lake(lake: Lake, since: tuple[Path, dict[str, list]] | None = None) -> 
         raise LakeError(f"no lake at {lake.uri}: run `mqepi lake init` or pass --lake / set MQEPI_LAKE")
     if since is None or lake.pinned is not None or not since[0].is_file():
         index = lake.index()
-        entries = [(_type_of(lake, path), entry)
-                   for path, entry in index.entries.items()]
+        entries = [(_type_of(lake, path), entry) for path, entry in index.entries.items()]
         return _listing(lake, entries, lake.versions())
     saved = _read_listing(since[0])
     entries, versions = [], {}
     for event_type in EVENT_TYPES:
         log = TableLog(lake.fs, lake.table_dir(event_type))
         version, sha = (since[1].get(event_type) or [-1, ""])[:2]
-        if version >= 0 and _entry_sha(lake, event_type, version) == sha:
+        if version >= 0 and entry_sha256(lake.fs, lake.table_dir(event_type), version) == sha:
             log.resume(version, saved.get(event_type, {}))
         log.refresh()
         versions[event_type] = log.version
@@ -103,14 +102,6 @@ def list_lake(lake: Lake, since: tuple[Path, dict[str, list]] | None = None) -> 
 
 def _type_of(lake: Lake, path: str) -> str:
     return path[len(lake.root) + 1:].split("/", 1)[0]
-
-
-def _entry_sha(lake: Lake, event_type: str, version: int) -> str | None:
-    try:
-        with lake.fs.open_input_stream(version_path(lake.table_dir(event_type), version)) as fh:
-            return hashlib.sha256(fh.read(MAX_LOG_BYTES + 1)).hexdigest()
-    except OSError:
-        return None
 
 
 def _read_listing(path: Path) -> dict[str, dict[str, DataFile]]:
