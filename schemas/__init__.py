@@ -70,7 +70,7 @@ EVENT_TYPES: dict[str, EventSpec] = {
         EventSpec("quantization", _m.Quantization, CONFIG_KEYS),
         EventSpec("config_alias", _m.ConfigAlias, CONFIG_KEYS),
         EventSpec("tensor_inventory", _m.TensorInventory, CONFIG_KEYS),
-        EventSpec("run", _m.Run, RUN_KEYS),
+        EventSpec("run", _m.Run, RUN_KEYS, version=2, added=("hardware_id",)),
         EventSpec("phase", _m.Phase, RUN_KEYS),
         EventSpec("power_sample", _m.PowerSample, RUN_KEYS, high_volume=True),
         EventSpec("thermal_sample", _m.ThermalSample, RUN_KEYS, high_volume=True),

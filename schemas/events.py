@@ -42,6 +42,8 @@ LABEL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 #: lab, or community/<submitter> with a safe submitter slug.
 ORIGIN = r"^(lab|community/[a-z0-9][a-z0-9_-]{0,63})$"
 SHA256 = r"^[0-9a-f]{64}$"
+#: A hardware profile's id (mqepi.rig.hardware.hardware_id): "hw-" and 12 hex digits.
+HARDWARE_ID = r"^hw-[0-9a-f]{12}$"
 #: Where a power reading came from. Anything but ``epi-meter``/``nvml`` is not a measurement.
 POWER_SOURCES = ("epi-meter", "atm90e26", "nvml", "simulated", "replay")
 RUN_STATUSES = ("started", "finished", "failed")
@@ -175,7 +177,10 @@ class TensorInventory(ConfigBound):
 
 
 class Run(RunBound):
-    """A run's lifecycle: one event when it starts, one when it finishes or fails."""
+    """A run's lifecycle: one event when it starts, one when it finishes or fails.
+
+    Version 2 adds ``hardware_id`` (the hash of the hardware profile, which itself is in
+    ``provenance_json["hardware"]``); version 1 rows read with it null."""
 
     status: pl.Utf8 = pa.Field(isin=list(RUN_STATUSES))
     repeat: pl.Int32 = pa.Field(ge=0)
@@ -184,6 +189,10 @@ class Run(RunBound):
     host: pl.Utf8 = pa.Field(str_matches=NAME, description="the head node or this machine")
     provenance_json: pl.Utf8 = pa.Field(description="versions, hashes, settings as JSON")
     message: pl.Utf8 = pa.Field(nullable=True, description="why a run failed")
+    # schema 2: what the run was measured on
+    hardware_id: pl.Utf8 = pa.Field(nullable=True, str_matches=HARDWARE_ID,
+                                    description="mqepi.rig.hardware.hardware_id of the hardware profile "
+                                                "(null: written before schema 2)")
 
 
 class Phase(RunBound):

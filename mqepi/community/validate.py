@@ -24,6 +24,7 @@ from mqepi.community.manifest import MANIFEST, origin_for, parse_manifest
 from mqepi.community.problems import DEFAULT_LIMITS, BundleRejected, BundleReport, Limits
 from mqepi.lake import events
 from mqepi.lake.store import Lake
+from mqepi.rig.hardware import hardware_id
 from mqepi.schemas import EVENT_TYPES
 
 
@@ -55,9 +56,16 @@ class CheckedBundle:
         return bool(self.present) and all(len(self.present.get(t, ())) == df.height for t, df in self.frames.items())
 
 
-def restamp(df: pl.DataFrame, origin: str) -> pl.DataFrame:
-    """``df`` with ``origin`` set and every ``event_id`` recomputed (origin is hashed content)."""
+def restamp(df: pl.DataFrame, origin: str, hardware: dict | None = None) -> pl.DataFrame:
+    """``df`` with ``origin`` set and every ``event_id`` recomputed (origin is hashed content).
+    With ``hardware`` (the manifest's ``hardware`` object; given for ``run`` events): every row's
+    ``hardware_id`` is its hash (:func:`mqepi.rig.hardware.hardware_id`), whatever the file said,
+    and the rows are of the run schema's current version (which has that column)."""
     df = df.with_columns(pl.lit(origin, dtype=pl.Utf8).alias("origin"))
+    if hardware is not None:
+        df = df.with_columns(pl.lit(hardware_id(hardware), dtype=pl.Utf8).alias("hardware_id"),
+                             pl.lit(EVENT_TYPES["run"].version, dtype=pl.Int32).alias("schema_version"))
+        df = df.select([c for c in EVENT_TYPES["run"].polars_schema if c in df.columns])
     return df.with_columns(events.content_ids(df))
 
 
@@ -99,7 +107,8 @@ def _validate(path: Path, source: Source, lake: Lake | None, limits: Limits, rep
         _reject(report, path)
     report.sha256 = bundle_digest(path)
     origin = origin_for(manifest["submitter"]["id"])
-    frames = {t: restamp(frames[t], origin) for t in EVENT_TYPES if t in frames and frames[t].height}
+    frames = {t: restamp(frames[t], origin, manifest["hardware"] if t == "run" else None)
+              for t in EVENT_TYPES if t in frames and frames[t].height}
     checked = CheckedBundle(path, report.sha256, manifest, frames)
     if lake is not None:
         checked.present = check_lake(checked.frames, lake, report)

@@ -18,6 +18,7 @@ from mqepi.meter.simulated import Faults, PowerModel, SimulatedMeter
 from mqepi.meter.spool import SpoolSink
 from mqepi.meter.stream import LakeSink, MeterError, RunKey
 from mqepi.meter.windows import EnergyMonitor, Measurement, analyze_run
+from mqepi.rig.hardware import local_profile
 
 #: A process that keeps one core busy until killed.
 SPIN = "while True: pass"
@@ -39,11 +40,14 @@ def simulated_run(lake, run: RunKey, *, idle_s: float = 3.0, busy_s: float = 3.0
     samples go through a local spool (:class:`~mqepi.meter.spool.SpoolSink`), else straight
     to the lake."""
     lake.init()
+    profile = local_profile(meter="simulated")
     provenance = {"mqepi": __version__, "simulator": {"rate_hz": rate_hz, "faults": faults.__dict__,
-                                                      "model": PowerModel().__dict__, "seed": seed}}
+                                                      "model": PowerModel().__dict__, "seed": seed},
+                  "hardware": profile.as_dict()}
     run_row = {"model": [run.model], "config_id": [run.config_id], "run_id": [run.run_id], "repeat": [0],
                "file_sha256": [None], "power_source": ["simulated"], "host": [socket.gethostname()],
-               "provenance_json": [json.dumps(provenance, sort_keys=True)], "message": [None]}
+               "provenance_json": [json.dumps(provenance, sort_keys=True)], "message": [None],
+               "hardware_id": [profile.hardware_id]}
     lake.record("run", {**run_row, "status": ["started"]})
     sim = SimulatedMeter(4, rate_hz=rate_hz, faults=faults, seed=seed).start()
     burners: list[subprocess.Popen] = []

@@ -28,6 +28,7 @@ from mqepi.quality.scoring import BenchmarkResult, EngineCommand, run_scoring
 from mqepi.quality.tasks import TaskDef
 from mqepi.quality.throughput import run_throughput
 from mqepi.quant import toolchain
+from mqepi.rig.hardware import local_profile
 
 #: Held-out text shipped by Debian (base-files): licence texts, about 240 kB.
 LICENSES_DIR = Path("/usr/share/common-licenses")
@@ -108,12 +109,14 @@ def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings:
                   "host": socket.gethostname(), "platform": platform.platform(), "model_file": str(model_path),
                   "text": {"sha256": text.sha256, "sources": text.sources},
                   "question_sets": {q.benchmark: q.sha256 for q in qsets}, "settings": settings.__dict__}
+    profile = local_profile(llama_cpp_commit=tc.llama_cpp_commit, meter="none")
+    provenance["hardware"] = profile.as_dict()
 
     def run_event(status: str, message: str | None = None) -> None:
         lake.record("run", {**key.columns(1), "status": [status], "repeat": [repeat], "file_sha256": [file_sha],
                             "power_source": ["none"], "host": [socket.gethostname()],
                             "provenance_json": [json.dumps(provenance, sort_keys=True, default=str)],
-                            "message": [message]}, producer=PRODUCER)
+                            "message": [message], "hardware_id": [profile.hardware_id]}, producer=PRODUCER)
 
     run_event("started")
     try:

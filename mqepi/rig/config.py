@@ -13,6 +13,11 @@ bin_dir = "/opt/mqepi/llama.cpp/bin"; work_dir = "/srv/mqepi"
 name = "pi0"; role = "head"; host = "10.0.0.20"; port = 22; user = "pi"; key = "~/.ssh/id_ed25519"
 rpc_address = "192.168.50.20"; rpc_port = 50052; meter_channel = 0; memory_mb = 16384
 bin_dir = "/opt/mqepi/llama.cpp/bin"; work_dir = "/srv/mqepi"
+
+[hardware]                         # optional: what the runs are measured on (mqepi.rig.hardware)
+name = "pi5-rack-a"; node_model = "Raspberry Pi 5 Model B Rev 1.0"; ram_mb = 8192; cooling = "active cooler"
+os = "Debian GNU/Linux 12 (bookworm)"; kernel = "6.6.51+rpt-rpi-2712"; llama_cpp_commit = "b4153"
+meter_id = "epi-meter-0"; meter_firmware = "1.2.0"  # every field optional: the rest is probed
 ```
 
 Host keys are verified against ``known_hosts`` (default ``~/.ssh/known_hosts``).
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqepi.errors import MqepiError
+from mqepi.rig.hardware import MAX_TEXT, PROFILE_FIELDS, HardwareProfile
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 ROLES = ("head", "worker")
@@ -88,6 +94,8 @@ class ClusterConfig:
     lake: str | None = None
     cache: str | None = None
     extra: dict = field(default_factory=dict)
+    #: The ``[hardware]`` table (None: absent); fields it omits are probed when a sweep starts.
+    hardware: HardwareProfile | None = None
 
     @property
     def head(self) -> Host:
@@ -110,7 +118,8 @@ def load(path: str | Path) -> ClusterConfig:
 
 
 def parse(data: dict, where: str) -> ClusterConfig:
-    known = {"nodes", "quant_host", "known_hosts", "insecure_skip_host_key_check", "private_network", "lake", "cache"}
+    known = {"nodes", "quant_host", "known_hosts", "insecure_skip_host_key_check", "private_network", "lake", "cache",
+             "hardware"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ClusterConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -142,7 +151,26 @@ def parse(data: dict, where: str) -> ClusterConfig:
         known_hosts=str(Path(data["known_hosts"]).expanduser()) if data.get("known_hosts") else None,
         insecure_skip_host_key_check=_bool(data, "insecure_skip_host_key_check", where, False),
         private_network=private, lake=data.get("lake"), cache=data.get("cache"),
+        hardware=_hardware(data["hardware"], f"{where}: hardware") if "hardware" in data else None,
     )
+
+
+def _hardware(raw, where: str) -> HardwareProfile:
+    """The ``[hardware]`` table: every field optional; ``ram_mb`` a positive integer, the others
+    non-empty one-line strings of at most MAX_TEXT characters."""
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(f"{where}: must be a table, not {type(raw).__name__}")
+    allowed = ("name", *PROFILE_FIELDS)
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ClusterConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(allowed)})")
+    for key in allowed:
+        if key in raw and key != "ram_mb":
+            _text(raw[key], where, key)
+            if len(raw[key]) > MAX_TEXT:
+                raise ClusterConfigError(f"{where}: field {key} {raw[key][:40]!r}... is longer than {MAX_TEXT} characters")
+    ram_mb = _int(raw, "ram_mb", where, None, 1, None, "a positive integer (MB)")
+    return HardwareProfile(**{**{k: raw[k] for k in allowed if k in raw}, "ram_mb": ram_mb})
 
 
 def _bool(data: dict, key: str, where: str, default: bool) -> bool:

@@ -152,4 +152,5 @@ def _failed_row(lake, spec: SweepSpec, plan: RunPlan, stale_run_id: str) -> dict
     return {"model": [spec.model], "config_id": [plan.config_id], "run_id": [stale_run_id], "status": ["failed"],
             "repeat": [first["repeat"]], "file_sha256": [first["file_sha256"]], "power_source": [first["power_source"]],
             "host": [first["host"]], "provenance_json": [first["provenance_json"]],
-            "message": ["interrupted: started and never finished; marked failed when the sweep resumed"]}
+            "message": ["interrupted: started and never finished; marked failed when the sweep resumed"],
+            "hardware_id": [first.get("hardware_id")]}

@@ -26,7 +26,7 @@ from mqepi.quant import assets, maps, toolchain
 from mqepi.quant.expansion import Expansion, expand
 from mqepi.quant.quantize import Quantized, quantize
 from mqepi.rig import config as cfg
-from mqepi.rig import ops, thermal
+from mqepi.rig import hardware, ops, thermal
 from mqepi.rig.executor import Executor, LocalExecutor
 from mqepi.rig.ssh import Remote, RemoteError
 from mqepi.sweep.resume import Alias, RunPlan
@@ -88,6 +88,16 @@ class Rig:
             self._this_machine()
         else:
             self._cluster()
+        self.hardware = self._hardware()
+        self.progress(f"hardware {self.hardware.hardware_id}: {self.hardware.describe()}")
+
+    def _hardware(self) -> hardware.HardwareProfile:
+        """The hardware profile every run records: the config's ``[hardware]`` completed by
+        probing the head node (this machine without a cluster), the toolchain's llama.cpp
+        commit and the sweep's meter (:func:`mqepi.rig.hardware.complete`)."""
+        stated = self.config.hardware if self.config is not None else None
+        return ops.retrying(lambda: hardware.complete(stated, self.head_exec, llama_cpp_commit=self.tc.llama_cpp_commit,
+                                                      meter=self.spec.meter))
 
     def _load_maps(self) -> list[maps.QuantMap]:
         spec, folder = self.spec, maps.maps_dir(self.spec.model)
@@ -249,7 +259,7 @@ class Rig:
             "file_sha256": q.file_sha256, "map_sha256": q.effective_map_sha256,
             "text": {"sha256": self.text.sha256}, "question_sets": {s.benchmark: s.sha256 for s in self.qsets},
             "nodes": [n.name for n in self.nodes], "rpc_endpoints": self.endpoints, "meter": meter,
-            "thermal": self.thermal_note, "cluster": spec.cluster,
+            "thermal": self.thermal_note, "cluster": spec.cluster, "hardware": self.hardware.as_dict(),
         }
 
 

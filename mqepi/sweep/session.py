@@ -71,6 +71,7 @@ class RunSession:
             **self.key.columns(1), "status": [status], "repeat": [self.plan.repeat], "file_sha256": [self.q.file_sha256],
             "power_source": [self.rig.spec.power_source], "host": [head],
             "provenance_json": [json.dumps(self.provenance, sort_keys=True, default=str)], "message": [message],
+            "hardware_id": [self.rig.hardware.hardware_id],
         }, producer=PRODUCER)
 
     # -- begin / end
