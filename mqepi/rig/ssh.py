@@ -5,13 +5,20 @@ node over SSH, behind a small synchronous interface.
   the opt-out ``insecure_skip_host_key_check`` is for tests and prints a warning each time.
 * ``run`` streams stdout and stderr line by line, stamping each line on arrival (UTC ns),
   with a timeout.
-* ``put`` copies a file by SFTP to a temporary name, checks its sha256 on the remote side,
-  then renames it into place, so a partial copy never counts as deployed.
+* ``put`` streams a file in one pass: one remote command writes stdin to a temporary name
+  while hashing it (``tee | sha256sum``) and renames it into place only when the sha256 is the
+  expected one (else removes it), while this side hashes what it sends; a partial copy never
+  counts as deployed. ``get`` copies by SFTP to a temporary name, checked, then renamed.
 * ``start_background`` starts a detached process and remembers its pid; ``close`` (and any
   failure in a ``with`` block) kills every process this session started.
 
-Each call opens its own connection on a private event loop thread; the cost on loopback is
-tens of milliseconds, which is fine for stage-level work (never per sample or question).
+One SSH connection per host (keyed by host, port, user, key, known_hosts and the insecure
+flag) serves every command of the process, a channel per command, so a whole sweep's
+stages share it even though each stage makes its own :class:`Remote`. It opens lazily on one
+private event loop thread, under a lock, and is reopened on the next call after a drop; a
+drop mid-command still raises :class:`ConnectionDropped` (transient: callers retry the
+stage), a refused host key :class:`HostKeyError` (never retried). :func:`close_connections`
+closes a cluster's (a sweep calls it when its rig closes).
 
 Every command line sent over SSH is built below from an argument list (:func:`shell_join`) or
 a constant script with its values as positional parameters (:func:`shell_script`); the
@@ -21,6 +28,7 @@ remote login shell must be a POSIX shell (sh, dash, bash, zsh), as on Raspberry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import sys
@@ -28,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import asyncssh
 
@@ -44,6 +52,21 @@ BACKGROUND_SCRIPT = ('log=$1; shift; while [ $# -gt 0 ] && [ "$1" != -- ]; do ex
                      'nohup -- "$@" > "$log" 2>&1 < /dev/null & echo $! | tee -- "$log.pid"')
 #: stdin, not an argument: sha256sum escapes names with a backslash or a newline in its output.
 SHA256_SCRIPT = 'sha256sum 2>/dev/null < "$1" || true'
+#: $1 temporary name, $2 target, $3 expected sha256, $4 the target's folder. stdin goes to $1
+#: and to sha256sum in one pass (a failing tee adds a line, so its hash cannot match); the copy
+#: is renamed into place only with the expected hash, else removed. Prints ``sha256:<hash>``;
+#: exits 3 on a wrong hash.
+PUT_SCRIPT = ('mkdir -p -- "$4" || exit 1; got=$( (tee -- "$1" || echo tee-failed) | sha256sum ); got=${got%% *}; '
+              'echo "sha256:$got"; if [ "$got" = "$3" ]; then mv -f -- "$1" "$2"; else rm -f -- "$1"; exit 3; fi')
+#: Bytes per write while streaming a file to a host.
+PUT_CHUNK = 1 << 18
+
+
+def put_command(temp: str, remote: str, sha256: str) -> str:
+    """Write stdin to ``temp`` while hashing it; rename it to ``remote`` only with ``sha256``."""
+    if not SHA256.match(sha256):
+        raise CommandError(f"expected sha256 {sha256!r} is not 64 lowercase hex digits")
+    return shell_script(PUT_SCRIPT, temp, remote, sha256, str(PurePosixPath(remote).parent))
 
 
 def sha256_command(path: str) -> str:
@@ -121,6 +144,57 @@ class _Loop:
         return future.result(timeout)
 
 
+class _Connection:
+    """The one SSH connection to a host: opened on first use, reopened after a drop. Used
+    only on the :class:`_Loop` thread."""
+
+    def __init__(self):
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.lock = asyncio.Lock()
+        self.opened = 0  # connections opened so far (1 while none dropped)
+
+    async def get(self, connect) -> asyncssh.SSHClientConnection:
+        async with self.lock:
+            if self.conn is None or self.conn.is_closed():
+                self.conn = await connect()
+                self.opened += 1
+            return self.conn
+
+    def discard(self, conn) -> None:
+        """Forget ``conn`` (it failed); the next :meth:`get` opens a new one."""
+        if self.conn is conn:
+            conn.abort()
+            self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+#: (host, port, user, key, known_hosts, insecure) -> its connection; touched only on the loop thread.
+_CONNECTIONS: dict[tuple, _Connection] = {}
+
+
+def connections_opened() -> dict[tuple, int]:
+    """How many SSH connections were opened to each host so far (key as in the cache)."""
+    return {key: c.opened for key, c in list(_CONNECTIONS.items())}
+
+
+def close_connections(config: ClusterConfig | None = None) -> None:
+    """Close the cached SSH connections to ``config``'s hosts (every one when None), as a sweep
+    does when it ends; a later call reconnects. Another cluster's connections stay open."""
+    hosts = None if config is None else [h for h in [config.quant_host, *config.nodes] if h is not None]
+    keys = None if hosts is None else {Remote(h, config).key for h in hosts}
+
+    async def close_some() -> None:
+        for key in [k for k in _CONNECTIONS if keys is None or k in keys]:
+            _CONNECTIONS.pop(key).close()
+
+    if _Loop._loop is not None:
+        _Loop.run(close_some(), 30)
+
+
 class Remote:
     """Commands and copies on one host of a cluster config (an :class:`~mqepi.rig.executor.Executor`)."""
 
@@ -135,6 +209,12 @@ class Remote:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def key(self) -> tuple:
+        """What identifies this host's shared connection."""
+        h = self.host
+        return (h.host, h.port, h.user, h.key, self.config.known_hosts, bool(self.config.insecure_skip_host_key_check))
 
     def _options(self) -> dict:
         if self.config.insecure_skip_host_key_check:
@@ -155,6 +235,20 @@ class Remote:
         except (OSError, asyncssh.Error) as exc:
             raise RemoteError(f"{self.host.name} ({self.host.host}:{self.host.port}): cannot connect: {exc}") from None
 
+    async def _process(self, command: str, **kwargs) -> asyncssh.SSHClientProcess:
+        """A new channel running ``command`` on the shared connection; when the cached
+        connection turns out dead before the command starts, once more on a new one."""
+        connection = _CONNECTIONS.setdefault(self.key, _Connection())
+        for attempt in (1, 2):
+            conn = await connection.get(self._connect)
+            try:
+                return await conn.create_process(command, **kwargs)
+            except (OSError, asyncssh.Error):
+                connection.discard(conn)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def run(self, command: str | Sequence, *, timeout: float | None = 600, on_line: Callable[[str], None] | None = None,
             check: bool = False) -> Result:
         """Run ``command`` remotely: an argument list (quoted by :func:`shell_join`), or a command
@@ -164,17 +258,16 @@ class Remote:
             command = shell_join(command)
 
         async def go() -> Result:
-            async with await self._connect() as conn:
-                lines: list[tuple[int, str]] = []
-                async with conn.create_process(command, stderr=asyncssh.STDOUT) as proc:
-                    async for line in proc.stdout:
-                        lines.append((time.time_ns(), line))
-                        if on_line:
-                            on_line(line.rstrip("\n"))
-                    completed = await proc.wait()
-                if completed.exit_status is None:
-                    raise ConnectionDropped(f"{self.host.name}: the connection ended before {command[:80]!r} exited")
-                return Result(completed.exit_status, lines)
+            lines: list[tuple[int, str]] = []
+            async with await self._process(command, stderr=asyncssh.STDOUT) as proc:
+                async for line in proc.stdout:
+                    lines.append((time.time_ns(), line))
+                    if on_line:
+                        on_line(line.rstrip("\n"))
+                completed = await proc.wait()
+            if completed.exit_status is None:
+                raise ConnectionDropped(f"{self.host.name}: the connection ended before {command[:80]!r} exited")
+            return Result(completed.exit_status, lines)
 
         try:
             result = _Loop.run(asyncio.wait_for(go(), timeout))
@@ -193,25 +286,51 @@ class Remote:
         return words[0] if words and SHA256.match(words[0]) else None
 
     def put(self, local: str | Path, remote: str, sha256: str) -> None:
-        """Copy by SFTP to a temporary name, verify the remote sha256, then rename into place."""
+        """Stream a file to a temporary name on this host, hashed on both sides in the same
+        pass, renamed into place only when its sha256 is ``sha256`` (see :data:`PUT_SCRIPT`)."""
         temp = f"{remote}.partial-{time.time_ns():x}"
+        command = put_command(temp, remote, sha256)
+        try:
+            fh = open(local, "rb")  # noqa: SIM115 - closed below, after the copy
+        except OSError as exc:
+            raise RemoteError(f"{self.host.name}: cannot read {local} to copy it: {exc}") from None
 
-        async def go() -> None:
-            async with await self._connect() as conn:
-                async with conn.start_sftp_client() as sftp:
-                    await sftp.makedirs(str(Path(remote).parent), exist_ok=True)
-                    await sftp.put(str(local), temp)
+        async def go() -> tuple[str, int | None, str]:
+            digest = hashlib.sha256()
+            async with await self._process(command, stderr=asyncssh.STDOUT, encoding=None) as proc:
+                with contextlib.suppress(BrokenPipeError):  # the command ended early: its output says why
+                    while chunk := fh.read(PUT_CHUNK):
+                        digest.update(chunk)
+                        proc.stdin.write(chunk)
+                        await proc.stdin.drain()
+                    proc.stdin.write_eof()
+                output = (await proc.stdout.read()).decode(errors="replace")
+                completed = await proc.wait()
+            return digest.hexdigest(), completed.exit_status, output
 
         try:
-            _Loop.run(go())
+            sent, status, output = _Loop.run(go())
         except (OSError, asyncssh.Error) as exc:
+            self._remove_partial(temp)
+            raise ConnectionDropped(f"{self.host.name}: copying {local} to {remote} failed: {exc}") from None
+        finally:
+            fh.close()
+        if status is None:
+            self._remove_partial(temp)
+            raise ConnectionDropped(f"{self.host.name}: the connection ended while copying {local} to {remote}")
+        copied = next((line[7:] for line in output.splitlines() if line.startswith("sha256:")), None)
+        if status == 3:
+            raise RemoteError(f"{self.host.name}: the copy of {local} at {temp} has sha256 {copied} (sent: {sent}), "
+                              f"expected {sha256}; removed, nothing deployed")
+        if status != 0:
+            self._remove_partial(temp)
+            raise RemoteError(f"{self.host.name}: copying {local} to {remote} failed (exit {status}): {output.strip()[-500:]}")
+
+    def _remove_partial(self, temp: str) -> None:
+        """Best effort after a failed copy: the partial file must not linger (it never counts
+        as deployed either way; the failure itself is what gets raised)."""
+        with contextlib.suppress(RemoteError):
             self.run(remove_command(temp), timeout=60)
-            raise RemoteError(f"{self.host.name}: copying {local} to {remote} failed: {exc}") from None
-        copied = self.sha256(temp)
-        if copied != sha256:
-            self.run(remove_command(temp), timeout=60)
-            raise RemoteError(f"{self.host.name}: the copy of {local} at {temp} has sha256 {copied}, expected {sha256}")
-        self.run(move_command(temp, remote), timeout=60, check=True)
 
     def get(self, remote: str, local: str | Path, sha256: str) -> None:
         """Copy a file here by SFTP to a temporary name, check its sha256, rename into place."""
@@ -219,9 +338,15 @@ class Remote:
         temp = local.with_name(local.name + f".partial-{time.time_ns():x}")
 
         async def go() -> None:
-            async with await self._connect() as conn:
+            connection = _CONNECTIONS.setdefault(self.key, _Connection())
+            conn = await connection.get(self._connect)
+            try:
                 async with conn.start_sftp_client() as sftp:
                     await sftp.get(remote, str(temp))
+            except (OSError, asyncssh.Error):
+                if conn.is_closed():
+                    connection.discard(conn)  # dropped: the next call reconnects
+                raise
 
         try:
             _Loop.run(go())

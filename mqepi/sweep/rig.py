@@ -4,7 +4,7 @@ the stages that act on a configuration (quantize, deploy) before its runs, and t
 effective identity of each configuration (its per-tensor expansion), which decides aliases.
 
 Set-up is a context manager: everything it starts (SSH sessions, RPC workers) stops on exit,
-also when set-up itself fails half way.
+also when set-up itself fails half way; the sweep's shared SSH connections close last.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from mqepi.quant.quantize import Quantized, quantize
 from mqepi.rig import config as cfg
 from mqepi.rig import hardware, ops, thermal
 from mqepi.rig.executor import Executor, LocalExecutor
-from mqepi.rig.ssh import Remote, RemoteError
+from mqepi.rig.ssh import Remote, RemoteError, close_connections
 from mqepi.sweep.resume import Alias, RunPlan
 from mqepi.sweep.spec import SweepError, SweepSpec
 
@@ -137,6 +137,7 @@ class Rig:
 
     def _cluster(self) -> None:
         self.config = cfg.load(self.spec.cluster)
+        self._stack.callback(close_connections, self.config)  # last on exit: the sweep's SSH connections
         reports = ops.require_healthy(self.config)
         self.progress(f"{len(reports)} hosts healthy: {', '.join(r.name for r in reports)}")
         head = self.config.head
