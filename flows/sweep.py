@@ -18,13 +18,14 @@ OWN_PARAMETERS = ("model", "configs", "repeats", "benchmarks", "cluster", "meter
 def sweep(model: str = "smollm2-135m", configs: list[str] | None = None, repeats: int = 3,
           benchmarks: dict[str, int | None] | None = None, cluster: str | None = None,
           meter: str = "simulated", lake: str | None = None, name: str | None = None,
-          settings: dict | None = None, node_pids: dict | None = None,
+          settings: dict | None = None, pairs: list[list] | None = None, node_pids: dict | None = None,
           progress: Callable[[str], None] | None = None) -> dict:
     """Measure every (configuration, repeat) of ``model`` not yet finished in the lake.
 
     ``benchmarks`` maps a benchmark to its number of questions (null: all), default
     ``{"mmlu": 20}``; ``cluster`` is a cluster TOML (none: this machine); ``settings`` holds
-    any other :class:`mqepi.SweepSpec` field (ppl_context, idle_s, rpc, ...).
+    any other :class:`mqepi.SweepSpec` field (ppl_context, idle_s, rpc, ...); ``pairs``, if
+    given, the [configuration, repeat] pairs to measure now (a cluster's share).
     Rerunning the same parameters resumes the sweep. ``node_pids`` and ``progress`` are
     for a caller in the same process (the demo): the processes that drive each node's
     simulated power, and where progress lines go (default: the flow's log).
@@ -32,7 +33,7 @@ def sweep(model: str = "smollm2-135m", configs: list[str] | None = None, repeats
     once, naming the holder (its flow run among them)."""
     logger = get_run_logger()
     spec = SweepSpec(model=model, configs=configs, repeats=repeats, benchmarks=benchmarks or {"mmlu": 20},
-                     cluster=cluster, meter=meter, name=name, **(settings or {}))
+                     cluster=cluster, meter=meter, name=name, pairs=pairs, **(settings or {}))
     owner = {"prefect_flow_run": str(flow_run.id) if flow_run.id else None,
              "prefect_flow_run_name": flow_run.name or None}
     result = run_sweep(spec, Lake(lake), stages=PrefectStages(), progress=progress or logger.info, node_pids=node_pids,

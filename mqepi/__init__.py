@@ -15,7 +15,8 @@ Public API (the flows import nothing else):
 * quantization: :func:`load_profile`, :func:`load_map`, :func:`expand` (per-tensor types and
   bytes of a map), :func:`quantize`;
 * measurement: :class:`SweepSpec`, :func:`run_sweep`, :func:`is_transient` (which errors a
-  stage may retry);
+  stage may retry); several clusters: :func:`plan_clusters` (who measures which pair),
+  :func:`child_name` (a cluster's share's sweep id), :func:`finished_by`;
 * results: :func:`recompute` (the materialised frontier snapshot), :func:`build_report`;
 * community data: :func:`ingest`, :func:`ingest_drop_folder`;
 * :class:`MqepiError`, the base of every error mqepi raises on purpose.
@@ -42,6 +43,9 @@ API = {
     "SweepSpec": "mqepi.sweep.spec",
     "run_sweep": "mqepi.sweep.run",
     "is_transient": "mqepi.sweep.run",
+    "plan_clusters": "mqepi.sweep.clusters",
+    "child_name": "mqepi.sweep.clusters",
+    "finished_by": "mqepi.sweep.clusters",
     "recompute": "mqepi.results.snapshots",
     "build_report": "mqepi.results.report.write",
     "ingest": "mqepi.community.ingest",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -12,6 +13,7 @@ from mqepi.cli._common import edge, lake, out, say, split_list, write_data
 from mqepi.flows import prefect_environment
 from mqepi.sweep import forecast as plan
 from mqepi.sweep import power
+from mqepi.sweep.clusters import check_clusters
 from mqepi.sweep.exclusive import check_free
 from mqepi.sweep.run import run_sweep
 from mqepi.sweep.spec import SweepError, SweepSpec, spec_from_json
@@ -73,15 +75,25 @@ def sweep_command(
     cluster: Path | None = _CLUSTER, meter: str = _METER, name: str | None = _NAME,
     spec_file: Path | None = _SPEC, settings: list[str] = _SET,
     prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="Run as a Prefect flow (else directly)."),
+    clusters: str | None = typer.Option(
+        None, "--clusters", help="Spread the sweep over these clusters' work pools (comma-separated; see `mqepi deploy`)."),
+    rebalance: bool = typer.Option(False, "--rebalance", help="With --clusters: move a down cluster's unstarted runs "
+                                   "to the clusters that are up."),
 ) -> None:
     """Measure every (configuration, repeat) not yet finished in the lake: quantize, deploy,
     stabilise, idle window, benchmark windows, perplexity/KLD, throughput. Rerunning the same
     settings resumes; an interrupted run is marked failed and redone. Configurations that are
     the same model (identical effective tensor types) are measured once; the others are
     recorded as aliases. While another process runs the same sweep or measures one of its
-    nodes, exits at once naming that process."""
+    nodes, exits at once naming that process. With --clusters, each cluster measures its share
+    through its own work pool (sweep/<cluster> deployments, one worker per site): see docs/clusters.md."""
     spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
     lk = lake()
+    if clusters is not None:
+        _sweep_clusters(spec, lk, clusters, rebalance)
+        return
+    if rebalance:
+        raise SweepError("--rebalance needs --clusters")
     check_free(spec, lk)  # before starting Prefect; the sweep's own locks are what exclude
     if prefect:
         prefect_environment()
@@ -94,6 +106,31 @@ def sweep_command(
                       for alias, measured in result.aliases.items())
     say(f"sweep {result.sweep_id}: {len(result.finished)} runs finished in {result.wall_s:.0f} s, "
         f"{len(result.skipped)} finished before, {len(result.marked_failed)} interrupted runs marked failed{aliases}")
+
+
+def _sweep_clusters(spec: SweepSpec, lk, clusters: str, rebalance: bool) -> None:
+    """``mqepi sweep --clusters``: the sweep-clusters flow against the server in PREFECT_API_URL."""
+    if spec.cluster is not None:
+        raise SweepError("--clusters and --cluster: each cluster's config belongs to its deployment (mqepi deploy)")
+    if not os.environ.get("PREFECT_API_URL"):
+        raise SweepError("--clusters needs the shared Prefect server: export PREFECT_API_URL (see docs/clusters.md)")
+    names = check_clusters(split_list([clusters]))
+    prefect_environment()
+    from mqepi.flows.clusters import sweep_clusters  # Prefect is heavy: imported only for the flow run
+
+    summary = sweep_clusters(clusters=names, model=spec.model, configs=spec.configs, repeats=spec.repeats,
+                             benchmarks=spec.benchmarks, meter=spec.meter, lake=lk.uri, name=spec.sweep_id,
+                             settings=clusters_settings(spec), rebalance=rebalance, progress=say)
+    write_data(json.dumps(summary, indent=1) + "\n")
+    if not summary["complete"]:
+        raise SweepError(f"sweep {summary['sweep_id']}: {sum(summary['finished'].values())} of {summary['pairs']} runs "
+                         "finished; rerun to resume" + (" (or --rebalance)" if summary["unstarted"] else ""))
+
+
+def clusters_settings(spec: SweepSpec) -> dict:
+    """The SweepSpec fields the sweep-clusters flow takes in ``settings``."""
+    own = {"model", "configs", "repeats", "benchmarks", "cluster", "meter", "name", "pairs"}
+    return {k: v for k, v in spec.identity().items() if k not in own}
 
 
 @app.command("plan")

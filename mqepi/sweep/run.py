@@ -109,7 +109,7 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
             config_ids = [m.config_id for m in rig.maps]
             plans, aliases = timed("plan", _plan, rig, config_ids)
             marked += _mark_interrupted(rig, plans, aliases, held, progress)
-            todo = [p for p in plans if not p.done and p.config_id not in aliases]
+            todo = [p for p in plans if not p.done and p.config_id not in aliases and spec.wants(p.config_id, p.repeat)]
             skipped = [(p.config_id, p.repeat) for p in plans if p.done and p.config_id not in aliases]
             progress(f"sweep {spec.sweep_id}: {len(config_ids)} configs x {spec.repeats} repeats; "
                      f"{len(skipped)} finished before, {len(todo)} to run"
@@ -117,7 +117,7 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
                         "(the same model: not run)" if aliases else ""))
             todo_configs = list(dict.fromkeys(p.config_id for p in todo))
             pending = _by_measured(aliases)  # measured config -> its aliases, recorded once it is checked
-            for measured in [c for c in pending if c not in todo_configs]:  # nothing left to run: check it now
+            for measured in [c for c in pending if c not in todo_configs and spec.wants(c)]:  # none left: check now
                 timed("aliases", _record_aliases, rig, measured, pending.pop(measured), progress)
             prefetch: dict[str, Future] = {}
             for index, config_id in enumerate(todo_configs):

@@ -42,6 +42,9 @@ class SweepSpec(Settings):
     stabilise_min_s: float = 60.0
     stabilise_timeout_s: float = 900.0
     name: str | None = None
+    #: Only these [configuration, repeat] pairs now (a cluster's share of a multi-cluster sweep);
+    #: None: every pair. Not part of the identity, like ``configs``.
+    pairs: list[list] | None = None
 
     def __post_init__(self) -> None:
         if self.name and not NAME.match(self.name):
@@ -56,6 +59,10 @@ class SweepSpec(Settings):
                 raise SweepError(f"benchmarks: {name} = {n} questions: at least 1 (or null for all)")
         if self.meter not in METERS and not self.meter.startswith("epi-meter:"):
             raise SweepError(f"meter = {self.meter!r}: one of simulated, none, epi-meter:<serial port>")
+        for pair in self.pairs or []:
+            if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], str)
+                    or not isinstance(pair[1], int) or isinstance(pair[1], bool) or not 0 <= pair[1] < self.repeats):
+                raise SweepError(f"pairs: {pair!r} is not [configuration, repeat] with 0 <= repeat < {self.repeats}")
         if self.idle_s <= 0 and self.meter != "none":
             raise SweepError(f"idle_s = {self.idle_s}: the idle baseline window needs a positive length")
 
@@ -66,8 +73,14 @@ class SweepSpec(Settings):
     def identity(self) -> dict:
         # which configurations to do now is not part of what is measured: a sweep over a
         # subset and the full one share an id, so each resumes the other
-        skip = {"name", "configs"}
+        skip = {"name", "configs", "pairs"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def wants(self, config_id: str, repeat: int | None = None) -> bool:
+        """Whether this call measures (``config_id``, ``repeat``) (any repeat when None)."""
+        if self.pairs is None:
+            return True
+        return any(c == config_id and (repeat is None or r == repeat) for c, r in self.pairs)
 
     @property
     def sweep_id(self) -> str:
