@@ -284,3 +284,84 @@ def test_node_processes_are_known_for_the_simulated_meter(cluster):
     watcher.join()
     assert "sleep" in seen["names"]
     assert not set(cluster.pids(worker.name)) & set(seen["pids"])  # gone once the command ended
+
+
+# ------------------------------------------------------------------ OpenSSH, shared connections, one-pass copies
+
+
+def test_loopback_nodes_run_openssh(cluster):
+    """CI installs openssh-server: a missing sshd fails here rather than skipping."""
+    from mqepi.rig.sshd import sshd_binary
+
+    assert sshd_binary(), "no sshd: install openssh-server"
+    assert cluster.ssh_server == "openssh" and all(n.sshd is not None for n in cluster.nodes)
+    config = cfg.load(cluster.config_path)
+    out = Remote(config.head, config).run('cat "/proc/$PPID/comm"; echo "$HOME"; pwd', check=True).text.split()
+    assert out[0] == "sshd"  # the session's parent is OpenSSH's server
+    assert out[1] == str(Path.home()) and out[2] == out[1]  # as on a Pi: the login user's home
+    assert "sshd_config" in {p.name for p in (cluster.root / "sshd" / "node0").iterdir()}
+
+
+def test_one_connection_for_many_commands_and_a_reconnect_after_a_cut(cluster):
+    from mqepi.rig import ssh
+
+    config = cfg.load(cluster.config_path)
+    worker = config.workers[1]
+    node = next(n for n in cluster.nodes if n.name == worker.name)
+    ssh.close_connections(config)
+    with Remote(worker, config) as remote:
+        for i in range(5):
+            assert remote.run(["echo", str(i)]).text.strip() == str(i)
+    for _ in range(3):  # a new Remote per stage, as a sweep makes them: the same connection
+        assert Remote(worker, config).run("true").returncode == 0
+    key = Remote(worker, config).key
+    assert ssh.connections_opened()[key] == 1
+    assert len(node.sshd.connections()) == 1  # one TCP connection on the server side
+    cluster.kill_connections(worker.name)
+    assert Remote(worker, config).run("echo back").text.strip() == "back"  # reopened on the next call
+    assert ssh.connections_opened()[key] == 2
+    ssh.close_connections(config)
+    assert key not in ssh.connections_opened()
+
+
+def test_put_streams_the_right_bytes_and_a_wrong_hash_leaves_nothing(cluster, tmp_path):
+    import hashlib
+    import os
+
+    config = cfg.load(cluster.config_path)
+    data = os.urandom(3 << 20)  # several chunks
+    local = tmp_path / "blob.bin"
+    local.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    folder = cluster.root / "node0" / "put" / "deep"
+    target = folder / "blob.bin"
+    with Remote(config.head, config) as remote:
+        remote.put(local, str(target), sha)  # creates the folder too
+        assert target.read_bytes() == data
+        with pytest.raises(RemoteError, match=f"expected {'0' * 64}; removed, nothing deployed"):
+            remote.put(local, str(folder / "other.bin"), "0" * 64)
+        local.write_bytes(data[:1000])  # the source changed: the old copy stays whole
+        with pytest.raises(RemoteError, match="expected"):
+            remote.put(local, str(target), sha)
+    assert sorted(p.name for p in folder.iterdir()) == ["blob.bin"] and target.read_bytes() == data
+
+
+def test_hardware_table_is_written_into_the_config(tools):
+    hardware = {"node_model": "Raspberry Pi 5 Model B Rev 1.0", "ram_mb": 8192, "os": 'Debian "bookworm"',
+                "cooling": "active cooler"}
+    with LoopbackCluster(1, tools.bin_dir, quant_host=False, hardware=hardware) as lc:
+        config = cfg.load(lc.config_path)
+        assert Remote(config.head, config).run("echo ok").text.strip() == "ok"
+    assert {k: getattr(config.hardware, k) for k in hardware} == hardware
+
+
+def test_an_sshd_that_cannot_start_is_a_clear_error(tmp_path):
+    from mqepi.rig.sshd import Sshd, SshdError, sshd_binary
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "authorized_keys").write_text("")
+    server = Sshd(sshd_binary(), tmp_path, port, tmp_path / "no_such_host_key", tmp_path / "authorized_keys")
+    with pytest.raises(SshdError, match=f"sshd on 127.0.0.1:{port} exited .*no_such_host_key"):
+        server.start()

@@ -38,10 +38,11 @@ def cluster_local(
     root: Path | None = typer.Option(None, "--root", help="Folder for keys, config and node folders [default: temporary]."),
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds [default: Ctrl-C]."),
 ) -> None:
-    """Start a loopback cluster (SSH servers on 127.0.0.1 with generated keys) and write its config."""
+    """Start a loopback cluster (an OpenSSH sshd per node on 127.0.0.1 with generated keys) and write its config."""
     tc = toolchain.ensure()
     with LoopbackCluster(nodes, tc.bin_dir, root) as lc:
-        say(f"loopback cluster of {nodes} nodes + a quant host; config: {lc.config_path}")
+        server = "OpenSSH sshd" if lc.ssh_server == "openssh" else "asyncssh's server (no sshd here)"
+        say(f"loopback cluster of {nodes} nodes + a quant host, SSH by {server}; config: {lc.config_path}")
         say(f"try: mqepi cluster check {lc.config_path}   (Ctrl-C stops and tears everything down)")
         try:
             time.sleep(duration) if duration is not None else time.sleep(10**9)
