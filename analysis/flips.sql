@@ -5,7 +5,7 @@
 --
 -- A flip: a question whose answer (benchmark_answer.predicted, lm-eval's acc: the choice with
 -- the highest summed log-likelihood) differs between a configuration and a reference
--- configuration of the same family (model, origin, power_source; config_summary's effective
+-- configuration of the same family (model, origin, power_source, hardware_id; config_summary's effective
 -- models, config_identity.canonical_id). Accuracy can stay the same while answers flip both
 -- ways ("Accuracy is not all you need", Dutta et al., 2024).
 --
@@ -49,7 +49,7 @@ CREATE OR REPLACE MACRO mqepi_wilson_high(k, n, z) AS
 
 -- One answer per configuration (ckey) and question (qkey), by the rules above.
 CREATE OR REPLACE MACRO mqepi_flip_answers() AS TABLE
-SELECT it.g, it.ckey, it.model, it.origin, it.power_source, it.config_id, a.benchmark,
+SELECT it.g, it.ckey, it.model, it.origin, it.power_source, it.hardware_id, it.config_id, a.benchmark,
     concat_ws('/', a.benchmark, a.question_set_sha256, a.question_id) AS qkey,
     a.predicted, a.correct, a.choice_scores, a.scoring
 FROM benchmark_answer a
@@ -136,9 +136,9 @@ WITH z AS (
         avg(kl ORDER BY qkey) AS choice_kl_nats
     FROM rows GROUP BY g, ckey, reference_config_id, benchmark
 ), names AS (
-    SELECT DISTINCT ckey, model, origin, power_source, config_id FROM answers
+    SELECT DISTINCT ckey, model, origin, power_source, hardware_id, config_id FROM answers
 )
-SELECT n.model, n.origin, n.power_source, n.config_id, k.reference_config_id, k.benchmark,
+SELECT n.model, n.origin, n.power_source, n.hardware_id, n.config_id, k.reference_config_id, k.benchmark,
     CAST(k.n_questions AS BIGINT) AS n_questions, CAST(k.n_flipped AS BIGINT) AS n_flipped,
     k.n_flipped / nullif(k.n_questions, 0) AS flip_share,
     mqepi_wilson_low(k.n_flipped, k.n_questions, z.z) AS flip_share_low,
@@ -148,12 +148,12 @@ SELECT n.model, n.origin, n.power_source, n.config_id, k.reference_config_id, k.
 FROM counts k
 JOIN names n ON n.ckey = k.ckey
 CROSS JOIN z
-ORDER BY n.model, n.origin, n.power_source, n.config_id, k.reference_config_id, k.benchmark = 'all', k.benchmark;
+ORDER BY n.model, n.origin, n.power_source, n.hardware_id, n.config_id, k.reference_config_id, k.benchmark = 'all', k.benchmark;
 
 -- ---------------------------------------------------------------- answer_flips
 -- One row per configuration (other than the base) of a family with a base, and benchmark
 -- answered by both (plus 'all': every benchmark pooled):
---   model, origin, power_source, config_id   the configuration (config_summary's name)
+--   model, origin, power_source, hardware_id, config_id   the configuration (config_summary's name)
 --   reference_config_id    the base it is compared with
 --   benchmark              'mmlu' | 'arc_challenge' | 'hellaswag' | 'all'
 --   n_questions            questions compared: both answered, same scoring, both predictions known

@@ -17,9 +17,10 @@
 --                        KLD matching)
 -- A value out of range fails the query with its name and value.
 --
--- Groups: a configuration is (model, config_id, origin, power_source), as in config_summary.
--- Pairs and frontiers are formed only inside one (model, origin, power_source) group: lab and
--- community results are never pooled, nor simulated with measured power.
+-- Groups: a configuration is (model, config_id, origin, power_source, hardware_id), as in
+-- config_summary. Pairs and frontiers are formed only inside one (model, origin, power_source,
+-- hardware_id) group: lab and community results are never pooled, nor simulated with measured
+-- power, nor runs of different hardware (hardware_id 'unknown' is a group of its own).
 --
 -- The hierarchical bootstrap (resamples.sql; analysis/hierarchical.py): config_summary's
 -- resamples, whose resample b draws the repeats, the family's questions and the meter's noise
@@ -39,7 +40,7 @@ CREATE OR REPLACE MACRO frontier_mcnemar_p(b, c) AS
 -- ---------------------------------------------------------------- matched_pairs
 -- One row per pair of configurations a < b (config_id order; config_summary's effective
 -- models, so two names of one model are never a pair) of the same (model, origin,
--- power_source) that both have a perplexity and are not shown to differ: whether their
+-- power_source, hardware_id) that both have a perplexity and are not shown to differ: whether their
 -- perplexities are equivalent, by two one-sided tests (TOST) at 5 % each, i.e. a 90 % interval
 -- of the difference inside the margin (pairs whose verdict is 'different' are left out: their
 -- perplexities differ by more than the margin, so they are no candidates for a matched pair):
@@ -59,7 +60,7 @@ CREATE OR REPLACE MACRO frontier_mcnemar_p(b, c) AS
 --   or without a margin, the KLD columns past kld_a / kld_b are NULL.
 --   matched = ppl_verdict = 'matched' AND (no KLD margin OR kld_verdict = 'matched').
 -- Columns:
---   model, origin, power_source, simulated (power_source = 'simulated': NOT measured)
+--   model, origin, power_source, hardware_id, simulated (power_source = 'simulated': NOT measured)
 --   config_a, config_b                      the pair, config_a < config_b
 --   ppl_a, ppl_b, ppl_stderr_a, ppl_stderr_b   config_summary medians (perplexity, unitless)
 --   ppl_diff                                ppl_b - ppl_a
@@ -105,8 +106,8 @@ WITH params AS (
              THEN error('mqepi_kld_margin must be > 0, got ' || getvariable('mqepi_kld_margin'))
              ELSE CAST(getvariable('mqepi_kld_margin') AS DOUBLE) END AS kld_margin
 ), cfg AS MATERIALIZED (
-    SELECT *, concat_ws('/', model, origin, power_source, config_id) AS ckey,
-        row_number() OVER (ORDER BY model, origin, power_source, config_id) AS c
+    SELECT *, concat_ws('/', model, origin, power_source, hardware_id, config_id) AS ckey,
+        row_number() OVER (ORDER BY model, origin, power_source, hardware_id, config_id) AS c
     FROM config_summary
 ), items AS MATERIALIZED (
     SELECT * FROM mqepi_boot_items()
@@ -138,16 +139,16 @@ WITH params AS (
                                {'r': runs, 'text': text, 'context': context, 'n': n}) AS v
     FROM variants GROUP BY what, ckey
 ), pairs AS MATERIALIZED (
-    SELECT row_number() OVER (ORDER BY a.model, a.origin, a.power_source, a.config_id, b.config_id) AS pid,
+    SELECT row_number() OVER (ORDER BY a.model, a.origin, a.power_source, a.hardware_id, a.config_id, b.config_id) AS pid,
         a.ckey AS ckey_a, b.ckey AS ckey_b,
-        a.model, a.origin, a.power_source, a.simulated, a.config_id AS config_a, b.config_id AS config_b,
+        a.model, a.origin, a.power_source, a.hardware_id, a.simulated, a.config_id AS config_a, b.config_id AS config_b,
         a.ppl AS ppl_a, b.ppl AS ppl_b, a.ppl_stderr AS ppl_stderr_a, b.ppl_stderr AS ppl_stderr_b,
         b.ppl - a.ppl AS ppl_diff, a.kld_mean AS kld_a, b.kld_mean AS kld_b,
         a.j_per_token AS j_per_token_a, b.j_per_token AS j_per_token_b,
         a.accuracy AS accuracy_a, b.accuracy AS accuracy_b, a.epi AS epi_a, b.epi AS epi_b
     FROM cfg a
     JOIN cfg b ON b.model = a.model AND b.origin = a.origin AND b.power_source = a.power_source
-        AND a.config_id < b.config_id
+        AND b.hardware_id = a.hardware_id AND a.config_id < b.config_id
     WHERE a.ppl IS NOT NULL AND b.ppl IS NOT NULL
 ), tests AS (  -- per pair and quantity: the paired chunk differences, else nothing
     SELECT p.pid, w.what,
@@ -264,7 +265,7 @@ WITH params AS (
     JOIN flip_answers xb ON xb.ckey = p.ckey_b AND xb.qkey = xa.qkey AND xb.scoring IS NOT DISTINCT FROM xa.scoring
     GROUP BY p.pid
 )
-SELECT p.model, p.origin, p.power_source, p.simulated, p.config_a, p.config_b,
+SELECT p.model, p.origin, p.power_source, p.hardware_id, p.simulated, p.config_a, p.config_b,
     p.ppl_a, p.ppl_b, p.ppl_stderr_a, p.ppl_stderr_b, p.ppl_diff,
     printf('TOST at 90%%: perplexity ratio within 1 +/- %g%%', v.ppl_margin * 100)
         || CASE WHEN v.kld_margin IS NOT NULL THEN printf(', KLD difference within +/- %g nats', v.kld_margin) ELSE '' END
@@ -309,14 +310,14 @@ ORDER BY p.pid;
 
 -- ---------------------------------------------------------------- pareto_frontier
 -- One row per config_summary row: where the configuration stands against the others of its
--- (model, origin, power_source) group in accuracy (higher is better) and J/token (lower is
+-- (model, origin, power_source, hardware_id) group in accuracy (higher is better) and J/token (lower is
 -- better).
 -- Dominance: x dominates y when accuracy_x >= accuracy_y AND j_per_token_x <= j_per_token_y
 -- AND at least one is strict. Two configurations with exactly the same point do not dominate
 -- each other: both stay on the frontier. A configuration whose accuracy or J/token is NULL
 -- (no valid repeat) is no point: it neither dominates nor is on the frontier.
 -- Columns:
---   model, origin, power_source, simulated, config_id, kind ('uniform' | 'mixed')
+--   model, origin, power_source, hardware_id, simulated, config_id, kind ('uniform' | 'mixed')
 --   accuracy, j_per_token, epi and their _ci_low / _ci_high: config_summary's (composite
 --                          accuracy, J/token of the benchmark windows, EPI = J/token / accuracy)
 --   on_frontier            not dominated within its group (false where no point)
@@ -334,10 +335,10 @@ CREATE OR REPLACE VIEW pareto_frontier AS
 WITH params AS (
     SELECT mqepi_bootstrap_seed() AS seed, mqepi_bootstrap_resamples() AS n_boot
 ), cfg AS MATERIALIZED (
-    -- integer ids: g per (model, origin, power_source) group, c per configuration
-    SELECT *, dense_rank() OVER (ORDER BY model, origin, power_source) AS g,
-        row_number() OVER (ORDER BY model, origin, power_source, config_id) AS c,
-        concat_ws('/', model, origin, power_source, config_id) AS ckey
+    -- integer ids: g per (model, origin, power_source, hardware_id) group, c per configuration
+    SELECT *, dense_rank() OVER (ORDER BY model, origin, power_source, hardware_id) AS g,
+        row_number() OVER (ORDER BY model, origin, power_source, hardware_id, config_id) AS c,
+        concat_ws('/', model, origin, power_source, hardware_id, config_id) AS ckey
     FROM config_summary
 ), points AS MATERIALIZED (
     -- b = 0: the configuration's own point; b >= 1: its point in resample b
@@ -371,7 +372,7 @@ WITH params AS (
     WHERE isfinite(x.accuracy) AND isfinite(x.j_per_token)
     GROUP BY x.c
 )
-SELECT f.model, f.origin, f.power_source, f.simulated, f.config_id, f.kind,
+SELECT f.model, f.origin, f.power_source, f.hardware_id, f.simulated, f.config_id, f.kind,
     f.accuracy, f.j_per_token, f.epi, f.accuracy_ci_low, f.accuracy_ci_high, f.j_per_token_ci_low, f.j_per_token_ci_high,
     coalesce(j.on_frontier, false) AS on_frontier,
     CASE WHEN f.n_repeats > 0 THEN coalesce(pr.frontier_probability, 0.0) END AS frontier_probability,

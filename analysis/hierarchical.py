@@ -1,7 +1,7 @@
 """The hierarchical bootstrap of the SQL contract, in numpy (runs.sql, "the hierarchical
 bootstrap"; docs/analysis.md, "Uncertainty"): the twins' one copy of its resamples.
 
-A family is (model, origin, power_source); its items are its valid runs, each of one
+A family is (model, origin, power_source, hardware_id); its items are its valid runs, each of one
 configuration (``ckey``). Resample b = 1..B draws at once the repeats of every configuration
 (stream 0), the questions of every benchmark once for the whole family (streams 1..3), and
 each run's meter noise (streams 101/102, keyed by the run's hash). :func:`run_resamples`

@@ -4,7 +4,7 @@
 -- analysis/hierarchical.py draws the same resamples in numpy.
 
 -- ---------------------------------------------------------------- the hierarchical bootstrap
--- docs/analysis.md, "Uncertainty". A family is (model, origin, power_source); a configuration
+-- docs/analysis.md, "Uncertainty". A family is (model, origin, power_source, hardware_id); a configuration
 -- is an effective model of it (config_identity.canonical_id). Resample b = 1..B draws, at once:
 --   * the repeats of each configuration: its valid runs, ordered by (repeat, run_id), are items
 --     i = 0..n-1; draw j takes item mqepi_bootstrap_draw(seed, 0, b, j, n);
@@ -27,9 +27,9 @@ CREATE OR REPLACE MACRO mqepi_boot_items() AS TABLE
 SELECT *, row_number() OVER (PARTITION BY ckey ORDER BY "repeat", run_id) - 1 AS i,
     count(*) OVER (PARTITION BY ckey) AS n
 FROM (
-    SELECT concat_ws('/', r.model, r.origin, r.power_source) AS g,
-        concat_ws('/', r.model, r.origin, r.power_source, coalesce(ci.canonical_id, r.config_id)) AS ckey,
-        r.model, r.origin, r.power_source, coalesce(ci.canonical_id, r.config_id) AS config_id,
+    SELECT concat_ws('/', r.model, r.origin, r.power_source, r.hardware_id) AS g,
+        concat_ws('/', r.model, r.origin, r.power_source, r.hardware_id, coalesce(ci.canonical_id, r.config_id)) AS ckey,
+        r.model, r.origin, r.power_source, r.hardware_id, coalesce(ci.canonical_id, r.config_id) AS config_id,
         r.config_id AS measured_as, r."repeat", r.run_id, concat_ws('/', r.model, r.config_id, r.run_id) AS run_key,
         r.benchmark_energy_j, r.benchmark_energy_uncertainty_j, r.benchmark_tokens, r.j_per_token, r.accuracy, r.epi
     FROM run_metrics r

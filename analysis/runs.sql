@@ -16,6 +16,11 @@
 --     from its started event (the earliest recorded; without one, its earliest run event).
 --   * Every view carries origin ('lab' or 'community/<slug>'); every group-by over runs
 --     includes it: lab and community results are never pooled.
+--   * Every run-level view carries hardware_id: the run's (its started event's) hardware
+--     profile id, 'unknown' for a run written before runs carried one (run schema 1) or a
+--     window without run events. 'unknown' is a group like any other id, so joins and
+--     groupings stay plain equality; every group-by over runs includes it (summary.sql,
+--     flips.sql, frontier.sql): runs of different hardware are never pooled.
 --   * simulated: the run's power_source is 'simulated', or a window's samples say simulated.
 --     Simulated numbers are not measurements.
 --   * Benchmarks: windows named mmlu, arc_challenge, hellaswag. Idle: idle_baseline.
@@ -40,6 +45,7 @@
 --   repeat                              repeat number of the run (INTEGER)
 --   run_status                          'started' | 'finished' | 'failed' (NULL: no run event)
 --   power_source                        run.power_source of the started event
+--   hardware_id                         run.hardware_id of the started event ('unknown': none)
 --   simulated                           power_source = 'simulated' or samples simulated
 --   phase, node                         the window's name and node (NULL = the whole cluster)
 --   window_kind                         'idle' | 'benchmark' | 'perplexity' | 'kld' | 'prefill'
@@ -62,6 +68,7 @@ WITH runs AS (
         first(origin ORDER BY status <> 'started', recorded_at_ns, event_id) AS origin,
         first("repeat" ORDER BY status <> 'started', recorded_at_ns, event_id) AS "repeat",
         first(power_source ORDER BY status <> 'started', recorded_at_ns, event_id) AS power_source,
+        coalesce(first(hardware_id ORDER BY status <> 'started', recorded_at_ns, event_id), 'unknown') AS hardware_id,
         CASE WHEN bool_or(status = 'failed') THEN 'failed'
              WHEN bool_or(status = 'finished') THEN 'finished' ELSE 'started' END AS run_status
     FROM run GROUP BY model, config_id, run_id
@@ -72,7 +79,8 @@ WITH runs AS (
     SELECT *, concat_ws('/', model, config_id, run_id) AS run_key FROM window_energy_total
 )
 SELECT w.model, w.config_id, w.run_id, coalesce(r.origin, p.origin) AS origin, r."repeat", r.run_status,
-    r.power_source, coalesce(r.power_source = 'simulated', false) OR w.simulated AS simulated,
+    r.power_source, coalesce(r.hardware_id, 'unknown') AS hardware_id,
+    coalesce(r.power_source = 'simulated', false) OR w.simulated AS simulated,
     w.phase,
     CASE WHEN w.phase = 'idle_baseline' THEN 'idle'
          WHEN w.phase IN ('mmlu', 'arc_challenge', 'hellaswag') THEN 'benchmark'
@@ -92,6 +100,7 @@ LEFT JOIN runs r ON r.run_key = w.run_key;
 -- ---------------------------------------------------------------- run_accuracy
 -- One row per run and benchmark answered, plus one row benchmark = 'composite' per run.
 --   model, config_id, run_id, origin, repeat   the run (origin from its run events, else the answers')
+--   hardware_id                the run's hardware profile id ('unknown': none)
 --   benchmark                  'mmlu' | 'arc_challenge' | 'hellaswag' | 'composite'
 --   question_set_sha256        the question set (several: sorted, comma-separated; composite: NULL)
 --   n_questions, n_correct     answers and correct answers (composite: sums over its benchmarks)
@@ -110,7 +119,8 @@ CREATE OR REPLACE VIEW run_accuracy AS
 WITH runs AS (
     SELECT concat_ws('/', model, config_id, run_id) AS run_key,
         first(origin ORDER BY status <> 'started', recorded_at_ns, event_id) AS origin,
-        first("repeat" ORDER BY status <> 'started', recorded_at_ns, event_id) AS "repeat"
+        first("repeat" ORDER BY status <> 'started', recorded_at_ns, event_id) AS "repeat",
+        coalesce(first(hardware_id ORDER BY status <> 'started', recorded_at_ns, event_id), 'unknown') AS hardware_id
     FROM run GROUP BY model, config_id, run_id
 ), z AS (
     SELECT CAST(coalesce(getvariable('mqepi_z'), 1.96) AS DOUBLE) AS z
@@ -141,7 +151,8 @@ WITH runs AS (
         CASE WHEN count(accuracy_norm) = count(*) THEN avg(accuracy_norm ORDER BY benchmark) END
     FROM wilson GROUP BY model, config_id, run_id
 )
-SELECT a.model, a.config_id, a.run_id, coalesce(r.origin, a.answer_origin) AS origin, r."repeat", a.benchmark,
+SELECT a.model, a.config_id, a.run_id, coalesce(r.origin, a.answer_origin) AS origin, r."repeat",
+    coalesce(r.hardware_id, 'unknown') AS hardware_id, a.benchmark,
     a.question_set_sha256, CAST(a.n_questions AS BIGINT) AS n_questions, CAST(a.n_correct AS BIGINT) AS n_correct,
     a.accuracy, a.accuracy_ci_low, a.accuracy_ci_high, CAST(a.n_correct_norm AS BIGINT) AS n_correct_norm,
     a.accuracy_norm
@@ -150,7 +161,7 @@ LEFT JOIN runs r ON r.run_key = concat_ws('/', a.model, a.config_id, a.run_id);
 
 -- ---------------------------------------------------------------- run_metrics
 -- One row per FINISHED run (a finished event and no failed event).
---   model, config_id, run_id, origin, repeat, power_source, simulated   the run
+--   model, config_id, run_id, origin, repeat, power_source, hardware_id, simulated   the run
 --   valid                  every benchmark window valid, and at least one
 --   n_benchmarks           benchmarks in the composite accuracy (answered)
 --   benchmark_energy_j     sum of energy_j over the benchmark windows, J (NULL if one lacks energy)
@@ -194,7 +205,8 @@ WITH runs AS (
         first(origin ORDER BY status <> 'started', recorded_at_ns, event_id) AS origin,
         first("repeat" ORDER BY status <> 'started', recorded_at_ns, event_id) AS "repeat",
         first(power_source ORDER BY status <> 'started', recorded_at_ns, event_id) AS power_source,
-        first(file_sha256 ORDER BY status <> 'started', recorded_at_ns, event_id) AS file_sha256
+        first(file_sha256 ORDER BY status <> 'started', recorded_at_ns, event_id) AS file_sha256,
+        coalesce(first(hardware_id ORDER BY status <> 'started', recorded_at_ns, event_id), 'unknown') AS hardware_id
     FROM run GROUP BY model, config_id, run_id
     HAVING bool_or(status = 'finished') AND NOT bool_or(status = 'failed')
 ), answered AS (  -- questions answered per run and benchmark
@@ -262,7 +274,7 @@ WITH runs AS (
         AND (r.file_sha256 IS NULL OR q.file_sha256 = r.file_sha256)
     GROUP BY r.run_key
 )
-SELECT r.model, r.config_id, r.run_id, r.origin, r."repeat", r.power_source,
+SELECT r.model, r.config_id, r.run_id, r.origin, r."repeat", r.power_source, r.hardware_id,
     r.power_source = 'simulated' OR coalesce(w.simulated, false) AS simulated,
     coalesce(w.n_windows > 0 AND w.all_valid, false) AS valid,
     CAST(coalesce(a.n_benchmarks, 0) AS BIGINT) AS n_benchmarks,

@@ -6,10 +6,12 @@
 --   mqepi_bootstrap  [1000]  bootstrap resamples (>= 1)
 
 -- ---------------------------------------------------------------- config_summary
--- One row per effective model (config_identity) and (model, origin, power_source) with at
+-- One row per effective model (config_identity) and (model, origin, power_source, hardware_id) with at
 -- least one finished run. Medians over the valid runs of all its names; NULL values are left
 -- out.
---   model, config_id, origin, power_source    the group (lab and community never pooled);
+--   model, config_id, origin, power_source, hardware_id
+--                          the group (lab and community, measured and simulated power, and
+--                          different hardware never pooled; hardware_id 'unknown': runs without one);
 --                          config_id is config_identity.canonical_id
 --   config_ids             every name of this model (config_identity.config_ids), sorted
 --   simulated              any of its finished runs simulated
@@ -57,8 +59,8 @@ WITH rm AS MATERIALIZED (
     LEFT JOIN config_identity ci
         ON concat_ws('/', ci.model, ci.origin, ci.config_id) = concat_ws('/', r.model, r.origin, r.config_id)
 ), summary AS (
-    SELECT concat_ws('/', model, origin, power_source, canonical_id) AS ckey,
-        model, canonical_id AS config_id, origin, power_source, any_value(config_ids) AS config_ids,
+    SELECT concat_ws('/', model, origin, power_source, hardware_id, canonical_id) AS ckey,
+        model, canonical_id AS config_id, origin, power_source, hardware_id, any_value(config_ids) AS config_ids,
         bool_or(simulated) AS simulated,
         count(*) FILTER (WHERE valid) AS n_repeats, count(*) FILTER (WHERE NOT valid) AS n_excluded,
         median(j_per_token) FILTER (WHERE valid) AS j_per_token,
@@ -76,9 +78,9 @@ WITH rm AS MATERIALIZED (
         median(decode_j_per_token) FILTER (WHERE valid) AS decode_j_per_token,
         median(avg_power_w) FILTER (WHERE valid) AS avg_power_w,
         bool_or(valid AND benchmark_energy_uncertainty_j > 0) AS has_meter_uncertainty
-    FROM rm GROUP BY model, canonical_id, origin, power_source
+    FROM rm GROUP BY model, canonical_id, origin, power_source, hardware_id
 ), questions AS (
-    SELECT concat_ws('/', r.model, r.origin, r.power_source, r.canonical_id) AS ckey,
+    SELECT concat_ws('/', r.model, r.origin, r.power_source, r.hardware_id, r.canonical_id) AS ckey,
         count(DISTINCT a.benchmark || '/' || a.question_set_sha256 || '/' || a.question_id) AS n_questions
     FROM benchmark_answer a
     JOIN rm r ON concat_ws('/', r.model, r.config_id, r.run_id) = concat_ws('/', a.model, a.config_id, a.run_id)
@@ -115,7 +117,7 @@ WITH rm AS MATERIALIZED (
         min(jpq) AS jpq_min, max(jpq) AS jpq_max
     FROM jpq_resamples GROUP BY ckey
 ), flips AS (
-    SELECT concat_ws('/', model, origin, power_source, config_id) AS ckey, reference_config_id,
+    SELECT concat_ws('/', model, origin, power_source, hardware_id, config_id) AS ckey, reference_config_id,
         flip_share, flip_share_low, flip_share_high
     FROM answer_flips WHERE benchmark = 'all'
 ), bases AS (
@@ -141,10 +143,10 @@ WITH rm AS MATERIALIZED (
     LEFT JOIN questions q ON q.ckey = s.ckey
     LEFT JOIN bounds b ON b.ckey = s.ckey
     LEFT JOIN jpq_bounds j ON j.ckey = s.ckey
-    LEFT JOIN bases bs ON bs.g = concat_ws('/', s.model, s.origin, s.power_source)
+    LEFT JOIN bases bs ON bs.g = concat_ws('/', s.model, s.origin, s.power_source, s.hardware_id)
     LEFT JOIN flips f ON f.ckey = s.ckey
 )
-SELECT s.model, s.config_id, s.origin, s.power_source, s.config_ids, s.simulated, c.v.kind AS kind,
+SELECT s.model, s.config_id, s.origin, s.power_source, s.hardware_id, s.config_ids, s.simulated, c.v.kind AS kind,
     list_filter(m.layer_groups, lambda x: x.name = 'early')[1].quant AS early_type,
     list_filter(m.layer_groups, lambda x: x.name = 'middle')[1].quant AS middle_type,
     list_filter(m.layer_groups, lambda x: x.name = 'late')[1].quant AS late_type,
@@ -176,4 +178,4 @@ SELECT s.model, s.config_id, s.origin, s.power_source, s.config_ids, s.simulated
 FROM joined s
 LEFT JOIN configs c ON c.ckey = s.ckey
 LEFT JOIN groups m ON m.ckey = s.ckey
-ORDER BY s.model, s.config_id, s.origin, s.power_source;
+ORDER BY s.model, s.config_id, s.origin, s.power_source, s.hardware_id;

@@ -4,7 +4,7 @@ Written from the rules in docs/analysis.md ("Answer flips"), not from the SQL; t
 both on the same lake. Inputs are frames shaped like what the SQL reads:
 
     items:            the bootstrap's items (:func:`mqepi.analysis.twin_runs.boot_items`): every
-                      valid run with g, ckey, model, origin, power_source, canonical_id,
+                      valid run with g, ckey, model, origin, power_source, hardware_id, canonical_id,
                       config_id (the name it was measured under), repeat, run_id, run_key
     benchmark_answer: model, config_id, run_id, benchmark, question_set_sha256, question_id,
                       predicted, correct, choice_scores, scoring, recorded_at_ns, event_id
@@ -75,7 +75,7 @@ def choose_answers(items: pl.DataFrame, benchmark_answer: pl.DataFrame) -> pl.Da
     the engine-scored one first, then the smallest (repeat, run_id), then the earliest recorded."""
     ba = benchmark_answer.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in _OPTIONAL.items()
                                         if c not in benchmark_answer.columns])
-    runs = items.select("g", "ckey", "model", "origin", "power_source", pl.col("canonical_id").alias("_config"),
+    runs = items.select("g", "ckey", "model", "origin", "power_source", "hardware_id", pl.col("canonical_id").alias("_config"),
                         "repeat", "run_id", "run_key")
     joined = (ba.with_columns(run_key=pl.concat_str("model", "config_id", "run_id", separator="/"))
               .select("run_key", "benchmark", "question_set_sha256", "question_id", "predicted", "correct",
@@ -165,7 +165,7 @@ def answer_flips(items: pl.DataFrame, benchmark_answer: pl.DataFrame, quant_conf
     ``answer_flips_vs(reference)``."""
     answers = choose_answers(items, benchmark_answer)
     by_config = _by_config(answers)
-    names = {r["ckey"]: r for r in items.select("g", "ckey", "model", "origin", "power_source",
+    names = {r["ckey"]: r for r in items.select("g", "ckey", "model", "origin", "power_source", "hardware_id",
                                                 config_id=pl.col("canonical_id")).unique().iter_rows(named=True)}
     if reference is None:
         refs = bases(items, quant_config, quantization)
@@ -183,7 +183,7 @@ def answer_flips(items: pl.DataFrame, benchmark_answer: pl.DataFrame, quant_conf
                 stats = compare(by_config.get(ref_key, {}), by_config.get(ckey, {}))
                 for bench, s in stats.items():
                     share, low, high = _share(s["flipped"], s["n"], z)
-                    rows.append({k: name[k] for k in ("model", "origin", "power_source", "config_id")}
+                    rows.append({k: name[k] for k in ("model", "origin", "power_source", "hardware_id", "config_id")}
                                 | {"reference_config_id": names[ref_key]["config_id"], "benchmark": bench,
                                    "n_questions": s["n"], "n_flipped": s["flipped"], "flip_share": share,
                                    "flip_share_low": low, "flip_share_high": high, "n_right_to_wrong": s["r2w"],
@@ -191,7 +191,8 @@ def answer_flips(items: pl.DataFrame, benchmark_answer: pl.DataFrame, quant_conf
                                    "choice_kl_nats": sum(s["kl"]) / len(s["kl"]) if s["kl"] else None})
     frame = pl.DataFrame(rows, schema=VIEWS["answer_flips"])
     return (frame.with_columns(_all=pl.col("benchmark") == "all")
-            .sort(["model", "origin", "power_source", "config_id", "reference_config_id", "_all", "benchmark"])
+            .sort(["model", "origin", "power_source", "hardware_id", "config_id", "reference_config_id", "_all",
+                   "benchmark"])
             .drop("_all"))
 
 

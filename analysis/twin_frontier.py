@@ -6,9 +6,9 @@ like the views the SQL reads: ``run_metrics`` and ``config_summary`` (runs.sql) 
 ``benchmark_answer`` (views.sql); only the columns named below are used, so tests can build
 them by hand.
 
-    run_metrics:      model, config_id, run_id, origin, repeat, power_source, valid,
+    run_metrics:      model, config_id, run_id, origin, repeat, power_source, hardware_id, valid,
                       accuracy, j_per_token, epi
-    config_summary:   model, config_id, origin, power_source, simulated, kind, accuracy,
+    config_summary:   model, config_id, origin, power_source, hardware_id, simulated, kind, accuracy,
                       j_per_token, epi, accuracy_ci_low, accuracy_ci_high,
                       j_per_token_ci_low, j_per_token_ci_high, ppl, ppl_stderr
     benchmark_answer: model, config_id, origin, run_id, question_set_sha256, question_id,
@@ -258,7 +258,7 @@ def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, bench
 
 
 def _ckey(r: dict) -> str:
-    return "/".join([r["model"], r["origin"], r["power_source"], r["config_id"]])
+    return "/".join([r["model"], r["origin"], r["power_source"], r["hardware_id"], r["config_id"]])
 
 
 def _tests(a: dict, b: dict, limit: float, kld_margin: float | None, ppl_chunks: dict, kld_chunks: dict) -> dict:

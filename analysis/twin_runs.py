@@ -22,7 +22,7 @@ import polars as pl
 
 from mqepi.analysis import bootstrap, hierarchical, twin_flips
 from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
-from mqepi.analysis.contract import CONFIG_KEY, VIEWS
+from mqepi.analysis.contract import CONFIG_KEY, UNKNOWN_HARDWARE, VIEWS
 from mqepi.analysis.stats import DEFAULT_Z, wilson_interval
 from mqepi.lake.store import Lake
 from mqepi.meter.windows import IDLE_PHASE, Measurement, analyze_run
@@ -50,20 +50,23 @@ MEDIANS = ("ppl", "ppl_stderr", "kld_mean", "file_size_bytes", "bits_per_weight"
 
 
 def run_info(lake: Lake) -> pl.DataFrame:
-    """One row per run: model, config_id, run_id, origin, repeat, power_source, file_sha256
-    (from the started event, else the earliest run event) and run_status."""
+    """One row per run: model, config_id, run_id, origin, repeat, power_source, file_sha256,
+    hardware_id (from the started event, else the earliest run event; 'unknown' without one)
+    and run_status."""
     runs = lake.read("run")
+    if "hardware_id" not in runs.columns:  # a lake of run schema 1 only
+        runs = runs.with_columns(hardware_id=pl.lit(None, dtype=pl.Utf8))
     ordered = runs.with_columns(_late=pl.col("status") != "started").sort(["_late", "recorded_at_ns", "event_id"])
     return ordered.group_by(RUN_KEY, maintain_order=True).agg(
         pl.col("origin").first(), pl.col("repeat").first(), pl.col("power_source").first(),
-        pl.col("file_sha256").first(),
+        pl.col("file_sha256").first(), pl.col("hardware_id").first().fill_null(UNKNOWN_HARDWARE),
         run_status=pl.when((pl.col("status") == "failed").any()).then(pl.lit("failed"))
         .when((pl.col("status") == "finished").any()).then(pl.lit("finished")).otherwise(pl.lit("started")),
     )
 
 
 #: Columns run_energy takes from the run (run_info) and derives, rather than from the window.
-_RUN_COLUMNS = ("origin", "repeat", "run_status", "power_source", "simulated", "window_kind")
+_RUN_COLUMNS = ("origin", "repeat", "run_status", "power_source", "hardware_id", "simulated", "window_kind")
 #: The measured windows: the run key, the window's own run_energy columns, and whether its
 #: samples were simulated.
 _WINDOW_SCHEMA = {**{c: t for c, t in VIEWS["run_energy"].items() if c not in _RUN_COLUMNS},
@@ -104,6 +107,7 @@ def run_energy(lake: Lake, runs: pl.DataFrame | None = None) -> pl.DataFrame:
     kinds = pl.col("phase").replace_strict(WINDOW_KINDS, default="other", return_dtype=pl.Utf8)
     return (_measured_windows(lake, phases).join(runs, on=RUN_KEY, how="left").join(phase_origin, on=RUN_KEY, how="left")
             .with_columns(origin=pl.coalesce("origin", "phase_origin"), window_kind=kinds,
+                          hardware_id=pl.col("hardware_id").fill_null(UNKNOWN_HARDWARE),
                           simulated=(pl.col("power_source") == "simulated").fill_null(False) | pl.col("samples_simulated"))
             .select(RUN_ENERGY_COLUMNS)
             .sort(["model", "config_id", "run_id", "start_ns", "phase", "node"], nulls_last=True))
@@ -140,7 +144,8 @@ def run_accuracy(lake: Lake, runs: pl.DataFrame | None = None, *, z: float = DEF
         accuracy_norm=pl.when(pl.col("accuracy_norm").null_count() == 0).then(pl.col("accuracy_norm").mean()))
     both = pl.concat([per, composite.select(per.columns)])
     return (both.join(runs, on=RUN_KEY, how="left")
-            .with_columns(origin=pl.coalesce("origin", "answer_origin"))
+            .with_columns(origin=pl.coalesce("origin", "answer_origin"),
+                          hardware_id=pl.col("hardware_id").fill_null(UNKNOWN_HARDWARE))
             .select(RUN_ACCURACY_COLUMNS).sort([*RUN_KEY, "benchmark"]))
 
 
@@ -309,8 +314,9 @@ def boot_items(metrics: pl.DataFrame, identity: pl.DataFrame) -> pl.DataFrame:
     """The bootstrap's items (runs.sql mqepi_boot_items): every valid run with its family g,
     configuration key ckey, run_key, item index i and item count n."""
     return (_canonical(metrics, identity).filter(pl.col("valid"))
-            .with_columns(g=pl.concat_str("model", "origin", "power_source", separator="/"),
-                          ckey=pl.concat_str("model", "origin", "power_source", "canonical_id", separator="/"),
+            .with_columns(g=pl.concat_str("model", "origin", "power_source", "hardware_id", separator="/"),
+                          ckey=pl.concat_str("model", "origin", "power_source", "hardware_id", "canonical_id",
+                                             separator="/"),
                           run_key=pl.concat_str("model", "config_id", "run_id", separator="/"))
             .sort(["ckey", "repeat", "run_id"])
             .with_columns(i=pl.int_range(pl.len()).over("ckey"), n=pl.len().over("ckey")))
@@ -407,7 +413,7 @@ def _group_config(configs: pl.DataFrame, group: dict) -> dict:
 def config_summary(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAULT_BOOTSTRAP, z: float = DEFAULT_Z,
                    metrics: pl.DataFrame | None = None, identity: pl.DataFrame | None = None) -> pl.DataFrame:
     """The view ``config_summary``: medians over the valid runs of each effective model and
-    (model, origin, power_source), with the hierarchical bootstrap's intervals."""
+    (model, origin, power_source, hardware_id), with the hierarchical bootstrap's intervals."""
     bootstrap.check_params(seed, n_boot)
     metrics = run_metrics(lake, z=z) if metrics is None else metrics
     identity = config_identity(lake, metrics) if identity is None else identity
@@ -425,7 +431,7 @@ def config_summary(lake: Lake, *, seed: int = DEFAULT_SEED, n_boot: int = DEFAUL
     runs_by = _canonical(metrics, identity).with_columns(config_id=pl.col("canonical_id"))
     for key, runs in runs_by.partition_by(GROUP_KEY, as_dict=True, maintain_order=True).items():
         group = dict(zip(GROUP_KEY, key))
-        ckey = "/".join([group["model"], group["origin"], group["power_source"], group["config_id"]])
+        ckey = "/".join([group["model"], group["origin"], group["power_source"], group["hardware_id"], group["config_id"]])
         mine = items.filter(pl.col("ckey") == ckey)
         rows.append({**group, "config_ids": runs["config_ids"][0].to_list(),
                      **_group_medians(runs, mine, resampled, n_questions.get(ckey, 0), seed, n_boot),
@@ -447,7 +453,7 @@ def _flips_vs_base(items: pl.DataFrame, answers: pl.DataFrame, configs: pl.DataF
         out[g] = ckey.rsplit("/", 1)[1]
     flips = twin_flips.answer_flips(items, answers, configs, z=z, quantization=quantization).filter(pl.col("benchmark") == "all")
     for r in flips.iter_rows(named=True):
-        ckey = "/".join([r["model"], r["origin"], r["power_source"], r["config_id"]])
+        ckey = "/".join([r["model"], r["origin"], r["power_source"], r["hardware_id"], r["config_id"]])
         out[ckey] = {"flip_reference_id": r["reference_config_id"], "flip_share": r["flip_share"],
                      "flip_share_low": r["flip_share_low"], "flip_share_high": r["flip_share_high"]}
     return out

@@ -57,10 +57,11 @@ class Builder:
 
     # -------------------------------------------------------------- one event kind each
 
-    def run(self, key, statuses, *, repeat, source="simulated", file_sha=None, origin="lab"):
+    def run(self, key, statuses, *, repeat, source="simulated", file_sha=None, origin="lab", hardware_id=None):
         for status in statuses:
             self.add("run", origin, **key, status=status, repeat=repeat, file_sha256=file_sha, power_source=source,
-                     host="pi-host", provenance_json="{}", message="boom" if status == "failed" else None)
+                     host="pi-host", provenance_json="{}", message="boom" if status == "failed" else None,
+                     hardware_id=hardware_id)
 
     def power(self, key, t_ns, p_w, *, channel=0, node="node0", source="simulated", meter_time_ns=None, origin="lab"):
         n = len(t_ns)
@@ -385,8 +386,8 @@ def test_columns_are_the_contract(hand_lake):
     assert views["run_metrics"] == twin_runs.RUN_METRICS_COLUMNS
     assert views["config_summary"] == twin_runs.CONFIG_SUMMARY_COLUMNS
     assert twin_runs.CONFIG_SUMMARY_COLUMNS[:13] == [
-        "model", "config_id", "origin", "power_source", "config_ids", "simulated", "kind", "early_type", "middle_type",
-        "late_type", "n_repeats", "n_excluded", "n_questions"]
+        "model", "config_id", "origin", "power_source", "hardware_id", "config_ids", "simulated", "kind", "early_type",
+        "middle_type", "late_type", "n_repeats", "n_excluded"]
 
 
 # --------------------------------------------------------------------------- 2. SQL = Polars on a sweep
@@ -397,13 +398,13 @@ SWEEP_WINDOWS = [("idle_baseline", 10), ("mmlu", 6), ("arc_challenge", 6), ("hel
 
 def sweep_run(b: Builder, rng, *, model, config_id, run_id, repeat, origin="lab", source="simulated", level=7.0,
               acc=0.6, statuses=("started", "finished"), file_sha=None, channels=1, meter_clock=False, gap=None,
-              all_wrong=(), one_right=()):
+              all_wrong=(), one_right=(), hardware_id=None):
     key = {"model": model, "config_id": config_id, "run_id": run_id}
     windows, t = [], 0.0
     for name, length in SWEEP_WINDOWS:
         windows.append((name, t, t + length, None))
         t += length + 1
-    b.run(key, statuses, repeat=repeat, source=source, file_sha=file_sha, origin=origin)
+    b.run(key, statuses, repeat=repeat, source=source, file_sha=file_sha, origin=origin, hardware_id=hardware_id)
     b.phases(key, windows, origin=origin)
     k = np.arange(0, int(t * 10) + 1)
     host = T0 + k * 100 * MS + (rng.integers(1, 3, k.size) * MS if meter_clock else 0)
@@ -477,7 +478,7 @@ KEYS = {"run_energy": ["model", "config_id", "run_id", "start_ns", "phase"],
         "run_accuracy": ["model", "config_id", "run_id", "benchmark"],
         "run_metrics": ["model", "config_id", "run_id"],
         "config_identity": ["model", "origin", "config_id"],
-        "config_summary": ["model", "config_id", "origin", "power_source"]}
+        "config_summary": ["model", "config_id", "origin", "power_source", "hardware_id"]}
 
 
 def assert_frames_agree(a: pl.DataFrame, b: pl.DataFrame, key: list[str], what: str):
@@ -621,3 +622,45 @@ def test_lab_and_community_are_never_pooled(sweep):
     energy = via_sql["run_energy"]
     assert set(energy.filter(pl.col("run_id").str.starts_with("alice"))["origin"]) == {"community/alice"}
     assert energy["origin"].null_count() == 0 and via_sql["run_accuracy"]["origin"].null_count() == 0
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+HW_A, HW_B = "hw-aaaaaaaaaaaa", "hw-bbbbbbbbbbbb"
+
+
+@pytest.fixture(scope="module")
+def hardware_lake(tmp_path_factory):
+    """uniform_q4 measured on two hardware profiles (3 runs each) and by 2 runs written before
+    runs carried a hardware_id (null)."""
+    lake = Lake(tmp_path_factory.mktemp("hardware") / "lake")
+    lake.init()
+    rng = np.random.default_rng(19)
+    b = Builder()
+    b.config("m1", "uniform_q4", [("early", "Q4_K_M"), ("middle", "Q4_K_M"), ("late", "Q4_K_M")], kind="uniform")
+    b.quantization("m1", "uniform_q4", sha("q4"), 80_000_000, 4.8)
+    for hw, level, n in ((HW_A, 6.0, 3), (HW_B, 9.0, 3), (None, 7.0, 2)):
+        for r in range(n):
+            sweep_run(b, rng, model="m1", config_id="uniform_q4", run_id=f"{hw or 'old'}-r{r}", repeat=r, level=level,
+                      file_sha=sha("q4"), hardware_id=hw)
+    return b.write(lake)
+
+
+def test_hardware_profiles_are_never_pooled(hardware_lake):
+    con = connect(hardware_lake, mqepi_bootstrap=200)
+    summary = view(con, "config_summary").sort("hardware_id")
+    assert summary["hardware_id"].to_list() == [HW_A, HW_B, "unknown"]  # runs without one: a group of their own
+    assert summary["n_repeats"].to_list() == [3, 3, 2]
+    metrics = view(con, "run_metrics")
+    for row in summary.iter_rows(named=True):
+        mine = metrics.filter(pl.col("hardware_id") == row["hardware_id"])
+        assert row["j_per_token"] == approx(statistics.median(mine["j_per_token"].to_list()))
+    assert dict(metrics.select("run_id", "hardware_id").iter_rows())["old-r0"] == "unknown"
+    for name in ("run_energy", "run_accuracy"):
+        got = view(con, name).select("run_id", "hardware_id").unique()
+        assert got["hardware_id"].null_count() == 0
+        assert dict(got.iter_rows())[f"{HW_B}-r1"] == HW_B
+    twin = twin_runs.all_views(hardware_lake, n_boot=200)
+    for name in ("run_energy", "run_accuracy", "run_metrics", "config_summary"):
+        assert_frames_agree(view(con, name), twin[name], KEYS[name], name)

@@ -23,7 +23,7 @@ from mqepi.analysis import twin_frontier as twin
 from mqepi.analysis.contract import VIEWS
 
 MATCHED_PAIRS_COLUMNS = [
-    "model", "origin", "power_source", "simulated", "config_a", "config_b", "ppl_a", "ppl_b", "ppl_stderr_a",
+    "model", "origin", "power_source", "hardware_id", "simulated", "config_a", "config_b", "ppl_a", "ppl_b", "ppl_stderr_a",
     "ppl_stderr_b", "ppl_diff", "match_rule", "ppl_test", "n_chunks", "log_ppl_ratio", "log_ppl_ratio_ci_low",
     "log_ppl_ratio_ci_high", "ppl_margin", "ppl_verdict", "kld_a", "kld_b", "kld_diff", "kld_diff_ci_low",
     "kld_diff_ci_high", "kld_margin", "kld_verdict", "matched", "j_per_token_a", "j_per_token_b", "j_per_token_diff",
@@ -33,16 +33,17 @@ MATCHED_PAIRS_COLUMNS = [
     "n_flip_questions", "flip_share", "flip_share_low", "flip_share_high", "note",
 ]
 PARETO_FRONTIER_COLUMNS = [
-    "model", "origin", "power_source", "simulated", "config_id", "kind", "accuracy", "j_per_token", "epi",
+    "model", "origin", "power_source", "hardware_id", "simulated", "config_id", "kind", "accuracy", "j_per_token", "epi",
     "accuracy_ci_low", "accuracy_ci_high", "j_per_token_ci_low", "j_per_token_ci_high", "on_frontier",
     "frontier_probability", "uniform_dominated", "mixed_unmatched",
 ]
 
 RM_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "run_id": pl.Utf8, "origin": pl.Utf8, "repeat": pl.Int32,
-             "power_source": pl.Utf8, "simulated": pl.Boolean, "valid": pl.Boolean, "accuracy": pl.Float64,
+             "power_source": pl.Utf8, "hardware_id": pl.Utf8, "simulated": pl.Boolean, "valid": pl.Boolean,
+             "accuracy": pl.Float64,
              "j_per_token": pl.Float64, "epi": pl.Float64, "benchmark_energy_j": pl.Float64,
              "benchmark_energy_uncertainty_j": pl.Float64, "benchmark_tokens": pl.Int64}
-CS_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "origin": pl.Utf8, "power_source": pl.Utf8,
+CS_SCHEMA = {"model": pl.Utf8, "config_id": pl.Utf8, "origin": pl.Utf8, "power_source": pl.Utf8, "hardware_id": pl.Utf8,
              "simulated": pl.Boolean, "kind": pl.Utf8, "n_repeats": pl.Int64,
              "j_per_token": pl.Float64, "j_per_token_ci_low": pl.Float64, "j_per_token_ci_high": pl.Float64,
              "accuracy": pl.Float64, "accuracy_ci_low": pl.Float64, "accuracy_ci_high": pl.Float64,
@@ -60,9 +61,10 @@ BENCHMARK_OF = {hashlib.sha256(b"mmlu").hexdigest(): "mmlu", hashlib.sha256(b"ar
 
 
 def rm_row(**row) -> dict:
-    """A run_metrics row with its energy columns derived: 1000 tokens, 1 % uncertainty."""
+    """A run_metrics row with its energy columns derived: 1000 tokens, 1 % uncertainty (hardware
+    'unknown' unless given)."""
     jpt = row.get("j_per_token")
-    return {**row, "benchmark_tokens": 1000, "benchmark_energy_j": None if jpt is None else jpt * 1000,
+    return {"hardware_id": "unknown", **row, "benchmark_tokens": 1000, "benchmark_energy_j": None if jpt is None else jpt * 1000,
             "benchmark_energy_uncertainty_j": None if jpt is None else jpt * 10}
 
 
@@ -82,7 +84,8 @@ def summarise(run_metrics: pl.DataFrame, configs: list[dict]) -> pl.DataFrame:
     """A config_summary-shaped frame: medians over valid repeats (what runs.sql provides)."""
     rows = []
     for cfg in configs:
-        key = {k: cfg[k] for k in ("model", "config_id", "origin", "power_source")}
+        key = {k: cfg[k] for k in ("model", "config_id", "origin", "power_source")} | {
+            "hardware_id": cfg.get("hardware_id", "unknown")}
         runs = run_metrics.filter(pl.col("valid"), *[pl.col(k) == v for k, v in key.items()])
 
         def med(col, runs=runs):
@@ -103,7 +106,7 @@ def summarise(run_metrics: pl.DataFrame, configs: list[dict]) -> pl.DataFrame:
 
 
 def synthetic(seed: int, *, models=("m1",), origins=("lab", "community/alice"), sources=("simulated",),
-              n_configs=6, n_repeats=3, n_questions=16):
+              n_configs=6, n_repeats=3, n_questions=16, hardware=("unknown",)):
     """Random run_metrics / config_summary / benchmark_answer frames with the awkward cases:
     invalid runs, a repeat measured twice, missing repeats, accuracy 0 (EPI NULL), a config
     without any valid run, one without perplexity, one without kind (n_configs > 6),
@@ -111,12 +114,12 @@ def synthetic(seed: int, *, models=("m1",), origins=("lab", "community/alice"), 
     rng = np.random.default_rng(seed)
     runs, answers, configs, chunks = [], [], [], []
     qsets = [sha("mmlu"), sha("arc")]
-    for model, origin, source in product(models, origins, sources):
+    for model, origin, source, hw in product(models, origins, sources, hardware):
         for c in range(n_configs):
             config_id = f"cfg{c:02d}"
             skill = 0.0 if c == 3 and seed % 2 else rng.uniform(0.25, 0.8)
             cost = rng.uniform(0.5, 2.0)
-            cfg = {"model": model, "config_id": config_id, "origin": origin, "power_source": source,
+            cfg = {"model": model, "config_id": config_id, "origin": origin, "power_source": source, "hardware_id": hw,
                    "kind": None if c == 6 else "uniform" if c % 2 == 0 else "mixed",
                    "ppl": None if c == 5 else 10.0 + 0.4 * c + rng.normal(0, 0.2), "ppl_stderr": 0.35}
             configs.append(cfg)
@@ -124,13 +127,13 @@ def synthetic(seed: int, *, models=("m1",), origins=("lab", "community/alice"), 
             if rng.random() < 0.3:
                 repeats.append(repeats[0])  # the same repeat number measured twice
             for k, rep in enumerate(repeats):
-                run_id = f"{model}-{origin.replace('/', '-')}-{source}-{config_id}-{rep}-{k}"
+                run_id = f"{model}-{origin.replace('/', '-')}-{source}-{hw}-{config_id}-{rep}-{k}"
                 right = rng.random(n_questions) < skill
                 acc = float(right.mean())
                 jpt = round(cost * rng.uniform(0.8, 1.2), 2)  # rounding gives ties
                 valid = not (c == 4 and seed % 3 == 0) and rng.random() > 0.15
                 runs.append(rm_row(model=model, config_id=config_id, run_id=run_id, origin=origin,
-                                   repeat=rep, power_source=source, simulated=source == "simulated",
+                                   repeat=rep, power_source=source, hardware_id=hw, simulated=source == "simulated",
                                    valid=valid, accuracy=acc, j_per_token=jpt,
                                    epi=jpt / acc if acc > 0 else None))
                 if cfg["ppl"] is not None and c % 3 != 1:  # chunks for most configurations
@@ -243,7 +246,7 @@ def test_sql_frontier_equals_brute_force(kind):
                          "simulated": g % 4 < 2, "kind": "uniform" if i % 3 == 0 else "mixed",
                          "accuracy": None if missing else float(acc[i]), "j_per_token": float(jpt[i])})
     cs = pl.DataFrame(rows, schema={k: CS_SCHEMA[k] for k in rows[0]}).with_columns(
-        *[pl.lit(None, CS_SCHEMA[k]).alias(k) for k in CS_SCHEMA if k not in rows[0]])
+        *[pl.lit("unknown" if k == "hardware_id" else None, CS_SCHEMA[k]).alias(k) for k in CS_SCHEMA if k not in rows[0]])
     con = connect_tables(pl.DataFrame(schema=RM_SCHEMA), cs, n_boot=10)
     got = view(con, "pareto_frontier")
     assert got.columns == PARETO_FRONTIER_COLUMNS
@@ -267,7 +270,8 @@ def test_uniform_dominated_and_mixed_unmatched_hand_built():
     ]
     cs = pl.DataFrame([{"model": "m", "config_id": c, "origin": "lab", "power_source": "epi-meter",
                         "simulated": False, "kind": k, "accuracy": a, "j_per_token": j} for c, k, a, j in pts])
-    cs = cs.with_columns(*[pl.lit(None, CS_SCHEMA[k]).alias(k) for k in CS_SCHEMA if k not in cs.columns])
+    cs = cs.with_columns(*[pl.lit("unknown" if k == "hardware_id" else None, CS_SCHEMA[k]).alias(k)
+                           for k in CS_SCHEMA if k not in cs.columns])
     got = view(connect_tables(pl.DataFrame(schema=RM_SCHEMA), cs), "pareto_frontier")
     flags = {r["config_id"]: (r["on_frontier"], r["uniform_dominated"], r["mixed_unmatched"])
              for r in got.iter_rows(named=True)}
@@ -540,6 +544,27 @@ def test_sql_equals_polars_twin(seed, margin):
     assert_frame_equal(frontier, twin_frontier)
 
 
+def test_two_hardware_profiles_are_never_pooled():
+    """The same configurations measured on two hardware profiles: one frontier and one set of
+    pairs per hardware, each exactly what that hardware's runs alone give (no pair across
+    hardware, no question universe or frontier shared); the twin agrees."""
+    hw = ("hw-aaaaaaaaaaaa", "hw-bbbbbbbbbbbb")
+    rm, cs, ba = synthetic(4, origins=("lab",), n_configs=6, n_repeats=3, hardware=hw)
+    ppl = SYNTHETIC_CHUNKS[4]
+    con = connect_tables(rm, cs, ba, perplexity=ppl, n_boot=60)
+    pairs, frontier = view(con, "matched_pairs"), view(con, "pareto_frontier")
+    assert sorted(set(frontier["hardware_id"])) == list(hw) and frontier.height == 2 * 6
+    assert sorted(set(pairs["hardware_id"])) == list(hw)
+    assert_frame_equal(frontier, twin.pareto_frontier(rm, cs, ba, n_boot=60))
+    for h in hw:
+        runs = rm.filter(pl.col("hardware_id") == h)
+        ids = runs["run_id"]
+        alone = connect_tables(runs, cs.filter(pl.col("hardware_id") == h), ba.filter(pl.col("run_id").is_in(ids)),
+                               perplexity=ppl.filter(pl.col("run_id").is_in(ids)), n_boot=60)
+        assert_frame_equal(view(alone, "pareto_frontier"), frontier.filter(pl.col("hardware_id") == h))
+        assert_frame_equal(view(alone, "matched_pairs"), pairs.filter(pl.col("hardware_id") == h))
+
+
 def test_frontier_probability_is_one_for_a_clear_winner():
     rows, answers = [], []
     for c, (acc, jpt) in {"best": (0.8, 1.0), "worse": (0.5, 2.0)}.items():
@@ -577,7 +602,8 @@ def test_ten_thousand_runs_agree_with_polars():
                                    accuracy=acc, j_per_token=jpt, epi=jpt / acc))
     rm = pl.DataFrame(runs, schema=RM_SCHEMA)
     assert rm.height == 200 * 25 + 1666 * 3 == 9998
-    cs = duckdb.sql("SELECT model, config_id, origin, power_source, power_source = 'simulated' AS simulated, "
+    cs = duckdb.sql("SELECT model, config_id, origin, power_source, hardware_id, "
+                    "power_source = 'simulated' AS simulated, "
                     "CASE WHEN config_id[-1:] IN ('0', '5') THEN 'uniform' ELSE 'mixed' END AS kind, "
                     "count(*) AS n_repeats, "
                     "median(accuracy) AS accuracy, median(j_per_token) AS j_per_token, median(epi) AS epi, "

@@ -13,7 +13,7 @@ view is read once into a temporary table, then run_energy, run_accuracy and run_
 computed and cached with the batch's de-duplicated benchmark_answer rows.
 
 **Configuration stage** (:meth:`Engine.write_snapshot`): config_summary, matched_pairs and
-pareto_frontier, per family (model, origin, power_source): no row of a family depends on
+pareto_frontier, per family (model, origin, power_source, hardware_id): no row of a family depends on
 another family (the bootstrap draws depend on the seed, the resample and the group size only;
 integer ids are internal). Unchanged families keep the previous snapshot's rows; the others
 are recomputed from the cached run_metrics and benchmark_answer of their runs (``CREATE OR

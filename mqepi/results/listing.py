@@ -15,7 +15,7 @@ of the tables that state is (what ``mqepi sql --as-of`` reopens).
 (whatever their model and configuration: the energy views join on ``run_id`` alone) and of
 the configuration-bound files of its models and configurations, which ``run_metrics`` reads.
 A compaction rewrites files, so it changes the fingerprints of the runs it touched (they are
-recomputed once). **Family fingerprint** (model, origin, power_source): the settings, its
+recomputed once). **Family fingerprint** (model, origin, power_source, hardware_id): the settings, its
 runs' fingerprints and its model's configuration-bound files. The lake is only read.
 """
 
@@ -160,17 +160,18 @@ def run_fingerprints(listing: LakeListing) -> dict[str, str]:
 
 def family_fingerprints(members: pl.DataFrame, fingerprints: dict[str, str], listing: LakeListing,
                         settings_key: str) -> pl.DataFrame:
-    """(model, origin, power_source) -> sha256 of the settings, the family's runs (``members``:
-    model, origin, power_source, run_id of run_metrics) and its model's configuration-bound files."""
+    """A family (FAMILY_KEY: model, origin, power_source, hardware_id) -> sha256 of the settings,
+    the family's runs (``members``: FAMILY_KEY and run_id of run_metrics) and its model's
+    configuration-bound files."""
     by_model: dict[str, list[str]] = defaultdict(list)
     for (model, _), files in listing.config_files.items():
         by_model[model].extend(rel for rels in files.values() for rel in rels)
     groups: dict[tuple, list[str]] = defaultdict(list)
-    for model, origin, power_source, run_id in members.iter_rows():
-        groups[(model, origin, power_source)].append(f"{run_id} {fingerprints[run_id]}")
+    for *key, run_id in members.select(*FAMILY_KEY, "run_id").iter_rows():
+        groups[tuple(key)].append(f"{run_id} {fingerprints[run_id]}")
     rows = [(*key, digest(settings_key, *sorted(runs), "--", *sorted(by_model.get(key[0], ()))))
             for key, runs in groups.items()]
-    schema = {"model": pl.Utf8, "origin": pl.Utf8, "power_source": pl.Utf8, "fingerprint": pl.Utf8}
+    schema = {**{c: pl.Utf8 for c in FAMILY_KEY}, "fingerprint": pl.Utf8}
     return pl.DataFrame(rows, schema=schema, orient="row").sort(FAMILY_KEY, nulls_last=True)
 
 

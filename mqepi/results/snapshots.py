@@ -11,7 +11,7 @@ by default ``derived/`` beside the lake, :func:`default_out_dir`)::
         run_index.parquet    run_id -> input fingerprint -> cache batch
         files.parquet        the lake's active files it read (the next recompute reads the logs
                              from its table_heads on: only what was appended since)
-        families.parquet     (model, origin, power_source) -> input fingerprint
+        families.parquet     (model, origin, power_source, hardware_id) -> input fingerprint
         snapshot.json        lake state, counts, settings, SQL hashes, seconds
     runs/<batch>.<table>.parquet         per-run cache: content-addressed, never modified
     seeds/                               zero-row schema files, only for event types of which
@@ -28,7 +28,7 @@ fingerprints and the run-level SQL, so a cache file is never rewritten. (This as
 the SQL does today: per-run views read a run's own events and configuration-bound events of
 its own model and configuration only; tests/test_derived.py compares with the live views.)
 
-**Configuration tables** are recomputed per family (model, origin, power_source) whose
+**Configuration tables** are recomputed per family (model, origin, power_source, hardware_id) whose
 fingerprint changed. Results equal a recompute into an empty folder (tests/test_derived.py)
 up to DuckDB's own last-bit float noise: the views queried twice over the same lake can
 differ by an ulp (parallel sums).
@@ -306,7 +306,7 @@ def recompute(lake: Lake, out_dir: str | os.PathLike | None = None, *, progress:
 
     Per-run rows are computed only for runs not cached before (new, or changed since, as an
     unfinished run that got its next events); the configuration tables only for the families
-    (model, origin, power_source) those runs or new config-level events touch. The result
+    (model, origin, power_source, hardware_id) those runs or new config-level events touch. The result
     equals a recompute into an empty folder. The lake is only read. ``seed``, ``bootstrap``,
     ``ppl_margin`` and ``z`` are the SQL tunables ``mqepi_seed``, ``mqepi_bootstrap``,
     ``mqepi_ppl_margin``, ``mqepi_z``; ``batch_runs`` and ``batch_bytes`` (Parquet bytes

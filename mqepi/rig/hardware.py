@@ -43,8 +43,6 @@ PROFILE_FIELDS = ("node_model", "ram_mb", "os", "kernel", "llama_cpp_commit", "m
 UNKNOWN = "unknown"
 #: The longest text value kept (probed values are cut to it, stated ones refused beyond it).
 MAX_TEXT = 200
-#: ``hardware_id`` of a run written before runs carried one (what the views group such runs as).
-UNKNOWN_ID = "unknown"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 #: Prints ``kernel:``, ``os:``, ``model:`` and ``mem_kb:`` lines; reads only, needs no argument.
