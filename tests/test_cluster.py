@@ -365,3 +365,21 @@ def test_an_sshd_that_cannot_start_is_a_clear_error(tmp_path):
     server = Sshd(sshd_binary(), tmp_path, port, tmp_path / "no_such_host_key", tmp_path / "authorized_keys")
     with pytest.raises(SshdError, match=f"sshd on 127.0.0.1:{port} exited .*no_such_host_key"):
         server.start()
+
+
+def test_without_sshd_the_nodes_fall_back_to_asyncssh_and_say_so(tools, tmp_path, monkeypatch, capsys):
+    from mqepi.rig import loopback
+
+    monkeypatch.setattr(loopback, "sshd_binary", lambda: None)  # as on a machine without openssh-server
+    local = tmp_path / "f.txt"
+    local.write_text("hello")
+    with LoopbackCluster(1, tools.bin_dir, quant_host=False) as lc:
+        assert lc.ssh_server == "asyncssh"
+        config = cfg.load(lc.config_path)
+        with Remote(config.head, config) as remote:
+            assert remote.run("echo $HOME; pwd").text.split() == [str(Path.home())] * 2
+            remote.put(local, str(lc.root / "node0" / "in" / "f.txt"), sha256_file(local))
+            lc.kill_connections("node0")
+            assert remote.run("echo again").text.strip() == "again"
+        assert (lc.root / "node0" / "in" / "f.txt").read_text() == "hello"
+    assert "no OpenSSH sshd on this machine" in capsys.readouterr().err

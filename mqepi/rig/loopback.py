@@ -92,22 +92,31 @@ def session_env() -> dict[str, str]:
 
 
 async def _handle(process: asyncssh.SSHServerProcess, running: set[int]) -> None:
-    """(asyncssh fallback) Run the requested command in the home folder, as sshd would; copy
-    its output until it ends."""
+    """(asyncssh fallback) Run the requested command in the home folder, as sshd would; feed it
+    the channel's input, copy its output until it ends."""
     command = process.command or "true"
     local = await asyncio.create_subprocess_exec(
-        "bash", "-c", command, cwd=Path.home(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        "bash", "-c", command, cwd=Path.home(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True, env={**os.environ, **session_env()})
 
     async def pump(source, sink) -> None:
         while chunk := await source.read(65536):
             sink.write(chunk)
 
+    async def feed() -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):  # the command stopped reading: its exit tells
+            while chunk := await process.stdin.read(65536):
+                local.stdin.write(chunk)
+                await local.stdin.drain()
+            local.stdin.close()
+
     running.add(local.pid)
+    feeding = asyncio.ensure_future(feed())
     try:
         await asyncio.gather(pump(local.stdout, process.stdout), pump(local.stderr, process.stderr))
         process.exit(await local.wait())
     finally:
+        feeding.cancel()
         if local.returncode is None:  # the client went away: stop what it started
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(local.pid, signal.SIGKILL)
