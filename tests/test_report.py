@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -614,3 +615,38 @@ def test_rq2_states_a_cost_per_accuracy_point_only_when_the_ends_differ():
     (r2,) = rq2_frontier(data)
     assert f"The accuracy intervals of its two ends overlap: {CANNOT}" in r2.answer.answer
     assert "J/token rises" not in r2.answer.answer
+
+
+def two_hardware() -> ReportData:
+    """The same configurations measured on two hardware profiles (the second 20 % costlier)."""
+    parts, runs = [], []
+    for hw, node, noise in (("hw-aaaaaaaaaaaa", "Raspberry Pi 5", 0.0), ("hw-bbbbbbbbbbbb", "Orange Pi 5", 0.001)):
+        one = synthetic(noise=noise)
+        parts.append({name: getattr(one, name).with_columns(hardware_id=pl.lit(hw))
+                      for name in ("config_summary", "pareto_frontier", "matched_pairs")})
+        prov = json.dumps({"mqepi": "0.1.0", "hardware": {"node_model": node, "ram_mb": 8192, "cooling": "fan",
+                                                          "hardware_id": hw}})
+        runs.append({"model": "toy", "config_id": "uniform_q4km", "run_id": f"r-{hw}", "origin": "lab", "repeat": 0,
+                     "power_source": "simulated", "provenance_json": prov, "hardware_id": hw})
+    frames = {name: pl.concat([p[name] for p in parts], how="vertical_relaxed") for name in parts[0]}
+    return ReportData.from_frames(**frames, runs=pl.DataFrame(runs), inventory=synthetic().inventory)
+
+
+def test_report_has_one_section_per_hardware(tmp_path):
+    data = two_hardware()
+    assert [hw for hw, _ in data.hardware()] == ["hw-aaaaaaaaaaaa", "hw-bbbbbbbbbbbb"]
+    sub = data.for_hardware("hw-bbbbbbbbbbbb")
+    assert set(sub.config_summary["hardware_id"]) == {"hw-bbbbbbbbbbbb"} and sub.runs.height == 1
+    files = write_report(data, tmp_path / "out")
+    md = files.markdown.read_text()
+    for hw, node in (("hw-aaaaaaaaaaaa", "Raspberry Pi 5"), ("hw-bbbbbbbbbbbb", "Orange Pi 5")):
+        assert f"# Hardware {hw}" in md and f"{node}, 8192 MB RAM, cooling: fan ({hw})" in md
+        assert f"Lab results (origin lab), hardware {hw}" in md
+    names = {p.name for p in files.figures}
+    assert len(names) == len(files.figures)  # no figure of one hardware overwrites another's
+    assert any("hw-aaaaaaaaaaaa" in n for n in names) and any("hw-bbbbbbbbbbbb" in n for n in names)
+    text = summary(data)
+    assert "Raspberry Pi 5" in text and "Orange Pi 5" in text
+    # one hardware: as before, with the id named once
+    single = write_report(data.for_hardware("hw-aaaaaaaaaaaa"), tmp_path / "one").markdown.read_text()
+    assert "# Hardware " not in single and single.count("(hw-aaaaaaaaaaaa)") == 1

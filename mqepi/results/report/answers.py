@@ -41,10 +41,16 @@ def nothing_to_answer(data: ReportData) -> str:
 
 
 def summary(data: ReportData, analyses: Analyses | None = None) -> str:
-    """RQ1-RQ5 in a few lines each, per (origin, model, power source) group."""
+    """RQ1-RQ5 in a few lines each, per (origin, model, power source) group; with several
+    hardware profiles, per hardware (each answered from its own runs only)."""
+    hardware = data.hardware()
+    if len(hardware) > 1:
+        _sev, banner = power_banner(data.power_sources())
+        parts = [summary(data.for_hardware(hw)).split("\n", 1)[1] for hw, _ in hardware]
+        return banner + "\n" + "\n".join(parts)
     analyses = analyses or analyse(data)
     _sev, banner = power_banner(data.power_sources())
-    lines = [banner]
+    lines = [banner] + [f"Hardware: {description}" for _, description in hardware]
     groups = data.groups()
     if not groups:
         lines.append(nothing_to_answer(data))

@@ -13,14 +13,16 @@ and late layers and the bytes read per generated token (RQ3, RQ5).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
 
 from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
-from mqepi.analysis.contract import VIEWS
+from mqepi.analysis.contract import UNKNOWN_HARDWARE, VIEWS
 from mqepi.quant.maps import group_bounds
+from mqepi.rig.hardware import describe
 from mqepi.results.report.labels import LAYER_GROUPS, lab_first
 
 _F, _I, _S, _B = pl.Float64, pl.Int64, pl.Utf8, pl.Boolean
@@ -40,8 +42,10 @@ QUANTIZATION = {
 }
 RUNS = {
     "model": _S, "config_id": _S, "run_id": _S, "origin": _S, "repeat": _I, "power_source": _S, "host": _S,
-    "file_sha256": _S, "producer": _S, "provenance_json": _S,
+    "file_sha256": _S, "producer": _S, "provenance_json": _S, "hardware_id": _S,
 }
+#: The frames that carry hardware_id (:meth:`ReportData.for_hardware` filters them).
+HARDWARE_FRAMES = ("config_summary", "matched_pairs", "pareto_frontier", "run_metrics", "answer_flips", "runs")
 #: How the answers were scored, per (origin, model, benchmark): the scoring rule
 #: (``benchmark_answer.scoring``, NULL for version 1) and the protocol's deviation from
 #: lm-evaluation-harness (NULL: none), with how many answers each.
@@ -133,6 +137,32 @@ class ReportData:
         """(origin, model, power_source) of every configuration summary, lab first."""
         keys = self.config_summary.select("origin", "model", "power_source").unique().rows()
         return sorted(keys, key=lambda k: lab_first(*k))
+
+    def hardware(self) -> list[tuple[str, str]]:
+        """(hardware_id, short description) of every hardware with a configuration summary (or,
+        without one, a run), sorted by id; the description from a run's provenance ``hardware``
+        (node model, RAM, cooling) where recorded."""
+        ids = set(self.config_summary["hardware_id"].drop_nulls().to_list())
+        runs = self.runs.with_columns(pl.col("hardware_id").fill_null(UNKNOWN_HARDWARE))
+        ids = ids or set(runs["hardware_id"].to_list())
+        profiles: dict[str, dict] = {}
+        for hw, raw in runs.select("hardware_id", "provenance_json").rows():
+            if hw in ids and hw not in profiles:
+                try:
+                    prov = json.loads(raw or "{}")
+                except ValueError:
+                    prov = {}
+                if isinstance(prov, dict) and isinstance(prov.get("hardware"), dict):
+                    profiles[hw] = prov["hardware"]
+        return [(hw, describe(profiles.get(hw), hw) if hw != UNKNOWN_HARDWARE
+                 else f"hardware not recorded ({UNKNOWN_HARDWARE}: runs written before runs carried a hardware_id)")
+                for hw in sorted(ids)]
+
+    def for_hardware(self, hardware_id: str) -> ReportData:
+        """The same data restricted to one hardware (its runs, summaries, pairs, frontier, flips)."""
+        def mine(df: pl.DataFrame) -> pl.DataFrame:
+            return df.filter(pl.col("hardware_id").fill_null(UNKNOWN_HARDWARE) == hardware_id)
+        return replace(self, **{name: mine(getattr(self, name)) for name in HARDWARE_FRAMES})
 
     def origins(self) -> list[str]:
         return list(dict.fromkeys(g[0] for g in self.groups()))

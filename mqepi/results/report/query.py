@@ -82,7 +82,8 @@ _QUANTIZATION_SQL = (
     "SELECT model, config_id, origin, llama_cpp_commit, base_sha256, base_ftype, file_sha256, file_size_bytes, "
     "bits_per_weight, host, producer FROM quantization WHERE {where} ORDER BY ALL")
 _RUNS_SQL = (
-    "SELECT model, config_id, run_id, origin, repeat, power_source, host, file_sha256, producer, provenance_json "
+    "SELECT model, config_id, run_id, origin, repeat, power_source, host, file_sha256, producer, provenance_json, "
+    "coalesce(hardware_id, 'unknown') AS hardware_id "
     "FROM run WHERE status = 'started' AND {where} "
     "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY recorded_at_ns, event_id) = 1 ORDER BY ALL")
 _QUESTION_SETS_SQL = (
