@@ -7,10 +7,16 @@ import dataclasses
 import hashlib
 import json
 
+import pandera.polars as pa
 import polars as pl
 import pytest
+from factories import rows_for
 
 from mqepi.lake.store import Lake
+from mqepi.results import sql
+from mqepi.schemas import EVENT_TYPES, RUN_KEYS, EventSpec
+from mqepi.schemas import events as ev
+from mqepi.schemas.events import RunBound
 from mqepi.rig import config as cfg
 from mqepi.rig import hardware
 from mqepi.rig.executor import Result
@@ -134,3 +140,40 @@ def test_run_events_carry_hardware_id_and_old_runs_read_null(tmp_path):
     with pytest.raises(Exception, match="hardware_id"):
         lake.record("run", [{**row, "run_id": "bad", "hardware_id": "not-an-id"}])
     assert pl.Series(runs["schema_version"]).max() == 2
+
+
+class RunV1(RunBound):
+    """The run model of schema version 1 (no hardware_id)."""
+
+    status: pl.Utf8 = pa.Field(isin=list(ev.RUN_STATUSES))
+    repeat: pl.Int32 = pa.Field(ge=0)
+    file_sha256: pl.Utf8 = pa.Field(nullable=True, str_matches=ev.SHA256)
+    power_source: pl.Utf8 = pa.Field(isin=list(ev.RUN_POWER_SOURCES))
+    host: pl.Utf8 = pa.Field(str_matches=ev.NAME)
+    provenance_json: pl.Utf8 = pa.Field()
+    message: pl.Utf8 = pa.Field(nullable=True)
+
+
+def test_version_1_run_model_is_the_current_one_without_hardware_id():
+    spec = EVENT_TYPES["run"]
+    assert spec.version == 2 and spec.added == ("hardware_id",)
+    assert list(RunV1.to_schema().columns) == [c for c in spec.schema.columns if c != "hardware_id"]
+
+
+def test_a_lake_of_run_schema_1_reads_hardware_unknown_in_the_views(tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setitem(EVENT_TYPES, "run", EventSpec("run", RunV1, RUN_KEYS, version=1))
+        old = Lake(tmp_path / "lake")
+        old.init()
+        old.record("run", {**rows_for("run", 1, run_id="old-run"), "status": ["finished"]})
+    lake = Lake(tmp_path / "lake")
+    runs = lake.read("run")
+    assert runs["schema_version"].to_list() == [1] and runs["hardware_id"].to_list() == [None]
+    assert lake.verify().ok
+    lake.record("run", {**rows_for("run", 1, run_id="new-run"), "status": ["finished"],
+                        "hardware_id": [PROFILE.hardware_id]})
+    con = sql.connect(lake)
+    got = con.sql("SELECT run_id, hardware_id FROM run_metrics ORDER BY run_id").fetchall()
+    assert got == [("new-run", PROFILE.hardware_id), ("old-run", "unknown")]
+    assert con.sql("SELECT count(*) FROM run WHERE hardware_id IS NULL").fetchall() == [(1,)]
+    assert lake.verify().ok, lake.verify().problems
