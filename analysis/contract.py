@@ -58,7 +58,8 @@ CONFIG_SUMMARY = {
     "flip_share_low": _F, "flip_share_high": _F,
 }
 MATCHED_PAIRS = {
-    "model": _S, "origin": _S, "power_source": _S, "hardware_id": _S, "simulated": _B, "config_a": _S, "config_b": _S, "ppl_a": _F,
+    "model": _S, "origin": _S, "power_source": _S, "hardware_id": _S, "simulated": _B, "config_a": _S, "config_b": _S,
+    "ppl_a": _F,
     "ppl_b": _F, "ppl_stderr_a": _F, "ppl_stderr_b": _F, "ppl_diff": _F, "match_rule": _S, "ppl_test": _S,
     "n_chunks": _I, "log_ppl_ratio": _F, "log_ppl_ratio_ci_low": _F, "log_ppl_ratio_ci_high": _F, "ppl_margin": _F,
     "ppl_verdict": _S, "kld_a": _F, "kld_b": _F, "kld_diff": _F, "kld_diff_ci_low": _F, "kld_diff_ci_high": _F,
@@ -70,7 +71,8 @@ MATCHED_PAIRS = {
     "flip_share": _F, "flip_share_low": _F, "flip_share_high": _F, "note": _S,
 }
 PARETO_FRONTIER = {
-    "model": _S, "origin": _S, "power_source": _S, "hardware_id": _S, "simulated": _B, "config_id": _S, "kind": _S, "accuracy": _F,
+    "model": _S, "origin": _S, "power_source": _S, "hardware_id": _S, "simulated": _B, "config_id": _S, "kind": _S,
+    "accuracy": _F,
     "j_per_token": _F, "epi": _F, "accuracy_ci_low": _F, "accuracy_ci_high": _F, "j_per_token_ci_low": _F,
     "j_per_token_ci_high": _F, "on_frontier": _B, "frontier_probability": _F, "uniform_dominated": _B,
     "mixed_unmatched": _B,

@@ -14,12 +14,12 @@ from factories import rows_for
 
 from mqepi.lake.store import Lake
 from mqepi.results import sql
-from mqepi.schemas import EVENT_TYPES, RUN_KEYS, EventSpec
-from mqepi.schemas import events as ev
-from mqepi.schemas.events import RunBound
 from mqepi.rig import config as cfg
 from mqepi.rig import hardware
 from mqepi.rig.executor import Result
+from mqepi.schemas import EVENT_TYPES, RUN_KEYS, EventSpec
+from mqepi.schemas import events as ev
+from mqepi.schemas.events import RunBound
 
 NODE = '''
 [[nodes]]

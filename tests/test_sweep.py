@@ -151,6 +151,10 @@ def test_windows_of_a_run_never_overlap(tmp_path):
     prov = json.loads(lake.read("run", run_id=result.finished[0])["provenance_json"][0])
     assert prov["meter"]["source"] == "simulated" and prov["sweep_id"] == result.sweep_id
     assert prov["llama_cpp_commit"] and prov["question_sets"]["mmlu"]
+    # every run event carries the hardware profile's id; the profile is in the provenance
+    hw = prov["hardware"]
+    assert set(lake.read("run")["hardware_id"]) == {hw["hardware_id"]}
+    assert (hw["meter_id"], hw["llama_cpp_commit"]) == ("simulated", prov["llama_cpp_commit"]) and hw["kernel"]
 
     # the planner, fed by this run: a forecast for both configs, the unmeasured one by size
     f = plan.forecast(tiny(configs=["uniform_q8", "uniform_q2k"]), lake)
