@@ -558,7 +558,7 @@ def test_two_hardware_profiles_are_never_pooled():
     assert_frame_equal(frontier, twin.pareto_frontier(rm, cs, ba, n_boot=60))
     for h in hw:
         runs = rm.filter(pl.col("hardware_id") == h)
-        ids = runs["run_id"]
+        ids = runs["run_id"].to_list()
         alone = connect_tables(runs, cs.filter(pl.col("hardware_id") == h), ba.filter(pl.col("run_id").is_in(ids)),
                                perplexity=ppl.filter(pl.col("run_id").is_in(ids)), n_boot=60)
         assert_frame_equal(view(alone, "pareto_frontier"), frontier.filter(pl.col("hardware_id") == h))
