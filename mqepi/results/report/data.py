@@ -22,8 +22,8 @@ import polars as pl
 from mqepi.analysis.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 from mqepi.analysis.contract import UNKNOWN_HARDWARE, VIEWS
 from mqepi.quant.maps import group_bounds
-from mqepi.rig.hardware import describe
 from mqepi.results.report.labels import LAYER_GROUPS, lab_first
+from mqepi.rig.hardware import describe
 
 _F, _I, _S, _B = pl.Float64, pl.Int64, pl.Utf8, pl.Boolean
 
