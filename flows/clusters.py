@@ -1,7 +1,8 @@
 """The ``sweep-clusters`` flow: one sweep spread over several clusters' work pools.
 
 :func:`run_clusters` shares the sweep's (configuration, repeat) pairs among the clusters
-(:func:`mqepi.plan_clusters`), triggers one ``sweep/<cluster>`` deployment run per cluster that
+(:func:`mqepi.plan_clusters`; the shares given by earlier calls are read back from Prefect,
+the ``pairs`` of each share's flow runs, so they stay put), triggers one ``sweep/<cluster>`` deployment run per cluster that
 is up and has work, waits for all of them, and reports per cluster from the lake. Needs a
 Prefect server (``PREFECT_API_URL``) with the pools and deployments of ``mqepi deploy`` and a
 worker on each cluster's pool.
@@ -16,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from mqepi import Lake, MqepiError, SweepSpec, child_name, finished_by, plan_clusters
-from mqepi.flows.pools import deployment_parameters, pools_up, wait_all
+from mqepi.flows.pools import deployment_parameters, earlier_shares, pools_up, wait_all
 from mqepi.flows.sweep import parameters
 
 #: SweepSpec fields a cluster's deployment sets for its site (never sent by the parent).
@@ -52,7 +53,9 @@ def child_parameters(spec: SweepSpec, child: str, pairs: list, lake: str, site: 
 def run_clusters(spec: SweepSpec, clusters: list[str], lake: Lake, *, rebalance: bool = False,
                  progress: Callable[[str], None] = print) -> ClustersResult:
     """Run ``spec`` over ``clusters`` (work pool names); see the module docstring."""
-    assignment = plan_clusters(spec, lake, clusters, pools_up(clusters), rebalance=rebalance, progress=progress)
+    before = earlier_shares({c: child_name(spec.sweep_id, c) for c in clusters})
+    assignment = plan_clusters(spec, lake, clusters, pools_up(clusters), rebalance=rebalance, assigned=before,
+                               progress=progress)
     result = ClustersResult(spec.sweep_id, assignment.total, {c: len(p) for c, p in assignment.unstarted.items()})
     flow_runs = {}
     for cluster, share in assignment.shares.items():

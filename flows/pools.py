@@ -112,6 +112,26 @@ def deployment_parameters(deployment: str) -> dict:
         return dict(client.read_deployment_by_name(deployment).parameters or {})
 
 
+def earlier_shares(children: dict[str, str]) -> dict[tuple[str, int], str]:
+    """(configuration, repeat) -> cluster, from the ``pairs`` parameter of earlier flow runs of
+    each cluster's share (cluster -> the share's flow run name, as :func:`run_deployment` named
+    it); the latest run wins."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    out: dict[tuple[str, int], str] = {}
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=list(children.values()))),
+                                     sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+    cluster_of = {name: cluster for cluster, name in children.items()}
+    for run in runs:
+        cluster = cluster_of.get(run.name)
+        for pair in (run.parameters or {}).get("pairs") or []:
+            if cluster and isinstance(pair, list) and len(pair) == 2:
+                out[(str(pair[0]), int(pair[1]))] = cluster
+    return out
+
+
 def wait_all(flow_runs: dict[str, object], progress: Callable[[str], None], poll_s: float = 3.0) -> dict[str, str]:
     """Wait for every flow run (cluster -> flow run id) to end; cluster -> final state name."""
     states: dict[str, str] = {}

@@ -91,3 +91,14 @@ def test_pair_status_reads_each_shares_runs_from_the_lake(tmp_path):
     run("other.x", "c", 0, "started")  # another sweep: ignored
     got = multi.pair_status(lake, spec, "sw", ["x", "y"])
     assert got.finished == {("a", 0): "x"} and got.started == {("b", 1): "y"}
+
+
+def test_earlier_shares_stay_unless_rebalanced_off_a_down_cluster():
+    before = {("a", 0): "y", ("a", 1): "y", ("d", 0): "y"}
+    status = multi.PairStatus(finished={("a", 0): "y"}, assigned=before)
+    got = multi.assign(pairs(), ["x", "y"], CONFIGS, status, {"x": True, "y": True})
+    assert {("a", 1), ("d", 0)} <= set(got.shares["y"].pairs)  # x is idle, yet y keeps its own share
+    down = multi.assign(pairs(), ["x", "y"], CONFIGS, status, {"x": True, "y": False})
+    assert {("a", 1), ("d", 0)} <= set(down.unstarted["y"])
+    moved = multi.assign(pairs(), ["x", "y"], CONFIGS, status, {"x": True, "y": False}, rebalance=True)
+    assert moved.unstarted == {} and {("a", 1), ("d", 0)} <= set(moved.shares["x"].pairs)

@@ -59,6 +59,9 @@ class PairStatus:
 
     finished: dict[Pair, str] = field(default_factory=dict)  # pair -> the cluster that finished it
     started: dict[Pair, str] = field(default_factory=dict)  # pair -> the cluster that left it unfinished
+    #: pair -> the cluster an earlier call gave it to (from the orchestrator's record of the
+    #: shares it triggered): kept, so that a rerun redoes each cluster's own missing runs
+    assigned: dict[Pair, str] = field(default_factory=dict)
 
 
 def pair_status(lake, spec: SweepSpec, sweep_id: str, clusters: list[str]) -> PairStatus:
@@ -97,6 +100,7 @@ class Assignment:
     shares: dict[str, Share]
     done: list[Pair]  # finished before
     rebalanced: bool = False
+    forecast: bool = True  # False: shared equally, no forecast
 
     @property
     def total(self) -> int:
@@ -116,7 +120,8 @@ class Assignment:
                 out.append(f"{name}: DOWN (no worker polls its work pool): {len(share.pairs)} runs left unstarted"
                            + (hint if share.pairs else ""))
             else:
-                out.append(f"{name}: {len(share.pairs)} runs, about {share.seconds / 60:.1f} min forecast")
+                eta = f", about {share.seconds / 60:.1f} min forecast" if self.forecast else ""
+                out.append(f"{name}: {len(share.pairs)} runs{eta}")
         return out
 
 
@@ -125,23 +130,27 @@ def assign(pairs: list[Pair], clusters: list[str], seconds: dict[str, float], st
     """Share ``pairs`` among ``clusters`` (see the module docstring). ``seconds``: the
     forecast per run of each configuration; ``up``: whether each cluster has a worker. A pair
     started by a cluster stays there, even with ``rebalance`` (its run is redone on the same
-    hardware once the cluster is back)."""
+    hardware once the cluster is back); a pair given to a cluster before stays there unless
+    ``rebalance`` moves it off a cluster that is down."""
     shares = {c: Share(c, up=up.get(c, False)) for c in clusters}
     done = [p for p in pairs if p in status.finished]
     free: list[Pair] = []
     for pair in (p for p in pairs if p not in status.finished):
         owner = status.started.get(pair)
+        if owner is None and status.assigned.get(pair) in shares:
+            owner = status.assigned[pair]
+            owner = None if rebalance and not shares[owner].up else owner
         if owner in shares:
             shares[owner].pairs.append(pair)
-            shares[owner].seconds += seconds.get(pair[0], 0.0)
+            shares[owner].seconds += seconds.get(pair[0], 1.0)
         else:
             free.append(pair)
     live = [s for s in shares.values() if s.up]
     targets = live if rebalance and live else list(shares.values())
-    for pair in sorted(free, key=lambda p: (-seconds.get(p[0], 0.0), p)):
+    for pair in sorted(free, key=lambda p: (-seconds.get(p[0], 1.0), p)):
         share = min(targets, key=lambda s: (s.seconds, s.cluster))
         share.pairs.append(pair)
-        share.seconds += seconds.get(pair[0], 0.0)
+        share.seconds += seconds.get(pair[0], 1.0)
     for share in shares.values():
         share.pairs.sort()
     return Assignment(shares, done, rebalance)
@@ -159,15 +168,19 @@ def forecast_seconds(spec: SweepSpec, lake, progress: Callable[[str], None]) -> 
 
 
 def plan_clusters(spec: SweepSpec, lake, clusters: list[str], up: dict[str, bool], *, rebalance: bool = False,
+                  assigned: dict[Pair, str] | None = None,
                   progress: Callable[[str], None] = lambda line: None) -> Assignment:
     """Share the sweep ``spec`` among ``clusters`` (``up``: which have a worker), from the
-    lake's runs of its shares and the planner's forecast; said through ``progress``."""
+    lake's runs of its shares, the shares given before (``assigned``) and the planner's
+    forecast; said through ``progress``."""
     check_clusters(clusters)
     names = spec.configs or sorted(p.stem for p in maps.maps_dir(spec.model).glob("*.json"))
     seconds = forecast_seconds(spec, lake, progress)
     pairs = [(c, r) for c in names if seconds.get(c, 1.0) > 0 for r in range(spec.repeats)]
     status = pair_status(lake, spec, spec.sweep_id, clusters)
+    status.assigned = dict(assigned or {})
     assignment = assign(pairs, clusters, seconds, status, up, rebalance=rebalance)
+    assignment.forecast = bool(seconds)
     progress(f"sweep {spec.sweep_id} over {len(clusters)} clusters: {len(pairs)} runs, "
              f"{len(assignment.done)} finished before")
     for line in assignment.lines():
