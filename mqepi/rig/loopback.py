@@ -35,7 +35,7 @@ import asyncssh
 
 from mqepi.quant import toolchain
 from mqepi.rig import config as cfg
-from mqepi.rig.processes import descendants
+from mqepi.rig.processes import descendants, pid_file_pids
 from mqepi.rig.sshd import Sshd, sshd_binary
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
@@ -254,14 +254,10 @@ class LoopbackCluster:
         them to the node's channel, so that node's power follows their real CPU time."""
         node = self._node(name)
         alive = set(node.sshd.pids()) if node.sshd is not None else set()
-        roots = set(node.running)
-        for pid_file in node.work_dir.glob("**/*.pid"):
-            with contextlib.suppress(ValueError, OSError):
-                roots.add(int(pid_file.read_text().strip()))
-        for pid in roots:
+        for pid in list(node.running):  # (asyncssh) the commands its sessions run
             if Path(f"/proc/{pid}").exists():
-                alive.add(pid)
-                alive.update(descendants(pid))
+                alive.update([pid, *descendants(pid)])
+        alive.update(pid_file_pids(node.work_dir))
         return sorted(alive)
 
     def kill_connections(self, name: str) -> None:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from mqepi.errors import MqepiError
-from mqepi.rig.processes import descendants
+from mqepi.rig.processes import descendants, session_pids
 
 #: Where Debian's openssh-server installs it; ``PATH`` is searched too.
 SSHD_PATHS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
@@ -87,14 +87,6 @@ def config_text(port: int, host_key: Path, authorized_keys: Path, pid_file: Path
     return "\n".join(lines) + "\n"
 
 
-def is_sshd(pid: int) -> bool:
-    """Whether process ``pid`` is an sshd (the listener, a connection's or a session's)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "sshd"
-    except OSError:
-        return False
-
-
 class Sshd:
     """One node's OpenSSH server: ``start()``, ``pids()``, ``kill_connections()``, ``stop()``."""
 
@@ -138,7 +130,7 @@ class Sshd:
         """What the node's sessions run now: the listener's descendants that are not sshd."""
         if self.process is None:
             return []
-        return [pid for pid in descendants(self.process.pid) if not is_sshd(pid)]
+        return session_pids(self.process.pid)
 
     def kill_connections(self) -> None:
         """Drop every open connection (a cut link): its sshd processes and what their sessions

@@ -28,6 +28,7 @@ from mqepi.quant.quantize import Quantized, quantize
 from mqepi.rig import config as cfg
 from mqepi.rig import hardware, ops, thermal
 from mqepi.rig.executor import Executor, LocalExecutor
+from mqepi.rig.processes import NodeProcesses, loopback_host
 from mqepi.rig.ssh import Remote, RemoteError, close_connections
 from mqepi.sweep.resume import Alias, RunPlan
 from mqepi.sweep.spec import SweepError, SweepSpec
@@ -46,7 +47,9 @@ class Rig:
     """Everything a sweep measures with: toolchain, base model, question sets, the nodes
     (this machine or a cluster), the meter. ``node_pids`` (node name -> callable returning
     pids) drives the simulated meter; without it, this machine's child processes drive
-    channel 0."""
+    channel 0, and on a cluster each node on a loopback address is driven by the processes
+    serving it here (:class:`mqepi.rig.processes.NodeProcesses`: found by its SSH port);
+    nodes elsewhere have a real meter, none is simulated for them."""
 
     def __init__(self, spec: SweepSpec, lake, *, progress: Callable[[str], None] = lambda line: None,
                  node_pids: dict[str, Callable[[], list[int]]] | None = None):
@@ -88,8 +91,29 @@ class Rig:
             self._this_machine()
         else:
             self._cluster()
+        self._power_sources()
         self.hardware = self._hardware()
         self.progress(f"hardware {self.hardware.hardware_id}: {self.hardware.describe()}")
+
+    def _power_sources(self) -> None:
+        """Which processes drive each node's simulated channel, said once. Without ``node_pids``
+        a loopback node (a Prefect worker's sweep on ``mqepi cluster local``) gets the processes
+        serving its SSH port and its pid files; a node elsewhere is driven by nothing here."""
+        if self.spec.meter != "simulated":
+            return
+        if self.node_pids is None and self.config is not None:
+            self.node_pids = {h.name: NodeProcesses(h.port, h.work_dir) for h in self.config.nodes
+                              if loopback_host(h.host)}
+            hosts = {h.name: h for h in self.config.nodes}
+            said = {name: f"processes serving {hosts[name].host}:{hosts[name].port} (its sshd's sessions, "
+                          f"pid files under {hosts[name].work_dir})" for name in self.node_pids}
+        elif self.node_pids is None:
+            said = {self.nodes[0].name: "this process's child processes"}
+        else:
+            said = {name: "the processes the caller names" for name in self.node_pids}
+        parts = [f"channel {n.channel} ({n.name}) <- {said.get(n.name, 'nothing on this machine (flat idle power)')}"
+                 for n in self.nodes]
+        self.progress("simulated power driven by CPU time: " + "; ".join(parts))
 
     def _hardware(self) -> hardware.HardwareProfile:
         """The hardware profile every run records: the config's ``[hardware]`` completed by
