@@ -86,7 +86,7 @@ def sweep_command(
     the same model (identical effective tensor types) are measured once; the others are
     recorded as aliases. While another process runs the same sweep or measures one of its
     nodes, exits at once naming that process. With --clusters, each cluster measures its share
-    through its own work pool (sweep/<cluster> deployments, one worker per site): see docs/clusters.md."""
+    through its own work pool (sweep/<cluster> deployments, one worker per site): see docs/cluster.md."""
     spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
     lk = lake()
     if clusters is not None:
@@ -113,7 +113,7 @@ def _sweep_clusters(spec: SweepSpec, lk, clusters: str, rebalance: bool) -> None
     if spec.cluster is not None:
         raise SweepError("--clusters and --cluster: each cluster's config belongs to its deployment (mqepi deploy)")
     if not os.environ.get("PREFECT_API_URL"):
-        raise SweepError("--clusters needs the shared Prefect server: export PREFECT_API_URL (see docs/clusters.md)")
+        raise SweepError("--clusters needs the shared Prefect server: export PREFECT_API_URL (see docs/cluster.md)")
     names = check_clusters(split_list([clusters]))
     prefect_environment()
     from mqepi.flows.clusters import sweep_clusters  # Prefect is heavy: imported only for the flow run
