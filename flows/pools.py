@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import WorkPoolStatus
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments.runner import EntrypointType
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
@@ -116,9 +118,6 @@ def earlier_shares(children: dict[str, str]) -> dict[tuple[str, int], str]:
     """(configuration, repeat) -> cluster, from the ``pairs`` parameter of earlier flow runs of
     each cluster's share (cluster -> the share's flow run name, as :func:`run_deployment` named
     it); the latest run wins."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
     out: dict[tuple[str, int], str] = {}
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=list(children.values()))),
