@@ -65,9 +65,9 @@ def deploy_command(
                                            help="Schedule of ingest-submissions (cron) [default: on demand]."),
 ) -> None:
     """Create (idempotently) one Prefect work pool per cluster (type process, one flow run at a
-    time) with its ``sweep/<cluster>`` deployment, and the recompute-frontier and
+    time) with its sweep/<cluster> deployment, and the recompute-frontier and
     ingest-submissions deployments on the lake pool, on the server in PREFECT_API_URL. Then run
-    ``prefect worker start --pool <cluster>`` on each site and ``mqepi sweep --clusters ...``."""
+    `prefect worker start --pool <cluster>` on each site and `mqepi sweep --clusters ...`."""
     if not os.environ.get("PREFECT_API_URL"):
         raise MqepiError("PREFECT_API_URL is not set: point it at the shared Prefect server "
                          "(e.g. export PREFECT_API_URL=http://10.0.0.1:4200/api)")
