@@ -78,7 +78,7 @@ def test_spec_pairs_are_checked_and_not_part_of_the_identity():
 def test_pair_status_reads_each_shares_runs_from_the_lake(tmp_path):
     lake = Lake(tmp_path / "lake")
     lake.init()
-    spec = SweepSpec(model="smollm2-135m", repeats=2)
+    spec = SweepSpec(model="smollm2-135m", repeats=2, name="sw")
 
     def run(sweep, config, repeat, status):
         rows = rows_for("run", 1, run_id=f"{sweep}-smollm2-135m-{config}-r{repeat}-a1", config_id=config)
@@ -91,6 +91,12 @@ def test_pair_status_reads_each_shares_runs_from_the_lake(tmp_path):
     run("other.x", "c", 0, "started")  # another sweep: ignored
     got = multi.pair_status(lake, spec, "sw", ["x", "y"])
     assert got.finished == {("a", 0): "x"} and got.started == {("b", 1): "y"}
+    assert multi.finished_by(lake, spec, ["x", "y"]) == {"x": 1, "y": 0}
+    # a configuration recorded as an alias of another is never run: its pairs are done
+    lake.append(events.build("config_alias", rows_for("config_alias", 1, config_id="b"), origin="lab"))
+    got = multi.pair_status(lake, spec, "sw", ["x", "y"])
+    assert got.finished == {("a", 0): "x", ("b", 0): multi.ALIAS, ("b", 1): multi.ALIAS} and got.started == {}
+    assert multi.finished_by(lake, spec, ["x", "y"]) == {"x": 1, "y": 0, multi.ALIAS: 2}
 
 
 def test_earlier_shares_stay_unless_rebalanced_off_a_down_cluster():

@@ -30,6 +30,8 @@ from mqepi.sweep import forecast as plan
 from mqepi.sweep.spec import SweepError, SweepSpec
 
 Pair = tuple[str, int]
+#: Who "finished" the pairs of a configuration recorded as an alias of another (never run).
+ALIAS = "aliases"
 
 
 def check_clusters(names: list[str]) -> list[str]:
@@ -80,6 +82,11 @@ def pair_status(lake, spec: SweepSpec, sweep_id: str, clusters: list[str]) -> Pa
             status.finished[pair] = cluster
         elif not row["finished"] and not row["failed"] and cluster in clusters:
             status.started.setdefault(pair, cluster)
+    # a configuration recorded as an alias (the same model as another) is never run: its pairs are done
+    aliases = lake.read("config_alias", columns=["config_id"], model=spec.model)["config_id"].unique().to_list()
+    for config_id in aliases:
+        for repeat in range(spec.repeats):
+            status.finished.setdefault((config_id, repeat), ALIAS)
     for pair in status.finished:
         status.started.pop(pair, None)
     return status
@@ -189,6 +196,8 @@ def plan_clusters(spec: SweepSpec, lake, clusters: list[str], up: dict[str, bool
 
 
 def finished_by(lake, spec: SweepSpec, clusters: list[str]) -> dict[str, int]:
-    """Cluster -> how many of the sweep's pairs it has finished, from the lake."""
+    """Cluster -> how many of the sweep's pairs it has finished, from the lake; plus
+    :data:`ALIAS` -> the pairs of configurations recorded as aliases (done without a run)."""
     status = pair_status(lake, spec, spec.sweep_id, clusters)
-    return {c: sum(1 for owner in status.finished.values() if owner == c) for c in clusters}
+    out = {c: sum(1 for owner in status.finished.values() if owner == c) for c in [*clusters, ALIAS]}
+    return {k: v for k, v in out.items() if k != ALIAS or v}
