@@ -117,20 +117,15 @@ def _sweep_clusters(spec: SweepSpec, lk, clusters: str, rebalance: bool) -> None
     names = check_clusters(split_list([clusters]))
     prefect_environment()
     from mqepi.flows.clusters import sweep_clusters  # Prefect is heavy: imported only for the flow run
+    from mqepi.flows.sweep import parameters  # Prefect is heavy: imported only for the flow run
 
     summary = sweep_clusters(clusters=names, model=spec.model, configs=spec.configs, repeats=spec.repeats,
                              benchmarks=spec.benchmarks, meter=spec.meter, lake=lk.uri, name=spec.sweep_id,
-                             settings=clusters_settings(spec), rebalance=rebalance, progress=say)
+                             settings=parameters(spec)["settings"], rebalance=rebalance, progress=say)
     write_data(json.dumps(summary, indent=1) + "\n")
     if not summary["complete"]:
         raise SweepError(f"sweep {summary['sweep_id']}: {sum(summary['finished'].values())} of {summary['pairs']} runs "
                          "finished; rerun to resume" + (" (or --rebalance)" if summary["unstarted"] else ""))
-
-
-def clusters_settings(spec: SweepSpec) -> dict:
-    """The SweepSpec fields the sweep-clusters flow takes in ``settings``."""
-    own = {"model", "configs", "repeats", "benchmarks", "cluster", "meter", "name", "pairs"}
-    return {k: v for k, v in spec.identity().items() if k not in own}
 
 
 @app.command("plan")

@@ -293,10 +293,8 @@ class LoopbackCluster:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         for node in self.nodes:  # background processes a node started (RPC servers)
-            for pid_file in node.work_dir.glob("**/*.pid"):
-                try:
-                    os.kill(int(pid_file.read_text().strip()), 9)
-                except (ValueError, ProcessLookupError, PermissionError):
-                    pass  # already gone
+            for pid in pid_file_pids(node.work_dir):
+                with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+                    os.kill(pid, signal.SIGKILL)
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
