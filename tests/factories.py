@@ -80,8 +80,8 @@ def rows_for(event_type: str, n: int = 3, *, run_id: str = "run-a", model: str =
 
 def batch(event_type: str, n: int = 3, **kwargs) -> pl.DataFrame:
     """A built (not yet validated) batch of ``n`` events of ``event_type``."""
-    origin = kwargs.pop("origin", "lab")
-    return events.build(event_type, rows_for(event_type, n, **kwargs), origin=origin)
+    origin, recorded_at_ns = kwargs.pop("origin", "lab"), kwargs.pop("recorded_at_ns", None)
+    return events.build(event_type, rows_for(event_type, n, **kwargs), origin=origin, recorded_at_ns=recorded_at_ns)
 
 
 # --------------------------------------------------------------------------- measured runs

@@ -38,7 +38,7 @@ from mqepi.community.ingest import ingest
 from mqepi.community.problems import BundleRejected
 from mqepi.community.submit import build_bundle
 from mqepi.errors import LakeError
-from mqepi.lake import compact
+from mqepi.lake import compact, delta
 from mqepi.lake.index import SEED_VALUE
 from mqepi.lake.store import Lake
 from mqepi.results import sql
@@ -283,6 +283,31 @@ def test_the_same_batch_committed_meanwhile_by_another_writer_makes_the_append_a
     lake.append(df)
     fresh = Lake(lake.uri)
     assert fresh.read("power_sample").height == 5 and fresh.verify().ok
+
+
+def test_a_file_another_writer_puts_between_the_check_and_the_put_is_kept_as_it_was(lake, monkeypatch):
+    # the same events built by two writers differ in recorded_at_ns: same name, different bytes.
+    # The other writer's whole append lands after this one found no file of that name.
+    mine, theirs = (batch("power_sample", 5, run_id="shared", recorded_at_ns=ns) for ns in (1, 2))
+    put, other = delta.put_if_absent, Lake(lake.uri)
+
+    def other_first(path, data):
+        monkeypatch.setattr(delta, "put_if_absent", put)
+        other.append(theirs)
+        return put(path, data)
+
+    monkeypatch.setattr(delta, "put_if_absent", other_first)
+    lake.append(mine)
+    fresh = Lake(lake.uri)
+    assert fresh.verify().ok  # the committed sha256 is the file's: nothing overwrote it
+    assert fresh.read("power_sample")["recorded_at_ns"].unique().to_list() == [2]
+    assert len(data_files(fresh, "power_sample")) == 1
+
+
+def test_a_conditional_put_never_replaces_an_object(s3, uri):
+    path = uri[len("s3://"):] + "/x.bin"
+    assert delta.put_if_absent(path, b"first") and not delta.put_if_absent(path, b"second")
+    assert s3.client().get_object(Bucket=BUCKET, Key=path.split("/", 1)[1])["Body"].read() == b"first"
 
 
 @pytest.mark.xfail(strict=True, reason="mqepi: on an object store nothing makes an ingest's checks against the lake "

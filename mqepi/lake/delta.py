@@ -98,6 +98,43 @@ def storage_options(uri: str) -> dict[str, str] | None:
     return options
 
 
+#: S3 error codes of a conditional put that lost to another writer's put of the same name.
+_EXISTS_CODES = {"PreconditionFailed", "412"}
+#: ... and of one that raced a put still in progress (retried).
+_CONFLICT_CODES = {"ConditionalRequestConflict", "409"}
+_S3_CLIENTS: dict[tuple, object] = {}
+
+
+def put_if_absent(path: str, data: bytes, attempts: int = 5) -> bool:
+    """Put ``data`` as the object ``bucket/key`` of the environment's S3 endpoint unless an
+    object of that name exists (``If-None-Match: *``, S3's conditional write; every store
+    delta-rs commits to safely supports it): False if it exists, the object left as it was.
+    ``MQEPI_S3_CONDITIONAL_PUT=none`` (a store without conditional writes) puts unconditionally."""
+    import boto3  # boto3 is heavy (0.2 s): only a write to an object-store lake needs it
+    from botocore.exceptions import BotoCoreError, ClientError  # botocore is heavy: comes with boto3
+
+    bucket, _, key = path.partition("/")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    ident = (endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.getpid())
+    if (client := _S3_CLIENTS.get(ident)) is None:
+        client = _S3_CLIENTS[ident] = boto3.session.Session().client("s3", endpoint_url=endpoint)
+    condition = {} if os.environ.get("MQEPI_S3_CONDITIONAL_PUT") == "none" else {"IfNoneMatch": "*"}
+    for attempt in range(attempts):
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+            return True
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _EXISTS_CODES:
+                return False
+            if code not in _CONFLICT_CODES or attempt == attempts - 1:
+                raise OSError(f"put s3://{path}: {exc}") from exc
+            time.sleep(0.05 * 2**attempt)
+        except BotoCoreError as exc:
+            raise OSError(f"put s3://{path}: {exc}") from exc
+    return False
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path) of a lake URI; ``s3://`` honours ``AWS_ENDPOINT_URL``."""
     if uri.startswith("s3://"):

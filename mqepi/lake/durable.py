@@ -94,12 +94,15 @@ def publish(temp: str, final: str) -> bool:
     return True
 
 
-def write_parquet(fs, directory: str, name: str, table, publish=publish) -> tuple[int, str]:
+def write_parquet(fs, directory: str, name: str, table, publish=publish, put_new=None) -> tuple[int, str]:
     """Write ``table`` as Parquet ``directory/name`` on the pyarrow filesystem ``fs`` unless
     that file exists; return (bytes, sha256) of the file now there. The bytes are made and
     hashed in memory, then written: on a local filesystem (``publish`` given) under a temporary
     dot-name, fsynced and published without clobbering; on an object store (``publish`` None)
-    as one object (no partial object is ever visible). Raises :class:`mqepi.errors.LakeError`."""
+    as one object (no partial object is ever visible) by ``put_new(path, bytes)``, a put that
+    never replaces an object (False if the name exists; :func:`mqepi.lake.delta.put_if_absent`),
+    so of two writers racing on one name the first one's bytes stay. Raises
+    :class:`mqepi.errors.LakeError`."""
     final = f"{directory}/{name}"
     try:
         if fs.get_file_info(final).type == pafs.FileType.File:
@@ -109,8 +112,11 @@ def write_parquet(fs, directory: str, name: str, table, publish=publish) -> tupl
         data = sink.getvalue()
         sha = hashlib.sha256(data).hexdigest()
         if publish is None:
-            with fs.open_output_stream(final) as out:
-                out.write(data)
+            if put_new is None:
+                with fs.open_output_stream(final) as out:
+                    out.write(data)
+            elif not put_new(final, data.to_pybytes()):
+                return _hash_existing(fs, final)
             return data.size, sha
         os.makedirs(directory, exist_ok=True)
         temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}{TEMP_SUFFIX}"

@@ -411,11 +411,11 @@ class Lake:
 
     def _write_file(self, directory: str, name: str, table: pa.Table) -> tuple[int, str]:
         """Write ``table`` as ``directory/name`` unless that file exists (:func:`mqepi.lake.durable.write_parquet`)."""
-        return write_parquet(self.fs, directory, name, table, publish=self._publish if self._local else None)
+        return write_parquet(self.fs, directory, name, table, publish=self._publish if self._local else None,
+                             put_new=None if self._local else delta.put_if_absent)
 
     def _publish(self, temp: str, final: str) -> bool:
-        """Make a fully written local temporary file visible under its final name, never
-        clobbering; False if the name exists (:func:`mqepi.lake.durable.publish`)."""
+        """Publish a local temporary file, never clobbering (:func:`mqepi.lake.durable.publish`; a test hook)."""
         return publish(temp, final)
 
     def _ids_in(self, spec: EventSpec, values: tuple, runs: tuple[str, ...]) -> set[str]:
