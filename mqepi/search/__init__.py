@@ -1,0 +1,1 @@
+"""The energy-aware per-layer search: probes, models, the optimiser."""
