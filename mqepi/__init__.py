@@ -18,6 +18,8 @@ Public API (the flows import nothing else):
   stage may retry); several clusters: :func:`plan_clusters` (who measures which pair),
   :func:`child_name` (a cluster's share's sweep id), :func:`finished_by`;
 * results: :func:`recompute` (the materialised frontier snapshot), :func:`build_report`;
+* the energy-aware search: :class:`ProbeSettings`, :func:`run_probes`, :class:`SearchSettings`,
+  :func:`run_search` (probe, fit, optimise), :func:`write_maps`, :func:`verdict` (measured vs predicted);
 * community data: :func:`ingest`, :func:`ingest_drop_folder`;
 * :class:`MqepiError`, the base of every error mqepi raises on purpose.
 """
@@ -48,6 +50,12 @@ API = {
     "finished_by": "mqepi.sweep.clusters",
     "recompute": "mqepi.results.snapshots",
     "build_report": "mqepi.results.report.write",
+    "ProbeSettings": "mqepi.search.probes",
+    "run_probes": "mqepi.search.probes",
+    "SearchSettings": "mqepi.search.run",
+    "run_search": "mqepi.search.run",
+    "write_maps": "mqepi.search.run",
+    "verdict": "mqepi.search.verify",
     "ingest": "mqepi.community.ingest",
     "ingest_drop_folder": "mqepi.community.ingest",
     "MqepiError": "mqepi.errors",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import typer
 
 from mqepi import __version__
-from mqepi.cli import cluster, community, demo, evaluate, lake, maps, meter, quant, results, serve, sql, sweep
+from mqepi.cli import cluster, community, demo, evaluate, lake, maps, meter, quant, results, search, serve, sql, sweep
 from mqepi.cli._common import State, out
 from mqepi.lake.store import LAKE_ENV
 
@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 #: Command modules in the order ``mqepi --help`` lists them.
-MODULES = (demo, sweep, results, sql, lake, maps, quant, evaluate, cluster, meter, community, serve)
+MODULES = (demo, sweep, search, results, sql, lake, maps, quant, evaluate, cluster, meter, community, serve)
 for _module in MODULES:
     app.add_typer(_module.app)
 

@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from mqepi.errors import MqepiError
 
@@ -390,6 +389,8 @@ def _milp(problem: _Problem, c: np.ndarray, rows: list[np.ndarray], upper: np.nd
           cuts: list[tuple[int, ...]]) -> tuple[int, ...] | None:
     """One HiGHS solve: one binary per option, one option per unit, ``rows`` <= ``upper``, and no
     assignment of ``cuts`` again. The chosen option per unit, or None when infeasible."""
+    from scipy.optimize import Bounds, LinearConstraint, milp  # scipy is heavy: only a solve needs it
+
     n, units = len(c), len(problem.spans)
     one_each = np.zeros((units, n))
     for u, (a, b) in enumerate(problem.spans):
