@@ -9,7 +9,8 @@ The SQL contract is a list of files, loaded in order into one DuckDB connection:
 * ``resamples.sql``: the hierarchical bootstrap's table macros (repeats, questions, meter);
 * ``flips.sql``: answer_flips (answers that differ from the base's) and its macros;
 * ``summary.sql``: config_summary;
-* ``frontier.sql``: matched_pairs and pareto_frontier.
+* ``frontier.sql``: matched_pairs and pareto_frontier;
+* ``kld_frontier.sql``: kld_frontier (KL divergence against J/token, for the per-layer search).
 
 A plain ``duckdb`` session does ``SET VARIABLE mqepi_lake = '<path>'`` and ``.read`` each
 file in this order (docs/sql.md). Beside them: :mod:`mqepi.analysis.contract` (each derived
@@ -30,5 +31,6 @@ RESAMPLES_SQL = _HERE / "resamples.sql"
 FLIPS_SQL = _HERE / "flips.sql"
 SUMMARY_SQL = _HERE / "summary.sql"
 FRONTIER_SQL = _HERE / "frontier.sql"
+KLD_FRONTIER_SQL = _HERE / "kld_frontier.sql"
 #: Every SQL file of the contract, in load order.
-SQL_FILES = [MACROS_SQL, VIEWS_SQL, RUNS_SQL, RESAMPLES_SQL, FLIPS_SQL, SUMMARY_SQL, FRONTIER_SQL]
+SQL_FILES = [MACROS_SQL, VIEWS_SQL, RUNS_SQL, RESAMPLES_SQL, FLIPS_SQL, SUMMARY_SQL, FRONTIER_SQL, KLD_FRONTIER_SQL]

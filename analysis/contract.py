@@ -1,6 +1,6 @@
 """The view contract: every derived view of the SQL files, its columns in order and their types.
 
-The SQL (``runs.sql``, ``flips.sql``, ``summary.sql``, ``frontier.sql``) defines the views;
+The SQL (``runs.sql``, ``flips.sql``, ``summary.sql``, ``frontier.sql``, ``kld_frontier.sql``) defines the views;
 this module states what they return, once, for everything that reads them in Python: the Polars twins build frames with
 exactly these columns, the report conforms what it reads to them. ``tests/test_sql.py``
 checks every entry against DuckDB's own description of the views, so the two cannot drift.
@@ -77,6 +77,10 @@ PARETO_FRONTIER = {
     "j_per_token_ci_high": _F, "on_frontier": _B, "frontier_probability": _F, "uniform_dominated": _B,
     "mixed_unmatched": _B,
 }
+KLD_FRONTIER = {
+    "model": _S, "origin": _S, "power_source": _S, "hardware_id": _S, "simulated": _B, "config_id": _S, "kind": _S,
+    "kld_mean": _F, "j_per_token": _F, "bits_per_weight": _F, "file_size_bytes": _F, "on_frontier": _B, "rank": _I,
+}
 ANSWER_FLIPS = {
     "model": _S, "origin": _S, "power_source": _S, "hardware_id": _S, "config_id": _S, "reference_config_id": _S, "benchmark": _S,
     "n_questions": _I, "n_flipped": _I, "flip_share": _F, "flip_share_low": _F, "flip_share_high": _F,
@@ -86,5 +90,5 @@ ANSWER_FLIPS = {
 VIEWS: dict[str, dict[str, pl.DataType]] = {
     "run_energy": RUN_ENERGY, "run_accuracy": RUN_ACCURACY, "run_metrics": RUN_METRICS,
     "config_identity": CONFIG_IDENTITY, "answer_flips": ANSWER_FLIPS, "config_summary": CONFIG_SUMMARY,
-    "matched_pairs": MATCHED_PAIRS, "pareto_frontier": PARETO_FRONTIER,
+    "matched_pairs": MATCHED_PAIRS, "pareto_frontier": PARETO_FRONTIER, "kld_frontier": KLD_FRONTIER,
 }

@@ -18,7 +18,10 @@
 -- A value out of range fails the query with its name and value.
 --
 -- Groups: a configuration is (model, config_id, origin, power_source, hardware_id), as in
--- config_summary. Pairs and frontiers are formed only inside one (model, origin, power_source,
+-- config_summary, except kind 'probe': the per-layer search's sensitivity probes (config_id
+-- 'probe-...', mqepi.quant.maps.PROBE_PREFIX) are no results and enter no view of this file
+-- nor of kld_frontier.sql (config_summary keeps them; 'searched' configurations are ordinary
+-- ones). Pairs and frontiers are formed only inside one (model, origin, power_source,
 -- hardware_id) group: lab and community results are never pooled, nor simulated with measured
 -- power, nor runs of different hardware (hardware_id 'unknown' is a group of its own).
 --
@@ -39,11 +42,12 @@ CREATE OR REPLACE MACRO frontier_mcnemar_p(b, c) AS
 
 -- ---------------------------------------------------------------- matched_pairs
 -- One row per pair of configurations a < b (config_id order; config_summary's effective
--- models, so two names of one model are never a pair) of the same (model, origin,
--- power_source, hardware_id) that both have a perplexity and are not shown to differ: whether their
--- perplexities are equivalent, by two one-sided tests (TOST) at 5 % each, i.e. a 90 % interval
--- of the difference inside the margin (pairs whose verdict is 'different' are left out: their
--- perplexities differ by more than the margin, so they are no candidates for a matched pair):
+-- models, so two names of one model are never a pair; kind 'probe' left out) of the same
+-- (model, origin, power_source, hardware_id) that both have a perplexity and are not shown to
+-- differ: whether their perplexities are equivalent, by two one-sided tests (TOST) at 5 %
+-- each, i.e. a 90 % interval of the difference inside the margin (pairs whose verdict is
+-- 'different' are left out: their perplexities differ by more than the margin, so they are no
+-- candidates for a matched pair):
 --   paired (both have per-chunk log-likelihoods over the same text, context and chunk count):
 --     d_k = mean NLL of chunk k under b - under a (nats per token; chunk k's mean over each
 --     configuration's valid runs of the latest perplexity event of each run), n chunks;
@@ -108,7 +112,7 @@ WITH params AS (
 ), cfg AS MATERIALIZED (
     SELECT *, concat_ws('/', model, origin, power_source, hardware_id, config_id) AS ckey,
         row_number() OVER (ORDER BY model, origin, power_source, hardware_id, config_id) AS c
-    FROM config_summary
+    FROM config_summary WHERE kind IS DISTINCT FROM 'probe'
 ), items AS MATERIALIZED (
     SELECT * FROM mqepi_boot_items()
 ), ppl_runs AS (  -- each valid run's latest perplexity event with chunks
@@ -309,15 +313,16 @@ LEFT JOIN flips fl USING (pid)
 ORDER BY p.pid;
 
 -- ---------------------------------------------------------------- pareto_frontier
--- One row per config_summary row: where the configuration stands against the others of its
--- (model, origin, power_source, hardware_id) group in accuracy (higher is better) and J/token (lower is
--- better).
+-- One row per config_summary row (kind 'probe' left out): where the configuration stands
+-- against the others of its (model, origin, power_source, hardware_id) group in accuracy
+-- (higher is better) and J/token (lower is better).
 -- Dominance: x dominates y when accuracy_x >= accuracy_y AND j_per_token_x <= j_per_token_y
 -- AND at least one is strict. Two configurations with exactly the same point do not dominate
 -- each other: both stay on the frontier. A configuration whose accuracy or J/token is NULL
 -- (no valid repeat) is no point: it neither dominates nor is on the frontier.
 -- Columns:
---   model, origin, power_source, hardware_id, simulated, config_id, kind ('uniform' | 'mixed')
+--   model, origin, power_source, hardware_id, simulated, config_id, kind ('uniform' | 'mixed' |
+--                          'searched'; NULL without a quant_config)
 --   accuracy, j_per_token, epi and their _ci_low / _ci_high: config_summary's (composite
 --                          accuracy, J/token of the benchmark windows, EPI = J/token / accuracy)
 --   on_frontier            not dominated within its group (false where no point)
@@ -339,7 +344,7 @@ WITH params AS (
     SELECT *, dense_rank() OVER (ORDER BY model, origin, power_source, hardware_id) AS g,
         row_number() OVER (ORDER BY model, origin, power_source, hardware_id, config_id) AS c,
         concat_ws('/', model, origin, power_source, hardware_id, config_id) AS ckey
-    FROM config_summary
+    FROM config_summary WHERE kind IS DISTINCT FROM 'probe'
 ), points AS MATERIALIZED (
     -- b = 0: the configuration's own point; b >= 1: its point in resample b
     SELECT g, c, 0 AS b, accuracy AS acc, j_per_token AS jpt FROM cfg

@@ -15,7 +15,10 @@
 --                          config_id is config_identity.canonical_id
 --   config_ids             every name of this model (config_identity.config_ids), sorted
 --   simulated              any of its finished runs simulated
---   kind                   'uniform' | 'mixed' (quant_config of the config, of the group's origin first)
+--   kind                   'uniform' | 'mixed' | 'searched' | 'probe' (quant_config of the config, of
+--                          the group's origin first; mqepi.quant.maps.QuantMap.kind). Probes (the
+--                          per-layer search's sensitivity probes) stay here, queryable; frontier.sql
+--                          and the report leave them out
 --   early_type, middle_type, late_type
 --                          quant type of the map's groups named early / middle / late
 --                          (quant_config.map_json layer_groups[].name / .quant; NULL if absent)

@@ -203,6 +203,11 @@ def _answers_by_run(benchmark_answer: pl.DataFrame) -> dict[tuple, dict]:
     return out
 
 
+def _results(config_summary: pl.DataFrame) -> pl.DataFrame:
+    """config_summary without the per-layer search's sensitivity probes (kind 'probe'): no results."""
+    return config_summary.filter(pl.col("kind").ne_missing("probe"))
+
+
 def _identity_or_own(identity: pl.DataFrame | None) -> pl.DataFrame:
     return pl.DataFrame(schema=VIEWS["config_identity"]) if identity is None else identity
 
@@ -239,7 +244,7 @@ def matched_pairs(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, bench
     reps: dict[str, dict[int, dict]] = {}
     for r in items.sort("run_id").iter_rows(named=True):
         reps.setdefault(r["ckey"], {}).setdefault(r["repeat"], r)
-    cs = config_summary.sort(CONFIG)
+    cs = _results(config_summary).sort(CONFIG)
     rule = f"TOST at 90%: perplexity ratio within 1 +/- {ppl_margin * 100:g}%" + (
         f", KLD difference within +/- {kld_margin:g} nats" if kld_margin is not None else "")
     limit = math.log(1 + ppl_margin)
@@ -376,9 +381,9 @@ def _frontier_probability(group: pl.DataFrame, by_config: dict, resampled, seed:
 def pareto_frontier(run_metrics: pl.DataFrame, config_summary: pl.DataFrame, benchmark_answer: pl.DataFrame | None = None,
                     *, identity: pl.DataFrame | None = None, seed: int = DEFAULT_SEED,
                     n_boot: int = DEFAULT_BOOTSTRAP) -> pl.DataFrame:
-    """The pareto_frontier view: one row per config_summary row."""
+    """The pareto_frontier view: one row per config_summary row (kind 'probe' left out)."""
     bootstrap.check_params(seed, n_boot)
-    cs = config_summary.sort(CONFIG).with_row_index("_row")
+    cs = _results(config_summary).sort(CONFIG).with_row_index("_row")
     items = boot_items(run_metrics, _identity_or_own(identity))
     answers = benchmark_answer if benchmark_answer is not None else pl.DataFrame(
         schema={"model": pl.Utf8, "config_id": pl.Utf8, "run_id": pl.Utf8, "benchmark": pl.Utf8,

@@ -124,7 +124,8 @@ class QuantConfig(ConfigBound):
     map_sha256: pl.Utf8 = pa.Field(str_matches=SHA256)
     map_json: pl.Utf8 = pa.Field(str_length={"min_value": 2}, description="canonical JSON of the map")
     n_layers: pl.Int32 = pa.Field(ge=1)
-    kind: pl.Utf8 = pa.Field(isin=["uniform", "mixed"])
+    kind: pl.Utf8 = pa.Field(isin=["uniform", "mixed", "probe", "searched"],
+                             description="mqepi.quant.maps.QuantMap.kind (docs/quant_maps.md, Kinds)")
 
 
 class ConfigAlias(ConfigBound):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ MAX_LAYERS = 1024
 _MAX_INT_DIGITS = 30  # a JSON integer of more digits is kept as a _HugeInt, never converted
 #: Tensors llama.cpp never quantizes, besides 1-D ones: the MoE router.
 NEVER_QUANTIZED = ("ffn_gate_inp",)
+#: config_id prefixes of the per-layer search's maps, which set :attr:`QuantMap.kind`: a sensitivity
+#: probe ('probe': one layer lowered from a reference type) and a map the search produced ('searched').
+PROBE_PREFIX = "probe-"
+SEARCH_PREFIX = "search-"
 
 #: The paper's 24 configurations: (config_id, early, middle, late, strategy).
 PAPER_MATRIX: tuple[tuple[str, str, str, str, str], ...] = (
@@ -171,10 +176,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def layer(self) -> int | None:
@@ -291,6 +293,10 @@ class LayerGroup:
 
 @dataclass(frozen=True)
 class QuantMap:
+    """A map; its :attr:`kind` (docs/quant_maps.md "Kinds"): 'probe' or 'searched' by the config_id's
+    prefix (:data:`PROBE_PREFIX`, :data:`SEARCH_PREFIX`), else 'uniform' (one type, neither
+    token_embd nor output named) or 'mixed'. Probes are kept out of the paper's results."""
+
     config_id: str
     model: str
     groups: tuple[LayerGroup, ...]
@@ -301,6 +307,8 @@ class QuantMap:
 
     @property
     def kind(self) -> str:
+        if self.config_id.startswith((PROBE_PREFIX, SEARCH_PREFIX)):
+            return "probe" if self.config_id.startswith(PROBE_PREFIX) else "searched"
         explicit = {self.token_embd, self.output} - {None}
         return "uniform" if len({g.quant for g in self.groups}) == 1 and not explicit else "mixed"
 
@@ -464,11 +472,9 @@ def maps_dir(profile_id: str) -> Path:
 
 def write_maps(maps: list[QuantMap], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for m in maps:
-        path = directory / f"{m.config_id}.json"
+    paths = [directory / f"{m.config_id}.json" for m in maps]
+    for m, path in zip(maps, paths):
         path.write_text(json.dumps(m.to_dict(), indent=1) + "\n")
-        paths.append(path)
     return paths
 
 
@@ -488,11 +494,7 @@ def _suggest(value: str) -> str:
 
 
 def _ranges(values: list[int]) -> str:
-    out, start = [], None
-    for i, v in enumerate(values):
-        if start is None:
-            start = v
-        if i + 1 == len(values) or values[i + 1] != v + 1:
-            out.append(str(start) if start == v else f"{start}-{v}")
-            start = None
-    return ", ".join(out)
+    """Sorted distinct integers as runs: [1, 2, 3, 5] -> '1-3, 5'."""
+    starts = [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v - 1]
+    ends = [v for i, v in enumerate(values) if i + 1 == len(values) or values[i + 1] != v + 1]
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts, ends))

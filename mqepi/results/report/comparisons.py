@@ -131,6 +131,7 @@ def _rq2_answer(rows: pl.DataFrame, no_energy_why: str | None) -> tuple[bool, st
         return False, "The pareto_frontier view marks no configuration as on the frontier."
     n_u = on.filter(pl.col("kind") == "uniform").height
     n_m = on.filter(pl.col("kind") == "mixed").height
+    n_s = on.filter(pl.col("kind") == "searched").height  # maps of the per-layer search
     lo, hi = on.row(0, named=True), on.row(on.height - 1, named=True)
     points = ", ".join(f"{r['config_id']} ({r['kind']}, p={fmt(r['frontier_probability'], 2)})" for r in on.iter_rows(named=True))
     unmatched = on.filter(pl.col("mixed_unmatched").fill_null(False))["config_id"].to_list()
@@ -144,7 +145,8 @@ def _rq2_answer(rows: pl.DataFrame, no_energy_why: str | None) -> tuple[bool, st
             slope = (f" The accuracy intervals of its two ends overlap: {CANNOT} that accuracy rises along it, nor about "
                      "its cost per accuracy point.")
     return True, (
-        f"{on.height} of {rows.height} configurations are on the frontier ({n_u} uniform, {n_m} mixed), from "
+        f"{on.height} of {rows.height} configurations are on the frontier ({n_u} uniform, {n_m} mixed"
+        f"{f', {n_s} searched' if n_s else ''}), from "
         f"{lo['config_id']} (accuracy {_acc(lo)}, {fmt(lo['j_per_token'])} J/token) to "
         f"{hi['config_id']} (accuracy {_acc(hi)}, {fmt(hi['j_per_token'])} J/token): {points}.{slope} "
         + (f"Mixed configurations on the frontier that no uniform configuration reaches: {', '.join(unmatched)}. "

@@ -29,7 +29,7 @@ _RC = {
     "axes.titlesize": 8,
     "text.usetex": False,
 }
-_MARKERS = {"uniform": ("o", "#1f77b4"), "mixed": ("^", "#d62728")}
+_MARKERS = {"uniform": ("o", "#1f77b4"), "mixed": ("^", "#d62728"), "searched": ("D", "#2ca02c")}
 _NAMES = {"j_per_token": "J/token", "accuracy": "accuracy", "decode_j_per_token": "decode J/token"}
 
 

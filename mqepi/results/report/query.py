@@ -4,6 +4,8 @@ It reads the analysis views (``config_summary``, ``matched_pairs``, ``pareto_fro
 ``run_metrics``, ``answer_flips``) with the columns of the view contract, and the base views it needs for
 sizes and provenance (``quant_config``, ``quantization``, ``tensor_inventory``, ``run``,
 ``benchmark_answer``) with the report's own columns (:mod:`~mqepi.results.report.data`).
+The per-layer search's sensitivity probes (``quant_config`` kind ``'probe'``) are no results:
+no frame holds a row of theirs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from mqepi.schemas import EVENT_TYPES
 
 #: The SQL condition of each ``--origin``.
 _WHERE_ORIGIN = {"lab": "origin = 'lab'", "community": "origin LIKE 'community/%'", "all": "true"}
+#: The rows of a configuration that is no sensitivity probe (matched_pairs, which has no
+#: config_id, and pareto_frontier leave probes out themselves: analysis/frontier.sql).
+_NOT_PROBE = ("concat_ws('/', model, config_id) NOT IN "
+              "(SELECT concat_ws('/', model, config_id) FROM quant_config WHERE kind = 'probe')")
 #: The SQL file that defines each analysis view the report reads.
 _VIEW_FILES = {"config_summary": "analysis/summary.sql", "run_metrics": "analysis/runs.sql",
                "matched_pairs": "analysis/frontier.sql", "pareto_frontier": "analysis/frontier.sql",
@@ -112,10 +118,12 @@ def collect(con_or_lake, *, origin: str = "all", bandwidth_gbs: float | None = N
     lake, con = _open(con_or_lake)
     _check_contract(con)
 
-    def frame(query: str, schema: dict) -> pl.DataFrame:
-        return conform(pl.from_arrow(sql.query(con, query.format(where=where))), schema)
+    def frame(query: str, schema: dict, probes_left_out: bool = True) -> pl.DataFrame:
+        rows = f"({where}) AND {_NOT_PROBE}" if probes_left_out else where
+        return conform(pl.from_arrow(sql.query(con, query.format(where=rows))), schema)
 
-    views = {name: frame(_view_sql(name, schema), schema) for name, schema in CONTRACT_VIEWS.items()}
+    views = {name: frame(_view_sql(name, schema), schema, name != "matched_pairs")
+             for name, schema in CONTRACT_VIEWS.items()}
     return ReportData(
         **views,
         inventory=frame(_INVENTORY_SQL, INVENTORY),
