@@ -30,6 +30,7 @@ import polars as pl
 
 from mqepi.errors import MqepiError
 from mqepi.quality import evaluate as ev
+from mqepi.quality.scoring import ScoringError
 from mqepi.quant import assets, ggml, maps, toolchain
 from mqepi.quant.expansion import expand
 from mqepi.quant.maps import PROBE_PREFIX, LayerGroup, ModelProfile, QuantMap
@@ -294,7 +295,12 @@ def run_probes(lake, settings: ProbeSettings, progress: Callable[[str], None] = 
         if key in known:
             return _result(qmap.config_id, unit, qtype, known[key], False)
         t0 = time.perf_counter()
-        known[key] = row = measure(qmap, profile, lake, settings, work, progress)
+        try:
+            row = measure(qmap, profile, lake, settings, work, progress)
+        except ScoringError as exc:  # a tool's output without its summary: its run is recorded failed; once more
+            progress(f"warning: {qmap.config_id}: {exc}; measuring it again (a second failure stops the probes)")
+            row = measure(qmap, profile, lake, settings, work, progress)
+        known[key] = row
         done[0] += 1
         left = (time.perf_counter() - start) / done[0] * (len(todo) - done[0])
         progress(f"[{done[0]}/{len(todo)}] {qmap.config_id}: KLD {row['kld_mean']:.5f} "
