@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mqepi import Lake, ProbeSettings, SearchSettings, SweepSpec, run_probes, run_search, run_sweep, verdict, write_maps
+from mqepi.search.verify import paper_baselines, sweep_name
 
 
 @task(name="probe", cache_policy=NO_CACHE, persist_result=False)
@@ -27,8 +28,11 @@ def fit_and_optimise(lake: str | None, settings: dict, budget_kld: float | None,
 
 
 @task(name="verify", cache_policy=NO_CACHE, persist_result=False)
-def verify(lake: str | None, spec: dict, config_ids: list[str]) -> dict:
-    run_sweep(SweepSpec(**{**spec, "configs": config_ids}), Lake(lake), progress=get_run_logger().info)
+def verify(lake: str | None, spec: dict, config_ids: list[str], budget_kld: float) -> dict:
+    """The written maps and the paper configurations of KLD within the budget, in one sweep."""
+    measured = config_ids + [b for b in paper_baselines(Lake(lake), spec["model"], budget_kld) if b not in config_ids]
+    run_sweep(SweepSpec(**{**spec, "configs": measured, "name": sweep_name(measured)}), Lake(lake),
+              progress=get_run_logger().info)
     return verdict(Lake(lake), config_ids)
 
 
@@ -45,5 +49,5 @@ def search_flow(lake: str | None = None, probe_settings: dict | None = None, bud
     result = {"probes": probed, "search": found}
     if sweep is not None:
         result["verification"] = verify(lake, {"model": settings.get("model", "smollm2-135m"), **sweep},
-                                        [w["config_id"] for w in found["written"]])
+                                        [w["config_id"] for w in found["written"]], found["budget_kld"])
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import typer
 
@@ -75,7 +76,10 @@ def search_command(
         say(f"wrote {c.qmap.config_id} ({c.role}): predicted KLD {c.predicted_kld:.5f}, {c.data_bytes / 1e6:.1f} MB{j}", err)
     verdict = None
     if measure:
-        verdict = _measure(lk, [c.qmap.config_id for c in result.written], progress)
+        baselines = sv.paper_baselines(lk, model, result.budget_kld)
+        say(f"measured with the paper configurations of KLD <= {result.budget_kld:.5g} in the same run: "
+            + (", ".join(baselines) if baselines else "none in the lake (nothing to compare with)"), err)
+        verdict = _measure(lk, [c.qmap.config_id for c in result.written], baselines, progress)
         for line in sv.describe(verdict):
             say(line, err)
     if output_format == "json":
@@ -85,13 +89,15 @@ def search_command(
         say(f"{len(paths)} maps in {paths[0].parent}" if paths else "no maps written")
 
 
-def _measure(lk, config_ids: list[str], progress) -> dict:
-    """A sweep in the demo's setting (loopback cluster, simulated meter) over the written maps,
+def _measure(lk, config_ids: list[str], baselines: list[str], progress) -> dict:
+    """A sweep in the demo's setting (loopback cluster, simulated meter) over the written maps
+    and the paper baselines (a sweep of its own name: :func:`mqepi.search.verify.sweep_name`),
     then predicted vs measured and where each lands (:func:`mqepi.search.verify.verdict`)."""
     tc = toolchain.ensure()
     cluster = LoopbackCluster(1, tc.bin_dir).start()
     try:
-        spec = DemoSettings().spec(str(cluster.config_path), config_ids)
+        measured = config_ids + [b for b in baselines if b not in config_ids]
+        spec = replace(DemoSettings().spec(str(cluster.config_path), measured), name=sv.sweep_name(measured))
         pids = {n.name: (lambda name=n.name: cluster.pids(name)) for n in cluster.nodes if n.name != "quant"}
         run_sweep(spec, lk, progress=progress, node_pids=pids)
     finally:

@@ -96,7 +96,7 @@ class CostModel:
             return ("cost = bytes read per token (the lake has no valid energy measurement of this model: "
                     "no J/token predicted)")
         lo, hi = self.j_per_byte_ci or (math.nan, math.nan)
-        return (f"J/token = {self.intercept_j:.4g} + {self.j_per_byte * 1e6:.4g} uJ/MB x bytes "
+        return (f"J/token = {self.intercept_j:.4g} + {self.j_per_byte * 1e6:.4g} x data MB "
                 f"(95% CI of the slope {lo * 1e6:.4g}-{hi * 1e6:.4g}; R^2 {self.r2:.3f}; {self.n_configs} configurations, "
                 f"{self.power_source} power{' - SIMULATED' if self.power_source == 'simulated' else ''}; {self.group})")
 

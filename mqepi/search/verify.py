@@ -1,48 +1,57 @@
 """What the measured searched maps show: predicted vs measured, and where each lands.
 
-A searched map *beats the paper* when, in its own group (model, origin, power source,
-hardware), it lies on the KLD-vs-J/token frontier (the ``kld_frontier`` view) and its measured
-J/token is below that of every paper configuration whose measured KLD is equal or lower; it
-does so *within intervals* when its J/token interval's upper end is below each of those
-configurations' lower end (the intervals of config_summary: repeats and meter).
+The verification sweep measures the written maps together with the paper configurations
+they must beat (:func:`paper_baselines`: those of KLD at most the budget), in the same run
+and setting, so the energy comparison is never between runs of different days or loads; it
+is a sweep of its own name (:func:`sweep_name`), which resumes like any sweep. The paper
+configurations' earlier runs stay in their summaries (more repeats, the day-to-day variation
+in their intervals).
+
+The comparison itself (frontier, the paper configurations of equal or lower KLD, within
+intervals) is :func:`mqepi.results.report.searched.compare`, which the report's "Per-layer
+search" section uses too; this module reads its inputs from the lake and words the result.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 
 import polars as pl
 
-from mqepi.quant.maps import PROBE_PREFIX, SEARCH_PREFIX
 from mqepi.results import sql
+from mqepi.results.report.searched import beats, compare, file_provenances, is_paper, provenance
+
+
+def paper_baselines(lake, model: str, budget_kld: float) -> list[str]:
+    """The paper configurations of ``model`` whose measured KLD (config_summary, any group) is at
+    most ``budget_kld``: what a searched map within the budget has to beat. [] on a lake
+    without measurements."""
+    if not lake.exists():
+        return []
+    rows = sql.query(sql.connect(lake), "SELECT DISTINCT config_id FROM config_summary WHERE model = ? "
+                     "AND kld_mean <= ? ORDER BY config_id", [model, budget_kld]).to_pylist()
+    return [r["config_id"] for r in rows if is_paper(r["config_id"])]
+
+
+def sweep_name(config_ids: list[str]) -> str:
+    """The verification sweep's name: one per set of measured configurations (a rerun resumes it)."""
+    return "search-verify-" + hashlib.sha256("\n".join(sorted(config_ids)).encode()).hexdigest()[:10]
 
 
 def verdict(lake, config_ids: list[str]) -> dict:
     """Per written map: measured KLD and J/token, predictions (from its provenance), frontier."""
     con = sql.connect(lake)
-    rows = pl.from_arrow(sql.query(
+    points = pl.from_arrow(sql.query(
         con, "SELECT f.model, f.origin, f.power_source, f.hardware_id, f.config_id, f.kld_mean, f.j_per_token, f.on_frontier, "
         "s.j_per_token_ci_low, s.j_per_token_ci_high, s.simulated FROM kld_frontier f JOIN config_summary s "
         "USING (model, origin, power_source, hardware_id, config_id)"))
-    latest = sql.query(con, "SELECT config_id, arg_max(map_json, recorded_at_ns) AS map_json FROM quant_config GROUP BY ALL")
-    maps = {r["config_id"]: json.loads(r["map_json"]) for r in latest.to_pylist()}
-    out = []
-    for r in rows.filter(rows["config_id"].is_in(config_ids)).iter_rows(named=True):
-        same = rows.filter((rows["model"] == r["model"]) & (rows["origin"] == r["origin"])
-                           & (rows["power_source"] == r["power_source"]) & (rows["hardware_id"] == r["hardware_id"]))
-        paper = [p for p in same.iter_rows(named=True)
-                 if not p["config_id"].startswith((SEARCH_PREFIX, PROBE_PREFIX)) and p["kld_mean"] <= r["kld_mean"]]
-        prov = maps.get(r["config_id"], {}).get("provenance", {})
-        out.append({
-            "config_id": r["config_id"], "role": prov.get("role"), "power_source": r["power_source"],
-            "simulated": r["simulated"], "measured_kld": r["kld_mean"], "predicted_kld": prov.get("predicted_kld"),
-            "measured_j_per_token": r["j_per_token"], "predicted_j_per_token": prov.get("predicted_j_per_token"),
-            "on_kld_frontier": r["on_frontier"], "paper_configs_at_or_below_its_kld": len(paper),
-            "lower_j_than_all_of_them": all(r["j_per_token"] < p["j_per_token"] for p in paper),
-            "lower_j_within_intervals": bool(paper) and all(
-                r["j_per_token_ci_high"] is not None and p["j_per_token_ci_low"] is not None
-                and r["j_per_token_ci_high"] < p["j_per_token_ci_low"] for p in paper),
-        })
+    latest = sql.query(con, "SELECT model, config_id, json_extract_string(arg_max(map_json, recorded_at_ns), '$.provenance') "
+                            "AS p, arg_max(map_sha256, recorded_at_ns) AS sha FROM quant_config GROUP BY ALL").to_pylist()
+    provenances = {r["config_id"]: provenance(r["p"]) for r in latest if r["p"]}
+    for model in {r["model"] for r in latest if r["config_id"] in config_ids}:
+        provenances |= file_provenances(model, {r["config_id"]: r["sha"] for r in latest
+                                                if r["model"] == model and r["config_id"] in config_ids})
+    out = compare(points, provenances, config_ids)
     missing = sorted(set(config_ids) - {o["config_id"] for o in out})
     return {"maps": out, "not_measured": missing}
 
@@ -55,13 +64,8 @@ def describe(v: dict) -> list[str]:
         pred_k = f"{m['predicted_kld']:.5f}" if m["predicted_kld"] is not None else "n/a"
         pred_j = f"{m['predicted_j_per_token']:.4g}" if m["predicted_j_per_token"] is not None else "n/a"
         where = "on the KLD-vs-J/token frontier" if m["on_kld_frontier"] else "not on the KLD-vs-J/token frontier"
-        beats = (f"lower J/token than all {m['paper_configs_at_or_below_its_kld']} paper configs of equal or lower KLD"
-                 + (" (also within intervals)" if m["lower_j_within_intervals"] else " (not within intervals)")
-                 if m["lower_j_than_all_of_them"] and m["paper_configs_at_or_below_its_kld"] else
-                 "no paper config has equal or lower KLD" if not m["paper_configs_at_or_below_its_kld"] else
-                 f"not below every one of the {m['paper_configs_at_or_below_its_kld']} paper configs of equal or lower KLD")
         lines.append(f"{m['config_id']} ({m['role']}): KLD measured {m['measured_kld']:.5f} vs predicted {pred_k}; "
-                     f"J/token measured {m['measured_j_per_token']:.4g}{sim} vs predicted {pred_j}; {where}; {beats}")
+                     f"J/token measured {m['measured_j_per_token']:.4g}{sim} vs predicted {pred_j}; {where}; {beats(m)}")
     if v["not_measured"]:
         lines.append(f"not measured (no valid run with KLD and energy): {', '.join(v['not_measured'])}")
     return lines

@@ -29,13 +29,15 @@ _F, _I, _S, _B = pl.Float64, pl.Int64, pl.Utf8, pl.Boolean
 
 #: The analysis views the report reads, with their columns and types from the view contract.
 CONTRACT_VIEWS = {name: VIEWS[name] for name in ("config_summary", "matched_pairs", "pareto_frontier", "run_metrics",
-                                                  "answer_flips")}
+                                                  "answer_flips", "kld_frontier")}
 #: Tensor rows of the one file chosen per (model, config_id, origin) (see :mod:`~mqepi.results.report.query`).
 INVENTORY = {
     "model": _S, "config_id": _S, "origin": _S, "file_sha256": _S, "tensor": _S, "layer": pl.Int32,
     "layer_group": _S, "effective_type": _S, "n_elements": _I, "n_bytes": _I,
 }
-QUANT_CONFIG = {"model": _S, "config_id": _S, "origin": _S, "kind": _S, "n_layers": pl.Int32, "map_sha256": _S}
+#: ``provenance_json``: the map's ``provenance`` object (maps written by ``mqepi search``; NULL otherwise).
+QUANT_CONFIG = {"model": _S, "config_id": _S, "origin": _S, "kind": _S, "n_layers": pl.Int32, "map_sha256": _S,
+                "provenance_json": _S}
 QUANTIZATION = {
     "model": _S, "config_id": _S, "origin": _S, "llama_cpp_commit": _S, "base_sha256": _S, "base_ftype": _S,
     "file_sha256": _S, "file_size_bytes": _I, "bits_per_weight": _F, "host": _S, "producer": _S,
@@ -45,7 +47,8 @@ RUNS = {
     "file_sha256": _S, "producer": _S, "provenance_json": _S, "hardware_id": _S,
 }
 #: The frames that carry hardware_id (:meth:`ReportData.for_hardware` filters them).
-HARDWARE_FRAMES = ("config_summary", "matched_pairs", "pareto_frontier", "run_metrics", "answer_flips", "runs")
+HARDWARE_FRAMES = ("config_summary", "matched_pairs", "pareto_frontier", "run_metrics", "answer_flips", "kld_frontier",
+                   "runs")
 #: How the answers were scored, per (origin, model, benchmark): the scoring rule
 #: (``benchmark_answer.scoring``, NULL for version 1) and the protocol's deviation from
 #: lm-evaluation-harness (NULL: none), with how many answers each.
@@ -97,6 +100,7 @@ class ReportData:
     pareto_frontier: pl.DataFrame
     run_metrics: pl.DataFrame
     answer_flips: pl.DataFrame
+    kld_frontier: pl.DataFrame
     inventory: pl.DataFrame
     quant_config: pl.DataFrame
     quantization: pl.DataFrame
@@ -110,13 +114,13 @@ class ReportData:
 
     @classmethod
     def from_frames(cls, *, config_summary=None, matched_pairs=None, pareto_frontier=None, run_metrics=None,
-                    answer_flips=None, inventory=None, quant_config=None, quantization=None, runs=None,
+                    answer_flips=None, kld_frontier=None, inventory=None, quant_config=None, quantization=None, runs=None,
                     question_sets=None, scoring=None, snapshot: LakeSnapshot | None = None,
                     settings: dict | None = None, origin: str = "all", bandwidth_gbs: float | None = None) -> ReportData:
         """Build from frames shaped like the views; absent frames or columns become empty / null."""
         views = {name: conform(frame, CONTRACT_VIEWS[name]) for name, frame in (
             ("config_summary", config_summary), ("matched_pairs", matched_pairs), ("pareto_frontier", pareto_frontier),
-            ("run_metrics", run_metrics), ("answer_flips", answer_flips))}
+            ("run_metrics", run_metrics), ("answer_flips", answer_flips), ("kld_frontier", kld_frontier))}
         return cls(
             **views, inventory=conform(inventory, INVENTORY), quant_config=conform(quant_config, QUANT_CONFIG),
             quantization=conform(quantization, QUANTIZATION), runs=conform(runs, RUNS),

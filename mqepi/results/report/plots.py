@@ -163,6 +163,45 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
     ax.legend(fontsize=6, loc="upper left")
 
 
+def kld_plot(kld_frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path, Path] | None:
+    """KL divergence from the base (x, log scale: a random map's KLD is far beyond the rest) vs
+    J/token (y), the ``kld_frontier`` view's points: paper configurations and the per-layer
+    search's maps with their own markers, the frontier drawn as a step line, every point
+    labelled. One panel per (origin, power source); point values (no KLD interval exists)."""
+    pts = kld_frontier.filter(pl.col("kld_mean") > 0)
+    if pts.is_empty():
+        return None
+    with _matplotlib().rc_context(_RC):
+        panels = _panels(pts)
+        fig, axes = _figure(len(panels))
+        for (origin, ps, rows), (ax,) in zip(panels, axes):
+            ax.set_title(_panel_title(origin, ps, f"KL divergence vs J/token: {model}"), parse_math=False)
+            _kld_panel(ax, rows, ps)
+        fig.suptitle(f"KL divergence from the base vs J/token: {model}", parse_math=False)
+        _footer(fig, [p[1] for p in panels])
+        return _save(fig, stem)
+
+
+def _kld_panel(ax, rows: pl.DataFrame, ps: str) -> None:
+    for kind, (marker, colour) in _MARKERS.items():
+        k = rows.filter(pl.col("kind") == kind)
+        if k.height:
+            ax.plot(k["kld_mean"].to_list(), k["j_per_token"].to_list(), marker, color=colour, markersize=5,
+                    linestyle="none", alpha=0.9, label=kind)
+    on = rows.filter(pl.col("on_frontier")).sort("kld_mean")
+    if on.height:
+        ax.step(on["kld_mean"].to_list(), on["j_per_token"].to_list(), where="post", color="#2e7d32",
+                linewidth=1.0, linestyle="--", label="KLD frontier", zorder=1)
+    for r in rows.iter_rows(named=True):
+        ax.annotate(r["config_id"], (r["kld_mean"], r["j_per_token"]), xytext=(4, 3), textcoords="offset points",
+                    fontsize=6, fontweight="bold" if r["on_frontier"] else "normal", parse_math=False)
+    ax.set_xscale("log")
+    ax.set_xlabel("KL divergence from the base (nats/token, log scale)")
+    ax.set_ylabel("J/token (simulated)" if ps == "simulated" else "J/token")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
 # ------------------------------------------------------------------ matched pairs
 
 

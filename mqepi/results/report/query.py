@@ -1,7 +1,7 @@
 """The report's queries over the lake: :func:`collect` fills a :class:`ReportData`.
 
 It reads the analysis views (``config_summary``, ``matched_pairs``, ``pareto_frontier``,
-``run_metrics``, ``answer_flips``) with the columns of the view contract, and the base views it needs for
+``run_metrics``, ``answer_flips``, ``kld_frontier``) with the columns of the view contract, and the base views it needs for
 sizes and provenance (``quant_config``, ``quantization``, ``tensor_inventory``, ``run``,
 ``benchmark_answer``) with the report's own columns (:mod:`~mqepi.results.report.data`).
 The per-layer search's sensitivity probes (``quant_config`` kind ``'probe'``) are no results:
@@ -44,7 +44,7 @@ _NOT_PROBE = ("concat_ws('/', model, config_id) NOT IN "
 #: The SQL file that defines each analysis view the report reads.
 _VIEW_FILES = {"config_summary": "analysis/summary.sql", "run_metrics": "analysis/runs.sql",
                "matched_pairs": "analysis/frontier.sql", "pareto_frontier": "analysis/frontier.sql",
-               "answer_flips": "analysis/flips.sql"}
+               "answer_flips": "analysis/flips.sql", "kld_frontier": "analysis/kld_frontier.sql"}
 #: Sort order of each analysis view's rows.
 _VIEW_ORDER = {
     "config_summary": "origin, model, power_source, config_id",
@@ -52,6 +52,7 @@ _VIEW_ORDER = {
     "pareto_frontier": "origin, model, power_source, config_id",
     "run_metrics": "origin, model, config_id, repeat, run_id",
     "answer_flips": "origin, model, power_source, config_id, reference_config_id, benchmark",
+    "kld_frontier": "origin, model, power_source, hardware_id, \"rank\"",
 }
 
 # The inventory of one file per (model, config_id, origin): the file most of that origin's
@@ -81,7 +82,8 @@ JOIN chosen c ON c.model = ti.model AND c.config_id = ti.config_id AND c.origin 
 ORDER BY ti.model, ti.config_id, ti.origin, ti.layer NULLS LAST, ti.tensor
 """
 _QUANT_CONFIG_SQL = (
-    "SELECT model, config_id, origin, kind, n_layers, map_sha256 FROM quant_config WHERE {where} "
+    "SELECT model, config_id, origin, kind, n_layers, map_sha256, json_extract_string(map_json, '$.provenance') "
+    "AS provenance_json FROM quant_config WHERE {where} "
     "QUALIFY row_number() OVER (PARTITION BY model, config_id, origin ORDER BY recorded_at_ns DESC, event_id) = 1 "
     "ORDER BY ALL")
 _QUANTIZATION_SQL = (

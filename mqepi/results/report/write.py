@@ -12,7 +12,8 @@ from pathlib import Path
 import polars as pl
 
 from mqepi import __version__
-from mqepi.results.report import plots, tables
+from mqepi.quant import maps
+from mqepi.results.report import plots, searched, tables
 from mqepi.results.report.answers import Analyses, analyse, nothing_to_answer, summary
 from mqepi.results.report.data import ReportData, group_filter
 from mqepi.results.report.document import Document
@@ -161,6 +162,7 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
              "flipped against the base is given beside a configuration's name where known",
              plots.pareto_plot(_with_flips(rq2.frontier, w.data.config_summary), w.fig_dir / f"pareto-{stem}",
                                model=model))
+    _search_section(w, key, stem)
     w.doc.h(3, "Research questions")
     for a in w.analyses.answers(*key):
         w.doc.p(f"{a.rq}. {a.question}")
@@ -170,6 +172,37 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
             _rq3_details(w, key, stem)
         if a.rq == "RQ5":
             _rq5_details(w, key, stem)
+
+
+def _search_section(w: _Writer, key: tuple[str, str, str], stem: str) -> None:
+    """The maps of ``mqepi search`` measured in this group: predicted vs measured, where each lands
+    on the KLD-vs-J/token frontier, and whether one is below every paper configuration of equal or
+    lower KLD (within intervals). Nothing when the group has no searched map."""
+    origin, model, ps = key
+    kf = group_filter(w.data.kld_frontier, origin, model, ps)
+    if not kf["config_id"].str.starts_with(maps.SEARCH_PREFIX).any():
+        return
+    cis = w.data.config_summary.select("model", "origin", "power_source", "hardware_id", "config_id",
+                                       "j_per_token_ci_low", "j_per_token_ci_high")
+    points = kf.join(cis, on=["model", "origin", "power_source", "hardware_id", "config_id"], how="left")
+    qc = w.data.quant_config.filter((pl.col("origin") == origin) & (pl.col("model") == model))
+    provenances = {c: searched.provenance(p) for c, p in qc.select("config_id", "provenance_json").rows() if p}
+    provenances |= searched.file_provenances(model, {c: sha for c, sha in qc.select("config_id", "map_sha256").rows()
+                                                     if c.startswith(maps.SEARCH_PREFIX) and c not in provenances})
+    compared = searched.compare(points, provenances)
+    label = power_label(ps)
+    w.doc.h(3, "Per-layer search")
+    w.doc.p("Maps written by `mqepi search` (docs/search.md): the least predicted J/token within a KLD budget "
+            "(role 'searched'), the least predicted KLD with energy ignored ('kld-only') and a random map of the "
+            "same predicted size ('random'), measured like any configuration. Predictions come from the map's "
+            "provenance (probes, the additive KLD model, the bytes-to-J/token fit). " + searched.search_summary(compared))
+    w.doc.table(searched.SEARCH_HEADERS, searched.search_rows(compared),
+                f"Searched maps, {model}, origin {origin}, {label}: KLD against the base (nats/token, median over "
+                "repeats), J/token with its 95% interval; a map lower than all paper configurations of equal or lower "
+                "KLD 'within intervals' has its interval's upper end below each of their lower ends")
+    w.figure(f"KL divergence vs J/token, {model}, origin {origin}, {label}: the paper's configurations and the "
+             "searched maps, the KLD frontier drawn",
+             plots.kld_plot(kf, w.fig_dir / f"kld-{stem}", model=model))
 
 
 def _flips_section(w: _Writer, key: tuple[str, str, str], cs: pl.DataFrame) -> None:
