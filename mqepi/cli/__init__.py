@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: every default shown, "[...]" never eaten as markup
 )
 
 #: Command modules in the order ``mqepi --help`` lists them.
@@ -30,11 +31,19 @@ for _module in MODULES:
     app.add_typer(_module.app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"mqepi {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     lake_root: str | None = typer.Option(
         None, "--lake", envvar=LAKE_ENV, help="Lake root folder or URI [default: ./lake].", show_envvar=True
     ),
+    _version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                  help="Print the mqepi version and exit."),
 ) -> None:
     """mqepi: per-layer quantization evaluated by energy per intelligence (EPI)."""
     State.lake_root = lake_root

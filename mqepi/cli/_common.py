@@ -30,8 +30,9 @@ from mqepi.errors import MqepiError
 from mqepi.lake.store import Lake
 from mqepi.results import sql
 
-out = Console()
-err = Console(stderr=True)
+#: Into a pipe or a file, lines are never wrapped (rich would wrap at 80 columns mid-sentence).
+out = Console(soft_wrap=not sys.stdout.isatty())
+err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 #: What every simulated power figure printed by a command carries.
 SIMULATED_NOTE = "[bold yellow]SIMULATED[/]: power_source=simulated; these numbers are not measurements."
@@ -70,7 +71,9 @@ def cell(value: object, style: str = "") -> Text:
 
 def write_data(data: str) -> None:
     """Write CSV / JSON output to stdout: as is into a pipe or file, with control characters
-    made visible (:func:`plain`, newlines kept) on a terminal."""
+    made visible (:func:`plain`, newlines kept) on a terminal; it always ends with a newline."""
+    if data and not data.endswith("\n"):
+        data += "\n"
     if sys.stdout.isatty():
         data = plain(data, keep="\n")
     sys.stdout.write(data)
@@ -140,3 +143,23 @@ def query_frame(sql_text: str, params: list | None = None) -> pl.DataFrame:
 def split_list(items: list[str]) -> list[str]:
     """``["a,b", "c"]`` -> ``["a", "b", "c"]``: a repeatable option that also takes commas."""
     return [x.strip() for item in items for x in item.split(",") if x.strip()]
+
+
+#: The one spelling of benchmarks and question counts, for every command that measures accuracy.
+BENCH_HELP = "NAME[=QUESTIONS|all], repeatable or comma-separated (mmlu, arc_challenge, hellaswag) [default: mmlu=20]."
+
+
+def parse_bench(items: list[str]) -> dict[str, int | None]:
+    """``["mmlu=200", "hellaswag=all"]`` -> ``{"mmlu": 200, "hellaswag": None}``."""
+    out: dict[str, int | None] = {}
+    for item in split_list(items):
+        name, _, n = item.partition("=")
+        if not name:
+            raise MqepiError(f"--bench {item!r}: expected NAME or NAME=QUESTIONS (e.g. mmlu=200, hellaswag=all)")
+        if n in ("", "all"):
+            out[name] = None
+        elif n.isdigit() and int(n) > 0:
+            out[name] = int(n)
+        else:
+            raise MqepiError(f"--bench {item!r}: QUESTIONS must be a positive number or 'all', not {n!r}")
+    return out

@@ -8,12 +8,12 @@ from pathlib import Path
 import typer
 
 from mqepi.analysis.stats import wilson_interval
-from mqepi.cli._common import edge, err, lake, say, split_list
+from mqepi.cli._common import BENCH_HELP, edge, err, lake, parse_bench, say
 from mqepi.errors import MqepiError
 from mqepi.quality import evaluate as ev
 from mqepi.quality.datasets import describe_default, task_loader
-from mqepi.quality.tasks import TASKS, known
-from mqepi.quant import toolchain
+from mqepi.quality.tasks import TASKS
+from mqepi.quant import maps, toolchain
 from mqepi.quant.assets import ensure_base_model
 from mqepi.quant.quantize import quantize_embedded
 
@@ -31,8 +31,7 @@ def _data_help(benchmark: str) -> str:
 def evaluate_command(
     config: str = typer.Argument(..., help="Config id of the embedded model (quantized first if needed) or a .gguf path."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Profile id (with a .gguf path: the model it is)."),
-    benchmarks: str = typer.Option("mmlu", "--benchmarks", "-b", help=f"Comma list of {known()}."),
-    questions: int | None = typer.Option(20, "--questions", "-n", help="Questions per benchmark (seeded subset; 0: all)."),
+    bench: list[str] = typer.Option([], "--bench", "-b", help=BENCH_HELP),
     seed: int = typer.Option(1234, help="Seed of the question subset."),
     ppl_context: int = typer.Option(256, help="Perplexity / KLD context (tokens)."),
     ppl_chunks: int = typer.Option(8, help="Perplexity / KLD chunks."),
@@ -47,18 +46,25 @@ def evaluate_command(
 ) -> None:
     """Measure accuracy (multiple choice), perplexity, KLD and throughput of one quantized model."""
     paths = {"mmlu": mmlu, "arc_challenge": arc, "hellaswag": hellaswag}
-    settings = ev.Settings(benchmarks={b: (questions or None) for b in split_list([benchmarks])}, seed=seed,
+    settings = ev.Settings(benchmarks=parse_bench(bench or ["mmlu=20"]), seed=seed,
                            ppl_context=ppl_context, ppl_chunks=ppl_chunks, kld=kld, throughput=throughput, threads=threads,
                            dataset_paths={k: v for k, v in paths.items() if v})
-    lk = lake()
-    lk.init()
-    base = ensure_base_model()
+    # every check before the lake is touched: benchmarks and their data, the model file or map
     if config.endswith(".gguf"):
         path = Path(config)
+        if not path.is_file():
+            raise MqepiError(f"{config}: no such model file")
         config_id = config_id or re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "gguf"
     else:
         if config_id and config_id != config:
             raise MqepiError("--config-id is only for a .gguf path; a config id names itself")
+        if not (maps.maps_dir(model) / f"{config}.json").is_file():
+            raise MqepiError(f"{config}: no quant map quant_maps/{model}/{config}.json (nor a .gguf path)")
+    ev.question_sets(settings, toolchain.cache_root())  # unknown benchmark, missing or bad data file: an error now
+    lk = lake()
+    lk.init()
+    base = ensure_base_model()
+    if not config.endswith(".gguf"):
         (q,) = list(quantize_embedded([config], model, lk))
         path, config_id = Path(q.path), q.config_id
     result = ev.evaluate(path, model, config_id, lk, settings, base_path=base.path, base_sha256=base.sha256,

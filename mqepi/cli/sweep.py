@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from mqepi.cli._common import edge, lake, out, say, split_list, write_data
+from mqepi.cli._common import BENCH_HELP, edge, lake, out, parse_bench, say, split_list, write_data
 from mqepi.flows import prefect_environment
 from mqepi.sweep import forecast as plan
 from mqepi.sweep import power
@@ -21,26 +22,10 @@ from mqepi.sweep.spec import SweepError, SweepSpec, spec_from_json
 app = typer.Typer()
 
 
-def parse_bench(items: list[str]) -> dict[str, int | None]:
-    """``["mmlu=200", "hellaswag=all"]`` -> ``{"mmlu": 200, "hellaswag": None}``."""
-    out: dict[str, int | None] = {}
-    for item in items:
-        name, _, n = item.partition("=")
-        if not name:
-            raise SweepError(f"--bench {item!r}: expected NAME or NAME=QUESTIONS (e.g. mmlu=200, hellaswag=all)")
-        if n in ("", "all"):
-            out[name] = None
-        elif n.isdigit() and int(n) > 0:
-            out[name] = int(n)
-        else:
-            raise SweepError(f"--bench {item!r}: QUESTIONS must be a positive number or 'all', not {n!r}")
-    return out
-
-
-def build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings) -> SweepSpec:
-    """The sweep the options describe (``--spec FILE`` wins over them)."""
-    if spec_file is not None:
-        return spec_from_json(spec_file)
+def build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings,
+               given: set[str] | None = None) -> SweepSpec:
+    """The sweep the options describe. With ``--spec FILE``: the file's fields, then every option
+    given on the command line over them (``given``: the names of those options; flags win)."""
     extra = {}
     for item in settings:
         key, sep, value = item.partition("=")
@@ -52,26 +37,44 @@ def build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, 
             extra[key] = json.loads(value)
         except json.JSONDecodeError:
             extra[key] = value
-    return SweepSpec(model=model, configs=split_list(configs) or None, repeats=repeats,
-                     benchmarks=parse_bench(bench or ["mmlu=20"]), cluster=str(cluster) if cluster else None, meter=meter,
-                     name=name, **extra)
+    fields = {"model": model, "configs": split_list(configs) or None, "repeats": repeats,
+              "benchmarks": parse_bench(bench or ["mmlu=20"]), "cluster": str(cluster) if cluster else None,
+              "meter": meter, "name": name}
+    if spec_file is None:
+        return SweepSpec(**{**fields, **extra})
+    base = spec_from_json(spec_file)
+    flags = {_FIELD_OF.get(option, option): fields[_FIELD_OF.get(option, option)]
+             for option in (given or set()) if _FIELD_OF.get(option, option) in fields}
+    return replace(base, **{**flags, **extra})
+
+
+#: The SweepSpec field of each option whose parameter name differs from it.
+_FIELD_OF = {"bench": "benchmarks"}
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The parameters of ``ctx`` given on the command line or by an environment variable."""
+    # compared by name: typer may carry its own copy of click's ParameterSource
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
 
 
 _MODEL = typer.Option("smollm2-135m", "--model", help="Model profile id.")
 _CONFIGS = typer.Option([], "--configs", "-c", help="Configurations (repeat or comma-separate) [default: all maps].")
 _REPEATS = typer.Option(3, "--repeats", "-r", help="Repeats per configuration.")
-_BENCH = typer.Option([], "--bench", "-b", help="NAME[=QUESTIONS|all], repeatable [default: mmlu=20].")
+_BENCH = typer.Option([], "--bench", "-b", help=BENCH_HELP)
 _CLUSTER = typer.Option(None, "--cluster", help="Cluster config (TOML) [default: this machine].")
 _METER = typer.Option("simulated", "--meter", help="simulated | none | epi-meter:<serial port>.")
 _NAME = typer.Option(None, "--name", help="Sweep id [default: a hash of the settings].")
-_SPEC = typer.Option(None, "--spec", help="A JSON file with the SweepSpec fields (overrides the options).")
+_SPEC = typer.Option(None, "--spec", help="A JSON file with the SweepSpec fields (options given on the command "
+                     "line override it).")
 _SET = typer.Option([], "--set", help="Any other SweepSpec field, FIELD=VALUE (e.g. idle_s=20), repeatable.")
 
 
 @app.command("sweep")
 @edge
 def sweep_command(
-    model: str = _MODEL, configs: list[str] = _CONFIGS, repeats: int = _REPEATS, bench: list[str] = _BENCH,
+    ctx: typer.Context, model: str = _MODEL, configs: list[str] = _CONFIGS, repeats: int = _REPEATS, bench: list[str] = _BENCH,
     cluster: Path | None = _CLUSTER, meter: str = _METER, name: str | None = _NAME,
     spec_file: Path | None = _SPEC, settings: list[str] = _SET,
     prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="Run as a Prefect flow (else directly)."),
@@ -87,7 +90,8 @@ def sweep_command(
     recorded as aliases. While another process runs the same sweep or measures one of its
     nodes, exits at once naming that process. With --clusters, each cluster measures its share
     through its own work pool (sweep/<cluster> deployments, one worker per site): see docs/cluster.md."""
-    spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
+    spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings,
+                      given_options(ctx))
     lk = lake()
     if clusters is not None:
         _sweep_clusters(spec, lk, clusters, rebalance)
@@ -131,7 +135,7 @@ def _sweep_clusters(spec: SweepSpec, lk, clusters: str, rebalance: bool) -> None
 @app.command("plan")
 @edge
 def plan_command(
-    model: str = _MODEL, configs: list[str] = _CONFIGS, repeats: int = _REPEATS, bench: list[str] = _BENCH,
+    ctx: typer.Context, model: str = _MODEL, configs: list[str] = _CONFIGS, repeats: int = _REPEATS, bench: list[str] = _BENCH,
     cluster: Path | None = _CLUSTER, meter: str = _METER, name: str | None = _NAME,
     spec_file: Path | None = _SPEC, settings: list[str] = _SET,
     detect_accuracy: float | None = typer.Option(
@@ -148,7 +152,8 @@ def plan_command(
         raise plan.PlanError(f"--detect-accuracy {detect_accuracy}: an accuracy difference is in (0, 1]")
     if detect_epi is not None and not detect_epi > 0:
         raise plan.PlanError(f"--detect-epi {detect_epi}: a relative difference is > 0 (0.05 = 5%)")
-    spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings)
+    spec = build_spec(model, configs, repeats, bench, cluster, meter, name, spec_file, settings,
+                      given_options(ctx))
     lk = lake()
     f = plan.forecast(spec, lk, progress=say)
     label = f" ({f.power_source} power)" if f.power_source else ""

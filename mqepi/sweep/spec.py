@@ -47,6 +47,7 @@ class SweepSpec(Settings):
     pairs: list[list] | None = None
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.name and not NAME.match(self.name):
             raise SweepError(f"name = {self.name!r}: 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', "
                              "starting with a letter or digit")
@@ -90,6 +91,24 @@ class SweepSpec(Settings):
         return f"sw-{digest[:10]}"
 
 
+#: Python types of each annotation a SweepSpec field has (``from __future__`` makes them strings).
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,), "list": (list,)}
+
+
+def check_types(spec) -> None:
+    """A :class:`SweepError` naming the first field whose value is not of its declared type
+    (``idle_s = 'abc'``), before anything compares or computes with it."""
+    for name, f in spec.__dataclass_fields__.items():
+        value, kinds = getattr(spec, name), str(f.type).replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        allowed = tuple(t for k in kinds for t in _TYPES.get(k.split("[")[0], ()))
+        if not allowed:
+            continue
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            raise SweepError(f"{name} = {value!r}: expected {f.type}")
+
+
 def spec_from_json(path: str | Path) -> SweepSpec:
     """A spec from a JSON file (the keys of :class:`SweepSpec`), with clear errors."""
     try:
@@ -102,4 +121,7 @@ def spec_from_json(path: str | Path) -> SweepSpec:
     unknown = sorted(set(data) - known)
     if unknown:
         raise SweepError(f"{path}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return SweepSpec(**data)
+    try:
+        return SweepSpec(**data)
+    except SweepError as exc:
+        raise SweepError(f"{path}: {exc}") from None
