@@ -11,6 +11,7 @@ from mqepi.analysis.stats import wilson_interval
 from mqepi.cli._common import BENCH_HELP, edge, err, lake, parse_bench, say
 from mqepi.errors import MqepiError
 from mqepi.quality import evaluate as ev
+from mqepi.quality import lmeval_files
 from mqepi.quality.datasets import describe_default, task_loader
 from mqepi.quality.tasks import TASKS
 from mqepi.quant import maps, toolchain
@@ -43,6 +44,11 @@ def evaluate_command(
     hellaswag: str | None = typer.Option(None, help=_data_help("hellaswag")),
     config_id: str | None = typer.Option(None, "--config-id",
                                          help="Config id recorded for a .gguf path [default: its file name]."),
+    output_path: Path | None = typer.Option(
+        None, "--output-path", help="Also write lm-evaluation-harness-style result files into this folder "
+        "(<model>__<config>/results_<date>.json) [default: none]."),
+    log_samples: bool = typer.Option(False, "--log-samples", help="With --output-path: one samples_<task>_<date>.jsonl "
+                                     "per benchmark, laid out like lm-eval's sample logs."),
 ) -> None:
     """Measure accuracy (multiple choice), perplexity, KLD and throughput of one quantized model."""
     paths = {"mmlu": mmlu, "arc_challenge": arc, "hellaswag": hellaswag}
@@ -50,6 +56,8 @@ def evaluate_command(
                            ppl_context=ppl_context, ppl_chunks=ppl_chunks, kld=kld, throughput=throughput, threads=threads,
                            dataset_paths={k: v for k, v in paths.items() if v})
     # every check before the lake is touched: benchmarks and their data, the model file or map
+    if log_samples and output_path is None:
+        raise MqepiError("--log-samples needs --output-path DIR (where lm-eval's sample logs go)")
     if config.endswith(".gguf"):
         path = Path(config)
         if not path.is_file():
@@ -70,6 +78,9 @@ def evaluate_command(
     result = ev.evaluate(path, model, config_id, lk, settings, base_path=base.path, base_sha256=base.sha256,
                          cache=toolchain.cache_root(), progress=lambda line: say(f"  {line}", err))
     say(f"run {result.run_id} ({model} {config_id}); events in {lk.uri}")
+    if output_path is not None:
+        for written in lmeval_files.write(output_path, result, model=model, config_id=config_id, log_samples=log_samples):
+            say(f"  wrote {written}")
     for b in result.benchmarks:
         low, high = wilson_interval(b.n_correct, b.n)
         norm = f", acc_norm {b.accuracy_norm:.3f}" if b.accuracy_norm is not None else ""

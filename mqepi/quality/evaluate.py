@@ -93,6 +93,7 @@ class Evaluation:
     throughput: list[dict]
     composite_accuracy: float | None
     composite_of: list[str]
+    question_sets: list[QuestionSet] = field(default_factory=list)  # as scored, in the order of ``benchmarks``
 
 
 def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings: Settings, *, base_path: str | Path,
@@ -128,7 +129,7 @@ def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings:
         raise
     run_event("finished")
     composite = sum(r.accuracy for r in results) / len(results) if results else None
-    return Evaluation(run_id, results, ppl, kld, bench, composite, [r.benchmark for r in results])
+    return Evaluation(run_id, results, ppl, kld, bench, composite, [r.benchmark for r in results], qsets)
 
 
 def _benchmark(qset: QuestionSet, tc: toolchain.Toolchain, model_path, settings: Settings, cache: Path, lake, key: RunKey,
