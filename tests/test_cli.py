@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,4 +119,6 @@ def test_demo_runs_every_stage_on_a_subset(tmp_path):
     assert set(runs["power_source"]) == {"simulated"}
     html = (out / "report.html").read_text()
     assert "simulated power" in html.lower() and "mix_q4_q5" in html
+    for text in (html, (out / "report.md").read_text()):  # no absolute path of this machine (lake, cluster.toml)
+        assert str(tmp_path) not in text and not re.search(r"(?<![\w.])/(tmp|root|home|work)/", text)
     assert list((root.parent / "derived" / "snapshots").iterdir())

@@ -575,6 +575,8 @@ def test_end_to_end_report_from_a_real_lake(lake, tmp_path):
     assert "Community results (origin community/alice)" in md and "b4242" in md
     assert data.snapshot.sha256 in md
     assert not re.search(r"https?://", files.html.read_text())
+    for text in (md, files.html.read_text()):  # no path of this machine: the lake by name, files by hash
+        assert str(tmp_path) not in text and lake.root not in text and "(a local folder)" in text
 
 
 @views_ready

@@ -118,3 +118,25 @@ def gb(n: int | float | None) -> float | None:
 def slug(*parts: str) -> str:
     """A file-name stem from ``parts`` (anything but letters, digits, ``._-`` becomes ``-``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(p for p in parts if p)).strip("-") or "x"
+
+
+#: A value that is a path of the machine that wrote it (POSIX, home-relative or Windows).
+_LOCAL_PATH = re.compile(r"^(?:/|~/|[A-Za-z]:[\\/])")
+
+
+def without_local_path(value: str) -> str:
+    """``value``, unless it is an absolute path of some machine: then its last component and
+    "(local path)" (the report names data by hash or relative to the lake, never by where a
+    machine keeps it)."""
+    if not isinstance(value, str) or not _LOCAL_PATH.match(value.strip()):
+        return value
+    name = re.split(r"[\\/]", value.strip().rstrip("/\\"))[-1] or "/"
+    return f"{name} (local path)"
+
+
+def lake_label(uri: str) -> str:
+    """The lake as the report names it: an object-store URI as is, a local folder by its name."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return f"'{without_local_path(uri.removeprefix('file://')).removesuffix(' (local path)')}' (a local folder)"
+

@@ -10,7 +10,7 @@ import polars as pl
 
 from mqepi.results.report.comparisons import Rq2Result
 from mqepi.results.report.data import ReportData
-from mqepi.results.report.labels import LAYER_GROUPS, fmt, fmt_ci, gb, power_label
+from mqepi.results.report.labels import LAYER_GROUPS, fmt, fmt_ci, gb, power_label, without_local_path
 from mqepi.results.report.regressions import Rq3Result, Rq5Result
 
 Table = tuple[list[str], list[list[str]]]
@@ -167,6 +167,7 @@ def provenance_table(data: ReportData) -> Table:
         _flatten("", prov, flat)
         for k, v in flat.items():
             if not any(k == s or k.startswith(s + ".") for s in _PROVENANCE_SKIP):
+                v = without_local_path(v)
                 counts[(origin, k, v)] = counts.get((origin, k, v), 0) + 1
     return ["Origin", "Key", "Value", "Runs"], [[o, k, v, str(n)] for (o, k, v), n in sorted(counts.items())]
 
