@@ -413,7 +413,8 @@ def test_report_files_hold_tables_banner_sections_and_no_remote_resources(tmp_pa
     assert "| Config | Kind | Early | Middle | Late | Size (GB) |" in md
     assert "| Config A | Config B | Perplexity A | Perplexity B |" in md
     assert md.count("![") == len(files.figures) // 2
-    assert "<th>J/Token [95% CI]</th>" in page and "<th>Delta EPI (B-A) [95% CI]</th>" in page
+    assert '<th class="num">J/Token (95% CI)</th>' in page and '<th class="num">Delta EPI (B-A) (95% CI)</th>' in page
+    assert '<th>Config</th>' in page and re.search(r'<td class="num">[\d.]+ \([\d.]+-[\d.]+\)</td>', page)
     # self-contained: every figure inline, nothing fetched from anywhere
     assert not re.search(r"https?://", page)
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)
@@ -652,3 +653,21 @@ def test_report_has_one_section_per_hardware(tmp_path):
     # one hardware: as before, with the id named once
     single = write_report(data.for_hardware("hw-aaaaaaaaaaaa"), tmp_path / "one").markdown.read_text()
     assert "# Hardware " not in single and single.count("(hw-aaaaaaaaaaaa)") == 1
+
+
+def test_intervals_are_compact_and_numbers_right_aligned(tmp_path):
+    from mqepi.results.report.document import Document
+    from mqepi.results.report.labels import fmt_ci
+
+    assert fmt_ci(0.41, 0.17, 0.69, 2) == "0.41 (0.17-0.69)"
+    assert fmt_ci(-0.01, -0.02, 0.004, 2) == "-0.01 (-0.02 to 0.004)"  # a minus never reads as the dash
+    assert fmt_ci(0.5, 0.2, math.inf, 2) == "0.5 (0.2 to inf)" and fmt_ci(0.5, None, 1.0) == "0.5"
+    doc = Document("t")
+    doc.table(["Config", "J/token (95% CI)", "n", "Note"],
+              [["a", "0.41 (0.17-0.69)", "1,024", "x"], ["b", "-", "3", "7 apples"]], "caption")
+    md = doc.markdown(tmp_path)
+    assert "|---|---:|---:|---|" in md
+    page = doc.html()
+    assert '<td class="num">0.41 (0.17-0.69)</td>' in page and "<td>a</td>" in page and "<td>7 apples</td>" in page
+    assert "td.num,th.num{text-align:right;white-space:nowrap" in page
+

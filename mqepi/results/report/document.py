@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,26 @@ class Document:
                 + "\n".join(body) + "\n</body></html>\n")
 
 
+#: A number as the report prints it: optionally signed, thousands commas, exponent, an interval
+#: in brackets or parentheses after it, or "± stderr" ("-" is a missing value).
+_NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)(e[-+]?\d+)?%?( ?[(\[][^)\]]*[)\]]| ± [-+.\de]+)?$|^-$|^$")
+
+
+def numeric_columns(b: _Block) -> list[bool]:
+    """Per column: every cell a number (or missing) and at least one a number: right-aligned."""
+    out = []
+    for i in range(len(b.headers)):
+        cells = [r[i].strip() for r in b.rows if i < len(r)]
+        out.append(bool(cells) and all(_NUMBER.match(c) for c in cells) and any(c not in ("", "-") for c in cells))
+    return out
+
+
 def _md_table(b: _Block) -> list[str]:
     out = [f"*{_md_inline(b.text)}*", ""] if b.text else []
     if not b.rows:
         return out + ["(none)", ""]
     out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
-    out.append("|" + "|".join("---" for _ in b.headers) + "|")
+    out.append("|" + "|".join("---:" if n else "---" for n in numeric_columns(b)) + "|")
     out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in b.rows]
     return out + [""]
 
@@ -108,8 +123,10 @@ def _html_table(b: _Block) -> str:
     if not b.rows:
         return f"<p>{e(b.text + ': ' if b.text else '')}(none)</p>"
     cap = f"<caption>{e(b.text)}</caption>" if b.text else ""
-    head = "".join(f"<th>{e(h)}</th>" for h in b.headers)
-    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+    num = numeric_columns(b)
+    head = "".join(f'<th class="num">{e(h)}</th>' if n else f"<th>{e(h)}</th>" for h, n in zip(b.headers, num))
+    rows = "".join("<tr>" + "".join(f'<td class="num">{e(c)}</td>' if i < len(num) and num[i] else f"<td>{e(c)}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in b.rows)
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
@@ -118,6 +135,7 @@ body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0
 table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}
 th,td{border:1px solid #bbb;padding:.2rem .5rem;text-align:left;vertical-align:top}
 th{background:#eee} caption{text-align:left;font-style:italic;padding:.3rem 0}
+td.num,th.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0} figure img{max-width:100%} figcaption{font-style:italic;font-size:.9rem}
 .banner{padding:1rem;margin:1rem 0;border:3px solid;font-size:1.05rem}
 .banner.simulated{background:#fde8e8;border-color:#c0392b;color:#7b1d1d}

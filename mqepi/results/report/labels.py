@@ -100,14 +100,16 @@ def fmt(x: float | int | None, digits: int = 4) -> str:
 
 
 def fmt_ci(x, lo, hi, digits: int = 4) -> str:
-    """``x [lo, hi]``; ``x`` alone without an interval; '-' for missing."""
+    """``x (lo-hi)``, compact (``x (lo to hi)`` when a bound is negative, so no minus sign reads as
+    a dash); ``x`` alone without an interval; '-' for missing."""
     if x is None:
         return "-"
     if lo is None or hi is None:
         return fmt(x, digits)
     if hi == math.inf:  # an EPI interval reaching resamples without a right answer
-        return f"{fmt(x, digits)} [{fmt(lo, digits)}, inf)"
-    return f"{fmt(x, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+        return f"{fmt(x, digits)} ({fmt(lo, digits)} to inf)"
+    sep = " to " if lo < 0 or hi < 0 else "-"
+    return f"{fmt(x, digits)} ({fmt(lo, digits)}{sep}{fmt(hi, digits)})"
 
 
 def gb(n: int | float | None) -> float | None:

@@ -26,7 +26,7 @@ from mqepi.results.report.labels import fmt, fmt_ci
 #: Columns :func:`compare` reads from its ``points`` frame (kld_frontier joined to config_summary).
 POINT_COLUMNS = ("model", "origin", "power_source", "hardware_id", "config_id", "kld_mean", "j_per_token",
                  "on_frontier", "j_per_token_ci_low", "j_per_token_ci_high", "simulated")
-SEARCH_HEADERS = ["Map", "Role", "KLD predicted", "KLD measured", "J/token predicted", "J/token measured [95% CI]",
+SEARCH_HEADERS = ["Map", "Role", "KLD predicted", "KLD measured", "J/token predicted", "J/token measured (95% CI)",
                   "On KLD frontier", "Paper configs of equal or lower KLD", "Lower J/token than all of them"]
 
 

@@ -16,11 +16,11 @@ from mqepi.results.report.regressions import Rq3Result, Rq5Result
 Table = tuple[list[str], list[list[str]]]
 
 RESULTS_HEADERS = ["Config", "Kind", "Early", "Middle", "Late", "Size (GB)", "Bits/weight", "Perplexity",
-                   "J/Token [95% CI]", "Accuracy [95% CI]", "EPI [95% CI]", "n repeats", "n questions", "Intervals"]
-PAIRS_HEADERS = ["Config A", "Config B", "Perplexity A", "Perplexity B", "ln(PPL B / PPL A) [90% CI]", "Verdict",
-                 "EPI A", "EPI B", "Delta EPI (B-A) [95% CI]", "Delta J/token (B-A) [95% CI]", "McNemar b/c, p",
+                   "J/Token (95% CI)", "Accuracy (95% CI)", "EPI (95% CI)", "n repeats", "n questions", "Intervals"]
+PAIRS_HEADERS = ["Config A", "Config B", "Perplexity A", "Perplexity B", "ln(PPL B / PPL A) (90% CI)", "Verdict",
+                 "EPI A", "EPI B", "Delta EPI (B-A) (95% CI)", "Delta J/token (B-A) (95% CI)", "McNemar b/c, p",
                  "n paired repeats", "EPI differs"]
-FLIPS_HEADERS = ["Config", "Against", "Flip share [95% Wilson]", "Flips", "Right -> wrong", "Wrong -> right",
+FLIPS_HEADERS = ["Config", "Against", "Flip share (95% Wilson)", "Flips", "Right -> wrong", "Wrong -> right",
                  "Choice KL (nats)", "Accuracy", "Accuracy of the base"]
 #: What the report calls each scoring rule (benchmark_answer.scoring).
 SCORING_RULES = {
@@ -109,7 +109,7 @@ def pairs_rows(pairs: pl.DataFrame) -> list[list[str]]:
 
 def frontier_table(rq2: Rq2Result) -> Table:
     """The Pareto analysis (RQ2)."""
-    return (["Config", "Kind", "Accuracy [95% CI]", "J/Token [95% CI]", "EPI", "On frontier", "Frontier probability",
+    return (["Config", "Kind", "Accuracy (95% CI)", "J/Token (95% CI)", "EPI", "On frontier", "Frontier probability",
              "Mixed, beyond every uniform"],
             [[r["config_id"], r["kind"] or "-", fmt_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"], 3),
               fmt_ci(r["j_per_token"], r["j_per_token_ci_low"], r["j_per_token_ci_high"]), fmt(r["epi"]),
@@ -119,7 +119,7 @@ def frontier_table(rq2: Rq2Result) -> Table:
 
 def sensitivity_tables(rq3: Rq3Result) -> tuple[Table, Table]:
     """RQ3: the slopes of each response's fit, and the bits/weight per layer group they were fitted on."""
-    fits = (["Response", "n", "R^2", "Intercept", "Early [95% CI]", "Middle [95% CI]", "Late [95% CI]", "Verdict"],
+    fits = (["Response", "n", "R^2", "Intercept", "Early (95% CI)", "Middle (95% CI)", "Late (95% CI)", "Verdict"],
             [[resp, fmt(f.n), fmt(f.r2, 3), fmt(f.coef.get("intercept")),
               *[fmt_ci(f.coef.get(f"{g}_bpw"), f.ci_low.get(f"{g}_bpw"), f.ci_high.get(f"{g}_bpw"), 3) for g in LAYER_GROUPS],
               f.verdict()] for resp, f in rq3.fits.items()])
