@@ -25,7 +25,7 @@ def profile():
 
 
 def synthetic(profile, deltas: dict[tuple[str, str], float], ref_kld: float = 0.1) -> pr.ProbeSet:
-    settings = pr.ProbeSettings(candidates=("Q3_K_S", "Q8_0"))
+    settings = pr.ProbeSettings(reference="Q4_K_M", candidates=("Q3_K_S", "Q8_0"))
     unit_list = pr.units(profile)
     ps = pr.ProbeSet(settings, unit_list, pr.ProbeResult("ref", "reference", "Q4_K_M", ref_kld))
     for u in unit_list:
@@ -35,7 +35,7 @@ def synthetic(profile, deltas: dict[tuple[str, str], float], ref_kld: float = 0.
 
 
 def test_probe_maps_lower_one_unit_and_pin_the_global_tensors(profile):
-    reference, unit_list, probes = pr.plan(profile, pr.ProbeSettings(candidates=("Q3_K_S", "Q5_K_M")))
+    reference, unit_list, probes = pr.plan(profile, pr.ProbeSettings(reference="Q4_K_M", candidates=("Q3_K_S", "Q5_K_M")))
     assert [u.name for u in unit_list] == [f"L{i:02d}" for i in range(30)] + ["output"]  # SmolLM2 ties its embeddings
     ref = {t.name: t.effective_type for t in expand(reference, profile).tensors}
     for p in probes:
@@ -75,6 +75,24 @@ def test_the_quality_check_reports_rank_error_and_interactions(profile):
     assert "interactions small" in check.describe()
     compounding = [(c, j, k * 1.5) for c, j, k in exact]
     assert "super-additive" in models.check_quality(ps, profile, compounding).describe()
+
+
+def test_the_calibration_is_the_searched_maps_measured_over_predicted_change(profile):
+    deltas = {(f"L{i:02d}", "Q3_K_S"): 0.001 * (i + 1) for i in range(30)}
+    ps = synthetic(profile, deltas)
+
+    def measured(config_id, k, factor):
+        m = pr.assigned_map(profile, config_id, {f"L{i:02d}": "Q3_K_S" for i in range(k)}, ps.units, "Q4_K_M")
+        return config_id, json.dumps(m.to_dict()), 0.1 + factor * (models.predict_kld(ps, m) - 0.1)
+
+    rows = [measured("search-aaaa", 3, 1.5), measured("search-bbbb", 6, 1.4), measured("search-kldonly-cccc", 9, 1.6),
+            measured("search-random-dddd", 12, 9.0), measured("mix_paper", 15, 0.5)]
+    cal = models.calibrate(ps, profile, rows)
+    assert cal.n == 3 and cal.ratio == pytest.approx(1.5)  # the median; random and paper maps left out
+    assert cal.config_ids == ["search-aaaa", "search-bbbb", "search-kldonly-cccc"] and "1.500" in cal.describe()
+    assert models.calibrate(ps, profile, rows[3:]) is None
+    qmap = pr.assigned_map(profile, "x", {"L00": "Q3_K_S", "L01": "Q3_K_S"}, ps.units, "Q4_K_M")
+    assert models.predict_kld(ps, qmap, cal.ratio) == pytest.approx(0.1 + 1.5 * 0.003)
 
 
 def test_unit_bytes_add_up_to_the_expansion(profile):

@@ -35,14 +35,18 @@ def _pins(items: list[str]) -> dict[str, str]:
 def search_command(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Profile id of the model."),
     budget_kld: float | None = typer.Option(
-        None, "--budget-kld", help="Largest predicted mean KLD (nats/token) (default: the reference's measured KLD)."),
-    reference: str = typer.Option("Q4_K_M", help="Reference type of the probes."),
+        None, "--budget-kld", help="Largest predicted mean KLD (nats/token) [default: the KLD of uniform --budget-like]."),
+    budget_like: str = typer.Option("Q4_K_M", "--budget-like",
+                                    help="Without --budget-kld: the budget is the KLD of the uniform map of this type."),
+    reference: str = typer.Option(pr.ProbeSettings.reference, help="Reference type of the probes (the rest of each probe)."),
     candidates: str = typer.Option(",".join(pr.PAPER_TYPES), help="Comma list of probed types (the paper's six)."),
     group: int = typer.Option(1, help="Layers per unit."),
     types: str | None = typer.Option(None, help="Comma list of types the search may use (default: every probed type)."),
     pin: list[str] = typer.Option([], "--pin", help="UNIT=TYPE, repeatable: a unit's type fixed (units: L00 ..., output)."),
     max_size_mb: float | None = typer.Option(None, help="Cap on the searched map's data bytes, in MB (default: none)."),
     verify: int = typer.Option(3, "--verify", "-k", help="Searched maps written and measured."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                   help="Scale predicted KLD by measured/predicted of the searched maps already measured."),
     measure: bool = typer.Option(True, "--measure/--no-measure",
                                  help="Measure the written maps by a sweep in the demo's setting."),
     ppl_context: int = typer.Option(128, help="KLD context of the probes, tokens (the demo's)."),
@@ -56,8 +60,9 @@ def search_command(
         raise MqepiError(f"--format {output_format!r}: text or json")
     settings = sr.SearchSettings(
         pr.ProbeSettings(model, reference, tuple(split_list([candidates])), group, ppl_context, ppl_chunks),
-        budget_kld=budget_kld, max_size_bytes=int(max_size_mb * 1e6) if max_size_mb else None,
-        types=tuple(split_list([types])) if types else None, pinned=_pins(pin), verify=verify)
+        budget_kld=budget_kld, budget_like=budget_like, max_size_bytes=int(max_size_mb * 1e6) if max_size_mb else None,
+        types=tuple(split_list([types])) if types else None, pinned=_pins(pin), verify=verify,
+        calibrate=calibrate)
     sr.check_settings(settings, maps.load_profile(model))  # every bad flag before anything is measured
     lk = lake()
     if plan_only:

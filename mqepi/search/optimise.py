@@ -31,8 +31,11 @@ fall to HiGHS's deterministic order: the same input gives the same answer.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import os
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -385,6 +388,21 @@ def _solve(problem: _Problem, objective: Sequence[float], limits: Sequence[_Limi
     return None
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """File descriptor 1 pointed at 2 for the block (C and C++ libraries write to the descriptor,
+    not to ``sys.stdout``), restored afterwards."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _milp(problem: _Problem, c: np.ndarray, rows: list[np.ndarray], upper: np.ndarray,
           cuts: list[tuple[int, ...]]) -> tuple[int, ...] | None:
     """One HiGHS solve: one binary per option, one option per unit, ``rows`` <= ``upper``, and no
@@ -403,8 +421,9 @@ def _milp(problem: _Problem, c: np.ndarray, rows: list[np.ndarray], upper: np.nd
         for i, choice in enumerate(cuts):
             excluded[i, list(choice)] = 1.0
         constraints.append(LinearConstraint(excluded, -np.inf, units - 1))
-    result = milp(c, integrality=np.ones(n), bounds=Bounds(0.0, 1.0), constraints=constraints,
-                  options={"mip_rel_gap": 0.0})
+    with _stdout_to_stderr():  # HiGHS's C++ sometimes prints a line of its own: never into -f json
+        result = milp(c, integrality=np.ones(n), bounds=Bounds(0.0, 1.0), constraints=constraints,
+                      options={"mip_rel_gap": 0.0})
     if result.status == 2 or (result.status == 4 and "infeasible" in result.message.lower()):
         return None
     if result.status != 0 or result.x is None:

@@ -66,7 +66,9 @@ class ProbeSettings:
     """What a probe set measures (its identity in the lake: the model, the text, context, chunks)."""
 
     model: str = "smollm2-135m"
-    reference: str = "Q4_K_M"
+    #: Q8_0: the rest of each probe near the base, so a probe measures the unit's own error, not its
+    #: cancellation with the reference's (docs/search.md, "Why the reference is Q8_0")
+    reference: str = "Q8_0"
     candidates: tuple[str, ...] = PAPER_TYPES
     group: int = 1  # layers per unit
     ppl_context: int = 128

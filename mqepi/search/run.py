@@ -35,11 +35,13 @@ class SearchSettings:
     """What to search (``mqepi search`` flags): the probes, the budget and the constraints."""
 
     probe: ProbeSettings = field(default_factory=ProbeSettings)
-    budget_kld: float | None = None  # None: the reference's measured KLD (as good as uniform reference)
+    budget_kld: float | None = None  # None: the KLD of the uniform map at ``budget_like`` (:func:`default_budget`)
+    budget_like: str = "Q4_K_M"  # llama.cpp's usual default type
     max_size_bytes: int | None = None
     types: tuple[str, ...] | None = None  # allowed types; None: the reference and the candidates
     pinned: dict[str, str] = field(default_factory=dict)  # unit name -> type
     verify: int = 3  # searched maps written (the optimum and frontier neighbours)
+    calibrate: bool = True  # scale predictions by the measured searched maps' ratio (models.Calibration)
     seed: int = 1234
 
 
@@ -64,10 +66,16 @@ class SearchResult:
     written: list[Candidate]
     budget_kld: float
     lake_state: str
+    calibration: models.Calibration | None = None
+
+    @property
+    def scale(self) -> float:
+        return self.calibration.ratio if self.calibration else 1.0
 
     def summary(self) -> dict:
         return {"budget_kld": self.budget_kld, "reference_kld": self.probes.reference.kld_mean,
                 "cost_model": self.cost.describe(), "quality_check": self.check.describe(),
+                "calibration": self.calibration.describe() if self.calibration else None, "kld_scale": self.scale,
                 "kld_check": {"n": self.check.n, "spearman": self.check.spearman,
                               "median_relative_error": self.check.median_relative_error},
                 "frontier": [_row(c) for c in self.frontier], "written": [_row(c) for c in self.written]}
@@ -107,25 +115,43 @@ def check_settings(settings: SearchSettings, profile: ModelProfile) -> list[str]
         raise SearchError(f"--max-size-mb: {settings.max_size_bytes / 1e6} MB is not a positive size")
     if settings.verify < 1:
         raise SearchError(f"--verify {settings.verify}: at least 1 map")
+    if settings.budget_kld is None and settings.budget_like not in (settings.probe.reference, *settings.probe.candidates):
+        raise SearchError(f"--budget-like {settings.budget_like}: not probed (the reference {settings.probe.reference} and "
+                          f"the candidates {', '.join(settings.probe.candidates)}); add it to --candidates or give --budget-kld")
     return types
 
 
+def default_budget(probes: ProbeSet, profile: ModelProfile, measured: list[tuple[str, str, float]],
+                   qtype: str) -> tuple[float, str]:
+    """(budget, why): the KLD of the uniform map at ``qtype``: measured on the probes' text where
+    the lake has a map of its tensor types (``measured``: :func:`measured_kld`), else predicted."""
+    uniform = assigned_map(profile, "budget", {u.name: qtype for u in probes.units}, probes.units,
+                           probes.settings.reference)
+    want = expand(uniform, profile).effective_sha256
+    for config_id, map_json, kld in measured:
+        qmap = maps.parse_map(json.loads(map_json), where=config_id, profile=profile)
+        if expand(qmap, profile).effective_sha256 == want:
+            return kld, f"the measured KLD of uniform {qtype} ({config_id})"
+    return models.predict_kld(probes, uniform), f"the predicted KLD of uniform {qtype} (not measured on this text)"
+
+
 def options(probes: ProbeSet, nbytes: dict, cost: models.CostModel, types: list[str],
-            pinned: dict[str, str]) -> list[list[optimise.Option]]:
-    """Each unit's options: (type, cost = J/byte x bytes, loss = KLD change, bytes)."""
-    return [[optimise.Option(t, cost.j_per_byte * nbytes[(u.name, t)], probes.delta(u.name, t), nbytes[(u.name, t)])
+            pinned: dict[str, str], scale: float = 1.0) -> list[list[optimise.Option]]:
+    """Each unit's options: (type, cost = J/byte x bytes, loss = scale x KLD change, bytes)."""
+    return [[optimise.Option(t, cost.j_per_byte * nbytes[(u.name, t)], scale * probes.delta(u.name, t),
+                             nbytes[(u.name, t)])
              for t in ([pinned[u.name]] if u.name in pinned else types)] for u in probes.units]
 
 
 def _candidate(profile: ModelProfile, probes: ProbeSet, labels, role: str, cost: models.CostModel,
-               strategy: str) -> Candidate:
+               strategy: str, scale: float = 1.0) -> Candidate:
     types = {u.name: t for u, t in zip(probes.units, labels)}
     draft = assigned_map(profile, "draft", types, probes.units, probes.settings.reference, strategy)
     digest = draft.layer_types_sha256[:10]
     prefix = {"searched": "", "kld-only": "kldonly-", "random": "random-"}[role]
     qmap = assigned_map(profile, f"{SEARCH_PREFIX}{prefix}{digest}", types, probes.units, probes.settings.reference, strategy)
     data = expand(qmap, profile).data_bytes
-    return Candidate(qmap, role, models.predict_kld(probes, qmap), data, cost.j_per_token(data))
+    return Candidate(qmap, role, models.predict_kld(probes, qmap, scale), data, cost.j_per_token(data))
 
 
 def kld_only(units: list[list[optimise.Option]], max_loss: float) -> tuple[str, ...]:
@@ -169,14 +195,24 @@ def run_search(lake, settings: SearchSettings, progress: Callable[[str], None] =
     profile = maps.load_profile(settings.probe.model)
     types = check_settings(settings, profile)
     probes = run_probes(lake, settings.probe, progress)
-    check = models.check_quality(probes, profile, measured_kld(lake, probes, heldout_text(toolchain.cache_root()).sha256))
+    measured = measured_kld(lake, probes, heldout_text(toolchain.cache_root()).sha256)
+    check = models.check_quality(probes, profile, measured)
     progress(check.describe())
     con = sql.connect(lake)
     cost = models.fit_cost(models.measured_configs(con, profile.id), profile)
     progress(cost.describe())
+    calibration = models.calibrate(probes, profile, measured) if settings.calibrate else None
+    progress(calibration.describe() if calibration else
+             "calibration: none (" + ("--no-calibrate" if not settings.calibrate else
+                                      "no searched map measured on this text yet") + "): first-order predictions as they are")
+    scale = calibration.ratio if calibration else 1.0
     nbytes = models.unit_bytes(profile, probes.units, types)
-    units = options(probes, nbytes, cost, types, settings.pinned)
-    budget = settings.budget_kld if settings.budget_kld is not None else probes.reference.kld_mean
+    units = options(probes, nbytes, cost, types, settings.pinned, scale)
+    if settings.budget_kld is not None:
+        budget = settings.budget_kld
+    else:
+        budget, why = default_budget(probes, profile, measured, settings.budget_like)
+        progress(f"budget: KLD <= {budget:.5g}, {why}")
     rest = nbytes[("rest", settings.probe.reference)]
     cap = None if settings.max_size_bytes is None else settings.max_size_bytes - rest
     offset = probes.reference.kld_mean
@@ -188,18 +224,19 @@ def run_search(lake, settings: SearchSettings, progress: Callable[[str], None] =
                  f"no map fits the size cap (the smallest is {(exc.smallest_size_bytes + rest) / 1e6:.1f} MB)")
         raise SearchError(f"no map meets --budget-kld {budget:.6g}: {least}") from None
     front = optimise.frontier(units, max_size_bytes=cap, points=25, offset_loss=offset)
-    frontier = [_candidate(profile, probes, s.labels, "searched", cost, "search: predicted frontier") for s in front]
+    frontier = [_candidate(profile, probes, s.labels, "searched", cost, "search: predicted frontier", scale)
+                for s in front]
     chosen = [_candidate(profile, probes, best.labels, "searched",
-                         cost, f"search: least predicted J/token at predicted KLD <= {budget:.5g}")]
+                         cost, f"search: least predicted J/token at predicted KLD <= {budget:.5g}", scale)]
     below = sorted((c for c in frontier if c.predicted_kld <= budget and c.qmap.config_id != chosen[0].qmap.config_id),
                    key=lambda c: -c.predicted_kld)
     chosen += below[: max(settings.verify - 1, 0)]
     chosen.append(_candidate(profile, probes, kld_only(units, budget - offset), "kld-only", cost,
-                             f"baseline: KLD-only search (bytes ignored) at predicted KLD <= {budget:.5g}"))
+                             f"baseline: KLD-only search (bytes ignored) at predicted KLD <= {budget:.5g}", scale))
     chosen.append(_candidate(profile, probes, random_like(units, best.size_bytes, settings.seed), "random", cost,
-                             f"baseline: random map of the searched map's size (seed {settings.seed})"))
+                             f"baseline: random map of the searched map's size (seed {settings.seed})", scale))
     state = hashlib.sha256(json.dumps(lake.versions(), sort_keys=True).encode()).hexdigest()[:16]
-    return SearchResult(settings, probes, cost, check, frontier, chosen, budget, state)
+    return SearchResult(settings, probes, cost, check, frontier, chosen, budget, state, calibration)
 
 
 def write_maps(result: SearchResult, folder: Path | None = None) -> list[Path]:
@@ -218,6 +255,8 @@ def write_maps(result: SearchResult, folder: Path | None = None) -> list[Path]:
             "max_size_bytes": s.max_size_bytes, "pinned": s.pinned,
             "predicted_kld": c.predicted_kld, "data_bytes": c.data_bytes, "predicted_j_per_token": c.predicted_j_per_token,
             "cost_model": result.cost.describe(), "kld_model": result.check.describe(), "lake_versions_sha256": result.lake_state,
+            "kld_scale": result.scale,
+            "calibration": result.calibration.describe() if result.calibration else None,
         }
         path = folder / f"{c.qmap.config_id}.json"
         path.write_text(json.dumps(doc, indent=1) + "\n")
