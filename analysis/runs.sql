@@ -313,7 +313,8 @@ LEFT JOIN quant q ON q.run_key = r.run_key;
 --                              is a model of its own)
 --   canonical_id               the name its model is shown under: the smallest config_id of the
 --                              model with a finished run (finished, never failed), else the
---                              smallest
+--                              smallest; a name that is no sensitivity probe ('probe-...') first
+--                              (a searched or paper map with a probe's tensors keeps its name)
 --   config_ids                 every config_id of the model, sorted
 CREATE OR REPLACE VIEW config_identity AS
 WITH keyed AS (
@@ -340,7 +341,9 @@ WITH keyed AS (
     SELECT *, concat_ws('/', model, origin, coalesce(effective_key, 'config:' || config_id)) AS model_key FROM configs
 )
 SELECT model, origin, config_id, effective_key,
-    coalesce(min(CASE WHEN measured THEN config_id END) OVER w, min(config_id) OVER w) AS canonical_id,
+    coalesce(min(CASE WHEN measured AND NOT starts_with(config_id, 'probe-') THEN config_id END) OVER w,
+        min(CASE WHEN NOT starts_with(config_id, 'probe-') THEN config_id END) OVER w,
+        min(CASE WHEN measured THEN config_id END) OVER w, min(config_id) OVER w) AS canonical_id,
     list_sort(list(config_id) OVER w) AS config_ids
 FROM keyed_configs
 WINDOW w AS (PARTITION BY model_key)

@@ -295,8 +295,11 @@ def config_identity(lake: Lake, metrics: pl.DataFrame) -> pl.DataFrame:
                .with_columns(measured=pl.col("measured").fill_null(False),
                              _model_key=pl.coalesce("effective_key", pl.lit("config:") + pl.col("config_id"))))
     over = ["model", "origin", "_model_key"]
+    named = ~pl.col("config_id").str.starts_with("probe-")  # a sensitivity probe's name last
     return (configs.with_columns(
-        canonical_id=pl.coalesce(pl.col("config_id").filter(pl.col("measured")).min().over(over),
+        canonical_id=pl.coalesce(pl.col("config_id").filter(pl.col("measured") & named).min().over(over),
+                                 pl.col("config_id").filter(named).min().over(over),
+                                 pl.col("config_id").filter(pl.col("measured")).min().over(over),
                                  pl.col("config_id").min().over(over)),
         config_ids=pl.col("config_id").sort().implode().over(over))
         .select(list(VIEWS["config_identity"])).sort(["model", "origin", "config_id"]))

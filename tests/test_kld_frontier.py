@@ -172,3 +172,35 @@ def test_the_report_shows_no_probe(con):
     assert PROBE not in data.matched_pairs["config_a"].to_list() + data.matched_pairs["config_b"].to_list()
     assert SEARCHED in data.config_summary["config_id"].to_list() and SEARCHED in data.runs["config_id"].to_list()
     assert "none" not in data.power_sources()
+
+
+def test_a_searched_map_with_a_probes_tensors_keeps_its_name(tmp_path):
+    """A search can write a map whose tensors equal a probe's (one layer away from the reference):
+    the model is shown under the searched map's name, kind 'searched', in kld_frontier; the probe's
+    quality-only run pools with it as one model (SQL and Polars twin alike)."""
+    from mqepi.analysis import twin_runs
+
+    lake = Lake(tmp_path / "lake")
+    lake.init()
+    answers = [answer_row("mmlu", f"q{i}", i % 2, 1) for i in range(6)] + [answer_row("arc_challenge", "a0", 0, 0)]
+    for name in (PROBE, SEARCHED, "uniform_q8"):
+        m = qmap(name)
+        lake.record("quant_config", [{"model": MODEL, "config_id": name, "map_sha256": m.sha256,
+                                      "map_json": m.canonical_json(), "n_layers": 3, "kind": m.kind}])
+        same = 0 if name in (PROBE, SEARCHED) else 1  # the probe and the searched map: one effective map
+        lake.record("quantization", rows_for("quantization", 1, model=MODEL, config_id=name, start=same))
+    key = {"model": MODEL, "config_id": PROBE, "run_id": "probe-quality"}
+    lake.record("run", [{**key, "status": s, "repeat": 0, "file_sha256": None, "power_source": "none",
+                         "host": "localhost", "provenance_json": "{}", "message": None} for s in ("started", "finished")])
+    _quality(lake, PROBE, "probe-quality", 0.07, "lab")
+    for slot, (name, rep) in enumerate((n, r) for n in (SEARCHED, "uniform_q8") for r in range(2)):
+        run_id = record_measured_run(lake, MODEL, name, rep, answers, slot=slot, power_w=5.5 if name == SEARCHED else 6.6)
+        _quality(lake, name, run_id, 0.06 if name == SEARCHED else 0.01, "lab")
+    con = sql.connect(lake)
+    ident = frame(con, "SELECT config_id, canonical_id, config_ids FROM config_identity ORDER BY config_id")
+    assert dict(zip(ident["config_id"], ident["canonical_id"])) == {PROBE: SEARCHED, SEARCHED: SEARCHED,
+                                                                     "uniform_q8": "uniform_q8"}
+    twin = twin_runs.config_identity(lake, twin_runs.run_metrics(lake)).sort("config_id")
+    assert twin["canonical_id"].to_list() == ident["canonical_id"].to_list()
+    kf = frame(con, "SELECT config_id, kind FROM kld_frontier")
+    assert (SEARCHED, "searched") in kf.rows() and PROBE not in kf["config_id"].to_list()
