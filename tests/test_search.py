@@ -87,12 +87,15 @@ def test_the_calibration_is_the_searched_maps_measured_over_predicted_change(pro
 
     rows = [measured("search-aaaa", 3, 1.5), measured("search-bbbb", 6, 1.4), measured("search-kldonly-cccc", 9, 1.6),
             measured("search-random-dddd", 12, 9.0), measured("mix_paper", 15, 0.5)]
-    cal = models.calibrate(ps, profile, rows)
-    assert cal.n == 3 and cal.ratio == pytest.approx(1.5)  # the median; random and paper maps left out
-    assert cal.config_ids == ["search-aaaa", "search-bbbb", "search-kldonly-cccc"] and "1.500" in cal.describe()
-    assert models.calibrate(ps, profile, rows[3:]) is None
+    mine = {"reference": "Q4_K_M", "group": 1, "text": {"context": 128, "chunks": 8}}
+    prov = {c: mine for c, *_ in rows} | {"search-bbbb": {**mine, "reference": "Q8_0"}}  # another search's pick
+    rows.append(measured("search-eeee", 4, 1.3))  # no provenance (no map file): not known to be this search's
+    cal = models.calibrate(ps, profile, rows, prov)
+    assert cal.n == 2 and cal.ratio == pytest.approx(1.55)  # the median; random, paper and other maps left out
+    assert cal.config_ids == ["search-aaaa", "search-kldonly-cccc"] and "1.550" in cal.describe()
+    assert models.calibrate(ps, profile, rows[3:], prov) is None
     qmap = pr.assigned_map(profile, "x", {"L00": "Q3_K_S", "L01": "Q3_K_S"}, ps.units, "Q4_K_M")
-    assert models.predict_kld(ps, qmap, cal.ratio) == pytest.approx(0.1 + 1.5 * 0.003)
+    assert models.predict_kld(ps, qmap, cal.ratio) == pytest.approx(0.1 + 1.55 * 0.003)
 
 
 def test_unit_bytes_add_up_to_the_expansion(profile):
@@ -154,3 +157,19 @@ def test_probes_then_search_on_the_embedded_model(tmp_path, profile):
     inv = lake.read("tensor_inventory").filter(pl.col("config_id") == searched.config_id)
     assert dict(zip(inv["tensor"], inv["effective_type"])) == {t.name: t.effective_type
                                                                 for t in expand(searched, profile).tensors}
+
+
+def test_the_cost_model_is_not_used_when_the_data_do_not_show_energy_rising_with_bytes(profile):
+    paper = maps.load_maps(sorted(maps.maps_dir(MODEL).glob("uniform_*.json")), profile)
+    size = {m.config_id: expand(m, profile).data_bytes for m in paper}
+
+    def rows(j_of_bytes):
+        return pl.DataFrame([{"config_id": m.config_id, "origin": "lab", "power_source": "simulated", "hardware_id": "hw",
+                              "map_json": json.dumps(m.to_dict()), "j_per_token": j_of_bytes(size[m.config_id])}
+                             for m in paper])
+
+    rising = models.fit_cost(rows(lambda b: 0.02 + 3e-10 * b + (b % 7) * 1e-6), profile)
+    assert rising.measured and rising.j_per_byte == pytest.approx(3e-10, rel=0.05) and rising.j_per_byte_ci[0] > 0
+    falling = models.fit_cost(rows(lambda b: 0.2 - 3e-10 * b + (b % 7) * 1e-6), profile)  # e.g. loads pooled
+    assert not falling.measured and falling.j_per_token(1e8) is None and falling.j_per_byte == 1.0
+    assert "not shown positive" in falling.describe() and "bytes stand in" in falling.describe()

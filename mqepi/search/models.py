@@ -72,12 +72,20 @@ class Calibration:
                 f"(median) = {self.ratio:.3f}; predictions of this search are scaled by it ({', '.join(self.config_ids)})")
 
 
-def calibrate(probes: ProbeSet, profile: ModelProfile, measured: list[tuple[str, str, float]]) -> Calibration | None:
-    """The :class:`Calibration` of the searched maps among ``measured`` (None: none measured)."""
+def calibrate(probes: ProbeSet, profile: ModelProfile, measured: list[tuple[str, str, float]],
+              provenances: dict[str, dict]) -> Calibration | None:
+    """The :class:`Calibration` of the searched maps among ``measured`` that a search with these
+    probes picked: their ``provenances`` (the map files' provenance) name the same reference, unit
+    size and text settings (None: none such measured)."""
+    s = probes.settings
     ratios, ids = [], []
     for config_id, map_json, kld in measured:
         if not config_id.startswith(SEARCH_PREFIX) or config_id.startswith(f"{SEARCH_PREFIX}random-"):
             continue
+        prov = provenances.get(config_id, {})
+        if (prov.get("reference"), prov.get("group"), prov.get("text")) != (
+                s.reference, s.group, {"context": s.ppl_context, "chunks": s.ppl_chunks}):
+            continue  # picked by another search (other probes): its bias is not this one's
         qmap = maps.parse_map(json.loads(map_json), where=config_id, profile=profile)
         try:
             change = predict_kld(probes, qmap) - probes.reference.kld_mean
@@ -124,11 +132,15 @@ class CostModel:
     n_configs: int = 0
     power_source: str | None = None
     group: str = ""
+    #: Why the measured fit is not used (``measured`` False with a fit): said by :meth:`describe`.
+    rejected: str | None = None
 
     def j_per_token(self, data_bytes: float) -> float | None:
         return self.intercept_j + self.j_per_byte * data_bytes if self.measured else None
 
     def describe(self) -> str:
+        if self.rejected:
+            return f"cost = bytes read per token, no J/token predicted: {self.rejected}"
         if not self.measured:
             return ("cost = bytes read per token (the lake has no valid energy measurement of this model: "
                     "no J/token predicted)")
@@ -179,7 +191,13 @@ def fit_cost(rows: pl.DataFrame, profile: ModelProfile) -> CostModel:
     x = np.array([expand(maps.parse_map(json.loads(m), profile=profile), profile).data_bytes for m in grp["map_json"]],
                  dtype=float)
     a, b, b_ci, a_ci, r2 = fit_line(x, grp["j_per_token"].to_numpy())
-    return CostModel(True, a, b, b_ci, a_ci, r2, grp.height, best[1], f"origin {best[0]}, hardware {best[2]}")
+    group = f"origin {best[0]}, hardware {best[2]}"
+    if not b_ci[0] > 0:  # the data do not show J/token rising with bytes: never optimise on its sign
+        return CostModel(False, rejected=(
+            f"the measured slope {b * 1e6:.3g} J/token per MB (95% CI {b_ci[0] * 1e6:.3g} to {b_ci[1] * 1e6:.3g}; "
+            f"{grp.height} configurations, {best[1]} power, {group}) is not shown positive (runs of different "
+            "loads pooled, or a compute-bound machine); every weight is read once per token, so bytes stand in"))
+    return CostModel(True, a, b, b_ci, a_ci, r2, grp.height, best[1], group)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from mqepi.quant import maps, toolchain
 from mqepi.quant.expansion import expand
 from mqepi.quant.maps import PROBE_PREFIX, SEARCH_PREFIX, ModelProfile, QuantMap
 from mqepi.results import sql
+from mqepi.results.report.searched import file_provenances
 from mqepi.search import models, optimise
 from mqepi.search import probes as pr
 from mqepi.search.probes import ProbeSet, ProbeSettings, SearchError, Unit, assigned_map, run_probes
@@ -201,7 +202,9 @@ def run_search(lake, settings: SearchSettings, progress: Callable[[str], None] =
     con = sql.connect(lake)
     cost = models.fit_cost(models.measured_configs(con, profile.id), profile)
     progress(cost.describe())
-    calibration = models.calibrate(probes, profile, measured) if settings.calibrate else None
+    provenances = file_provenances(profile.id, {c: maps.parse_map(json.loads(m), where=c, profile=profile).sha256
+                                                for c, m, _ in measured if c.startswith(SEARCH_PREFIX)})
+    calibration = models.calibrate(probes, profile, measured, provenances) if settings.calibrate else None
     progress(calibration.describe() if calibration else
              "calibration: none (" + ("--no-calibrate" if not settings.calibrate else
                                       "no searched map measured on this text yet") + "): first-order predictions as they are")
