@@ -33,7 +33,7 @@ def verify(lake: str | None, spec: dict, config_ids: list[str], budget_kld: floa
     measured = config_ids + [b for b in paper_baselines(Lake(lake), spec["model"], budget_kld) if b not in config_ids]
     run_sweep(SweepSpec(**{**spec, "configs": measured, "name": sweep_name(measured)}), Lake(lake),
               progress=get_run_logger().info)
-    return verdict(Lake(lake), config_ids)
+    return verdict(Lake(lake), config_ids, sweep_name(measured))
 
 
 @flow(name="search")

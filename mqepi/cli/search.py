@@ -107,4 +107,4 @@ def _measure(lk, config_ids: list[str], baselines: list[str], progress) -> dict:
         run_sweep(spec, lk, progress=progress, node_pids=pids)
     finally:
         cluster.stop()
-    return sv.verdict(lk, config_ids)
+    return sv.verdict(lk, config_ids, spec.name)

@@ -38,13 +38,48 @@ def sweep_name(config_ids: list[str]) -> str:
     return "search-verify-" + hashlib.sha256("\n".join(sorted(config_ids)).encode()).hexdigest()[:10]
 
 
-def verdict(lake, config_ids: list[str]) -> dict:
-    """Per written map: measured KLD and J/token, predictions (from its provenance), frontier."""
+#: The verification sweep's own runs per configuration: medians, and the J/token interval of the
+#: meter's 95% (1.96 standard uncertainties of the benchmark energy over its tokens) for one run.
+_SAME_RUN = """
+SELECT model, origin, power_source, hardware_id, bool_or(simulated) AS simulated, config_id,
+    median(kld_mean) AS kld_mean, median(j_per_token) AS j_per_token, count(*) AS n_runs,
+    median(benchmark_energy_uncertainty_j / benchmark_tokens) AS u
+FROM run_metrics WHERE valid AND starts_with(run_id, ?) AND isfinite(kld_mean) AND isfinite(j_per_token)
+GROUP BY ALL
+"""
+
+
+def same_run_points(lake, sweep: str) -> pl.DataFrame:
+    """The configurations the verification sweep ``sweep`` measured, from its runs only: KLD,
+    J/token (one run each: the interval is the meter's), and the KLD-vs-J/token frontier among
+    them per group (the ``kld_frontier`` rule: no other point at least as good on both, better
+    on one)."""
+    df = pl.from_arrow(sql.query(sql.connect(lake), _SAME_RUN, [f"{sweep}-"]))
+    if df.is_empty():
+        return df
+    df = df.with_columns(j_per_token_ci_low=pl.col("j_per_token") - 1.96 * pl.col("u"),
+                         j_per_token_ci_high=pl.col("j_per_token") + 1.96 * pl.col("u"))
+    rows = df.to_dicts()
+    key = ("model", "origin", "power_source", "hardware_id")
+    on = [not any(all(x[k] == y[k] for k in key) and x["kld_mean"] <= y["kld_mean"] and x["j_per_token"] <= y["j_per_token"]
+                  and (x["kld_mean"] < y["kld_mean"] or x["j_per_token"] < y["j_per_token"]) for x in rows) for y in rows]
+    return df.with_columns(on_frontier=pl.Series(on))
+
+
+def verdict(lake, config_ids: list[str], sweep: str | None = None) -> dict:
+    """Per written map: measured KLD and J/token, predictions (from its provenance), frontier.
+    With ``sweep``: from that verification sweep's runs only (every configuration measured in the
+    same run and load); without: config_summary and kld_frontier (every run pooled)."""
     con = sql.connect(lake)
-    points = pl.from_arrow(sql.query(
-        con, "SELECT f.model, f.origin, f.power_source, f.hardware_id, f.config_id, f.kld_mean, f.j_per_token, f.on_frontier, "
-        "s.j_per_token_ci_low, s.j_per_token_ci_high, s.simulated FROM kld_frontier f JOIN config_summary s "
-        "USING (model, origin, power_source, hardware_id, config_id)"))
+    if sweep is not None:
+        points = same_run_points(lake, sweep)
+    else:
+        points = pl.from_arrow(sql.query(
+            con, "SELECT f.model, f.origin, f.power_source, f.hardware_id, f.config_id, f.kld_mean, f.j_per_token, "
+            "f.on_frontier, s.j_per_token_ci_low, s.j_per_token_ci_high, s.simulated FROM kld_frontier f JOIN "
+            "config_summary s USING (model, origin, power_source, hardware_id, config_id)"))
+    if points.is_empty():
+        return {"maps": [], "not_measured": sorted(config_ids), "sweep": sweep}
     latest = sql.query(con, "SELECT model, config_id, json_extract_string(arg_max(map_json, recorded_at_ns), '$.provenance') "
                             "AS p, arg_max(map_sha256, recorded_at_ns) AS sha FROM quant_config GROUP BY ALL").to_pylist()
     provenances = {r["config_id"]: provenance(r["p"]) for r in latest if r["p"]}
@@ -53,12 +88,13 @@ def verdict(lake, config_ids: list[str]) -> dict:
                                                 if r["model"] == model and r["config_id"] in config_ids})
     out = compare(points, provenances, config_ids)
     missing = sorted(set(config_ids) - {o["config_id"] for o in out})
-    return {"maps": out, "not_measured": missing}
+    return {"maps": out, "not_measured": missing, "sweep": sweep}
 
 
 def describe(v: dict) -> list[str]:
     """One line per map, in words; every J/token labelled with its power source."""
-    lines = []
+    lines = [f"in the verification sweep {v['sweep']} only (every configuration measured in the same run; one run "
+             "each: J/token intervals are the meter's)"] if v.get("sweep") else []
     for m in v["maps"]:
         sim = " (SIMULATED power)" if m["simulated"] else ""
         pred_k = f"{m['predicted_kld']:.5f}" if m["predicted_kld"] is not None else "n/a"
