@@ -175,7 +175,7 @@ def kld_plot(kld_frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Pat
         panels = _panels(pts)
         fig, axes = _figure(len(panels))
         for (origin, ps, rows), (ax,) in zip(panels, axes):
-            ax.set_title(_panel_title(origin, ps, f"KL divergence vs J/token: {model}"), parse_math=False)
+            ax.set_title(f"origin {origin}, {power_label(ps)}", parse_math=False)  # the figure's title says the rest
             _kld_panel(ax, rows, ps)
         fig.suptitle(f"KL divergence from the base vs J/token: {model}", parse_math=False)
         _footer(fig, [p[1] for p in panels])

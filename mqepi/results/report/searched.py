@@ -127,7 +127,10 @@ def search_summary(compared: list[dict]) -> str:
     on = [m["config_id"] for m in optimised if m["on_kld_frontier"]]
     below = [m for m in optimised if m["lower_j_than_all_of_them"]]
     within = [m["config_id"] for m in below if m["lower_j_within_intervals"]]
-    parts = [f"{len(compared)} maps of the per-layer search measured ({len(optimised)} optimised, the rest baselines)."]
+    baselines = [m for m in compared if m["role"] in ("kld-only", "random")]
+    unknown = len(compared) - len(optimised) - len(baselines)
+    parts = [f"{len(compared)} maps of the per-layer search measured ({len(optimised)} optimised, {len(baselines)} "
+             "baselines" + (f", {unknown} without their map file: role and predictions unknown" if unknown else "") + ")."]
     if errors:
         parts.append(f"Predicted vs measured KLD: median relative error {100 * statistics.median(errors):.0f}%.")
     parts.append(f"On the KLD-vs-J/token frontier: {', '.join(on) if on else 'none of the optimised maps'}.")
@@ -140,5 +143,7 @@ def search_summary(compared: list[dict]) -> str:
         parts.append(f"Lower J/token than every paper configuration of equal or lower KLD in point values "
                      f"({', '.join(m['config_id'] for m in below)}), but the 95% J/token intervals overlap: "
                      "the data do not show that it dominates.")
-    parts.append("KLD is compared as a point value (median over repeats), without an interval.")
+    parts.append("KLD is compared as a point value (median over repeats), without an interval. J/token pools every "
+                 "valid run of a configuration (runs of other days or loads included); `mqepi search` also compares "
+                 "within its own verification sweep.")
     return " ".join(parts)
