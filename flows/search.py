@@ -8,8 +8,19 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mqepi import Lake, ProbeSettings, SearchSettings, SweepSpec, run_probes, run_search, run_sweep, verdict, write_maps
-from mqepi.search.verify import paper_baselines, sweep_name
+from mqepi import (
+    Lake,
+    ProbeSettings,
+    SearchSettings,
+    SweepSpec,
+    paper_baselines,
+    run_probes,
+    run_search,
+    run_sweep,
+    sweep_name,
+    verdict,
+    write_maps,
+)
 
 
 @task(name="probe", cache_policy=NO_CACHE, persist_result=False)

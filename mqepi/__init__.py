@@ -19,7 +19,9 @@ Public API (the flows import nothing else):
   :func:`child_name` (a cluster's share's sweep id), :func:`finished_by`;
 * results: :func:`recompute` (the materialised frontier snapshot), :func:`build_report`;
 * the energy-aware search: :class:`ProbeSettings`, :func:`run_probes`, :class:`SearchSettings`,
-  :func:`run_search` (probe, fit, optimise), :func:`write_maps`, :func:`verdict` (measured vs predicted);
+  :func:`run_search` (probe, fit, optimise), :func:`write_maps`, :func:`paper_baselines` and
+  :func:`sweep_name` (what the verification sweep measures, and its name), :func:`verdict`
+  (measured vs predicted);
 * community data: :func:`ingest`, :func:`ingest_drop_folder`;
 * :class:`MqepiError`, the base of every error mqepi raises on purpose.
 """
@@ -56,6 +58,8 @@ API = {
     "run_search": "mqepi.search.run",
     "write_maps": "mqepi.search.run",
     "verdict": "mqepi.search.verify",
+    "paper_baselines": "mqepi.search.verify",
+    "sweep_name": "mqepi.search.verify",
     "ingest": "mqepi.community.ingest",
     "ingest_drop_folder": "mqepi.community.ingest",
     "MqepiError": "mqepi.errors",

@@ -21,6 +21,25 @@ from mqepi.quant.quantize import quantize_embedded
 app = typer.Typer()
 
 
+def _checked(config: str, model: str, config_id: str | None, settings: ev.Settings) -> tuple[Path | None, str]:
+    """Every check before the lake is touched: the model file or the map, then the benchmarks and
+    their data (question sets drawn now). (the .gguf path or None, the config id to record)."""
+    if config.endswith(".gguf"):
+        path = Path(config)
+        if not path.is_file():
+            raise MqepiError(f"{config}: no such model file")
+        config_id = config_id or re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "gguf"
+    else:
+        path = None
+        if config_id and config_id != config:
+            raise MqepiError("--config-id is only for a .gguf path; a config id names itself")
+        if not (maps.maps_dir(model) / f"{config}.json").is_file():
+            raise MqepiError(f"{config}: no quant map quant_maps/{model}/{config}.json (nor a .gguf path)")
+        config_id = config
+    ev.question_sets(settings, toolchain.cache_root())  # unknown benchmark, missing or bad data file: an error now
+    return path, config_id
+
+
 def _data_help(benchmark: str) -> str:
     """Help of a benchmark's data option: the files its loader reads and its default data."""
     task = TASKS[benchmark]
@@ -55,20 +74,9 @@ def evaluate_command(
     settings = ev.Settings(benchmarks=parse_bench(bench or ["mmlu=20"]), seed=seed,
                            ppl_context=ppl_context, ppl_chunks=ppl_chunks, kld=kld, throughput=throughput, threads=threads,
                            dataset_paths={k: v for k, v in paths.items() if v})
-    # every check before the lake is touched: benchmarks and their data, the model file or map
     if log_samples and output_path is None:
         raise MqepiError("--log-samples needs --output-path DIR (where lm-eval's sample logs go)")
-    if config.endswith(".gguf"):
-        path = Path(config)
-        if not path.is_file():
-            raise MqepiError(f"{config}: no such model file")
-        config_id = config_id or re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._") or "gguf"
-    else:
-        if config_id and config_id != config:
-            raise MqepiError("--config-id is only for a .gguf path; a config id names itself")
-        if not (maps.maps_dir(model) / f"{config}.json").is_file():
-            raise MqepiError(f"{config}: no quant map quant_maps/{model}/{config}.json (nor a .gguf path)")
-    ev.question_sets(settings, toolchain.cache_root())  # unknown benchmark, missing or bad data file: an error now
+    path, config_id = _checked(config, model, config_id, settings)
     lk = lake()
     lk.init()
     base = ensure_base_model()
