@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from mqepi.lake.store import Lake
 from mqepi.sweep import forecast as plan
 from mqepi.sweep.resume import plan_runs
-from mqepi.sweep.run import run_sweep
+from mqepi.sweep.run import eta_text, run_sweep
 from mqepi.sweep.spec import SweepError, SweepSpec, spec_from_json
 
 pytestmark = pytest.mark.slow
@@ -64,6 +65,11 @@ def test_spec_errors_name_the_field(tmp_path):
         spec_from_json(bad)
     with pytest.raises(SweepError, match="no map 'uniform_q9'"):
         run_sweep(tiny(configs=["uniform_q9"]), Lake(tmp_path / "lake"))
+
+
+def test_eta_from_the_runs_finished_so_far():
+    assert eta_text(0, 5, 0.0) == "" and eta_text(5, 5, 300.0) == ""
+    assert eta_text(1, 4, 20.0) == "; about 60 s left" and eta_text(2, 12, 60.0) == "; about 5 min left"
 
 
 def test_identity_ignores_the_subset_of_configs():
@@ -128,8 +134,11 @@ def test_kill_mid_sweep_then_resume_matches_an_uninterrupted_sweep(tmp_path):
     assert answers.group_by("run_id", "question_id").len()["len"].max() == 1
 
     clean = Lake(tmp_path / "clean")
-    straight = run_sweep(tiny(configs=CONFIGS, name="straight"), clean)
+    lines: list[str] = []
+    straight = run_sweep(tiny(configs=CONFIGS, name="straight"), clean, progress=lines.append)
     assert len(straight.finished) == 2
+    starts = [line for line in lines if re.match(r"\[\d+/2\] ", line)]  # the ETA from the runs finished so far
+    assert starts[0].endswith("-r0-a1)") and re.search(r"-r0-a1; about \d+ (s|min) left\)$", starts[1]), starts
     assert _results(killed, finished) == _results(clean, straight.finished)
     # every measured window of a finished run has power samples of its own run
     phases = killed.read("phase", columns=["run_id", "phase", "start_ns", "end_ns"])

@@ -120,6 +120,7 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
             for measured in [c for c in pending if c not in todo_configs and spec.wants(c)]:  # none left: check now
                 timed("aliases", _record_aliases, rig, measured, pending.pop(measured), progress)
             prefetch: dict[str, Future] = {}
+            runs_t0 = None  # when this call's first run started: the ETA's clock
             for index, config_id in enumerate(todo_configs):
                 if config_id in prefetch:
                     q = _timed_future(seconds, "quantize (wait)", prefetch.pop(config_id))
@@ -132,7 +133,9 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
                     timed("aliases", _record_aliases, rig, config_id, pending.pop(config_id), progress)
                 path = timed("deploy", rig.deploy, q, io=True)
                 for plan in (p for p in todo if p.config_id == config_id):
-                    run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + 1, len(todo))
+                    runs_t0 = runs_t0 if runs_t0 is not None else time.perf_counter()
+                    left = eta_text(len(finished), len(todo), time.perf_counter() - runs_t0)
+                    run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + 1, len(todo), left)
                     finished.append(run_id)
             for fut in prefetch.values():
                 fut.result()
@@ -191,10 +194,20 @@ def _timed_future(seconds: dict, name: str, fut: Future):
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def _one_run(rig: Rig, plan: RunPlan, q: Quantized, path: str, timed, progress, number: int, total: int) -> str:
+def eta_text(done: int, total: int, elapsed_s: float) -> str:
+    """"; about N min left" from the runs this call has finished so far (each run's quantize,
+    deploy and windows included); "" before the first has finished."""
+    if done <= 0 or total <= done:
+        return ""
+    left = elapsed_s / done * (total - done)
+    return f"; about {left / 60:.0f} min left" if left >= 90 else f"; about {left:.0f} s left"
+
+
+def _one_run(rig: Rig, plan: RunPlan, q: Quantized, path: str, timed, progress, number: int, total: int,
+             left: str = "") -> str:
     spec = rig.spec
     session = RunSession(rig, plan, q, path)
-    progress(f"[{number}/{total}] {plan.config_id} repeat {plan.repeat} (run {plan.run_id})")
+    progress(f"[{number}/{total}] {plan.config_id} repeat {plan.repeat} (run {plan.run_id}{left})")
     try:
         timed("meter start", session.begin)
         note = timed("stabilisation", session.stabilise)
