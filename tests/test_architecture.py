@@ -28,7 +28,8 @@ MAX_FUNCTION_LINES = 60
 #: Modules allowed over MAX_LINES because they are pure data tables (none today).
 DATA_TABLES: dict[str, str] = {}
 #: Libraries slow to import or optional at run time: the only function-local imports allowed.
-HEAVY = ("prefect", "matplotlib", "duckdb", "pynvml", "mqepi.flows", "statsmodels", "scipy", "llama_cpp", "boto3", "botocore")
+HEAVY = ("prefect", "matplotlib", "adjustText", "duckdb", "pynvml", "mqepi.flows", "statsmodels", "scipy", "llama_cpp",
+         "boto3", "botocore")
 
 
 @dataclass

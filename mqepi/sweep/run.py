@@ -119,8 +119,7 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
             pending = _by_measured(aliases)  # measured config -> its aliases, recorded once it is checked
             for measured in [c for c in pending if c not in todo_configs and spec.wants(c)]:  # none left: check now
                 timed("aliases", _record_aliases, rig, measured, pending.pop(measured), progress)
-            prefetch: dict[str, Future] = {}
-            runs_t0 = None  # when this call's first run started: the ETA's clock
+            prefetch, clock = {}, []  # the next configuration's quantize; when this call's first run started
             for index, config_id in enumerate(todo_configs):
                 if config_id in prefetch:
                     q = _timed_future(seconds, "quantize (wait)", prefetch.pop(config_id))
@@ -133,8 +132,7 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
                     timed("aliases", _record_aliases, rig, config_id, pending.pop(config_id), progress)
                 path = timed("deploy", rig.deploy, q, io=True)
                 for plan in (p for p in todo if p.config_id == config_id):
-                    runs_t0 = runs_t0 if runs_t0 is not None else time.perf_counter()
-                    left = eta_text(len(finished), len(todo), time.perf_counter() - runs_t0)
+                    left = eta_text(len(finished), len(todo), _since(clock))
                     run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + 1, len(todo), left)
                     finished.append(run_id)
             for fut in prefetch.values():
@@ -192,6 +190,14 @@ def _timed_future(seconds: dict, name: str, fut: Future):
         return fut.result()
     finally:
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def _since(clock: list[float]) -> float:
+    """Seconds since the first call with this ``clock`` (which it starts)."""
+    now = time.perf_counter()
+    if not clock:
+        clock.append(now)
+    return now - clock[0]
 
 
 def eta_text(done: int, total: int, elapsed_s: float) -> str:

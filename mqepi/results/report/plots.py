@@ -98,6 +98,17 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def _labels(ax, points: list[tuple[float, float, str, bool]], fontsize: float = 6) -> None:
+    """A label per point (x, y, text, bold), moved apart so that none overlaps another or a
+    point (adjustText), each joined to its point by a thin line when moved."""
+    from adjustText import adjust_text  # with matplotlib: only a figure needs it
+
+    texts = [ax.text(x, y, text, fontsize=fontsize, fontweight="bold" if bold else "normal", parse_math=False)
+             for x, y, text, bold in points if x is not None and y is not None]
+    if len(texts) > 1:
+        adjust_text(texts, ax=ax, expand=(1.05, 1.2), arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.4})
+
+
 def _err(values, lows, highs) -> list[list[float]]:
     """Asymmetric error bars (never negative; 0 where an interval is missing)."""
     minus = [max(0.0, v - lo) if v is not None and lo is not None else 0.0 for v, lo in zip(values, lows)]
@@ -151,11 +162,12 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
     if ring.height:
         ax.plot(ring["accuracy"].to_list(), ring["j_per_token"].to_list(), "o", markersize=12, markerfacecolor="none",
                 markeredgecolor="#2e7d32", label="mixed, beyond every uniform")
+    labels = []
     for r in pts.iter_rows(named=True):
         flips = r.get("flip_share")  # answers flipped against the base, where known
         label = r["config_id"] if flips is None else f"{r['config_id']} ({100 * flips:.0f}% flipped)"
-        ax.annotate(label, (r["accuracy"], r["j_per_token"]), xytext=(4, 3), textcoords="offset points",
-                    fontsize=6, fontweight="bold" if r["on_frontier"] else "normal", parse_math=False)
+        labels.append((r["accuracy"], r["j_per_token"], label, bool(r["on_frontier"])))
+    _labels(ax, labels)
     ax.set_xlabel("Accuracy (composite)")
     _numeric_x(ax)
     ax.set_ylabel("J/token (simulated)" if ps == "simulated" else "J/token")
@@ -192,10 +204,8 @@ def _kld_panel(ax, rows: pl.DataFrame, ps: str) -> None:
     if on.height:
         ax.step(on["kld_mean"].to_list(), on["j_per_token"].to_list(), where="post", color="#2e7d32",
                 linewidth=1.0, linestyle="--", label="KLD frontier", zorder=1)
-    for r in rows.iter_rows(named=True):
-        ax.annotate(r["config_id"], (r["kld_mean"], r["j_per_token"]), xytext=(4, 3), textcoords="offset points",
-                    fontsize=6, fontweight="bold" if r["on_frontier"] else "normal", parse_math=False)
     ax.set_xscale("log")
+    _labels(ax, [(r["kld_mean"], r["j_per_token"], r["config_id"], bool(r["on_frontier"])) for r in rows.iter_rows(named=True)])
     ax.set_xlabel("KL divergence from the base (nats/token, log scale)")
     ax.set_ylabel("J/token (simulated)" if ps == "simulated" else "J/token")
     ax.grid(alpha=0.3, which="both")
@@ -324,8 +334,8 @@ def _decode_panel(ax, res, xcol: str, fit, xlabel: str, scale: float) -> None:
         return
     xs = [x * scale for x in pts[xcol].to_list()]
     ax.plot(xs, pts["decode_j_per_token"].to_list(), "o", color="#1f77b4")
-    for x, y, c in zip(xs, pts["decode_j_per_token"].to_list(), pts["config_id"].to_list()):
-        ax.annotate(c, (x, y), xytext=(3, 2), textcoords="offset points", fontsize=5, parse_math=False)
+    _labels(ax, [(x, y, c, False) for x, y, c in zip(xs, pts["decode_j_per_token"].to_list(), pts["config_id"].to_list())],
+            fontsize=5)
     if fit.coef and all(math.isfinite(v) for v in fit.coef.values()):
         lo, hi = min(xs), max(xs)
         b0, b1 = fit.coef["intercept"], fit.coef[xcol]
