@@ -39,10 +39,10 @@ def _matplotlib() -> SimpleNamespace:
     import matplotlib  # heavy; the CLI imports the report at start-up, so only a figure loads it
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy, as above
     from matplotlib.figure import Figure  # heavy, as above
-    from matplotlib.ticker import MaxNLocator  # heavy, as above
+    from matplotlib.ticker import MaxNLocator, MultipleLocator  # heavy, as above
 
     return SimpleNamespace(rc_context=matplotlib.rc_context, FigureCanvasAgg=FigureCanvasAgg, Figure=Figure,
-                           MaxNLocator=MaxNLocator)
+                           MaxNLocator=MaxNLocator, MultipleLocator=MultipleLocator)
 
 
 def _panels(df: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
@@ -60,8 +60,16 @@ def _figure(n_panels: int, ncols: int = 1, width: float = 7.0, height: float = 4
     return fig, [list(r) for r in axes]
 
 
-def _numeric_x(ax) -> None:
-    ax.xaxis.set_major_locator(_matplotlib().MaxNLocator(6))
+def _numeric_x(ax, values: list[float] | None = None) -> None:
+    """At most ~6 ticks; at the data's own resolution when its values lie on a grid (accuracy
+    over 10 questions moves in steps of 0.1: ticks every 0.1, not 0.15)."""
+    vals = sorted({round(v, 9) for v in values or [] if v is not None and math.isfinite(v)})
+    steps = [b - a for a, b in zip(vals, vals[1:])]
+    step = min(steps) if steps else None
+    if step and all(abs(d / step - round(d / step)) < 1e-6 for d in steps) and (vals[-1] - vals[0]) / step <= 12:
+        ax.xaxis.set_major_locator(_matplotlib().MultipleLocator(step))
+    else:
+        ax.xaxis.set_major_locator(_matplotlib().MaxNLocator(6))
 
 
 def _footer(fig, sources: list[str]) -> None:
@@ -130,7 +138,7 @@ def pareto_plot(frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path
         panels = _panels(frontier)
         fig, axes = _figure(len(panels))
         for (origin, ps, rows), (ax,) in zip(panels, axes):
-            ax.set_title(_panel_title(origin, ps, f"Pareto: {model}"), parse_math=False)
+            ax.set_title(f"origin {origin}, {power_label(ps)}", parse_math=False)  # the figure's title names the rest
             _pareto_panel(ax, rows, ps)
         fig.suptitle(f"Pareto frontier of accuracy vs J/token: {model}", parse_math=False)
         _footer(fig, [p[1] for p in panels])
@@ -155,9 +163,9 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
     if other.height:
         ax.plot(other["accuracy"].to_list(), other["j_per_token"].to_list(), "s", color="#777", label="other")
     on = pts.filter(pl.col("on_frontier").fill_null(False)).sort("accuracy")
-    if on.height:
-        ax.plot(on["accuracy"].to_list(), on["j_per_token"].to_list(), "--", color="#2e7d32", linewidth=1.2,
-                label="Pareto frontier", zorder=1)
+    if on.height:  # a staircase: the least J/token that reaches at least each accuracy
+        ax.step(on["accuracy"].to_list(), on["j_per_token"].to_list(), "--", where="pre", color="#2e7d32",
+                linewidth=1.2, label="Pareto frontier", zorder=1)
     ring = pts.filter(pl.col("mixed_unmatched").fill_null(False))
     if ring.height:
         ax.plot(ring["accuracy"].to_list(), ring["j_per_token"].to_list(), "o", markersize=12, markerfacecolor="none",
@@ -169,10 +177,10 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
         labels.append((r["accuracy"], r["j_per_token"], label, bool(r["on_frontier"])))
     _labels(ax, labels)
     ax.set_xlabel("Accuracy (composite)")
-    _numeric_x(ax)
+    _numeric_x(ax, pts["accuracy"].to_list())
     ax.set_ylabel("J/token (simulated)" if ps == "simulated" else "J/token")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the data
 
 
 def kld_plot(kld_frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path, Path] | None:
