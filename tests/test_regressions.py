@@ -13,7 +13,7 @@ from test_report import PAPER, frontier_frame, inventory, pairs_frame, summary_f
 
 from mqepi.results.report import plots
 from mqepi.results.report.data import ReportData
-from mqepi.results.report.labels import CANNOT, fmt
+from mqepi.results.report.labels import CANNOT, fmt, fmt_ci
 from mqepi.results.report.regressions import rq3_sensitivity, rq5_attribution
 from mqepi.results.report.statistics import ols
 
@@ -155,7 +155,7 @@ def test_rq3_names_the_planted_configuration_and_states_the_fit_without_it(tmp_p
     beta, *_ = np.linalg.lstsq(X[keep], y[keep], rcond=None)
     assert [fit.without.coef[t] for t in ("intercept", "early_bpw", "middle_bpw", "late_bpw")] == pytest.approx(beta, rel=1e-9)
     assert f"{PLANT} has Cook's distance {fmt(d[PLANT], 2)} > 4/n = {fmt(4 / len(ids), 2)}" in res.answer.answer
-    assert f"without it (n = {len(ids) - 1}) the slopes are early {fmt(beta[1], 3)} [" in res.answer.answer
+    assert f"without it (n = {len(ids) - 1}) the slopes are early {fmt(beta[1], 3)} (" in res.answer.answer
     assert plots.sensitivity_plot([res], tmp_path / "sens", model="toy") is not None
     assert "without " + PLANT in (tmp_path / "sens.svg").read_text()
 
@@ -171,7 +171,7 @@ def test_rq5_names_the_planted_configuration_and_states_the_fit_without_it(tmp_p
     beta, lo, hi = t_intervals_by_hand(X[keep], y[keep])
     assert fb.without.coef["gb_per_token"] == pytest.approx(beta[1], rel=1e-9)
     sentence = (f"{PLANT} has Cook's distance {fmt(d[PLANT], 2)} > 4/n = {fmt(4 / len(x), 2)}; without it (n = {len(x) - 1}) "
-                f"the slope is {fmt(beta[1], 3)} [{fmt(lo[1], 3)}, {fmt(hi[1], 3)}] J/token per GB read")
+                f"the slope is {fmt_ci(beta[1], lo[1], hi[1], 3)} J/token per GB read")
     assert sentence in res.answer.answer
     assert plots.attribution_plot([res], tmp_path / "attr", model="toy") is not None
     assert "Cook's distance &gt; 4/n" in (tmp_path / "attr.svg").read_text()
