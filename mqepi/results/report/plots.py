@@ -132,15 +132,21 @@ def pareto_plot(frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path
     markers, 95% intervals as error bars, every point labelled (with its share of answers flipped
     against the base where ``frontier`` has a known ``flip_share``), the frontier drawn, mixed
     configurations beyond every uniform one ringed. One panel per (origin, power source)."""
-    if frontier.is_empty():
+    return _group_panels(frontier, stem, f"Pareto frontier of accuracy vs J/token: {model}", _pareto_panel)
+
+
+def _group_panels(df: pl.DataFrame, stem: Path, title: str, draw) -> tuple[Path, Path] | None:
+    """One panel per (origin, power source) of ``df`` drawn by ``draw(ax, rows, power_source)``,
+    titled by its group (``title`` names the rest), the power footer; None when ``df`` is empty."""
+    if df.is_empty():
         return None
     with _matplotlib().rc_context(_RC):
-        panels = _panels(frontier)
+        panels = _panels(df)
         fig, axes = _figure(len(panels))
         for (origin, ps, rows), (ax,) in zip(panels, axes):
-            ax.set_title(f"origin {origin}, {power_label(ps)}", parse_math=False)  # the figure's title names the rest
-            _pareto_panel(ax, rows, ps)
-        fig.suptitle(f"Pareto frontier of accuracy vs J/token: {model}", parse_math=False)
+            ax.set_title(f"origin {origin}, {power_label(ps)}", parse_math=False)
+            draw(ax, rows, ps)
+        fig.suptitle(title, parse_math=False)
         _footer(fig, [p[1] for p in panels])
         return _save(fig, stem)
 
@@ -188,18 +194,8 @@ def kld_plot(kld_frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Pat
     J/token (y), the ``kld_frontier`` view's points: paper configurations and the per-layer
     search's maps with their own markers, the frontier drawn as a step line, every point
     labelled. One panel per (origin, power source); point values (no KLD interval exists)."""
-    pts = kld_frontier.filter(pl.col("kld_mean") > 0)
-    if pts.is_empty():
-        return None
-    with _matplotlib().rc_context(_RC):
-        panels = _panels(pts)
-        fig, axes = _figure(len(panels))
-        for (origin, ps, rows), (ax,) in zip(panels, axes):
-            ax.set_title(f"origin {origin}, {power_label(ps)}", parse_math=False)  # the figure's title says the rest
-            _kld_panel(ax, rows, ps)
-        fig.suptitle(f"KL divergence from the base vs J/token: {model}", parse_math=False)
-        _footer(fig, [p[1] for p in panels])
-        return _save(fig, stem)
+    return _group_panels(kld_frontier.filter(pl.col("kld_mean") > 0), stem,
+                         f"KL divergence from the base vs J/token: {model}", _kld_panel)
 
 
 def _kld_panel(ax, rows: pl.DataFrame, ps: str) -> None:
