@@ -660,7 +660,14 @@ def test_intervals_are_compact_and_numbers_right_aligned(tmp_path):
     from mqepi.results.report.labels import fmt_ci
 
     assert fmt_ci(0.41, 0.17, 0.69, 2) == "0.41 (0.17-0.69)"
-    assert fmt_ci(-0.01, -0.02, 0.004, 2) == "-0.01 (-0.02 to 0.004)"  # a minus never reads as the dash
+    assert fmt_ci(-0.01, -0.02, 0.004, 2) == "-0.010 (-0.020 to 0.004)"  # a minus never reads as the dash
+    # digits follow the uncertainty (half-width to 2 significant digits below 35, else 1), not a fixed count
+    assert fmt_ci(20.12345, 19.52, 20.71) == "20.1 (19.5-20.7)"
+    assert fmt_ci(0.016931, 0.016512, 0.017334) == "0.0169 (0.0165-0.0173)"
+    assert fmt_ci(0.016931, 0.016912, 0.016954) == "0.016931 (0.016912-0.016954)"  # tighter: finer
+    assert fmt_ci(12345.0, 11000.0, 13700.0) == "12,300 (11,000-13,700)"
+    assert fmt_ci(-0.00001, -0.02, 0.02) == "0.000 (-0.020 to 0.020)"  # no "-0.000"
+    assert fmt_ci(0.25, 0.25, 0.25, 2) == "0.25 (0.25-0.25)"  # an empty interval: significant digits
     assert fmt_ci(0.5, 0.2, math.inf, 2) == "0.5 (0.2 to inf)" and fmt_ci(0.5, None, 1.0) == "0.5"
     doc = Document("t")
     doc.table(["Config", "J/token (95% CI)", "n", "Note"],

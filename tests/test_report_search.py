@@ -87,7 +87,7 @@ def test_the_report_has_a_search_section_with_predictions_and_the_kld_figure(tmp
     for c in ROLES:
         assert c in section
     row = next(line for line in section.splitlines() if line.startswith("| search-aaaa"))
-    assert "0.099" in row and "0.052 (0.05-0.054)" in row and "yes, within intervals" in row  # predicted 0.9 x 0.110
+    assert "0.099" in row and "0.0520 (0.0500-0.0540)" in row and "yes, within intervals" in row  # predicted 0.9 x 0.110
     assert (tmp_path / "figures").glob("kld-*.png") and any(p.name.startswith("kld-") for p in files.figures)
     # without a searched map there is no section
     paper = [c for c, *_ in POINTS if c not in ROLES]

@@ -101,15 +101,40 @@ def fmt(x: float | int | None, digits: int = 4) -> str:
 
 def fmt_ci(x, lo, hi, digits: int = 4) -> str:
     """``x (lo-hi)``, compact (``x (lo to hi)`` when a bound is negative, so no minus sign reads as
-    a dash); ``x`` alone without an interval; '-' for missing."""
+    a dash), all three to the decimal place the interval supports (:func:`ci_decimals`); ``x``
+    alone in ``digits`` significant digits without an interval; '-' for missing."""
     if x is None:
         return "-"
     if lo is None or hi is None:
         return fmt(x, digits)
     if hi == math.inf:  # an EPI interval reaching resamples without a right answer
         return f"{fmt(x, digits)} ({fmt(lo, digits)} to inf)"
+    d = ci_decimals(lo, hi)
+    show = (lambda v: fmt(v, digits)) if d is None else (lambda v: _fixed(v, d))
     sep = " to " if lo < 0 or hi < 0 else "-"
-    return f"{fmt(x, digits)} ({fmt(lo, digits)}{sep}{fmt(hi, digits)})"
+    return f"{show(x)} ({show(lo)}{sep}{show(hi)})"
+
+
+def ci_decimals(lo: float, hi: float) -> int | None:
+    """Decimal places an interval supports: its half-width to two significant digits when they
+    read below 35, else to one (the Particle Data Group's rounding rule), so a value is never
+    printed finer than its uncertainty. Negative: round to tens, hundreds ...; None when the
+    interval is empty or not finite (then significant digits are used)."""
+    half = (hi - lo) / 2
+    if not (math.isfinite(half) and half > 0):
+        return None
+    exponent = math.floor(math.log10(half))
+    leading = int(half / 10 ** (exponent - 1))  # the half-width's first two digits, 10..99
+    d = (1 if leading < 35 else 0) - exponent
+    return d if d <= 12 else None
+
+
+def _fixed(v: float, decimals: int) -> str:
+    if decimals >= 0:
+        text = f"{v:.{decimals}f}"
+    else:
+        text = f"{round(v, decimals):,.0f}"
+    return "0" + text[2:] if text.startswith("-0") and not any(c in "123456789" for c in text) else text
 
 
 def gb(n: int | float | None) -> float | None:
