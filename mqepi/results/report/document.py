@@ -122,19 +122,22 @@ def _html_table(b: _Block) -> str:
     e = html.escape
     if not b.rows:
         return f"<p>{e(b.text + ': ' if b.text else '')}(none)</p>"
-    cap = f"<caption>{e(b.text)}</caption>" if b.text else ""
+    # the caption as a paragraph above, as wide as the page (a <caption> is as narrow as its table);
+    # a table wider than the page scrolls inside its box instead of widening the page
+    cap = f'<p class="caption">{e(b.text)}</p>' if b.text else ""
     num = numeric_columns(b)
     head = "".join(f'<th class="num">{e(h)}</th>' if n else f"<th>{e(h)}</th>" for h, n in zip(b.headers, num))
     rows = "".join("<tr>" + "".join(f'<td class="num">{e(c)}</td>' if i < len(num) and num[i] else f"<td>{e(c)}</td>"
                                     for i, c in enumerate(r)) + "</tr>" for r in b.rows)
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f'<div class="table">{cap}<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
-table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}
+div.table{overflow-x:auto;margin:1rem 0} p.caption{font-style:italic;margin:.3rem 0}
+table{border-collapse:collapse;font-size:.85rem}
 th,td{border:1px solid #bbb;padding:.2rem .5rem;text-align:left;vertical-align:top}
-th{background:#eee} caption{text-align:left;font-style:italic;padding:.3rem 0}
+th{background:#eee}
 td.num,th.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0} figure img{max-width:100%} figcaption{font-style:italic;font-size:.9rem}
 .banner{padding:1rem;margin:1rem 0;border:3px solid;font-size:1.05rem}
