@@ -678,3 +678,30 @@ def test_intervals_are_compact_and_numbers_right_aligned(tmp_path):
     assert '<td class="num">0.41 (0.17-0.69)</td>' in page and "<td>a</td>" in page and "<td>7 apples</td>" in page
     assert "td.num,th.num{text-align:right;white-space:nowrap" in page
 
+
+
+def test_many_pairs_show_the_ones_that_matter_and_a_csv_beside_the_report_has_all(tmp_path):
+    """With more pairs than a page holds: the table and the figure show the pairs whose EPI
+    interval excludes 0 first, then the largest differences; every pair is in the CSV beside
+    the report; an axis never promises intervals the data does not have."""
+    one = pairs_frame().row(1, named=True)  # a pair whose EPI interval includes 0
+    rows = [{**one, "config_a": f"a{k:02d}", "config_b": f"b{k:02d}", "epi_diff": 0.001 * k} for k in range(30)]
+    rows[3] |= {"epi_diff": 0.002, "epi_diff_ci_low": 0.001, "epi_diff_ci_high": 0.003}  # small, but excludes 0
+    data = synthetic()
+    data.matched_pairs = pl.DataFrame(rows)
+    (r1,) = rq1_matched_pairs(data)
+    shown = plots.pairs_shown(r1.pairs)
+    assert shown.height == plots.PAIRS_SHOWN
+    assert shown["config_a"].to_list()[:3] == ["a03", "a29", "a28"]  # excludes 0 first, then by size
+    files = write_report(data, tmp_path / "r")
+    (csv,) = files.tables
+    assert csv.parent == tmp_path / "r" and pl.read_csv(csv).height == 30
+    md = files.markdown.read_text()
+    assert f"]({csv.name})" in md and f'href="{csv.name}"' in files.html.read_text()
+    assert "a03" in md and "a29" in md and "| a04 |" not in md  # a04 is the 27th by size: only in the CSV
+    single = pairs_frame().filter(pl.col("matched")).with_columns(epi_diff_ci_low=None, epi_diff_ci_high=None,
+                                                                  j_per_token_diff_ci_low=None,
+                                                                  j_per_token_diff_ci_high=None)
+    _png, svg = plots.matched_pairs_plot(single, tmp_path / "one", model="toy")
+    assert "no interval: fewer than 2 paired repeats" in svg.read_text()
+    assert "95% paired" not in svg.read_text()

@@ -15,7 +15,7 @@ from typing import Any
 
 @dataclass
 class _Block:
-    kind: str  # h | p | banner | table | figure | list
+    kind: str  # h | p | banner | table | figure | list | link
     text: str = ""
     level: int = 0
     headers: list[str] = field(default_factory=list)
@@ -47,6 +47,10 @@ class Document:
     def figure(self, png: Path, svg: Path, caption: str) -> None:
         self.blocks.append(_Block("figure", caption, png=png, svg=svg))
 
+    def link(self, text: str, target: str) -> None:
+        """A paragraph linking a file beside the report (``target``: relative to the report's folder)."""
+        self.blocks.append(_Block("link", text, headers=[target]))
+
     def bullets(self, items: list[str]) -> None:
         self.blocks.append(_Block("list", rows=[[i] for i in items]))
 
@@ -67,6 +71,8 @@ class Document:
                 out += [f"![{_md_inline(b.text)}]({png})", "", f"*{_md_inline(b.text)}* ([SVG]({svg}))", ""]
             elif b.kind == "list":
                 out += [f"- {_md_inline(r[0])}" for r in b.rows] + [""]
+            elif b.kind == "link":
+                out += [f"[{_md_inline(b.text)}]({b.headers[0]})", ""]
         return "\n".join(out).rstrip() + "\n"
 
     def html(self) -> str:
@@ -87,6 +93,8 @@ class Document:
                 data = base64.b64encode(Path(b.svg).read_bytes()).decode()
                 body.append(f'<figure><img alt="{e(b.text)}" src="data:image/svg+xml;base64,{data}">'
                             f"<figcaption>{e(b.text)}</figcaption></figure>")
+            elif b.kind == "link":
+                body.append(f'<p><a href="{e(b.headers[0])}">{e(b.text)}</a></p>')
             elif b.kind == "list":
                 body.append("<ul>" + "".join(f"<li>{e(r[0])}</li>" for r in b.rows) + "</ul>")
         return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -219,21 +219,46 @@ def _kld_panel(ax, rows: pl.DataFrame, ps: str) -> None:
 # ------------------------------------------------------------------ matched pairs
 
 
-def matched_pairs_plot(pairs: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path, Path] | None:
-    """A forest plot per (origin, power source): each perplexity-matched pair's EPI and
-    J/token difference (B - A) with its paired bootstrap 95% interval; filled where the
-    interval excludes 0."""
+#: At most this many pairs are drawn (the rest are in the report's CSV of all pairs).
+PAIRS_SHOWN = 20
+
+
+def pairs_shown(pairs: pl.DataFrame, limit: int = PAIRS_SHOWN) -> pl.DataFrame:
+    """The pairs that matter, at most ``limit`` per (origin, power source): those whose EPI
+    interval excludes 0 first, then by the size of the EPI difference (then of J/token)."""
+    if pairs.is_empty():
+        return pairs
+    differs = pl.col("epi_differs").fill_null(False) if "epi_differs" in pairs.columns else pl.lit(False)
+    ranked = pairs.with_columns(_d=differs, _e=pl.col("epi_diff").abs(), _j=pl.col("j_per_token_diff").abs())
+    ranked = ranked.sort(["_d", "_e", "_j", "config_a", "config_b"], descending=[True, True, True, False, False],
+                         nulls_last=True)
+    return ranked.group_by("origin", "power_source", maintain_order=True).head(limit).drop("_d", "_e", "_j")
+
+
+def matched_pairs_plot(pairs: pl.DataFrame, stem: Path, *, model: str,
+                       limit: int = PAIRS_SHOWN) -> tuple[Path, Path] | None:
+    """A forest plot per (origin, power source) of the perplexity-matched pairs that matter
+    (:func:`pairs_shown`: at most ``limit``): each pair's EPI and J/token difference (B - A) with
+    its paired bootstrap 95% interval where one exists (2 or more paired repeats; the axis says
+    when none does); filled where the interval excludes 0."""
     if pairs.is_empty():
         return None
     with _matplotlib().rc_context(_RC):
         panels = _panels(pairs)
-        fig, axes = _figure(len(panels), ncols=2, width=9.0, height=max(2.5, 0.35 * pairs.height + 1.5))
+        shown = {(o, ps): pairs_shown(rows, limit) for o, ps, rows in panels}
+        most = max(r.height for r in shown.values())
+        fig, axes = _figure(len(panels), ncols=2, width=10.0, height=0.24 * most + 1.4)
         for (origin, ps, rows), (ax_e, ax_j) in zip(panels, axes):
-            labels = [f"{b} - {a}" for a, b in rows.select("config_a", "config_b").rows()]
+            part = shown[(origin, ps)]
+            labels = [f"{b} - {a}" for a, b in part.select("config_a", "config_b").rows()]
+            which = f"all {rows.height} pairs" if part.height == rows.height else f"{part.height} of {rows.height} pairs"
             for ax, key, what in ((ax_e, "epi_diff", "EPI"), (ax_j, "j_per_token_diff", "J/token")):
-                ax.set_title(_panel_title(origin, ps, f"{what} difference"), parse_math=False)
-                _difference_panel(ax, rows, key, what, labels if ax is ax_e else [""] * len(labels), ps)
-        fig.suptitle(f"Perplexity-matched pairs: {model}", parse_math=False)
+                ax.set_title(f"{what} difference, {which}\norigin {origin}, {power_label(ps)}", parse_math=False)
+                _difference_panel(ax, part, key, what, labels if ax is ax_e else [""] * len(labels), ps)
+        cut = any(shown[(o, ps)].height < rows.height for o, ps, rows in panels)
+        fig.suptitle(f"Perplexity-matched pairs: {model}" + ("\nthe pairs whose EPI interval excludes 0, then the largest "
+                                                              "EPI differences; every pair in the CSV beside the report"
+                                                              if cut else ""), parse_math=False)
         _footer(fig, [p[1] for p in panels])
         return _save(fig, stem)
 
@@ -249,14 +274,22 @@ def _difference_panel(ax, rows: pl.DataFrame, key: str, what: str, labels: list[
         if v is None:
             continue
         colour = "#d62728" if excludes_zero(lo, hi) else "#555"
-        ax.errorbar([v], [y], xerr=_err([v], [lo], [hi]), fmt="o", color=colour,
+        ax.errorbar([v], [y], xerr=_err([v], [lo], [hi]), fmt="o", color=colour, markersize=4,
                     markerfacecolor="#d62728" if excludes_zero(lo, hi) else "white", capsize=2, elinewidth=0.8)
     ax.axvline(0.0, color="#999", linewidth=0.8)
     ax.set_yticks(ys)
-    ax.set_yticklabels(labels, fontsize=6)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"{what} of B minus {what} of A (95% paired interval)")
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_ylim(len(ys) - 0.5, -0.5)  # first row on top, no empty band above or below
+    n_ci = sum(lo is not None and hi is not None for lo, hi in zip(lows, highs))
+    if n_ci == 0:
+        interval = "no interval: fewer than 2 paired repeats"
+    elif n_ci < len(ys):
+        interval = f"95% paired interval for {n_ci} of {len(ys)}; the rest have fewer than 2 paired repeats"
+    else:
+        interval = "95% paired bootstrap interval"
+    ax.set_xlabel(f"{what} of B minus {what} of A ({interval})")
     _numeric_x(ax)
+    ax.tick_params(axis="x", labeltop=len(ys) > 12, top=len(ys) > 12)  # a tall panel: ticks on both edges
     ax.grid(alpha=0.3, axis="x")
 
 
@@ -367,4 +400,4 @@ def _without_line(ax, pts: pl.DataFrame, xcol: str, fit, scale: float, lo: float
                 label=f"without {', '.join(fit.influential)}, R^2 = {w.r2:.3f}" + ("" if w.supported else f" ({CANNOT})"))
 
 
-__all__ = ["pareto_plot", "matched_pairs_plot", "sensitivity_plot", "attribution_plot"]
+__all__ = ["pareto_plot", "matched_pairs_plot", "pairs_shown", "sensitivity_plot", "attribution_plot"]

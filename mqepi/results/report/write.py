@@ -42,6 +42,8 @@ class ReportFiles:
     markdown: Path
     html: Path
     figures: list[Path]
+    #: Full tables written beside the report as CSV (the report shows their first rows).
+    tables: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class _Writer:
     figures: list[Path] = field(default_factory=list)
     #: With several hardware profiles: the one this writer's data is of (its id, its description).
     hardware: tuple[str, str] | None = None
+    csvs: list[Path] = field(default_factory=list)
 
     @property
     def suffix(self) -> str:
@@ -74,6 +77,17 @@ class _Writer:
     def table(self, table: tables.Table, caption: str) -> None:
         self.doc.table(*table, caption)
 
+    def csv(self, frame: pl.DataFrame, stem: str, what: str) -> None:
+        """Write ``frame`` (its flat columns) beside the report as ``<stem>.csv`` and link it."""
+        path = self.fig_dir.parent / f"{stem}.csv"
+        flat = [c for c, t in frame.schema.items() if not isinstance(t, (pl.List, pl.Struct, pl.Array, pl.Object))]
+        try:
+            frame.select(flat).write_csv(path)
+        except OSError as exc:
+            raise ReportError(f"cannot write the table {path}: {exc}") from None
+        self.csvs.append(path)
+        self.doc.link(f"{path.name}: {what} ({frame.height} rows, CSV)", path.name)
+
 
 def write_report(data: ReportData, out_dir: str | Path, analyses: Analyses | None = None) -> ReportFiles:
     """Write ``report.md``, a self-contained ``report.html`` and ``figures/*.png|svg``. With several
@@ -89,7 +103,7 @@ def write_report(data: ReportData, out_dir: str | Path, analyses: Analyses | Non
     w = _Writer(data, analyses or analyse(data) if len(hardware) <= 1 else None, fig_dir)
     _header(w, hardware)
     for hw in hardware if len(hardware) > 1 else [None]:
-        part = w if hw is None else _Writer(data.for_hardware(hw[0]), None, fig_dir, w.doc, w.figures, hw)
+        part = w if hw is None else _Writer(data.for_hardware(hw[0]), None, fig_dir, w.doc, w.figures, hw, w.csvs)
         if hw is not None:
             part.analyses = analyse(part.data)
             w.doc.h(1, f"Hardware {hw[0]}")
@@ -108,7 +122,7 @@ def write_report(data: ReportData, out_dir: str | Path, analyses: Analyses | Non
         html_path.write_text(w.doc.html())
     except OSError as exc:
         raise ReportError(f"cannot write the report to {out}: {exc}") from None
-    return ReportFiles(md_path, html_path, w.figures)
+    return ReportFiles(md_path, html_path, w.figures, w.csvs)
 
 
 def _header(w: _Writer, hardware: list[tuple[str, str]]) -> None:
@@ -160,10 +174,17 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
                 "given one (the last column says why); identical models under several names are one row")
     _flips_section(w, key, cs)
     w.doc.h(3, "Perplexity-matched pairs")
-    w.doc.table(tables.PAIRS_HEADERS, tables.pairs_rows(rq1.pairs),
+    shown = plots.pairs_shown(rq1.pairs)
+    which = ("" if shown.height == rq1.pairs.height else
+             f"; the {shown.height} of {rq1.pairs.height} with an EPI difference whose interval excludes 0 first, then "
+             "the largest EPI differences (every pair in the CSV below)")
+    w.doc.table(tables.PAIRS_HEADERS, tables.pairs_rows(shown),
                 f"Pairs shown equivalent in perplexity (TOST: the 90% interval of ln(PPL B / PPL A) over the same text "
-                f"chunks inside the margin); {label}")
-    w.figure(f"EPI and J/token differences of perplexity-matched pairs, {model}, origin {origin}, {label}",
+                f"chunks inside the margin); {label}{which}")
+    if shown.height < rq1.pairs.height:
+        w.csv(rq1.pairs, f"pairs-{stem}", "every perplexity-matched pair of this group, with its intervals and flags")
+    w.figure(f"EPI and J/token differences of perplexity-matched pairs, {model}, origin {origin}, {label}; filled red: "
+             "the 95% interval excludes 0",
              plots.matched_pairs_plot(rq1.pairs, w.fig_dir / f"pairs-{stem}", model=model))
     w.doc.h(3, "Pareto analysis")
     w.table(tables.frontier_table(rq2), f"Accuracy vs J/token; {label}")
