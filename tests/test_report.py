@@ -705,3 +705,22 @@ def test_many_pairs_show_the_ones_that_matter_and_a_csv_beside_the_report_has_al
     _png, svg = plots.matched_pairs_plot(single, tmp_path / "one", model="toy")
     assert "no interval: fewer than 2 paired repeats" in svg.read_text()
     assert "95% paired" not in svg.read_text()
+
+
+def test_a_crowded_panel_numbers_its_points_with_a_key_and_an_outlier_gets_a_log_axis(tmp_path):
+    data = synthetic()
+    front = data.pareto_frontier
+    assert front.height > plots.MAX_NAMED
+    _png, svg = plots.pareto_plot(front, tmp_path / "crowded", model="toy")
+    text = svg.read_text()
+    names = sorted(front["config_id"].to_list())
+    assert f"1  {names[0]}" in text and f"{len(names)}  {names[-1]}" in text  # the key, in the order of names
+    assert "log scale" not in text  # J/token within 3x: linear
+    worst = names[0]
+    spread = front.with_columns(j_per_token=pl.when(pl.col("config_id") == worst).then(pl.col("j_per_token") * 20)
+                                .otherwise(pl.col("j_per_token")))
+    _png, svg = plots.pareto_plot(spread, tmp_path / "outlier", model="toy")
+    assert "J/token (simulated), log scale" in svg.read_text()
+    few = front.head(plots.MAX_NAMED)
+    _png, svg = plots.pareto_plot(few, tmp_path / "few", model="toy")
+    assert "points" not in svg.read_text() and few["config_id"][0] in svg.read_text()  # names on the points

@@ -106,15 +106,70 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _labels(ax, points: list[tuple[float, float, str, bool]], fontsize: float = 6) -> None:
+#: A panel with more labelled points than this gets numbers on its points and a key beside it.
+MAX_NAMED = 10
+
+
+def _labels(ax, points: list[tuple[float, float, str, bool]], fontsize: float = 6, key: bool = True) -> None:
     """A label per point (x, y, text, bold), moved apart so that none overlaps another or a
-    point (adjustText), each joined to its point by a thin line when moved."""
+    point (adjustText), each joined to its point by a thin line when moved. More than
+    :data:`MAX_NAMED` points: each gets a number (in the order of their names) and a key beside
+    the axes names them (bold: on the frontier), as a crowded panel cannot hold the names; without
+    ``key``, the numbers refer to a key beside another panel of the same points."""
     from adjustText import adjust_text  # with matplotlib: only a figure needs it
 
-    texts = [ax.text(x, y, text, fontsize=fontsize, fontweight="bold" if bold else "normal", parse_math=False)
-             for x, y, text, bold in points if x is not None and y is not None]
+    points = [p for p in points if p[0] is not None and p[1] is not None]
+    keyed = len(points) > MAX_NAMED
+    if keyed:
+        order = sorted(range(len(points)), key=lambda i: points[i][2])
+        number = {i: k + 1 for k, i in enumerate(order)}
+        if key:
+            _key(ax, [(number[i], points[i][2], points[i][3]) for i in order], fontsize)
+    texts = [ax.text(x, y, str(number[i]) if keyed else text, fontsize=fontsize + (1 if keyed else 0),
+                     fontweight="bold" if bold else "normal", parse_math=False)
+             for i, (x, y, text, bold) in enumerate(points)]
     if len(texts) > 1:
-        adjust_text(texts, ax=ax, expand=(1.05, 1.2), arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.4})
+        adjust_text(texts, ax=ax, expand=(1.2, 1.4) if keyed else (1.05, 1.2),
+                    arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.4})
+
+
+def _key(ax, entries: list[tuple[int, str, bool]], fontsize: float) -> None:
+    """The key of numbered points, outside the axes below its legend (two columns past 25)."""
+    from matplotlib.legend import Legend  # with matplotlib, as above
+    from matplotlib.lines import Line2D  # with matplotlib, as above
+
+    handles = [Line2D([], [], linestyle="none") for _ in entries]
+    key = Legend(ax, handles, [f"{n}  {name}" for n, name, _ in entries], loc="lower left", bbox_to_anchor=(1.01, 0.0),
+                 fontsize=fontsize, handlelength=0, handletextpad=0, ncols=2 if len(entries) > 25 else 1,
+                 title="points", title_fontsize=fontsize, frameon=False, borderaxespad=0)
+    for text, (_n, _name, bold) in zip(key.get_texts(), entries):
+        text.set_fontweight("bold" if bold else "normal")
+    ax.add_artist(key)
+    key.set_clip_on(False)  # add_artist clips to the axes: unclipped, the layout makes room for it
+
+
+def _log_y_if_spread(ax, values: list[float], what: str, axis: str = "y", ratio: float = 3.0) -> str:
+    """A log ``axis`` when the positive values span more than ``ratio`` (one outlier would squash
+    the rest into a band): returns the axis label, with ", log scale" when it is one."""
+    vals = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    if len(vals) > 2 and max(vals) > ratio * min(vals):
+        from matplotlib.ticker import FuncFormatter  # with matplotlib, as above
+
+        getattr(ax, f"set_{axis}scale")("log")
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 0.02, not 2 x 10^-2
+        scale = getattr(ax, f"{axis}axis")
+        scale.set_major_formatter(plain)
+        if max(vals) < 10 * min(vals):  # less than a decade: the minor ticks carry the labels
+            scale.set_minor_formatter(plain)
+        return f"{what}, log scale"
+    return what
+
+
+def _wrap(text: str, width: int = 64) -> str:
+    """``text`` in lines of at most ``width`` characters (a legend entry no wider than its panel)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _err(values, lows, highs) -> list[list[float]]:
@@ -156,6 +211,7 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
     if pts.is_empty():
         _empty(ax, f"no J/token for these configurations ({power_label(ps)})")
         return
+    ylabel = _log_y_if_spread(ax, pts["j_per_token"].to_list(), "J/token (simulated)" if ps == "simulated" else "J/token")
     for kind, (marker, colour) in _MARKERS.items():
         k = pts.filter(pl.col("kind") == kind)
         if k.is_empty():
@@ -184,7 +240,7 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
     _labels(ax, labels)
     ax.set_xlabel("Accuracy (composite)")
     _numeric_x(ax, pts["accuracy"].to_list())
-    ax.set_ylabel("J/token (simulated)" if ps == "simulated" else "J/token")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the data
 
@@ -199,6 +255,7 @@ def kld_plot(kld_frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Pat
 
 
 def _kld_panel(ax, rows: pl.DataFrame, ps: str) -> None:
+    ylabel = _log_y_if_spread(ax, rows["j_per_token"].to_list(), "J/token (simulated)" if ps == "simulated" else "J/token")
     for kind, (marker, colour) in _MARKERS.items():
         k = rows.filter(pl.col("kind") == kind)
         if k.height:
@@ -211,7 +268,7 @@ def _kld_panel(ax, rows: pl.DataFrame, ps: str) -> None:
     ax.set_xscale("log")
     _labels(ax, [(r["kld_mean"], r["j_per_token"], r["config_id"], bool(r["on_frontier"])) for r in rows.iter_rows(named=True)])
     ax.set_xlabel("KL divergence from the base (nats/token, log scale)")
-    ax.set_ylabel("J/token (simulated)" if ps == "simulated" else "J/token")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
@@ -303,12 +360,14 @@ def sensitivity_plot(results: list, stem: Path, *, model: str) -> tuple[Path, Pa
         return None
     with _matplotlib().rc_context(_RC):
         results = sorted(results, key=lambda r: lab_first(r.origin, r.power_source))
-        fig, axes = _figure(len(results), ncols=2, width=9.0, height=3.2)
+        fig, axes = _figure(len(results), ncols=2, width=9.0, height=3.8)
         for res, row in zip(results, axes):
             for ax, (response, fit) in zip(row, list(res.fits.items())[:2]):
                 name = _NAMES.get(response, response)
-                ax.set_title(_panel_title(res.origin, res.power_source, f"{name} per extra bit/weight"), parse_math=False)
                 _slopes_panel(ax, fit, name)
+                where = (f"origin {res.origin}, {power_label(res.power_source)}" if response != "accuracy" else
+                         f"origin {res.origin} (accuracy: no power involved)")
+                ax.set_title(f"{name} per extra bit/weight\n{where}", parse_math=False)
         fig.suptitle(f"Layer-group sensitivity (RQ3): {model}", parse_math=False)
         _footer(fig, [r.power_source for r in results])
         return _save(fig, stem)
@@ -318,24 +377,30 @@ def _slopes_panel(ax, fit, name: str) -> None:
     if not fit.coef:
         _empty(ax, f"{CANNOT}\n({fit.reason})")
         return
+    from matplotlib.patches import Patch  # with matplotlib, as above
+
     vals = [fit.coef[f"{g}_bpw"] for g in LAYER_GROUPS]
     err = _err(vals, [fit.ci_low[f"{g}_bpw"] for g in LAYER_GROUPS], [fit.ci_high[f"{g}_bpw"] for g in LAYER_GROUPS])
     colours = ["#d62728" if fit.excludes_zero(f"{g}_bpw") else "#999" for g in LAYER_GROUPS]
-    ax.bar(list(LAYER_GROUPS), vals, yerr=err, color=colours, capsize=4)
+    ax.bar(list(LAYER_GROUPS), vals, yerr=err, color=colours, capsize=4, width=0.5)
+    handles = [Patch(color="#d62728", label="slope, 95% interval excludes 0"),
+               Patch(color="#999", label="slope, 95% interval includes 0")]
     w = fit.without
     if w is not None and w.coef:  # the fit without the influential configurations, beside each bar
         wv = [w.coef[f"{g}_bpw"] for g in LAYER_GROUPS]
-        ax.errorbar([k + 0.3 for k in range(len(LAYER_GROUPS))], wv, fmt="D", color="black", markersize=3, capsize=2,
-                    elinewidth=0.8, yerr=_err(wv, [w.ci_low[f"{g}_bpw"] for g in LAYER_GROUPS],
-                                              [w.ci_high[f"{g}_bpw"] for g in LAYER_GROUPS]),
-                    label=f"without {', '.join(fit.influential)}" + ("" if w.supported else f" ({CANNOT})"))
-        ax.legend(fontsize=6, loc="best")
-    ax.axhline(0.0, color="#555", linewidth=0.8)
-    ax.set_ylabel(f"slope ({name} per bit/weight)")
+        handles.append(ax.errorbar(
+            [k + 0.35 for k in range(len(LAYER_GROUPS))], wv, fmt="D", color="black", markersize=3, capsize=2,
+            elinewidth=0.8, yerr=_err(wv, [w.ci_low[f"{g}_bpw"] for g in LAYER_GROUPS],
+                                      [w.ci_high[f"{g}_bpw"] for g in LAYER_GROUPS]),
+            label=_wrap(f"fit without {', '.join(fit.influential)} (Cook's distance > 4/n)"
+                        + ("" if w.supported else f"; {CANNOT}"))))
     note = f"n = {fit.n}, R^2 = {fit.r2:.3f}" if fit.r2 is not None else f"n = {fit.n}"
     if not fit.supported:
-        note += f"\n{CANNOT}"
-    ax.text(0.02, 0.97, note, transform=ax.transAxes, va="top", fontsize=7, parse_math=False)
+        note += f"; {CANNOT}"
+    ax.legend(handles=handles, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False,
+              title=_wrap(note), title_fontsize=7)
+    ax.axhline(0.0, color="#555", linewidth=0.8)
+    ax.set_ylabel(f"slope ({name} per bit/weight)")
     ax.grid(alpha=0.3, axis="y")
 
 
@@ -349,13 +414,13 @@ def attribution_plot(results: list, stem: Path, *, model: str) -> tuple[Path, Pa
         return None
     with _matplotlib().rc_context(_RC):
         results = sorted(results, key=lambda r: lab_first(r.origin, r.power_source))
-        fig, axes = _figure(len(results), ncols=2, width=9.0, height=3.4)
+        fig, axes = _figure(len(results), ncols=2, width=10.0, height=4.4)
         for res, (ax_b, ax_t) in zip(results, axes):
             for ax, xcol, fit, xlabel, scale in (
                     (ax_b, "gb_per_token", res.fit_bytes, "GB read per generated token", 1.0),
                     (ax_t, "s_per_token", res.fit_time, "ms per generated token", 1e3)):
                 ax.set_title(_panel_title(res.origin, res.power_source, "decode J/token"), parse_math=False)
-                _decode_panel(ax, res, xcol, fit, xlabel, scale)
+                _decode_panel(ax, res, xcol, fit, xlabel, scale, key=ax is ax_t)
         bw = results[0].bandwidth_gbs
         fig.suptitle(f"Decode energy attribution (RQ5): {model}"
                      + (f"; memory bandwidth {bw:g} GB/s" if bw else "; memory bandwidth unknown"), parse_math=False)
@@ -363,27 +428,44 @@ def attribution_plot(results: list, stem: Path, *, model: str) -> tuple[Path, Pa
         return _save(fig, stem)
 
 
-def _decode_panel(ax, res, xcol: str, fit, xlabel: str, scale: float) -> None:
-    """Decode J/token against ``xcol`` (times ``scale``) with the fit's line (its term is ``xcol``)."""
+def _decode_panel(ax, res, xcol: str, fit, xlabel: str, scale: float, key: bool = True) -> None:
+    """Decode J/token against ``xcol`` (times ``scale``) with the fit's line (its term is ``xcol``);
+    a log y axis when one configuration's value dwarfs the rest (named in the key)."""
     pts = res.table.filter(pl.col(xcol).is_not_null() & pl.col("decode_j_per_token").is_not_null())
     if pts.is_empty():
         _empty(ax, f"no decode energy with {xlabel} ({power_label(res.power_source)})")
         return
     xs = [x * scale for x in pts[xcol].to_list()]
-    ax.plot(xs, pts["decode_j_per_token"].to_list(), "o", color="#1f77b4")
-    _labels(ax, [(x, y, c, False) for x, y, c in zip(xs, pts["decode_j_per_token"].to_list(), pts["config_id"].to_list())],
-            fontsize=5)
+    ys = pts["decode_j_per_token"].to_list()
+    ylabel = _log_y_if_spread(ax, ys, "decode J/token")
+    if xcol == "s_per_token":  # time spans decades when one configuration is slow; bytes never do
+        xlabel = _log_y_if_spread(ax, xs, xlabel, axis="x", ratio=10.0)
+    ax.plot(xs, ys, "o", color="#1f77b4", markersize=4)
+    lo, hi = min(xs), max(xs)
     if fit.coef and all(math.isfinite(v) for v in fit.coef.values()):
-        lo, hi = min(xs), max(xs)
-        b0, b1 = fit.coef["intercept"], fit.coef[xcol]
-        ax.plot([lo, hi], [b0 + b1 * lo / scale, b0 + b1 * hi / scale], "-", color="#d62728", linewidth=1,
-                label=f"OLS, R^2 = {fit.r2:.3f}" + ("" if fit.supported else f" ({CANNOT})"))
+        _line(ax, lo, hi, fit.coef["intercept"], fit.coef[xcol], scale, "-", "#d62728",
+              _wrap(f"OLS, R^2 = {fit.r2:.3f}" + ("" if fit.supported else f"; {CANNOT}"), 48))
         _without_line(ax, pts, xcol, fit, scale, lo, hi)
-        ax.legend(fontsize=6, loc="best" if fit.influential else "upper left")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    _labels(ax, [(x, y, c, False) for x, y, c in zip(xs, ys, pts["config_id"].to_list())], fontsize=5, key=key)
     ax.set_xlabel(xlabel)
-    _numeric_x(ax)
-    ax.set_ylabel("decode J/token")
-    ax.grid(alpha=0.3)
+    if ax.get_xscale() == "linear":
+        _numeric_x(ax)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+
+
+def _line(ax, lo: float, hi: float, b0: float, b1: float, scale: float, style: str, colour: str, label: str) -> None:
+    """The fitted line b0 + b1 * x / scale over [lo, hi], drawn in 50 steps so that it stays a
+    line on a log y axis (its parts at or below 0 are left out there)."""
+    if ax.get_xscale() == "log" and lo > 0:
+        xs = [lo * (hi / lo) ** (k / 49) for k in range(50)]  # even steps on the log axis
+    else:
+        xs = [lo + (hi - lo) * k / 49 for k in range(50)]
+    ys = [b0 + b1 * x / scale for x in xs]
+    if ax.get_yscale() == "log":
+        ys = [y if y > 0 else math.nan for y in ys]
+    ax.plot(xs, ys, style, color=colour, linewidth=1, label=label)
 
 
 def _without_line(ax, pts: pl.DataFrame, xcol: str, fit, scale: float, lo: float, hi: float) -> None:
@@ -391,13 +473,13 @@ def _without_line(ax, pts: pl.DataFrame, xcol: str, fit, scale: float, lo: float
     if not fit.influential:
         return
     ring = pts.filter(pl.col("config_id").is_in(fit.influential))
-    ax.plot([x * scale for x in ring[xcol].to_list()], ring["decode_j_per_token"].to_list(), "o", markersize=10,
+    ax.plot([x * scale for x in ring[xcol].to_list()], ring["decode_j_per_token"].to_list(), "o", markersize=9,
             markerfacecolor="none", markeredgecolor="black", label="Cook's distance > 4/n")
     w = fit.without
     if w is not None and w.coef and all(math.isfinite(v) for v in w.coef.values()):
-        b0, b1 = w.coef["intercept"], w.coef[xcol]
-        ax.plot([lo, hi], [b0 + b1 * lo / scale, b0 + b1 * hi / scale], "--", color="black", linewidth=1,
-                label=f"without {', '.join(fit.influential)}, R^2 = {w.r2:.3f}" + ("" if w.supported else f" ({CANNOT})"))
+        _line(ax, lo, hi, w.coef["intercept"], w.coef[xcol], scale, "--", "black",
+              _wrap(f"without {', '.join(fit.influential)}, R^2 = {w.r2:.3f}" + ("" if w.supported else f"; {CANNOT}"),
+                    48))
 
 
 __all__ = ["pareto_plot", "matched_pairs_plot", "pairs_shown", "sensitivity_plot", "attribution_plot"]
