@@ -724,3 +724,20 @@ def test_a_crowded_panel_numbers_its_points_with_a_key_and_an_outlier_gets_a_log
     few = front.head(plots.MAX_NAMED)
     _png, svg = plots.pareto_plot(few, tmp_path / "few", model="toy")
     assert "points" not in svg.read_text() and few["config_id"][0] in svg.read_text()  # names on the points
+
+
+def test_every_accuracy_names_its_benchmarks_shots_scoring_task_version_and_questions(tmp_path):
+    scoring = pl.DataFrame([
+        {"origin": "lab", "model": "toy", "benchmark": "mmlu", "scoring": "loglikelihood", "deviation": None, "shots": 5,
+         "task_version": "1", "n_answers": 480, "min_questions": 20, "max_questions": 20},
+        {"origin": "lab", "model": "toy", "benchmark": "arc_challenge", "scoring": "loglikelihood", "deviation": None,
+         "shots": 25, "task_version": None, "n_answers": 240, "min_questions": 8, "max_questions": 10},
+    ])
+    files = write_report(synthetic(scoring=scoring), tmp_path / "r")
+    md = files.markdown.read_text()
+    basis = ("Accuracy is the unweighted mean of: arc_challenge, 25-shot, scored as lm-eval's acc (the choice of highest "
+             "summed log-likelihood), task version not recorded, 8-10 questions per run; mmlu, 5-shot, scored as "
+             "lm-eval's acc (the choice of highest summed log-likelihood), task v1, 20 questions per run.")
+    assert md.count(basis) >= 3  # the group's text, the results table and the Pareto table
+    pareto = next(f for f in files.figures if f.name.startswith("pareto") and f.suffix == ".svg")
+    assert "Accuracy (mean of arc_challenge 25-shot, 8-10 q, mmlu 5-shot, 20 q; acc)" in pareto.read_text()

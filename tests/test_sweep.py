@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from mqepi.lake.store import Lake
+from mqepi.progress import Count
 from mqepi.sweep import forecast as plan
 from mqepi.sweep.resume import plan_runs
 from mqepi.sweep.run import eta_text, run_sweep
@@ -139,6 +140,11 @@ def test_kill_mid_sweep_then_resume_matches_an_uninterrupted_sweep(tmp_path):
     assert len(straight.finished) == 2
     starts = [line for line in lines if re.match(r"\[\d+/2\] ", line)]  # the ETA from the runs finished so far
     assert starts[0].endswith("-r0-a1)") and re.search(r"-r0-a1; about \d+ (s|min) left\)$", starts[1]), starts
+    # the same lines carry the runs done and the estimate for a progress bar (mqepi.cli._common.progress_lines)
+    assert [(s.kind, s.done, s.total) for s in starts] == [("runs", 0, 2), ("runs", 1, 2)]
+    assert starts[0].left_s is None and starts[1].left_s > 0
+    scored = [line for line in lines if isinstance(line, Count) and line.kind == "questions"]
+    assert all(re.fullmatch(r"  mmlu: [12]/2 questions scored", line) for line in scored), scored
     assert _results(killed, finished) == _results(clean, straight.finished)
     # every measured window of a finished run has power samples of its own run
     phases = killed.read("phase", columns=["run_id", "phase", "start_ns", "end_ns"])
@@ -160,6 +166,9 @@ def test_windows_of_a_run_never_overlap(tmp_path):
     prov = json.loads(lake.read("run", run_id=result.finished[0])["provenance_json"][0])
     assert prov["meter"]["source"] == "simulated" and prov["sweep_id"] == result.sweep_id
     assert prov["llama_cpp_commit"] and prov["question_sets"]["mmlu"]
+    from mqepi.quality.tasks import TASKS
+    assert prov["tasks"]["mmlu"] == {"version": TASKS["mmlu"].version, "sha256": TASKS["mmlu"].sha256,
+                                     "shots": TASKS["mmlu"].shots, "questions": TINY["benchmarks"]["mmlu"]}
     # every run event carries the hardware profile's id; the profile is in the provenance
     hw = prov["hardware"]
     assert set(lake.read("run")["hardware_id"]) == {hw["hardware_id"]}

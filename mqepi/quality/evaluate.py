@@ -109,7 +109,8 @@ def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings:
     provenance = {"mqepi": __version__, "llama_cpp_commit": tc.llama_cpp_commit, "toolchain": tc.version,
                   "host": socket.gethostname(), "platform": platform.platform(), "model_file": str(model_path),
                   "text": {"sha256": text.sha256, "sources": text.sources},
-                  "question_sets": {q.benchmark: q.sha256 for q in qsets}, "settings": settings.__dict__}
+                  "question_sets": {q.benchmark: q.sha256 for q in qsets},
+                  "tasks": {q.benchmark: q.task_record() for q in qsets}, "settings": settings.__dict__}
     profile = local_profile(llama_cpp_commit=tc.llama_cpp_commit, meter="none")
     provenance["hardware"] = profile.as_dict()
 

@@ -71,6 +71,11 @@ class QuestionSet:
                            "items": [(i.question_id, i.prompt_sha256) for i in self.items]}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
 
+    def task_record(self) -> dict:
+        """What a run's provenance records of the task behind this set (``provenance.tasks``)."""
+        return {"version": self.task.version, "sha256": self.task.sha256, "shots": self.task.shots,
+                "questions": len(self.items)}
+
     def manifest(self) -> dict:
         return {"benchmark": self.benchmark, "question_set_sha256": self.sha256, "task": self.task.definition(),
                 "dataset": self.dataset, "seed": self.seed, "requested": self.requested,

@@ -283,6 +283,7 @@ class Rig:
             "sweep": spec.identity(), "attempt": plan.attempt, "base_sha256": self.base.sha256,
             "file_sha256": q.file_sha256, "map_sha256": q.effective_map_sha256,
             "text": {"sha256": self.text.sha256}, "question_sets": {s.benchmark: s.sha256 for s in self.qsets},
+            "tasks": {s.benchmark: s.task_record() for s in self.qsets},
             "nodes": [n.name for n in self.nodes], "rpc_endpoints": self.endpoints, "meter": meter,
             "thermal": self.thermal_note, "cluster": spec.cluster, "hardware": self.hardware.as_dict(),
         }

@@ -50,9 +50,12 @@ RUNS = {
 HARDWARE_FRAMES = ("config_summary", "matched_pairs", "pareto_frontier", "run_metrics", "answer_flips", "kld_frontier",
                    "runs")
 #: How the answers were scored, per (origin, model, benchmark): the scoring rule
-#: (``benchmark_answer.scoring``, NULL for version 1) and the protocol's deviation from
-#: lm-evaluation-harness (NULL: none), with how many answers each.
-SCORING = {"origin": _S, "model": _S, "benchmark": _S, "scoring": _S, "deviation": _S, "n_answers": _I}
+#: (``benchmark_answer.scoring``, NULL for version 1), the protocol's deviation from
+#: lm-evaluation-harness (NULL: none), the shots, the task file's version (run provenance
+#: ``tasks``; NULL where not recorded), with how many answers each and the fewest and most
+#: questions one run answered.
+SCORING = {"origin": _S, "model": _S, "benchmark": _S, "scoring": _S, "deviation": _S, "shots": _I,
+           "task_version": _S, "n_answers": _I, "min_questions": _I, "max_questions": _I}
 QUESTION_SETS = {"origin": _S, "model": _S, "benchmark": _S, "question_set_sha256": _S, "n_runs": _I, "n_questions": _I}
 #: Columns of :func:`layer_group_bits`.
 LAYER_BITS = {

@@ -182,12 +182,15 @@ def _err(values, lows, highs) -> list[list[float]]:
 # ------------------------------------------------------------------ Pareto
 
 
-def pareto_plot(frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Path, Path] | None:
+def pareto_plot(frontier: pl.DataFrame, stem: Path, *, model: str,
+                accuracy_label: str = "Accuracy (composite)") -> tuple[Path, Path] | None:
     """Accuracy (x) vs J/token (y), as the paper draws it: uniform and mixed with different
     markers, 95% intervals as error bars, every point labelled (with its share of answers flipped
     against the base where ``frontier`` has a known ``flip_share``), the frontier drawn, mixed
-    configurations beyond every uniform one ringed. One panel per (origin, power source)."""
-    return _group_panels(frontier, stem, f"Pareto frontier of accuracy vs J/token: {model}", _pareto_panel)
+    configurations beyond every uniform one ringed. One panel per (origin, power source).
+    ``accuracy_label``: the x axis, naming benchmarks, shots and questions (tables.accuracy_basis)."""
+    return _group_panels(frontier, stem, f"Pareto frontier of accuracy vs J/token: {model}",
+                         functools.partial(_pareto_panel, xlabel=accuracy_label))
 
 
 def _group_panels(df: pl.DataFrame, stem: Path, title: str, draw) -> tuple[Path, Path] | None:
@@ -206,7 +209,7 @@ def _group_panels(df: pl.DataFrame, stem: Path, title: str, draw) -> tuple[Path,
         return _save(fig, stem)
 
 
-def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
+def _pareto_panel(ax, rows: pl.DataFrame, ps: str, xlabel: str = "Accuracy (composite)") -> None:
     pts = rows.filter(pl.col("accuracy").is_not_null() & pl.col("j_per_token").is_not_null())
     if pts.is_empty():
         _empty(ax, f"no J/token for these configurations ({power_label(ps)})")
@@ -238,7 +241,7 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str) -> None:
         label = r["config_id"] if flips is None else f"{r['config_id']} ({100 * flips:.0f}% flipped)"
         labels.append((r["accuracy"], r["j_per_token"], label, bool(r["on_frontier"])))
     _labels(ax, labels)
-    ax.set_xlabel("Accuracy (composite)")
+    ax.set_xlabel(xlabel)
     _numeric_x(ax, pts["accuracy"].to_list())
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

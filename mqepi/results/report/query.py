@@ -97,9 +97,14 @@ _RUNS_SQL = (
 _QUESTION_SETS_SQL = (
     "SELECT origin, model, benchmark, question_set_sha256, count(DISTINCT run_id) AS n_runs, "
     "count(DISTINCT question_id) AS n_questions FROM benchmark_answer WHERE {where} GROUP BY ALL ORDER BY ALL")
-_SCORING_SQL = (
-    "SELECT origin, model, benchmark, scoring, deviation, count(*) AS n_answers FROM benchmark_answer "
-    "WHERE {where} GROUP BY ALL ORDER BY ALL")
+_SCORING_SQL = (  # per rule, deviation, shots and task version: answers, and the fewest/most questions of a run
+    "WITH per_run AS (SELECT origin, model, benchmark, run_id, scoring, deviation, shots, count(*) AS n "
+    "FROM benchmark_answer WHERE {where} GROUP BY ALL), "
+    "prov AS (SELECT run_id, any_value(provenance_json) AS p FROM run WHERE status = 'started' GROUP BY run_id) "
+    "SELECT origin, model, benchmark, scoring, deviation, shots, "
+    "json_extract_string(prov.p, '$.tasks.' || benchmark || '.version') AS task_version, sum(n) AS n_answers, "
+    "min(n) AS min_questions, max(n) AS max_questions FROM per_run LEFT JOIN prov USING (run_id) "
+    "GROUP BY ALL ORDER BY ALL")
 _SETTINGS_SQL = (
     f"SELECT coalesce(getvariable('mqepi_seed'), {DEFAULT_SEED}), coalesce(getvariable('mqepi_bootstrap'), {DEFAULT_BOOTSTRAP}), "
     "coalesce(getvariable('mqepi_ppl_margin'), 0.01), coalesce(getvariable('mqepi_z'), 1.96), "

@@ -92,6 +92,36 @@ def scoring_lines(scoring: pl.DataFrame, origin: str, model: str) -> list[str]:
     return lines
 
 
+#: What the accuracy basis calls each scoring rule, in a few words.
+_RULE_WORDS = {"loglikelihood": "scored as lm-eval's acc (the choice of highest summed log-likelihood)",
+               None: "scored by llama-perplexity's mean token log-prob (not lm-eval's acc)"}
+
+
+def accuracy_basis(scoring: pl.DataFrame, origin: str, model: str) -> tuple[str, str]:
+    """(sentence, axis label) naming what a model's composite accuracy is made of: per benchmark
+    its shots, scoring rule, task version and questions per run; the composite is the
+    unweighted mean of the benchmarks' accuracies. ("", "Accuracy") when nothing was scored."""
+    mine = scoring.filter((pl.col("origin") == origin) & (pl.col("model") == model))
+    if mine.is_empty():
+        return "", "Accuracy"
+    long, short = [], []
+    for (bench,), part in mine.sort("benchmark").group_by("benchmark", maintain_order=True):
+        shots = "/".join(str(n) for n in sorted(set(part["shots"].drop_nulls().to_list()))) or "?"
+        rules = sorted(set(part["scoring"].to_list()), key=lambda r: (r is None, r or ""))
+        versions = sorted(set(part["task_version"].drop_nulls().to_list()))
+        lo, hi = part["min_questions"].min(), part["max_questions"].max()
+        questions = f"{fmt(lo)}" if lo == hi else f"{fmt(lo)}-{fmt(hi)}"
+        version = ("task v" + "/v".join(versions)) if versions else "task version not recorded"
+        long.append(f"{bench}, {shots}-shot, {' and '.join(_RULE_WORDS.get(r, f'scoring {r!r}') for r in rules)}, "
+                    f"{version}, {questions} questions per run")
+        short.append(f"{bench} {shots}-shot, {questions} q")
+    what = long[0] if len(long) == 1 else "the unweighted mean of: " + "; ".join(long)
+    rule = "acc" if set(mine["scoring"].to_list()) == {"loglikelihood"} else "mixed scoring"
+    label = (f"Accuracy ({short[0]}; {rule})" if len(short) == 1 else
+             f"Accuracy (mean of {', '.join(short)}; {rule})")
+    return f"Accuracy is {what}.", label
+
+
 def pairs_rows(pairs: pl.DataFrame) -> list[list[str]]:
     """The matched-pairs table (RQ1), one row per flagged pair."""
     rows = []

@@ -164,15 +164,16 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
     cs = group_filter(w.data.config_summary, origin, model, ps)
     rq1 = next(r for r in w.analyses.rq1 if r.key == key)
     rq2 = next(r for r in w.analyses.rq2 if r.key == key)
+    basis, axis = tables.accuracy_basis(w.data.scoring, origin, model)
     w.doc.h(2, f"{model} ({label})")
     w.doc.p(f"Origin {origin}. Power: {label}. {cs.height} configurations, {int(cs['n_repeats'].fill_null(0).sum())} valid "
-            f"repeats used, {int(cs['n_excluded'].fill_null(0).sum())} finished runs excluded as invalid.")
+            f"repeats used, {int(cs['n_excluded'].fill_null(0).sum())} finished runs excluded as invalid. {basis}".rstrip())
     w.doc.h(3, "Results")
     w.doc.table(tables.RESULTS_HEADERS, tables.results_rows(cs),
                 f"{model}, origin {origin}, {label}: medians over valid repeats; 95% intervals of the hierarchical "
                 "bootstrap (repeats, questions and the meter drawn together); a value without an interval could not be "
-                "given one (the last column says why); identical models under several names are one row")
-    _flips_section(w, key, cs)
+                "given one (the last column says why); identical models under several names are one row. " + basis)
+    _flips_section(w, key, cs, basis)
     w.doc.h(3, "Perplexity-matched pairs")
     shown = plots.pairs_shown(rq1.pairs)
     which = ("" if shown.height == rq1.pairs.height else
@@ -187,11 +188,11 @@ def _group_section(w: _Writer, key: tuple[str, str, str]) -> None:
              "the 95% interval excludes 0",
              plots.matched_pairs_plot(rq1.pairs, w.fig_dir / f"pairs-{stem}", model=model))
     w.doc.h(3, "Pareto analysis")
-    w.table(tables.frontier_table(rq2), f"Accuracy vs J/token; {label}")
+    w.table(tables.frontier_table(rq2), f"Accuracy vs J/token; {label}. {basis}")
     w.figure(f"Pareto frontier of accuracy vs J/token, {model}, origin {origin}, {label}; the share of answers "
              "flipped against the base is given beside a configuration's name where known",
              plots.pareto_plot(_with_flips(rq2.frontier, w.data.config_summary), w.fig_dir / f"pareto-{stem}",
-                               model=model))
+                               model=model, accuracy_label=axis))
     _search_section(w, key, stem)
     w.doc.h(3, "Research questions")
     for a in w.analyses.answers(*key):
@@ -235,7 +236,7 @@ def _search_section(w: _Writer, key: tuple[str, str, str], stem: str) -> None:
              plots.kld_plot(kf, w.fig_dir / f"kld-{stem}", model=model))
 
 
-def _flips_section(w: _Writer, key: tuple[str, str, str], cs: pl.DataFrame) -> None:
+def _flips_section(w: _Writer, key: tuple[str, str, str], cs: pl.DataFrame, basis: str = "") -> None:
     """Answer flips against the base, and how the accuracy shown was scored."""
     origin, model, ps = key
     flips = group_filter(w.data.answer_flips, origin, model, ps)
@@ -252,7 +253,8 @@ def _flips_section(w: _Writer, key: tuple[str, str, str], cs: pl.DataFrame) -> N
                     "Per configuration against the reference, every benchmark pooled (answer_flips, benchmark 'all'): share of "
                     "the questions both answered whose answer differs, 95% Wilson interval over questions (one answer "
                     "per configuration and question: the first valid repeat's); right -> wrong and wrong -> right are "
-                    "the flips that change correctness; choice KL = mean KL(reference || config) of the choice distributions")
+                    "the flips that change correctness; choice KL = mean KL(reference || config) of the choice distributions. "
+                    + basis)
     if scoring:
         w.doc.p("Scoring of the accuracy shown, per benchmark:")
         w.doc.bullets(scoring)
@@ -298,7 +300,13 @@ def _side_by_side_section(w: _Writer) -> None:
         labels = ", ".join(sorted({power_label(s) for s in front["power_source"].drop_nulls().to_list()}))
         w.figure(f"Pareto frontiers of {model} by origin and power source ({labels})",
                  plots.pareto_plot(_with_flips(front, w.data.config_summary), w.fig_dir / f"pareto-{w.stem(model)}-all",
-                                   model=model))
+                                   model=model, accuracy_label=_axis_of(w, model)))
+
+
+def _axis_of(w: _Writer, model: str) -> str:
+    """The accuracy axis of a figure with every origin of ``model``: the one basis they share, else generic."""
+    labels = {tables.accuracy_basis(w.data.scoring, o, model)[1] for o in w.data.origins()} - {"Accuracy"}
+    return labels.pop() if len(labels) == 1 else "Accuracy (composite; each origin's benchmarks in its section)"
 
 
 def _excluded_section(w: _Writer) -> None:
