@@ -668,6 +668,8 @@ def test_intervals_are_compact_and_numbers_right_aligned(tmp_path):
     assert fmt_ci(12345.0, 11000.0, 13700.0) == "12,300 (11,000-13,700)"
     assert fmt_ci(-0.00001, -0.02, 0.02) == "0.000 (-0.020 to 0.020)"  # no "-0.000"
     assert fmt_ci(0.25, 0.25, 0.25, 2) == "0.25 (0.25-0.25)"  # an empty interval: significant digits
+    from mqepi.results.report.labels import fmt_pm
+    assert fmt_pm(27.42, 3.6) == "27 ± 4" and fmt_pm(20.87, 0.29) == "20.87 ± 0.29" and fmt_pm(19.0, None) == "19"
     assert fmt_ci(0.5, 0.2, math.inf, 2) == "0.5 (0.2 to inf)" and fmt_ci(0.5, None, 1.0) == "0.5"
     doc = Document("t")
     doc.table(["Config", "J/token (95% CI)", "n", "Note"],

@@ -143,8 +143,8 @@ def _html_table(b: _Block) -> str:
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
 div.table{overflow-x:auto;margin:1rem 0} p.caption{font-style:italic;margin:.3rem 0}
-table{border-collapse:collapse;font-size:.85rem}
-th,td{border:1px solid #bbb;padding:.2rem .5rem;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:.85rem;width:max-content}
+th,td{border:1px solid #bbb;padding:.2rem .5rem;text-align:left;vertical-align:top;max-width:24rem}
 th{background:#eee}
 td.num,th.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0} figure img{max-width:100%} figcaption{font-style:italic;font-size:.9rem}

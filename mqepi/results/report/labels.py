@@ -115,6 +115,17 @@ def fmt_ci(x, lo, hi, digits: int = 4) -> str:
     return f"{show(x)} ({show(lo)}{sep}{show(hi)})"
 
 
+def fmt_pm(x, stderr, digits: int = 4) -> str:
+    """``x ± stderr`` to the decimal place the standard error supports (:func:`ci_decimals` of
+    x ± stderr); ``x`` alone without one; '-' for missing."""
+    if x is None:
+        return "-"
+    d = None if stderr is None else ci_decimals(x - stderr, x + stderr)
+    if d is None:
+        return fmt(x, digits) + ("" if stderr is None else f" ± {fmt(stderr, 2)}")
+    return f"{_fixed(x, d)} ± {_fixed(stderr, d)}"
+
+
 def ci_decimals(lo: float, hi: float) -> int | None:
     """Decimal places an interval supports: its half-width to two significant digits when they
     read below 35, else to one (the Particle Data Group's rounding rule), so a value is never

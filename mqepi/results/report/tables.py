@@ -10,7 +10,7 @@ import polars as pl
 
 from mqepi.results.report.comparisons import Rq2Result
 from mqepi.results.report.data import ReportData
-from mqepi.results.report.labels import LAYER_GROUPS, fmt, fmt_ci, gb, power_label, without_local_path
+from mqepi.results.report.labels import LAYER_GROUPS, fmt, fmt_ci, fmt_pm, gb, power_label, without_local_path
 from mqepi.results.report.regressions import Rq3Result, Rq5Result
 
 Table = tuple[list[str], list[list[str]]]
@@ -34,8 +34,8 @@ _PROVENANCE_SKIP = ("host", "model_file", "question_sets", "settings", "text.sou
 
 
 def _ppl(value, stderr) -> str:
-    """A perplexity with its standard error."""
-    return fmt(value) + (f" ± {fmt(stderr, 2)}" if stderr is not None else "")
+    """A perplexity with its standard error, to the digits the error supports."""
+    return fmt_pm(value, stderr)
 
 
 def results_rows(cs: pl.DataFrame) -> list[list[str]]:
