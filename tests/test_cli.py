@@ -99,6 +99,23 @@ def test_lake_env_var_is_honoured(lake, monkeypatch):
     assert json.loads(result.stdout) == [{"n": 1}]
 
 
+def test_evaluate_model_takes_a_profile_id_not_a_gguf_file(tmp_path, monkeypatch):
+    """llama.cpp's ``-m model.gguf`` habit: refused in one line naming the option and the value,
+    before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    Path("weights.bin").write_bytes(b"GGUF")
+    lake = tmp_path / "lake"
+    for value in ("some.gguf", "models/SmolLM2.Q8_0.GGUF", "dir/profile", "weights.bin"):
+        result = runner.invoke(app, ["--lake", str(lake), "evaluate", "uniform_q8", "-m", value])
+        assert result.exit_code == 1, result.output
+        assert result.stderr == (f"error: --model {value!r} looks like a model file: --model takes a model profile id "
+                                 "such as smollm2-135m; give the .gguf file as the CONFIG argument: "
+                                 "mqepi evaluate path/to/model.gguf --model PROFILE\n")
+        assert not lake.exists()  # nothing created, nothing appended
+    help_text = re.sub(r"\s+", " ", runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"}).output)
+    assert "Not a .gguf file (llama.cpp's -m): that is the CONFIG argument." in help_text
+
+
 @pytest.mark.slow
 def test_demo_runs_every_stage_on_a_subset(tmp_path):
     """The demo's stages end to end on three configurations (the README's main command runs

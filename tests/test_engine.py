@@ -66,12 +66,19 @@ def test_choose_follows_lm_eval_acc_and_acc_norm():
     assert engine.choose([-2.0, -2.0], ["x", "y"]) == (0, 0)
 
 
-def test_prefix_reuse_equals_naive_evaluation_and_llama_perplexity(q8, tools, runner, mmlu5, tmp_path):
+def test_prefix_reuse_equals_naive_evaluation_and_llama_perplexity(q8, tools, runner, mmlu5, tmp_path, monkeypatch):
     lake = Lake(tmp_path / "lake")
     lake.init()
     key = RunKey("smollm2-135m", "uniform_q8", "r-engine")
     before = time.time_ns()
-    fast = scoring.run_scoring(mmlu5, q8, runner, threads=2, lake=lake, key=key)
+    monkeypatch.setattr(scoring, "PROGRESS_EVERY_S", 0.0)  # the throttle's clock: report every question here
+    scored: list[tuple[int, str]] = []
+    fast = scoring.run_scoring(mmlu5, q8, runner, threads=2, lake=lake, key=key,
+                               progress=lambda line: scored.append((time.time_ns(), line)))
+    # the questions were reported as the engine scored them (inside its window), nothing else of its output
+    assert [line for _, line in scored] == [f"mmlu: {k}/6 questions scored" for k in range(1, 7)]
+    assert [line.done for _, line in scored] == list(range(1, 7))
+    assert fast.start_ns < scored[0][0] < fast.end_ns
     naive = scoring.run_scoring(mmlu5, q8, runner, threads=2, naive=True)
     assert _max_diff(fast, naive) < 1e-3
     assert [r["predicted"] for r in fast.answers] == [r["predicted"] for r in naive.answers]

@@ -14,20 +14,25 @@ cell or title through :func:`cell` (a rich ``Text``, never read as markup).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import polars as pl
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
 from mqepi.errors import MqepiError
 from mqepi.lake.store import Lake
+from mqepi.progress import Count, about_left
 from mqepi.results import sql
 
 #: Into a pipe or a file, lines are never wrapped (rich would wrap at 80 columns mid-sentence).
@@ -133,6 +138,127 @@ def progress_printer() -> Callable[[str], None]:
 
     progress.stop = status.stop  # type: ignore[attr-defined]
     return progress
+
+
+@contextlib.contextmanager
+def progress_lines(console: Console | None = None, *, indent: str = "", forecast_s: float | None = None,
+                   keep_lines: bool = True) -> Iterator[Callable[[str], None]]:
+    """The progress callback of a long command (a sweep, the demo, an evaluation), for the
+    length of the ``with``; ``console`` defaults to :data:`out`, each line follows ``indent``.
+
+    At a terminal: every line printed as :func:`say` prints it and, below them, a transient rich
+    Progress: a bar of a sweep's runs (done / total, and the time left: the sweep's estimate from
+    the runs it has finished, before the first one ``forecast_s``, the planner's forecast, both
+    counted down) and a line of the questions the current benchmark window has scored
+    (:class:`~mqepi.progress.Count` lines). With ``keep_lines=False`` the lines (a tool's output
+    among them) show in a live status line instead, warnings excepted. Anywhere else (a pipe, a
+    file, a CI log): the plain unwrapped lines of :func:`say`, of a window's question counts only
+    the first past each quarter of its questions (a dumb terminal, TERM=dumb, gets these too)."""
+    console = console or out
+    if not console.is_terminal or console.is_dumb_terminal:
+        yield _PlainLines(console, indent)
+        return
+    bars = _Bars(console, indent, forecast_s, keep_lines)
+    try:
+        yield bars
+    finally:
+        bars.stop()
+
+
+class _PlainLines:
+    """Progress into a pipe or a file: each line as :func:`say` prints it; of a window's
+    question counts, only the first past each quarter."""
+
+    def __init__(self, console: Console, indent: str):
+        self.console, self.indent = console, indent
+        self.done = self.quarter = 0
+
+    def __call__(self, line: str) -> None:
+        if isinstance(line, Count) and line.kind == "questions":
+            if line.done <= self.done:  # a new window
+                self.quarter = 0
+            self.done, quarter = line.done, 4 * line.done // max(line.total, 1)
+            if quarter <= self.quarter:
+                return
+            self.quarter = quarter
+        else:
+            self.done = self.quarter = 0
+        say(self.indent + line, self.console)
+
+
+class _Bars:
+    """Progress at a terminal: lines printed above a transient rich Progress with rows for the
+    runs, the current window's questions and (``keep_lines=False``) the latest line."""
+
+    def __init__(self, console: Console, indent: str, forecast_s: float | None, keep_lines: bool):
+        self.console, self.indent, self.forecast_s, self.keep_lines = console, indent, forecast_s, keep_lines
+        self.bars = Progress(TextColumn("{task.description}", markup=False), _Bar(bar_width=30), _TimeLeft(),
+                             console=console, transient=True, refresh_per_second=4)
+        self.t0 = time.monotonic()
+        self.rows: dict[str, TaskID] = {}
+        self.lock = threading.Lock()  # the sweep's prefetch thread reports too
+        self.live = self.closed = False
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            if self.closed:
+                say(self.indent + line, self.console)
+                return
+            self._show(line)
+            if self.live:
+                self.bars.refresh()  # lines come seldom (the library throttles its counts): shown at once
+
+    def _show(self, line: str) -> None:
+        kind = line.kind if isinstance(line, Count) else None
+        if kind == "questions":
+            self._row("questions", line, completed=line.done, total=line.total)
+            return
+        if kind == "runs":
+            left_s, at = line.left_s, time.monotonic()
+            if left_s is None and line.done == 0 and self.forecast_s is not None:  # none finished yet
+                left_s, at = self.forecast_s, self.t0
+            self._row("runs", f"{line.done}/{line.total} runs", completed=line.done, total=line.total,
+                      left_s=left_s, at=at)
+        if "questions" in self.rows:  # the window has ended
+            self.bars.update(self.rows["questions"], visible=False)
+        if self.keep_lines or line.lstrip().startswith("warning"):
+            say(self.indent + line, self.console)
+        else:
+            self._row("status", line[:160], total=None)
+
+    def _row(self, name: str, text: str, **fields) -> None:
+        if not self.live:
+            self.bars.start()
+            self.live = True
+        description = plain(self.indent + text)
+        if name in self.rows:
+            self.bars.update(self.rows[name], description=description, visible=True, **fields)
+        else:
+            self.rows[name] = self.bars.add_task(description, **fields)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.closed = True
+            if self.live:
+                self.bars.stop()
+
+
+class _Bar(BarColumn):
+    """A bar for a row with a total; nothing for a status line."""
+
+    def render(self, task: Task):
+        return super().render(task) if task.total else Text("")
+
+
+class _TimeLeft(ProgressColumn):
+    """The time left of a row that has an estimate, counted down since it was made."""
+
+    def render(self, task: Task) -> Text:
+        left_s = task.fields.get("left_s")
+        if left_s is None:
+            return Text("")
+        left_s -= time.monotonic() - task.fields["at"]
+        return Text(about_left(left_s) if left_s >= 1 else "past the estimate", style="progress.remaining")
 
 
 def query_frame(sql_text: str, params: list | None = None) -> pl.DataFrame:

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mqepi.cli._common import cell, edge, lake, out, say, split_list
+from mqepi.cli._common import cell, edge, lake, out, progress_lines, split_list
 from mqepi.flows import prefect_environment
 from mqepi.lake.store import Lake
 from mqepi.quant import expansion, maps, toolchain
@@ -46,6 +46,7 @@ app = typer.Typer()
 class Stage:
     name: str
     run: Callable[[Lake, Callable[[str], None]], str]  # (lake, progress) -> summary
+    forecast_s: Callable[[], float | None] = lambda: None  # the planner's forecast of the stage, once known
 
 
 def _lake_ready(lake: Lake, progress: Callable[[str], None]) -> str:
@@ -305,7 +306,8 @@ def stages(state: DemoState, console: Console) -> list[Stage]:
         Stage("loopback cluster: SSH hosts with pinned keys, quant host", _cluster_up(state)),
         Stage("calibration runs (sweep flow, simulated meter)", _calibrate(state)),
         Stage("planner: forecast of the rest of the sweep", _plan(state)),
-        Stage("sweep over every configuration (Prefect flow)", _sweep(state)),
+        Stage("sweep over every configuration (Prefect flow)", _sweep(state),
+              lambda: state.forecast.seconds if state.forecast is not None else None),
         Stage("recompute frontier (materialised snapshot)", _frontier(state, console)),
         Stage("SQL views", _views_loaded),
         Stage("report: tables, plots, RQ1-RQ5", _report(state)),
@@ -327,7 +329,8 @@ def run_demo(lake: Lake, console: Console, settings: DemoSettings | None = None)
             console.print(cell(">", "bold") + cell(f" {stage.name} ..."))
             start = time.perf_counter()
             try:
-                detail = stage.run(lake, lambda message: say(f"  {message}", console))
+                with progress_lines(console, indent="  ", forecast_s=stage.forecast_s()) as progress:
+                    detail = stage.run(lake, progress)
                 table.add_row(cell(stage.name), "[green]done[/]", cell(detail), f"{time.perf_counter() - start:.1f}")
             except Exception as exc:  # reported as the stage's failure, and the demo fails
                 ok = False

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import typer
 
 from mqepi.analysis.stats import wilson_interval
-from mqepi.cli._common import BENCH_HELP, edge, err, lake, parse_bench, say
+from mqepi.cli._common import BENCH_HELP, edge, err, lake, parse_bench, progress_lines, say
 from mqepi.errors import MqepiError
 from mqepi.quality import evaluate as ev
 from mqepi.quality import lmeval_files
@@ -19,6 +20,19 @@ from mqepi.quant.assets import ensure_base_model
 from mqepi.quant.quantize import quantize_embedded
 
 app = typer.Typer()
+
+
+def _profile_id(model: str) -> str:
+    """``model`` if it can be a profile id; an error naming ``--model`` if it looks like a model
+    file instead (llama.cpp's ``-m model.gguf``): a .gguf name, a path, or an existing file that is
+    no profile's id."""
+    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
+    if (model.lower().endswith(".gguf") or any(sep in model for sep in separators)
+            or (Path(model).is_file() and not (maps.PROFILES_DIR / f"{model}.json").is_file())):
+        raise MqepiError(f"--model {model!r} looks like a model file: --model takes a model profile id such as "
+                         "smollm2-135m; give the .gguf file as the CONFIG argument: "
+                         "mqepi evaluate path/to/model.gguf --model PROFILE")
+    return model
 
 
 def _checked(config: str, model: str, config_id: str | None, settings: ev.Settings) -> tuple[Path | None, str]:
@@ -50,7 +64,9 @@ def _data_help(benchmark: str) -> str:
 @edge
 def evaluate_command(
     config: str = typer.Argument(..., help="Config id of the embedded model (quantized first if needed) or a .gguf path."),
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Profile id (with a .gguf path: the model it is)."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m",
+                              help="Model profile id, e.g. smollm2-135m (with a .gguf CONFIG: the model it is). "
+                              "Not a .gguf file (llama.cpp's -m): that is the CONFIG argument."),
     bench: list[str] = typer.Option([], "--bench", "-b", help=BENCH_HELP),
     seed: int = typer.Option(1234, help="Seed of the question subset."),
     ppl_context: int = typer.Option(256, help="Perplexity / KLD context (tokens)."),
@@ -70,6 +86,7 @@ def evaluate_command(
                                      "per benchmark, laid out like lm-eval's sample logs."),
 ) -> None:
     """Measure accuracy (multiple choice), perplexity, KLD and throughput of one quantized model."""
+    model = _profile_id(model)
     paths = {"mmlu": mmlu, "arc_challenge": arc, "hellaswag": hellaswag}
     settings = ev.Settings(benchmarks=parse_bench(bench or ["mmlu=20"]), seed=seed,
                            ppl_context=ppl_context, ppl_chunks=ppl_chunks, kld=kld, throughput=throughput, threads=threads,
@@ -83,8 +100,9 @@ def evaluate_command(
     if not config.endswith(".gguf"):
         (q,) = list(quantize_embedded([config], model, lk))
         path, config_id = Path(q.path), q.config_id
-    result = ev.evaluate(path, model, config_id, lk, settings, base_path=base.path, base_sha256=base.sha256,
-                         cache=toolchain.cache_root(), progress=lambda line: say(f"  {line}", err))
+    with progress_lines(err, indent="  ", keep_lines=False) as progress:
+        result = ev.evaluate(path, model, config_id, lk, settings, base_path=base.path, base_sha256=base.sha256,
+                             cache=toolchain.cache_root(), progress=progress)
     say(f"run {result.run_id} ({model} {config_id}); events in {lk.uri}")
     if output_path is not None:
         for written in lmeval_files.write(output_path, result, model=model, config_id=config_id, log_samples=log_samples):

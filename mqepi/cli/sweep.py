@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mqepi.cli._common import BENCH_HELP, edge, lake, out, parse_bench, say, split_list, write_data
+from mqepi.cli._common import BENCH_HELP, edge, lake, out, parse_bench, progress_lines, say, split_list, write_data
 from mqepi.flows import prefect_environment
 from mqepi.sweep import forecast as plan
 from mqepi.sweep import power
@@ -100,16 +100,31 @@ def sweep_command(
         raise SweepError("--rebalance needs --clusters")
     check_free(spec, lk)  # before starting Prefect; the sweep's own locks are what exclude
     if prefect:
-        prefect_environment()
-        from mqepi.flows.sweep import run_flow  # Prefect is heavy: imported only when a flow runs
-
-        write_data(json.dumps(run_flow(spec, lk.uri), indent=1) + "\n")
+        _sweep_flow(spec, lk)
         return
-    result = run_sweep(spec, lk, progress=say)
+    with progress_lines() as progress:
+        result = run_sweep(spec, lk, progress=progress)
     aliases = "".join(f"; {alias} = {measured} (measured once, recorded as an alias)"
                       for alias, measured in result.aliases.items())
     say(f"sweep {result.sweep_id}: {len(result.finished)} runs finished in {result.wall_s:.0f} s, "
         f"{len(result.skipped)} finished before, {len(result.marked_failed)} interrupted runs marked failed{aliases}")
+
+
+def _sweep_flow(spec: SweepSpec, lk) -> None:
+    """``mqepi sweep`` as a Prefect flow in this process. At a terminal the progress lines and
+    bars replace the flow's console log (Prefect's INFO lines on the console, unless
+    PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL says otherwise; the server still gets every line);
+    into a pipe or a file the flow logs as it always has."""
+    prefect_environment()
+    terminal = out.is_terminal
+    if terminal:
+        # the console handler only (Prefect reads it on first import): the API handler keeps INFO
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from mqepi.flows.sweep import run_flow  # Prefect is heavy: imported only when a flow runs
+
+    with progress_lines() as progress:
+        summary = run_flow(spec, lk.uri, progress=progress if terminal else None)
+    write_data(json.dumps(summary, indent=1) + "\n")
 
 
 def _sweep_clusters(spec: SweepSpec, lk, clusters: str, rebalance: bool) -> None:

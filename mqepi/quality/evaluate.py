@@ -136,7 +136,8 @@ def evaluate(model_path: str | Path, model: str, config_id: str, lake, settings:
 def _benchmark(qset: QuestionSet, tc: toolchain.Toolchain, model_path, settings: Settings, cache: Path, lake, key: RunKey,
                progress: Callable[[str], None]) -> BenchmarkResult:
     progress(f"{qset.benchmark}: {len(qset.items)} questions, {qset.task.shots}-shot")
-    return run_scoring(qset, model_path, EngineCommand.local(progress), threads=settings.threads, lake=lake, key=key)
+    return run_scoring(qset, model_path, EngineCommand.local(progress), threads=settings.threads, lake=lake, key=key,
+                       progress=progress)
 
 
 def _perplexity(tc: toolchain.Toolchain, model_path, text: HeldOutText, settings: Settings, base_path, base_sha256: str,

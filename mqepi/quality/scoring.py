@@ -38,6 +38,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from mqepi import PRODUCER
 from mqepi.errors import MqepiError
 from mqepi.meter.stream import RunKey
 from mqepi.meter.windows import record_window
+from mqepi.progress import Count
 from mqepi.quality import engine as eng
 from mqepi.quality.prompts import Item, QuestionSet
 from mqepi.quant import toolchain
@@ -275,11 +277,46 @@ def parse_engine(lines: list[tuple[int, str]], items: list[Item]) -> tuple[list[
     return records, start, end
 
 
+#: A window reports its questions scored at most once per PROGRESS_EVERY_S seconds and per
+#: PROGRESS_STEP of its questions: a 200-question window says so at most 20 times.
+PROGRESS_EVERY_S = 1.0
+PROGRESS_STEP = 0.05
+
+
+class QuestionsScored:
+    """The callback that reads the engine's output as it arrives (``executor.stream``'s
+    ``progress``): counts the question lines after ``start`` and reports ``"mmlu: 37/200
+    questions scored"`` (a :class:`~mqepi.progress.Count`) to ``progress``, at most once per
+    ``every_s`` (default :data:`PROGRESS_EVERY_S`) and per ``step`` of the questions. It only
+    counts: every line is stamped before it is called and parsed afterwards, as without it."""
+
+    def __init__(self, benchmark: str, total: int, progress: Callable[[str], None], *, every_s: float | None = None,
+                 step: float = PROGRESS_STEP, clock: Callable[[], float] = time.monotonic):
+        self.benchmark, self.total, self.progress, self.clock = benchmark, total, progress, clock
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self.min_gain = step * total
+        self.started, self.done, self.shown = False, 0, 0
+        self.shown_at = clock()
+
+    def __call__(self, line: str) -> None:
+        line = line.rstrip()
+        if line == eng.START:
+            self.started = True
+        elif self.started and line.startswith("{"):
+            self.done += 1
+            now = self.clock()
+            if self.done - self.shown >= self.min_gain and now - self.shown_at >= self.every_s:
+                self.shown, self.shown_at = self.done, now
+                self.progress(Count(f"{self.benchmark}: {self.done}/{self.total} questions scored", kind="questions",
+                                    done=self.done, total=self.total))
+
+
 def run_scoring(qset: QuestionSet, model_path, engine: EngineCommand, *, threads: int | None = None,
                 rpc: list[str] = (), lake=None, key: RunKey | None = None,
                 progress: Callable[[str], None] = lambda line: None, executor=None, naive: bool = False) -> BenchmarkResult:
     """Score ``qset`` with the scoring engine where ``executor`` runs (this machine, or a head
-    node over SSH with ``rpc`` workers); append every answer and the window.
+    node over SSH with ``rpc`` workers); append every answer and the window. ``progress`` hears
+    how many questions are scored as they are (:class:`QuestionsScored`), not the engine's lines.
 
     Answers are appended only after the whole output is read, so a run cut short adds nothing
     and a retry adds each answer once. ``naive`` decodes every choice from an empty cache
@@ -287,7 +324,7 @@ def run_scoring(qset: QuestionSet, model_path, engine: EngineCommand, *, threads
     executor = executor or LocalExecutor()
     task_file = executor.stage_file(f"{qset.benchmark}-{qset.sha256[:16]}.json", engine_task_bytes(qset.items))
     argv = engine.argv(model_path, task_file, qset.task.context, threads, list(rpc), naive)
-    result = executor.stream(argv, progress)
+    result = executor.stream(argv, QuestionsScored(qset.benchmark, len(qset.items), progress))
     if result.returncode != 0:
         raise tool_failed("the scoring engine", result)
     records, start, end = parse_engine(result.lines, qset.items)

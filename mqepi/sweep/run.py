@@ -34,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from mqepi.progress import Count, about_left
 from mqepi.quant.quantize import Quantized
 from mqepi.rig.ssh import ConnectionDropped
 from mqepi.sweep.exclusive import hold
@@ -132,8 +133,8 @@ def run_sweep(spec: SweepSpec, lake, *, stages=None, progress: Callable[[str], N
                     timed("aliases", _record_aliases, rig, config_id, pending.pop(config_id), progress)
                 path = timed("deploy", rig.deploy, q, io=True)
                 for plan in (p for p in todo if p.config_id == config_id):
-                    left = eta_text(len(finished), len(todo), _since(clock))
-                    run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + 1, len(todo), left)
+                    left_s = eta_s(len(finished), len(todo), _since(clock))
+                    run_id = _one_run(rig, plan, q, path, timed, progress, len(finished) + 1, len(todo), left_s)
                     finished.append(run_id)
             for fut in prefetch.values():
                 fut.result()
@@ -200,20 +201,27 @@ def _since(clock: list[float]) -> float:
     return now - clock[0]
 
 
-def eta_text(done: int, total: int, elapsed_s: float) -> str:
-    """"; about N min left" from the runs this call has finished so far (each run's quantize,
-    deploy and windows included); "" before the first has finished."""
+def eta_s(done: int, total: int, elapsed_s: float) -> float | None:
+    """Seconds left from the runs this call has finished so far (each run's quantize, deploy and
+    windows included); None before the first has finished or after the last."""
     if done <= 0 or total <= done:
-        return ""
-    left = elapsed_s / done * (total - done)
-    return f"; about {left / 60:.0f} min left" if left >= 90 else f"; about {left:.0f} s left"
+        return None
+    return elapsed_s / done * (total - done)
+
+
+def eta_text(done: int, total: int, elapsed_s: float) -> str:
+    """"; about N min left" (:func:`eta_s`); "" before the first run has finished."""
+    left = eta_s(done, total, elapsed_s)
+    return "" if left is None else f"; {about_left(left)}"
 
 
 def _one_run(rig: Rig, plan: RunPlan, q: Quantized, path: str, timed, progress, number: int, total: int,
-             left: str = "") -> str:
+             left_s: float | None = None) -> str:
     spec = rig.spec
     session = RunSession(rig, plan, q, path)
-    progress(f"[{number}/{total}] {plan.config_id} repeat {plan.repeat} (run {plan.run_id}{left})")
+    left = "" if left_s is None else f"; {about_left(left_s)}"
+    progress(Count(f"[{number}/{total}] {plan.config_id} repeat {plan.repeat} (run {plan.run_id}{left})", kind="runs",
+                   done=number - 1, total=total, left_s=left_s))
     try:
         timed("meter start", session.begin)
         note = timed("stabilisation", session.stabilise)

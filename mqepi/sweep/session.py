@@ -27,6 +27,7 @@ from mqepi.meter.simulated import SimulatedMeter
 from mqepi.meter.spool import SpoolSink, replay, spool_dir_for
 from mqepi.meter.stream import RunKey
 from mqepi.meter.windows import EnergyMonitor, Measurement
+from mqepi.progress import indented
 from mqepi.quality import perplexity, scoring, throughput
 from mqepi.quant.quantize import Quantized
 from mqepi.rig import thermal
@@ -168,7 +169,8 @@ class RunSession:
         rig = self.rig
         qset = next(q for q in rig.qsets if q.benchmark == benchmark)
         result = scoring.run_scoring(qset, self.model_path, rig.engine, threads=rig.spec.threads, rpc=rig.endpoints,
-                                     lake=rig.lake, key=self.key, executor=rig.head_exec)
+                                     lake=rig.lake, key=self.key, executor=rig.head_exec,
+                                     progress=indented(rig.progress))
         self._commit_meter()
         return result
 

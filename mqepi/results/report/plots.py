@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -167,8 +168,6 @@ def _log_y_if_spread(ax, values: list[float], what: str, axis: str = "y", ratio:
 
 def _wrap(text: str, width: int = 64) -> str:
     """``text`` in lines of at most ``width`` characters (a legend entry no wider than its panel)."""
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
