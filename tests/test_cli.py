@@ -125,7 +125,7 @@ def test_demo_runs_every_stage_on_a_subset(tmp_path):
     root = tmp_path / "demo-lake"
     out = tmp_path / "report"
     result = runner.invoke(app, ["--lake", str(root), "demo", "--configs", "uniform_q8,uniform_q4km,mix_q4_q5",
-                                 "--questions", "2", "--no-prefect", "--out", str(out)], env={"COLUMNS": "200"})
+                                 "--bench", "mmlu=2", "--no-prefect", "--out", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "failed" not in result.stdout and "skipped" not in result.stdout
     assert "SIMULATED" in result.stdout and "forecast" in result.stdout and "Pareto frontier" in result.stdout
@@ -142,3 +142,21 @@ def test_demo_runs_every_stage_on_a_subset(tmp_path):
     for text in (html, (out / "report.md").read_text()):  # no absolute path of this machine (lake, cluster.toml)
         assert str(tmp_path) not in text and not re.search(r"(?<![\w.])/(tmp|root|home|work)/", text)
     assert list((root.parent / "derived" / "snapshots").iterdir())
+
+
+def test_demo_takes_benchmarks_as_every_command_does(tmp_path):
+    """`mqepi demo --bench NAME=N` (the spelling of sweep, plan and evaluate); the old --questions N
+    still works, both at once is an error before anything is made."""
+    from mqepi.cli.demo import DemoSettings
+
+    assert DemoSettings().sweep_name() == "demo-q10-w0"  # an earlier demo's lake resumes under its name
+    assert DemoSettings(bench={"mmlu": 10, "arc_challenge": None}, workers=2).sweep_name() == \
+        "demo-mmlu10-arc_challengeall-w2"
+    assert DemoSettings(bench={"mmlu": 10, "arc_challenge": None}).spec(None).benchmarks == \
+        {"mmlu": 10, "arc_challenge": None}
+    root = tmp_path / "lake"
+    result = runner.invoke(app, ["--lake", str(root), "demo", "--bench", "mmlu=2", "--questions", "3"])
+    assert result.exit_code == 1 and "give --bench or the old --questions, not both" in result.output
+    assert not root.exists()
+    help_text = " ".join(runner.invoke(app, ["demo", "--help"]).output.split())
+    assert "--bench" in help_text and "[default: mmlu=10]" in help_text and "--questions" not in help_text

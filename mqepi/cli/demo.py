@@ -14,16 +14,18 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mqepi.cli._common import cell, edge, lake, out, progress_lines, split_list
+from mqepi.cli._common import BENCH_HELP, cell, edge, lake, out, parse_bench, progress_lines, split_list
+from mqepi.errors import MqepiError
 from mqepi.flows import prefect_environment
 from mqepi.lake.store import Lake
+from mqepi.quality.tasks import TASKS
 from mqepi.quant import expansion, maps, toolchain
 from mqepi.quant.assets import ensure_base_model
 from mqepi.quant.quantize import quantize_embedded
@@ -116,7 +118,7 @@ class DemoSettings:
     """The reduced sweep the demo runs (flags of ``mqepi demo``)."""
 
     repeats: int = 1
-    questions: int = 10
+    bench: dict[str, int | None] = field(default_factory=lambda: {"mmlu": 10})  # benchmark -> questions (None: all)
     workers: int = 0  # RPC workers besides the head (0: the head runs every layer)
     configs: list[str] | None = None
     prefect: bool = True
@@ -127,10 +129,17 @@ class DemoSettings:
 
     def spec(self, cluster: str | None, configs: list[str] | None = None):
         return SweepSpec(model="smollm2-135m", configs=configs, repeats=self.repeats,
-                         benchmarks={"mmlu": self.questions}, ppl_context=self.ppl_context, ppl_chunks=self.ppl_chunks,
+                         benchmarks=dict(self.bench), ppl_context=self.ppl_context, ppl_chunks=self.ppl_chunks,
                          n_prompt=128, n_gen=32, bench_repetitions=2, idle_s=self.idle_s, settle_s=1.0,
                          meter="simulated", meter_rate_hz=50.0, rpc=self.workers > 0, cluster=cluster,
-                         name=f"demo-q{self.questions}-w{self.workers}")
+                         name=self.sweep_name())
+
+    def sweep_name(self) -> str:
+        """``demo-q10-w0`` for MMLU alone (as before: an earlier demo's lake resumes), else the
+        benchmarks and counts, e.g. ``demo-mmlu10-arc_challenge20-w0``."""
+        if list(self.bench) == ["mmlu"] and self.bench["mmlu"] is not None:
+            return f"demo-q{self.bench['mmlu']}-w{self.workers}"
+        return "demo-" + "-".join(f"{b}{'all' if n is None else n}" for b, n in self.bench.items()) + f"-w{self.workers}"
 
 
 class DemoState:
@@ -199,10 +208,12 @@ def _plan(state: DemoState):
         spec.configs = todo
         state.forecast = f = plan.forecast(spec, lake, progress=progress)
         energy = f"{f.energy_j / 3600:.2f} Wh (simulated power)" if f.energy_j is not None else "energy unknown"
-        accuracy = power.accuracy_sentence(
-            "mmlu", f.questions["mmlu"], power.measured_variance(lake, spec.model, benchmarks=["mmlu"]).for_benchmark("mmlu"))
-        return (f"{len(todo)} configs x {spec.repeats} repeat(s), MMLU 5-shot {f.questions.get('mmlu')} questions "
-                f"({f.tokens.get('mmlu'):,d} tokens per run): {plan.human_duration(f.seconds)}, {energy}; {accuracy}")
+        variance = power.measured_variance(lake, spec.model, benchmarks=list(spec.benchmarks))
+        accuracy = "; ".join(power.accuracy_sentence(b, f.questions[b], variance.for_benchmark(b)) for b in spec.benchmarks)
+        scored = ", ".join(f"{b} {TASKS[b].shots}-shot {f.questions.get(b)} questions ({f.tokens.get(b) or 0:,d} tokens "
+                           "per run)" for b in spec.benchmarks)
+        return (f"{len(todo)} configs x {spec.repeats} repeat(s), {scored}: {plan.human_duration(f.seconds)}, {energy}; "
+                f"{accuracy}")
     return stage
 
 
@@ -343,11 +354,17 @@ def run_demo(lake: Lake, console: Console, settings: DemoSettings | None = None)
     return ok
 
 
+#: The demo's question count is smaller than the other commands' (mmlu=20).
+_BENCH_HELP = BENCH_HELP.replace("mmlu=20", "mmlu=10")
+
+
 @app.command("demo")
 @edge
 def demo_command(
     repeats: int = typer.Option(1, "--repeats", help="Repeats per configuration."),
-    questions: int = typer.Option(10, "--questions", help="MMLU 5-shot questions per run."),
+    bench: list[str] = typer.Option([], "--bench", "-b", help=_BENCH_HELP),
+    questions: int | None = typer.Option(None, "--questions", hidden=True,
+                                         help="Old spelling of --bench mmlu=N (kept so that old command lines work)."),
     workers: int = typer.Option(0, "--workers", help="Loopback RPC workers beside the head."),
     configs: list[str] = typer.Option([], "--configs", "-c", help="Only these configurations [default: all 24]."),
     prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="Run the sweep as a Prefect flow."),
@@ -356,7 +373,10 @@ def demo_command(
     """Run the embedded demo end to end: toolchain, assets, 24 quantizations, a loopback
     cluster, a reduced sweep with the simulated meter (Prefect), the planner, the frontier
     and the report. Every power figure is simulated and labelled so."""
-    settings = DemoSettings(repeats=repeats, questions=questions, workers=workers, configs=split_list(configs) or None,
+    if questions is not None and bench:
+        raise MqepiError("give --bench or the old --questions, not both")
+    chosen = parse_bench(bench) if bench else {"mmlu": 10 if questions is None else questions}
+    settings = DemoSettings(repeats=repeats, bench=chosen, workers=workers, configs=split_list(configs) or None,
                             prefect=prefect, out=out_dir)
     if not run_demo(lake(), out, settings):
         raise typer.Exit(1)
