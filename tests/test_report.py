@@ -743,3 +743,13 @@ def test_every_accuracy_names_its_benchmarks_shots_scoring_task_version_and_ques
     assert md.count(basis) >= 3  # the group's text, the results table and the Pareto table
     pareto = next(f for f in files.figures if f.name.startswith("pareto") and f.suffix == ".svg")
     assert "Accuracy (mean of arc_challenge 25-shot, 8-10 q, mmlu 5-shot, 20 q; acc)" in pareto.read_text()
+
+
+def test_a_frontier_of_one_configuration_is_marked_not_promised_as_a_line(tmp_path):
+    front = synthetic().pareto_frontier
+    best = front.sort("j_per_token").row(0, named=True)["config_id"]
+    one = front.with_columns(on_frontier=pl.col("config_id") == best)
+    text = plots.pareto_plot(one, tmp_path / "one", model="toy")[1].read_text()
+    assert "Pareto frontier (a single configuration)" in text
+    many = plots.pareto_plot(front, tmp_path / "many", model="toy")[1].read_text()
+    assert front["on_frontier"].sum() > 1 and "a single configuration" not in many and "Pareto frontier" in many

@@ -144,10 +144,11 @@ _CSS = """
 body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
 div.table{overflow-x:auto;margin:1rem 0} p.caption{font-style:italic;margin:.3rem 0}
 table{border-collapse:collapse;font-size:.85rem;width:max-content}
-th,td{border:1px solid #bbb;padding:.2rem .5rem;text-align:left;vertical-align:top;max-width:24rem}
+th,td{border:1px solid #bbb;padding:.2rem .5rem;text-align:left;vertical-align:top;max-width:24rem;
+overflow-wrap:anywhere}
 th{background:#eee}
 td.num,th.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
-figure{margin:1rem 0} figure img{max-width:100%} figcaption{font-style:italic;font-size:.9rem}
+figure{margin:1rem 0} figure img{width:100%;height:auto} figcaption{font-style:italic;font-size:.9rem}
 .banner{padding:1rem;margin:1rem 0;border:3px solid;font-size:1.05rem}
 .banner.simulated{background:#fde8e8;border-color:#c0392b;color:#7b1d1d}
 .banner.measured{background:#e8f6ea;border-color:#2e7d32}

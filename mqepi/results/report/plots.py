@@ -227,9 +227,12 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str, xlabel: str = "Accuracy (comp
     if other.height:
         ax.plot(other["accuracy"].to_list(), other["j_per_token"].to_list(), "s", color="#777", label="other")
     on = pts.filter(pl.col("on_frontier").fill_null(False)).sort("accuracy")
-    if on.height:  # a staircase: the least J/token that reaches at least each accuracy
+    if on.height > 1:  # a staircase: the least J/token that reaches at least each accuracy
         ax.step(on["accuracy"].to_list(), on["j_per_token"].to_list(), "--", where="pre", color="#2e7d32",
                 linewidth=1.2, label="Pareto frontier", zorder=1)
+    elif on.height:  # one point dominates every other: no line to draw, a mark instead
+        ax.plot(on["accuracy"].to_list(), on["j_per_token"].to_list(), "*", color="#2e7d32", markersize=11, zorder=3,
+                label="Pareto frontier (a single configuration)")
     ring = pts.filter(pl.col("mixed_unmatched").fill_null(False))
     if ring.height:
         ax.plot(ring["accuracy"].to_list(), ring["j_per_token"].to_list(), "o", markersize=12, markerfacecolor="none",
@@ -264,9 +267,12 @@ def _kld_panel(ax, rows: pl.DataFrame, ps: str) -> None:
             ax.plot(k["kld_mean"].to_list(), k["j_per_token"].to_list(), marker, color=colour, markersize=5,
                     linestyle="none", alpha=0.9, label=kind)
     on = rows.filter(pl.col("on_frontier")).sort("kld_mean")
-    if on.height:
+    if on.height > 1:
         ax.step(on["kld_mean"].to_list(), on["j_per_token"].to_list(), where="post", color="#2e7d32",
                 linewidth=1.0, linestyle="--", label="KLD frontier", zorder=1)
+    elif on.height:  # one point dominates every other: a mark, not a line
+        ax.plot(on["kld_mean"].to_list(), on["j_per_token"].to_list(), "*", color="#2e7d32", markersize=11, zorder=3,
+                label="KLD frontier (a single configuration)")
     ax.set_xscale("log")
     _labels(ax, [(r["kld_mean"], r["j_per_token"], r["config_id"], bool(r["on_frontier"])) for r in rows.iter_rows(named=True)])
     ax.set_xlabel("KL divergence from the base (nats/token, log scale)")

@@ -85,7 +85,7 @@ def scoring_lines(scoring: pl.DataFrame, origin: str, model: str) -> list[str]:
                                         for r in rules)
         deviations = sorted(d for d in set(part["deviation"].to_list()) if d)
         if deviations:
-            text += ". Deviations from lm-evaluation-harness: " + "; ".join(deviations) + "."
+            text += ". Deviations from lm-evaluation-harness: " + "; ".join(d.rstrip(".") for d in deviations) + "."
         else:
             text += ". No deviation from lm-evaluation-harness recorded." if "loglikelihood" in rules else "."
         lines.append(text)
