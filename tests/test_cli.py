@@ -158,5 +158,7 @@ def test_demo_takes_benchmarks_as_every_command_does(tmp_path):
     result = runner.invoke(app, ["--lake", str(root), "demo", "--bench", "mmlu=2", "--questions", "3"])
     assert result.exit_code == 1 and "give --bench or the old --questions, not both" in result.output
     assert not root.exists()
+    result = runner.invoke(app, ["--lake", str(root), "demo", "--bench", "mmlu=2,trivia=5"])
+    assert result.exit_code == 1 and "unknown benchmark 'trivia'" in result.output and not root.exists()
     help_text = " ".join(runner.invoke(app, ["demo", "--help"]).output.split())
     assert "--bench" in help_text and "[default: mmlu=10]" in help_text and "--questions" not in help_text

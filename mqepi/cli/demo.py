@@ -25,7 +25,7 @@ from mqepi.cli._common import BENCH_HELP, cell, edge, lake, out, parse_bench, pr
 from mqepi.errors import MqepiError
 from mqepi.flows import prefect_environment
 from mqepi.lake.store import Lake
-from mqepi.quality.tasks import TASKS
+from mqepi.quality.tasks import TASKS, TaskDef
 from mqepi.quant import expansion, maps, toolchain
 from mqepi.quant.assets import ensure_base_model
 from mqepi.quant.quantize import quantize_embedded
@@ -376,6 +376,8 @@ def demo_command(
     if questions is not None and bench:
         raise MqepiError("give --bench or the old --questions, not both")
     chosen = parse_bench(bench) if bench else {"mmlu": 10 if questions is None else questions}
+    for name in chosen:  # an unknown benchmark fails here, not after the toolchain and the quantizations
+        TaskDef.load(name)
     settings = DemoSettings(repeats=repeats, bench=chosen, workers=workers, configs=split_list(configs) or None,
                             prefect=prefect, out=out_dir)
     if not run_demo(lake(), out, settings):
