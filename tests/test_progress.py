@@ -5,10 +5,11 @@ lines with a window's question counts thinned to one per quarter."""
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
+
+from test_untrusted_text import read_terminal
 
 from mqepi.progress import Count, indented
 from mqepi.quality.engine import START, QuestionScore
@@ -95,21 +96,7 @@ def test_into_a_pipe_the_lines_stay_plain_and_a_windows_questions_come_per_quart
 
 
 def test_at_a_terminal_a_bar_of_runs_with_the_time_left_and_a_line_of_questions():
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", SWEEP], stdout=slave, stderr=subprocess.PIPE, env=_env(), cwd=REPO)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
-    assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    shown = b"".join(chunks).decode()
+    shown = read_terminal([sys.executable, "-c", SWEEP], env=_env(), timeout=60).decode()
     assert "━" in shown  # a rich bar was drawn
     # before any run has finished: the planner's forecast counted down; then the sweep's estimate
     assert "0/3 runs" in shown and "about 10 min left" in shown

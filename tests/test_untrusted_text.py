@@ -106,8 +106,13 @@ def test_error_edge_prints_untrusted_text_visibly(lake, tmp_path):
 
 def run_on_terminal(args: list[str]) -> bytes:
     """Run ``python -m mqepi ARGS`` with stdout on a pseudo-terminal; what it printed there."""
+    return read_terminal([sys.executable, "-m", "mqepi", *args])
+
+
+def read_terminal(argv: list[str], env: dict | None = None, timeout: float = 120) -> bytes:
+    """Run ``argv`` with stdout on a pseudo-terminal; what it printed there (it must exit 0)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "mqepi", *args], stdout=slave, stderr=subprocess.PIPE, cwd=REPO)
+    proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, env=env, cwd=REPO)
     os.close(slave)
     chunks = []
     while True:
@@ -119,7 +124,7 @@ def run_on_terminal(args: list[str]) -> bytes:
             break
         chunks.append(chunk)
     os.close(master)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert proc.wait(timeout=timeout) == 0, proc.stderr.read()
     return b"".join(chunks)
 
 

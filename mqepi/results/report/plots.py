@@ -149,7 +149,7 @@ def _key(ax, entries: list[tuple[int, str, bool]], fontsize: float) -> None:
     key.set_clip_on(False)  # add_artist clips to the axes: unclipped, the layout makes room for it
 
 
-def _log_y_if_spread(ax, values: list[float], what: str, axis: str = "y", ratio: float = 3.0) -> str:
+def _log_if_spread(ax, values: list[float], what: str, axis: str = "y", ratio: float = 3.0) -> str:
     """A log ``axis`` when the positive values span more than ``ratio`` (one outlier would squash
     the rest into a band): returns the axis label, with ", log scale" when it is one."""
     vals = [v for v in values if v is not None and math.isfinite(v) and v > 0]
@@ -164,6 +164,20 @@ def _log_y_if_spread(ax, values: list[float], what: str, axis: str = "y", ratio:
             scale.set_minor_formatter(plain)
         return f"{what}, log scale"
     return what
+
+
+def _frontier(ax, xs: list[float], ys: list[float], name: str, *, where: str, linewidth: float) -> None:
+    """The frontier's points (sorted by x) as a dashed step line named ``name``; a single point
+    (it dominates every other) as a star, since a legend line with nothing drawn would mislead."""
+    if len(xs) > 1:
+        ax.step(xs, ys, "--", where=where, color="#2e7d32", linewidth=linewidth, label=name, zorder=1)
+    elif xs:
+        ax.plot(xs, ys, "*", color="#2e7d32", markersize=11, zorder=3, label=f"{name} (a single configuration)")
+
+
+def _jpt_label(ps: str) -> str:
+    """The J/token axis's label, saying so when the power is simulated."""
+    return "J/token (simulated)" if ps == "simulated" else "J/token"
 
 
 def _wrap(text: str, width: int = 64) -> str:
@@ -213,7 +227,7 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str, xlabel: str = "Accuracy (comp
     if pts.is_empty():
         _empty(ax, f"no J/token for these configurations ({power_label(ps)})")
         return
-    ylabel = _log_y_if_spread(ax, pts["j_per_token"].to_list(), "J/token (simulated)" if ps == "simulated" else "J/token")
+    ylabel = _log_if_spread(ax, pts["j_per_token"].to_list(), _jpt_label(ps))
     for kind, (marker, colour) in _MARKERS.items():
         k = pts.filter(pl.col("kind") == kind)
         if k.is_empty():
@@ -227,12 +241,8 @@ def _pareto_panel(ax, rows: pl.DataFrame, ps: str, xlabel: str = "Accuracy (comp
     if other.height:
         ax.plot(other["accuracy"].to_list(), other["j_per_token"].to_list(), "s", color="#777", label="other")
     on = pts.filter(pl.col("on_frontier").fill_null(False)).sort("accuracy")
-    if on.height > 1:  # a staircase: the least J/token that reaches at least each accuracy
-        ax.step(on["accuracy"].to_list(), on["j_per_token"].to_list(), "--", where="pre", color="#2e7d32",
-                linewidth=1.2, label="Pareto frontier", zorder=1)
-    elif on.height:  # one point dominates every other: no line to draw, a mark instead
-        ax.plot(on["accuracy"].to_list(), on["j_per_token"].to_list(), "*", color="#2e7d32", markersize=11, zorder=3,
-                label="Pareto frontier (a single configuration)")
+    # a staircase: the least J/token that reaches at least each accuracy
+    _frontier(ax, on["accuracy"].to_list(), on["j_per_token"].to_list(), "Pareto frontier", where="pre", linewidth=1.2)
     ring = pts.filter(pl.col("mixed_unmatched").fill_null(False))
     if ring.height:
         ax.plot(ring["accuracy"].to_list(), ring["j_per_token"].to_list(), "o", markersize=12, markerfacecolor="none",
@@ -260,19 +270,14 @@ def kld_plot(kld_frontier: pl.DataFrame, stem: Path, *, model: str) -> tuple[Pat
 
 
 def _kld_panel(ax, rows: pl.DataFrame, ps: str) -> None:
-    ylabel = _log_y_if_spread(ax, rows["j_per_token"].to_list(), "J/token (simulated)" if ps == "simulated" else "J/token")
+    ylabel = _log_if_spread(ax, rows["j_per_token"].to_list(), _jpt_label(ps))
     for kind, (marker, colour) in _MARKERS.items():
         k = rows.filter(pl.col("kind") == kind)
         if k.height:
             ax.plot(k["kld_mean"].to_list(), k["j_per_token"].to_list(), marker, color=colour, markersize=5,
                     linestyle="none", alpha=0.9, label=kind)
     on = rows.filter(pl.col("on_frontier")).sort("kld_mean")
-    if on.height > 1:
-        ax.step(on["kld_mean"].to_list(), on["j_per_token"].to_list(), where="post", color="#2e7d32",
-                linewidth=1.0, linestyle="--", label="KLD frontier", zorder=1)
-    elif on.height:  # one point dominates every other: a mark, not a line
-        ax.plot(on["kld_mean"].to_list(), on["j_per_token"].to_list(), "*", color="#2e7d32", markersize=11, zorder=3,
-                label="KLD frontier (a single configuration)")
+    _frontier(ax, on["kld_mean"].to_list(), on["j_per_token"].to_list(), "KLD frontier", where="post", linewidth=1.0)
     ax.set_xscale("log")
     _labels(ax, [(r["kld_mean"], r["j_per_token"], r["config_id"], bool(r["on_frontier"])) for r in rows.iter_rows(named=True)])
     ax.set_xlabel("KL divergence from the base (nats/token, log scale)")
@@ -445,9 +450,9 @@ def _decode_panel(ax, res, xcol: str, fit, xlabel: str, scale: float, key: bool 
         return
     xs = [x * scale for x in pts[xcol].to_list()]
     ys = pts["decode_j_per_token"].to_list()
-    ylabel = _log_y_if_spread(ax, ys, "decode J/token")
+    ylabel = _log_if_spread(ax, ys, "decode J/token")
     if xcol == "s_per_token":  # time spans decades when one configuration is slow; bytes never do
-        xlabel = _log_y_if_spread(ax, xs, xlabel, axis="x", ratio=10.0)
+        xlabel = _log_if_spread(ax, xs, xlabel, axis="x", ratio=10.0)
     ax.plot(xs, ys, "o", color="#1f77b4", markersize=4)
     lo, hi = min(xs), max(xs)
     if fit.coef and all(math.isfinite(v) for v in fit.coef.values()):
